@@ -1,0 +1,120 @@
+//! The one JSON error shape and the one place errors become HTTP statuses.
+//!
+//! Every error answer is `{"error": {"code": "...", "message": "..."}}`. `code` is a stable
+//! machine-readable word; `message` is for people and carries the error chain.
+
+use crate::compute::ComputeError;
+use crate::ops::OpError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error inside [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `unauthorized`, `not_found`, `malformed_json`.
+    pub code: String,
+    /// Human-readable explanation, with the values that matter.
+    pub message: String,
+}
+
+/// An error answer: status, code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// Message for people.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error answer with the given parts.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with code `invalid_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 401 with code `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 404 with code `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+/// Maps an operation error to its status and code. The only such mapping in the agent.
+pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
+    match err {
+        OpError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        OpError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        OpError::Host(_) => (StatusCode::INTERNAL_SERVER_ERROR, "host_error"),
+        OpError::Compute(ComputeError::Timeout { .. }) => {
+            (StatusCode::GATEWAY_TIMEOUT, "hypervisor_timeout")
+        }
+        OpError::Compute(ComputeError::Libvirt { .. }) => {
+            (StatusCode::BAD_GATEWAY, "hypervisor_error")
+        }
+        OpError::Compute(ComputeError::KvmUnavailable(_)) => (StatusCode::CONFLICT, "kvm_unavailable"),
+    }
+}
+
+/// The error and its sources, joined with `: `.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl From<OpError> for ApiError {
+    fn from(err: OpError) -> Self {
+        let (status, code) = status_of(&err);
+        if status.is_server_error() {
+            tracing::error!(error = %chain(&err), "request failed");
+        }
+        Self::new(status, code, chain(&err))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

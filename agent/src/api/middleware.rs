@@ -1,0 +1,134 @@
+//! Request middleware, outermost first:
+//!
+//! 1. [`request_context`] — gives the request an id (`X-Request-Id`, kept from the client when
+//!    sane), opens the tracing span every log line of the request carries, logs the outcome,
+//!    records metrics and puts the id on the response.
+//! 2. [`deadline`] — answers 503 `request_timeout` when the handler overruns.
+//! 3. [`body_limit`] — refuses a declared body over the limit with 413 before reading it.
+//! 4. [`require_token`] — checks the bearer token on every route but the public ones.
+
+use super::error::ApiError;
+use crate::ops::Services;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Header carrying the request id.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Routes served without a token.
+pub const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/v1/openapi.json"];
+
+/// The id of the current request, available to handlers as an extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn sane_client_id(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    let ok = !text.is_empty()
+        && text.len() <= 128
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then(|| text.to_string())
+}
+
+/// Request id, tracing span, access log and metrics.
+pub async fn request_context(
+    State(services): State<Services>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(sane_client_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let started = Instant::now();
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    services
+        .metrics()
+        .observe(method.as_str(), &route, status.as_u16(), elapsed);
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+/// Fails the request with 503 `request_timeout` when it takes longer than the configured time.
+pub async fn deadline(State(services): State<Services>, req: Request, next: Next) -> Response {
+    let limit = services.config().api.request_timeout();
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!("The request did not complete within {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// Refuses a request whose `Content-Length` is over the limit, before reading the body.
+/// Bodies without a length are cut at the same limit by the JSON extractor.
+pub async fn body_limit(State(services): State<Services>, req: Request, next: Next) -> Response {
+    let limit = services.config().api.body_limit_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared {
+        if length > limit as u64 {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("The request body has {length} bytes; the limit is {limit}"),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`].
+pub async fn require_token(State(services): State<Services>, req: Request, next: Next) -> Response {
+    if PUBLIC_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => ApiError::unauthorized(
+            "Missing bearer token: send Authorization: Bearer <token> (the admin token is in \
+             <state-dir>/admin.token)",
+        )
+        .into_response(),
+        Some(token) if services.token().matches(token) => next.run(req).await,
+        Some(_) => ApiError::unauthorized("The bearer token is not valid").into_response(),
+    }
+}

@@ -1,0 +1,68 @@
+//! The REST API (`/v1`).
+//!
+//! [`router`] holds the one route table. Each resource has a file under `routes/` whose
+//! handlers extract and validate the request, call a typed operation in [`crate::ops`] and
+//! turn the result into JSON. Errors are answered in one shape by [`error::ApiError`]; the
+//! mapping from operation errors to statuses is [`error::status_of`].
+//!
+//! Adding an endpoint: write the operation in `ops/`, the handler (with `#[utoipa::path]`) in
+//! `routes/<resource>.rs`, add one line to the table below and the path to
+//! [`openapi::ApiDoc`], then regenerate `docs/openapi.json` with `hyperlet openapi`.
+
+pub mod error;
+pub mod json;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+
+use crate::ops::Services;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use error::ApiError;
+
+/// Builds the HTTP application: routes, fallbacks and middleware.
+pub fn router(services: Services) -> Router {
+    let body_limit = services.config().api.body_limit_bytes;
+    Router::new()
+        .route("/healthz", get(routes::health::healthz))
+        .route("/metrics", get(routes::metrics::metrics))
+        .route("/v1/openapi.json", get(routes::openapi::openapi))
+        .route(
+            "/v1/host",
+            get(routes::host::show).patch(routes::host::update),
+        )
+        .route("/v1/events", get(routes::events::events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            middleware::require_token,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            middleware::body_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            middleware::deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            middleware::request_context,
+        ))
+        .with_state(services)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("No such route: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,52 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
+//!
+//! The same document is kept in the repository as `docs/openapi.json`; a test fails when the
+//! two differ (regenerate with `hyperlet openapi > docs/openapi.json`).
+
+use super::error::{ErrorBody, ErrorDetail};
+use super::routes;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hyperlet", description = "Per-node agent of a KVM cloud: REST API v1"),
+    paths(
+        routes::health::healthz,
+        routes::metrics::metrics,
+        routes::openapi::openapi,
+        routes::host::show,
+        routes::host::update,
+        routes::events::events,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, crate::state::Event)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "agent", description = "Health, metrics and the API description"),
+        (name = "host", description = "This node"),
+        (name = "events", description = "State-change stream"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document as pretty JSON, as stored in `docs/openapi.json`.
+pub fn document_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    text.push('\n');
+    text
+}

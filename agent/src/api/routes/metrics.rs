@@ -1,0 +1,18 @@
+//! `GET /metrics` — Prometheus text.
+
+use crate::ops::Services;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+/// Request counts and latencies by route, method and status.
+#[utoipa::path(get, path = "/metrics", tag = "agent",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain; version=0.0.4")))]
+pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        services.metrics().render(),
+    )
+}

@@ -1,0 +1,7 @@
+//! One file per resource. Handlers only extract, validate and call [`crate::ops`].
+
+pub mod events;
+pub mod health;
+pub mod host;
+pub mod metrics;
+pub mod openapi;

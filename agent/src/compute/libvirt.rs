@@ -1,0 +1,105 @@
+//! libvirt access with a deadline on every call.
+//!
+//! libvirt's C API blocks. Each call runs on a blocking thread and the caller waits at most the
+//! configured deadline; a call that overruns is reported as [`ComputeError::Timeout`] and its
+//! thread is left to finish on its own, so a hung libvirtd or QEMU never hangs the agent.
+
+use super::ComputeError;
+use serde::Serialize;
+use std::time::Duration;
+use virt::connect::Connect;
+
+/// Versions reported by libvirt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct HypervisorInfo {
+    /// Hypervisor driver name, e.g. `QEMU`.
+    pub hypervisor_type: String,
+    /// Version of the hypervisor (QEMU), `major.minor.release`.
+    pub hypervisor_version: String,
+    /// Version of libvirt, `major.minor.release`.
+    pub libvirt_version: String,
+}
+
+/// A libvirt endpoint with a per-call deadline.
+#[derive(Debug, Clone)]
+pub struct Libvirt {
+    uri: String,
+    timeout: Duration,
+}
+
+impl Libvirt {
+    /// An endpoint at `uri` (e.g. `qemu:///system`) whose calls time out after `timeout`.
+    pub fn new(uri: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            uri: uri.into(),
+            timeout,
+        }
+    }
+
+    /// Runs `f` on a fresh connection on a blocking thread, within the deadline.
+    ///
+    /// # Errors
+    /// [`ComputeError::Libvirt`] when connecting or `f` fails, [`ComputeError::Timeout`] when
+    /// the deadline passes first.
+    pub async fn with_connection<R, F>(&self, call: &'static str, f: F) -> Result<R, ComputeError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connect) -> Result<R, virt::error::Error> + Send + 'static,
+    {
+        let uri = self.uri.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let conn = Connect::open(Some(&uri)).map_err(|e| ComputeError::Libvirt {
+                call: "virConnectOpen",
+                message: e.to_string(),
+            })?;
+            let result = f(&conn).map_err(|e| ComputeError::Libvirt {
+                call,
+                message: e.to_string(),
+            });
+            drop(conn);
+            result
+        });
+        match tokio::time::timeout(self.timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(ComputeError::Libvirt {
+                call,
+                message: format!("worker thread failed: {join}"),
+            }),
+            Err(_) => Err(ComputeError::Timeout {
+                call,
+                seconds: self.timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Asks libvirt for its own and the hypervisor's version.
+    ///
+    /// # Errors
+    /// As [`Libvirt::with_connection`].
+    pub async fn info(&self) -> Result<HypervisorInfo, ComputeError> {
+        self.with_connection("virConnectGetVersion", |conn| {
+            Ok(HypervisorInfo {
+                hypervisor_type: conn.driver_type()?,
+                hypervisor_version: version_text(conn.hyp_version()?),
+                libvirt_version: version_text(conn.lib_version()?),
+            })
+        })
+        .await
+    }
+}
+
+/// libvirt encodes versions as `major * 1_000_000 + minor * 1_000 + release`.
+fn version_text(v: u32) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1_000) % 1_000, v % 1_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_decoded() {
+        assert_eq!(version_text(9_000_000), "9.0.0");
+        assert_eq!(version_text(7_002_022), "7.2.22");
+    }
+}

@@ -1,0 +1,379 @@
+//! Agent settings.
+//!
+//! Settings come from three places, later ones winning: the embedded defaults, an optional TOML
+//! file (`--config FILE`), then flags and environment variables (`--state-dir` /
+//! `HYPERLET_STATE_DIR`, `--listen` / `HYPERLET_LISTEN`, …). With no file and no flags the agent
+//! runs on the embedded defaults: state in `/var/lib/hyperlet`, API on `127.0.0.1:8787`.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8787"
+//! state_dir = "/var/lib/hyperlet"
+//!
+//! [tls]
+//! cert = "/etc/hyperlet/tls/server.crt"
+//! key = "/etc/hyperlet/tls/server.key"
+//! client_ca = "/etc/hyperlet/tls/controller-ca.crt"
+//!
+//! [hypervisor]
+//! domain_type = "auto"   # auto | kvm | qemu
+//! ```
+//!
+//! Every file is checked by [`Config::validate`] before the agent touches anything.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default API address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hyperlet";
+
+/// Errors in the agent's settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("Cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("Invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A setting has a value the agent cannot use.
+    #[error("Invalid setting `{setting}`: {reason}")]
+    Invalid {
+        /// The setting's name as written in the file.
+        setting: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// Which libvirt domain type to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DomainTypeSetting {
+    /// Probe for usable KVM and fall back to QEMU/TCG.
+    #[default]
+    Auto,
+    /// Require KVM: refuse to start when the probe fails.
+    Kvm,
+    /// Always use QEMU/TCG (software emulation).
+    Qemu,
+}
+
+/// All settings of the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port of the REST API.
+    pub listen: SocketAddr,
+    /// Directory holding the store, the admin token and (later) images and disks.
+    pub state_dir: PathBuf,
+    /// Allow plain HTTP on a non-loopback address.
+    pub insecure: bool,
+    /// Availability zone this node reports.
+    pub availability_zone: String,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// TLS for the API.
+    pub tls: TlsConfig,
+    /// Limits of the REST layer.
+    pub api: ApiConfig,
+    /// The event stream.
+    pub events: EventsConfig,
+    /// The hypervisor connection.
+    pub hypervisor: HypervisorConfig,
+    /// Capacity reporting.
+    pub capacity: CapacityConfig,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A fixed admin token. When neither this nor `token_file` is set, the agent generates one
+    /// into `<state_dir>/admin.token` on first start.
+    pub token: Option<String>,
+    /// A file holding the admin token (first line).
+    pub token_file: Option<PathBuf>,
+}
+
+/// TLS settings. Both `cert` and `key` enable TLS; `client_ca` adds client-certificate checks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate signed by it (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// Limits of the REST layer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest accepted request body for JSON requests, in bytes.
+    pub body_limit_bytes: usize,
+    /// Time a request may take before it is answered with a timeout error, in seconds.
+    pub request_timeout_secs: u64,
+    /// Time in-flight requests get to finish on shutdown, in seconds.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Event stream settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How many past events the store keeps for `Last-Event-ID` resumption.
+    pub backlog: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { backlog: 10_000 }
+    }
+}
+
+/// Hypervisor connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    /// libvirt connection URI.
+    pub uri: String,
+    /// Domain type: auto (probe KVM), kvm or qemu.
+    pub domain_type: DomainTypeSetting,
+    /// Deadline of every libvirt call, in seconds.
+    pub call_timeout_secs: u64,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        Self {
+            uri: "qemu:///system".into(),
+            domain_type: DomainTypeSetting::Auto,
+            call_timeout_secs: 10,
+        }
+    }
+}
+
+impl HypervisorConfig {
+    /// The libvirt call deadline as a duration.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_secs)
+    }
+}
+
+/// Capacity reporting, with nova's allocation ratios.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Virtual CPUs per physical CPU.
+    pub cpu_allocation_ratio: f64,
+    /// Virtual RAM per physical RAM.
+    pub ram_allocation_ratio: f64,
+    /// Virtual disk per physical disk.
+    pub disk_allocation_ratio: f64,
+    /// Memory kept for the host, in MiB.
+    pub reserved_host_memory_mb: u64,
+    /// Disk kept for the host, in GiB.
+    pub reserved_host_disk_gb: u64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            cpu_allocation_ratio: 4.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            reserved_host_memory_mb: 512,
+            reserved_host_disk_gb: 0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            insecure: false,
+            availability_zone: "nova".into(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            api: ApiConfig::default(),
+            events: EventsConfig::default(),
+            hypervisor: HypervisorConfig::default(),
+            capacity: CapacityConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file. Unknown keys are errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`] when the file cannot be read, [`ConfigError::Parse`] when it is not
+    /// valid.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses settings from TOML text.
+    ///
+    /// # Errors
+    /// The parser's message when the text is not valid.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    /// Checks that the settings can work together. Called before any side effect.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first setting that cannot be used.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                reason: reason.to_string(),
+            })
+        };
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("tls", "cert and key must be given together");
+        }
+        if self.tls.client_ca.is_some() && !self.tls.enabled() {
+            return invalid("tls.client_ca", "client certificates need tls.cert and tls.key");
+        }
+        if !self.listen.ip().is_loopback() && !self.tls.enabled() && !self.insecure {
+            return Err(ConfigError::Invalid {
+                setting: "listen",
+                reason: format!(
+                    "{} is not a loopback address and TLS is not configured; give --tls-cert and \
+                     --tls-key, or --insecure to serve plain HTTP on the network anyway",
+                    self.listen
+                ),
+            });
+        }
+        if self.auth.token.is_some() && self.auth.token_file.is_some() {
+            return invalid("auth", "set either token or token_file, not both");
+        }
+        if let Some(token) = &self.auth.token {
+            if token.len() < 16 {
+                return invalid("auth.token", "a token needs at least 16 characters");
+            }
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return invalid("state_dir", "must not be empty");
+        }
+        if self.api.body_limit_bytes < 1024 {
+            return invalid("api.body_limit_bytes", "must be at least 1024");
+        }
+        if self.api.request_timeout_secs == 0 {
+            return invalid("api.request_timeout_secs", "must be at least 1");
+        }
+        if self.events.backlog == 0 {
+            return invalid("events.backlog", "must be at least 1");
+        }
+        if self.hypervisor.call_timeout_secs == 0 {
+            return invalid("hypervisor.call_timeout_secs", "must be at least 1");
+        }
+        for (name, ratio) in [
+            ("capacity.cpu_allocation_ratio", self.capacity.cpu_allocation_ratio),
+            ("capacity.ram_allocation_ratio", self.capacity.ram_allocation_ratio),
+            ("capacity.disk_allocation_ratio", self.capacity.disk_allocation_ratio),
+        ] {
+            if !(ratio.is_finite() && ratio > 0.0) {
+                return invalid(name, "must be a positive number");
+            }
+        }
+        if self.availability_zone.is_empty() {
+            return invalid("availability_zone", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// Path of the SQLite store.
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("hyperlet.db")
+    }
+
+    /// Path of the generated admin token.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.state_dir.join("admin.token")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::from_toml("listen = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn network_address_without_tls_needs_insecure() {
+        let mut config = Config::from_toml("listen = \"0.0.0.0:8787\"").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--insecure"), "{err}");
+        config.insecure = true;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key() {
+        let config = Config::from_toml("[tls]\ncert = \"/a\"").unwrap();
+        assert!(config.validate().is_err());
+    }
+}

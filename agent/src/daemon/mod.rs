@@ -1,0 +1,226 @@
+//! `hyperlet serve`: bring the agent up, serve until SIGTERM/SIGINT, shut down cleanly.
+//!
+//! Startup order: validate the config → create the state directory and take its lock → open
+//! the store → load or generate the admin token → probe KVM and choose the domain type →
+//! recover interrupted operations from the journal → check libvirt → listen. Shutdown: stop
+//! accepting, let in-flight requests finish (bounded by `api.shutdown_grace_secs`), record
+//! `agent.stopped`, checkpoint the store.
+
+mod listener;
+mod tls;
+
+pub use tls::server_config;
+
+use crate::auth::{self, TokenSource};
+use crate::compute::DomainType;
+use crate::config::{Config, ConfigError};
+use crate::ops::{Services, ServicesParts};
+use crate::state::{Store, StoreError};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Errors that stop the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The settings are not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state directory cannot be created or locked.
+    #[error("Cannot use state directory {path}: {reason}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The admin token cannot be loaded or written.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// The configured domain type cannot be used.
+    #[error(transparent)]
+    Compute(#[from] crate::compute::ComputeError),
+    /// TLS files cannot be used.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The listen address cannot be bound.
+    #[error("Cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Holds the exclusive lock on the state directory for the agent's lifetime.
+struct StateLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+fn prepare_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
+    let dir = &config.state_dir;
+    let fail = |reason: String| DaemonError::StateDir {
+        path: dir.clone(),
+        reason,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| fail(e.to_string()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("agent.lock"))
+        .map_err(|e| fail(e.to_string()))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, errno)| {
+            fail(format!(
+                "another hyperlet is already running on it ({errno}); stop it or use another --state-dir"
+            ))
+        },
+    )?;
+    Ok(StateLock { _lock: lock })
+}
+
+/// Runs the agent until a termination signal arrives.
+///
+/// # Errors
+/// [`DaemonError`] when the agent cannot start; once serving, errors are logged instead.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    config.validate()?;
+    let _lock = prepare_state_dir(&config)?;
+    let store = Store::open(&config.store_path())?;
+    let (token, source) = auth::load_or_create(&config)?;
+    match &source {
+        TokenSource::Generated(path) => {
+            tracing::info!(path = %path.display(), "generated the admin token (mode 0600)");
+        }
+        TokenSource::File(path) => tracing::info!(path = %path.display(), "admin token loaded"),
+        TokenSource::Config => tracing::info!("admin token taken from the config"),
+    }
+    let kvm = crate::host::probe_kvm();
+    let domain_type = DomainType::choose(config.hypervisor.domain_type, &kvm)?;
+    tracing::info!(
+        domain_type = ?domain_type,
+        accelerator = domain_type.accelerator(),
+        kvm_usable = kvm.usable,
+        reason = %kvm.reason,
+        "hypervisor domain type chosen"
+    );
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(server_config(
+            cert,
+            key,
+            config.tls.client_ca.as_deref(),
+        )?)),
+        _ => None,
+    };
+    let stop = CancellationToken::new();
+    let services = Services::new(ServicesParts {
+        config: config.clone(),
+        store: store.clone(),
+        token,
+        kvm,
+        domain_type,
+        shutdown: stop.clone(),
+    });
+
+    let report = services.journal().recover().await?;
+    if !report.rolled_back.is_empty() || !report.resumed.is_empty() || !report.failed.is_empty() {
+        tracing::warn!(?report, "recovered interrupted operations");
+    }
+    services.journal().prune_finished(7).await?;
+    services.hypervisor().refresh().await;
+    let monitor = {
+        let services = services.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move { services.hypervisor().run(stop).await })
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    services
+        .events()
+        .publish(
+            "agent.started",
+            "host",
+            &crate::host::hostname().unwrap_or_default(),
+            serde_json::json!({ "version": crate::VERSION, "listen": local.to_string() }),
+        )
+        .await?;
+    tracing::info!(
+        listen = %local,
+        tls = tls.is_some(),
+        mutual_tls = config.tls.client_ca.is_some(),
+        state_dir = %config.state_dir.display(),
+        "hyperlet is serving"
+    );
+
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        })
+    };
+    let grace = std::time::Duration::from_secs(config.api.shutdown_grace_secs);
+    listener::serve(
+        listener,
+        crate::api::router(services.clone()),
+        tls,
+        stop.clone(),
+        grace,
+    )
+    .await;
+    signals.abort();
+    let _ = monitor.await;
+
+    if let Err(e) = services
+        .events()
+        .publish(
+            "agent.stopped",
+            "host",
+            &crate::host::hostname().unwrap_or_default(),
+            serde_json::json!({ "version": crate::VERSION }),
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "could not record agent.stopped");
+    }
+    let flush = Arc::new(store);
+    flush.flush()?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}

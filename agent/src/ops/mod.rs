@@ -1,0 +1,155 @@
+//! Typed operations shared by every front.
+//!
+//! The REST handlers, the CLI (through REST) and internal callers all run the functions here,
+//! so behaviour cannot drift between fronts. An operation takes the [`Services`] (the agent's
+//! long-lived parts) and typed arguments, and returns a typed result or an [`OpError`].
+//! Multi-step mutations run under the [`crate::state::Journal`].
+
+pub mod host;
+
+use crate::auth::AdminToken;
+use crate::compute::{ComputeError, DomainType, Libvirt};
+use crate::config::Config;
+use crate::host::{HostError, KvmProbe};
+use crate::metrics::HttpMetrics;
+use crate::state::{EventLog, Journal, Store, StoreError};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Errors of typed operations. The REST layer maps each variant to one HTTP status in
+/// `api::error::status_of`.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading host facts failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The caller's input is not acceptable; nothing was changed.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The hypervisor failed or timed out.
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+}
+
+/// The agent's long-lived parts, shared by every request. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    inner: Arc<ServicesInner>,
+}
+
+struct ServicesInner {
+    config: Config,
+    store: Store,
+    journal: Journal,
+    events: EventLog,
+    libvirt: Libvirt,
+    kvm: KvmProbe,
+    domain_type: DomainType,
+    hypervisor: host::HypervisorMonitor,
+    metrics: HttpMetrics,
+    token: AdminToken,
+    started: Instant,
+    shutdown: CancellationToken,
+}
+
+/// The parts [`Services::new`] is built from.
+pub struct ServicesParts {
+    /// Validated settings.
+    pub config: Config,
+    /// The opened store.
+    pub store: Store,
+    /// The admin token.
+    pub token: AdminToken,
+    /// The KVM probe result.
+    pub kvm: KvmProbe,
+    /// The domain type chosen from config and probe.
+    pub domain_type: DomainType,
+    /// Cancelled when the agent shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Services {
+    /// Assembles the services from their parts.
+    pub fn new(parts: ServicesParts) -> Self {
+        let ServicesParts {
+            config,
+            store,
+            token,
+            kvm,
+            domain_type,
+            shutdown,
+        } = parts;
+        let libvirt = Libvirt::new(config.hypervisor.uri.clone(), config.hypervisor.call_timeout());
+        let journal = Journal::new(store.clone());
+        let events = EventLog::new(store.clone(), config.events.backlog);
+        Self {
+            inner: Arc::new(ServicesInner {
+                hypervisor: host::HypervisorMonitor::new(libvirt.clone()),
+                config,
+                store,
+                journal,
+                events,
+                libvirt,
+                kvm,
+                domain_type,
+                metrics: HttpMetrics::default(),
+                token,
+                started: Instant::now(),
+                shutdown,
+            }),
+        }
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    /// The embedded store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    /// The operation journal.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
+    }
+    /// The libvirt endpoint.
+    pub fn libvirt(&self) -> &Libvirt {
+        &self.inner.libvirt
+    }
+    /// The KVM probe made at startup.
+    pub fn kvm(&self) -> &KvmProbe {
+        &self.inner.kvm
+    }
+    /// The domain type in use.
+    pub fn domain_type(&self) -> DomainType {
+        self.inner.domain_type
+    }
+    /// The cached hypervisor status.
+    pub fn hypervisor(&self) -> &host::HypervisorMonitor {
+        &self.inner.hypervisor
+    }
+    /// HTTP metrics.
+    pub fn metrics(&self) -> &HttpMetrics {
+        &self.inner.metrics
+    }
+    /// The admin token.
+    pub fn token(&self) -> &AdminToken {
+        &self.inner.token
+    }
+    /// When the agent started.
+    pub fn started(&self) -> Instant {
+        self.inner.started
+    }
+    /// Cancelled when the agent shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+}

@@ -1,0 +1,53 @@
+//! Schema migrations. Each entry runs once, in order, recorded in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// The migrations, oldest first. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: operation journal and event log.
+    "CREATE TABLE operations (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        input       TEXT NOT NULL,
+        error       TEXT,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+     );
+     CREATE INDEX operations_status ON operations(status);
+     CREATE TABLE operation_steps (
+        op_id      TEXT NOT NULL REFERENCES operations(id) ON DELETE CASCADE,
+        seq        INTEGER NOT NULL,
+        name       TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (op_id, seq)
+     );
+     CREATE TABLE events (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        time          TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id   TEXT NOT NULL,
+        data          TEXT NOT NULL
+     );
+     CREATE TABLE settings (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+     );",
+];
+
+/// Applies every migration the database has not seen yet, each in its own transaction.
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for hyperlet: system packages, the wasm target, and the
+# libvirt daemons. Safe to run again and again; it only does what is missing.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh must run as root (it installs Debian packages and starts libvirtd)" >&2
+    exit 1
+fi
+
+# Debian packages. qemu-system-x86 and qemu-utils are installed together so both come from
+# the same release (installing qemu-system-x86 alone removes a backported qemu-utils).
+PACKAGES=(
+    build-essential pkg-config
+    libvirt-daemon-system libvirt-dev libvirt-clients
+    qemu-system-x86 qemu-utils qemu-block-extra
+    lvm2
+    nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind
+    busybox-static cpio
+    etcd-server
+    sqlite3
+    iproute2 nftables
+    openssl curl wrk
+    procps psmisc
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+# Both qemu packages must be from the same release: a backported qemu-utils alone counts as missing.
+if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+    missing+=(qemu-utils qemu-system-x86)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # Pin the qemu packages to the distribution's own release (never a backport).
+    pins=()
+    for q in qemu-utils qemu-system-x86 qemu-block-extra; do
+        v=$(apt-cache madison "$q" | awk -F'|' '$2 !~ /bpo/ {gsub(/ /,"",$2); print $2; exit}')
+        if [ -n "$v" ]; then pins+=("$q=$v"); else pins+=("$q"); fi
+    done
+    filtered=()
+    for p in "${missing[@]}"; do
+        case "$p" in qemu-utils|qemu-system-x86|qemu-block-extra) ;; *) filtered+=("$p") ;; esac
+    done
+    apt-get install -y -q --no-install-recommends --allow-downgrades \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${filtered[@]}" "${pins[@]}"
+else
+    log "all Debian packages present"
+fi
+
+# The wasm target for plugins.
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+        log "adding rust target wasm32-wasip2"
+        rustup target add wasm32-wasip2
+    fi
+else
+    echo "rustup not found: install the Rust toolchain (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
+
+# libvirt daemons: there is no systemd on these machines, so start them by hand if needed.
+mkdir -p /run/libvirt
+if ! pgrep -x virtlogd >/dev/null; then
+    log "starting virtlogd"
+    virtlogd -d
+fi
+if ! pgrep -x libvirtd >/dev/null; then
+    log "starting libvirtd"
+    libvirtd -d
+fi
+for _ in $(seq 1 50); do
+    if virsh -c qemu:///system version >/dev/null 2>&1; then
+        log "libvirtd is answering"
+        exit 0
+    fi
+    sleep 0.2
+done
+echo "libvirtd did not answer on qemu:///system within 10 s; check /var/log/libvirt/libvirtd.log" >&2
+exit 1
