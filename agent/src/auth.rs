@@ -138,7 +138,10 @@ mod tests {
         };
         let (token, source) = load_or_create(&config).unwrap();
         assert!(matches!(source, TokenSource::Generated(_)));
-        let mode = std::fs::metadata(config.admin_token_path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(config.admin_token_path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (again, source) = load_or_create(&config).unwrap();
         assert!(matches!(source, TokenSource::File(_)));

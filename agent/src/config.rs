@@ -182,6 +182,8 @@ pub struct HypervisorConfig {
     pub domain_type: DomainTypeSetting,
     /// Deadline of every libvirt call, in seconds.
     pub call_timeout_secs: u64,
+    /// Deadline of the hypervisor version query, which may make libvirt probe QEMU, in seconds.
+    pub version_timeout_secs: u64,
 }
 
 impl Default for HypervisorConfig {
@@ -190,6 +192,7 @@ impl Default for HypervisorConfig {
             uri: "qemu:///system".into(),
             domain_type: DomainTypeSetting::Auto,
             call_timeout_secs: 10,
+            version_timeout_secs: 120,
         }
     }
 }
@@ -198,6 +201,11 @@ impl HypervisorConfig {
     /// The libvirt call deadline as a duration.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs)
+    }
+
+    /// The version query deadline as a duration.
+    pub fn version_timeout(&self) -> Duration {
+        Duration::from_secs(self.version_timeout_secs)
     }
 }
 
@@ -286,7 +294,10 @@ impl Config {
             return invalid("tls", "cert and key must be given together");
         }
         if self.tls.client_ca.is_some() && !self.tls.enabled() {
-            return invalid("tls.client_ca", "client certificates need tls.cert and tls.key");
+            return invalid(
+                "tls.client_ca",
+                "client certificates need tls.cert and tls.key",
+            );
         }
         if !self.listen.ip().is_loopback() && !self.tls.enabled() && !self.insecure {
             return Err(ConfigError::Invalid {
@@ -321,10 +332,22 @@ impl Config {
         if self.hypervisor.call_timeout_secs == 0 {
             return invalid("hypervisor.call_timeout_secs", "must be at least 1");
         }
+        if self.hypervisor.version_timeout_secs == 0 {
+            return invalid("hypervisor.version_timeout_secs", "must be at least 1");
+        }
         for (name, ratio) in [
-            ("capacity.cpu_allocation_ratio", self.capacity.cpu_allocation_ratio),
-            ("capacity.ram_allocation_ratio", self.capacity.ram_allocation_ratio),
-            ("capacity.disk_allocation_ratio", self.capacity.disk_allocation_ratio),
+            (
+                "capacity.cpu_allocation_ratio",
+                self.capacity.cpu_allocation_ratio,
+            ),
+            (
+                "capacity.ram_allocation_ratio",
+                self.capacity.ram_allocation_ratio,
+            ),
+            (
+                "capacity.disk_allocation_ratio",
+                self.capacity.disk_allocation_ratio,
+            ),
         ] {
             if !(ratio.is_finite() && ratio > 0.0) {
                 return invalid(name, "must be a positive number");

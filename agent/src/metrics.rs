@@ -59,7 +59,9 @@ impl HttpMetrics {
                 s.count
             );
         }
-        out.push_str("# HELP hyperlet_http_request_duration_seconds Time to answer HTTP requests.\n");
+        out.push_str(
+            "# HELP hyperlet_http_request_duration_seconds Time to answer HTTP requests.\n",
+        );
         out.push_str("# TYPE hyperlet_http_request_duration_seconds histogram\n");
         for ((route, method, status), s) in series.iter() {
             let labels = format!(

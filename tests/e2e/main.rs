@@ -1,1 +1,12 @@
-fn main(){}
+//! End-to-end tests: real `hyperlet serve` processes, real libvirtd, real signals.
+//!
+//! One test binary with a module per area (faster to build than one binary per file).
+//! Build the agent first (`cargo build -p hyperlet`); `scripts/test.sh` does everything.
+
+mod api;
+mod cli;
+mod events;
+mod journal_crash;
+mod lifecycle;
+mod openapi;
+mod tls;

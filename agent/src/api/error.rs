@@ -75,7 +75,9 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::Compute(ComputeError::Libvirt { .. }) => {
             (StatusCode::BAD_GATEWAY, "hypervisor_error")
         }
-        OpError::Compute(ComputeError::KvmUnavailable(_)) => (StatusCode::CONFLICT, "kvm_unavailable"),
+        OpError::Compute(ComputeError::KvmUnavailable(_)) => {
+            (StatusCode::CONFLICT, "kvm_unavailable")
+        }
     }
 }
 

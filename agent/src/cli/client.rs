@@ -93,7 +93,10 @@ impl ApiClient {
         let token = match &args.token {
             Some(t) => t.clone(),
             None => {
-                let dir = args.state_dir.clone().unwrap_or_else(super::default_state_dir);
+                let dir = args
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(super::default_state_dir);
                 let path = dir.join("admin.token");
                 crate::auth::read_token(&path)
                     .map_err(|_| ClientError::NoToken(path))?
@@ -115,15 +118,16 @@ impl ApiClient {
             builder = builder.add_root_certificate(cert);
         }
         if let Some(id) = &args.client_identity {
-            let identity = reqwest::Identity::from_pem(&read_file(id)?).map_err(|e| {
-                ClientError::TlsFile {
+            let identity =
+                reqwest::Identity::from_pem(&read_file(id)?).map_err(|e| ClientError::TlsFile {
                     path: id.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             builder = builder.identity(identity);
         }
-        let http = builder.build().map_err(|e| ClientError::Decode(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
         let base = args
             .url
             .clone()
@@ -148,15 +152,21 @@ impl ApiClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| ClientError::Unreachable {
-            url: self.base.clone(),
-            source,
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBodyOwned>(&bytes) {
                 Ok(body) => ClientError::Api {

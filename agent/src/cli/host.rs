@@ -61,7 +61,10 @@ pub async fn run(cmd: HostCommand) -> Result<(), ClientError> {
 
 fn print_value(client: &ClientArgs, value: &Value, human: fn(&Value) -> String) {
     if client.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
     } else {
         print!("{}", human(value));
     }
@@ -101,7 +104,14 @@ fn render_host(h: &Value) -> String {
         ("accelerator", text(&hv["accelerator"])),
         ("kvm_usable", text(&hv["kvm"]["usable"])),
         ("kvm_reason", text(&hv["kvm"]["reason"])),
-        ("vcpus", format!("{} (limit {})", text(&cap["vcpus"]), text(&cap["vcpus_limit"]))),
+        (
+            "vcpus",
+            format!(
+                "{} (limit {})",
+                text(&cap["vcpus"]),
+                text(&cap["vcpus_limit"])
+            ),
+        ),
         (
             "memory_mb",
             format!(

@@ -14,8 +14,9 @@ use virt::connect::Connect;
 pub struct HypervisorInfo {
     /// Hypervisor driver name, e.g. `QEMU`.
     pub hypervisor_type: String,
-    /// Version of the hypervisor (QEMU), `major.minor.release`.
-    pub hypervisor_version: String,
+    /// Version of the hypervisor (QEMU), `major.minor.release`; absent until libvirt has
+    /// answered the (slow) version query.
+    pub hypervisor_version: Option<String>,
     /// Version of libvirt, `major.minor.release`.
     pub libvirt_version: String,
 }
@@ -72,17 +73,34 @@ impl Libvirt {
         }
     }
 
-    /// Asks libvirt for its own and the hypervisor's version.
+    /// A cheap liveness check: the driver name and libvirt's version (no hypervisor probe).
     ///
     /// # Errors
     /// As [`Libvirt::with_connection`].
-    pub async fn info(&self) -> Result<HypervisorInfo, ComputeError> {
-        self.with_connection("virConnectGetVersion", |conn| {
+    pub async fn ping(&self) -> Result<HypervisorInfo, ComputeError> {
+        self.with_connection("virConnectGetLibVersion", |conn| {
             Ok(HypervisorInfo {
                 hypervisor_type: conn.driver_type()?,
-                hypervisor_version: version_text(conn.hyp_version()?),
+                hypervisor_version: None,
                 libvirt_version: version_text(conn.lib_version()?),
             })
+        })
+        .await
+    }
+
+    /// The hypervisor's (QEMU's) version. libvirt may probe QEMU's capabilities to answer,
+    /// which takes seconds (every time on hosts where `/dev/kvm` exists but KVM cannot run), so
+    /// this call gets its own, longer deadline.
+    ///
+    /// # Errors
+    /// As [`Libvirt::with_connection`].
+    pub async fn hypervisor_version(&self, deadline: Duration) -> Result<String, ComputeError> {
+        let slow = Self {
+            uri: self.uri.clone(),
+            timeout: deadline,
+        };
+        slow.with_connection("virConnectGetVersion", |conn| {
+            Ok(version_text(conn.hyp_version()?))
         })
         .await
     }

@@ -76,11 +76,26 @@ mod tests {
 
     #[test]
     fn domain_type_follows_probe() {
-        let bad = KvmProbe { usable: false, reason: "no vmx".into() };
-        let good = KvmProbe { usable: true, reason: String::new() };
-        assert_eq!(DomainType::choose(DomainTypeSetting::Auto, &bad).unwrap(), DomainType::Qemu);
-        assert_eq!(DomainType::choose(DomainTypeSetting::Auto, &good).unwrap(), DomainType::Kvm);
-        assert_eq!(DomainType::choose(DomainTypeSetting::Qemu, &good).unwrap(), DomainType::Qemu);
+        let bad = KvmProbe {
+            usable: false,
+            reason: "no vmx".into(),
+        };
+        let good = KvmProbe {
+            usable: true,
+            reason: String::new(),
+        };
+        assert_eq!(
+            DomainType::choose(DomainTypeSetting::Auto, &bad).unwrap(),
+            DomainType::Qemu
+        );
+        assert_eq!(
+            DomainType::choose(DomainTypeSetting::Auto, &good).unwrap(),
+            DomainType::Kvm
+        );
+        assert_eq!(
+            DomainType::choose(DomainTypeSetting::Qemu, &good).unwrap(),
+            DomainType::Qemu
+        );
         assert!(DomainType::choose(DomainTypeSetting::Kvm, &bad).is_err());
     }
 }

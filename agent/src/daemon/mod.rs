@@ -139,7 +139,6 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracing::warn!(?report, "recovered interrupted operations");
     }
     services.journal().prune_finished(7).await?;
-    services.hypervisor().refresh().await;
     let monitor = {
         let services = services.clone();
         let stop = stop.clone();
@@ -212,8 +211,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
         std::future::pending::<()>().await;
         return;

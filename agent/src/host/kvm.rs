@@ -45,7 +45,9 @@ fn probe_with(cpuinfo: &str, dev: &Path) -> KvmProbe {
         reason,
     };
     if !cpu_has_virt_flag(cpuinfo) {
-        return no("the CPU exposes no vmx/svm flag (hardware virtualisation is unavailable)".into());
+        return no(
+            "the CPU exposes no vmx/svm flag (hardware virtualisation is unavailable)".into(),
+        );
     }
     let file = match OpenOptions::new().read(true).write(true).open(dev) {
         Ok(f) => f,
@@ -54,7 +56,9 @@ fn probe_with(cpuinfo: &str, dev: &Path) -> KvmProbe {
     // SAFETY: KVM_GET_API_VERSION takes no argument and only returns an int.
     let version = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
     if version != KVM_API_VERSION {
-        return no(format!("KVM API version is {version}, expected {KVM_API_VERSION}"));
+        return no(format!(
+            "KVM API version is {version}, expected {KVM_API_VERSION}"
+        ));
     }
     // SAFETY: KVM_CREATE_VM takes the machine type (0) and returns a new fd we close below.
     let vm = unsafe { libc::ioctl(file.as_raw_fd(), KVM_CREATE_VM as _, 0) };
@@ -87,6 +91,10 @@ mod tests {
     fn missing_device_means_tcg() {
         let probe = probe_with("flags : fpu vmx\n", Path::new("/nonexistent/kvm"));
         assert!(!probe.usable);
-        assert!(probe.reason.contains("/nonexistent/kvm"), "{}", probe.reason);
+        assert!(
+            probe.reason.contains("/nonexistent/kvm"),
+            "{}",
+            probe.reason
+        );
     }
 }

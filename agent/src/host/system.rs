@@ -38,7 +38,8 @@ pub fn online_cpus() -> u32 {
 /// [`HostError`] when the file cannot be read or lacks `MemTotal`/`MemAvailable`.
 pub fn memory() -> Result<MemoryInfo, HostError> {
     const PATH: &str = "/proc/meminfo";
-    let text = std::fs::read_to_string(PATH).map_err(|source| HostError::Read { path: PATH, source })?;
+    let text =
+        std::fs::read_to_string(PATH).map_err(|source| HostError::Read { path: PATH, source })?;
     parse_meminfo(&text)
 }
 
@@ -47,7 +48,11 @@ fn parse_meminfo(text: &str) -> Result<MemoryInfo, HostError> {
         text.lines()
             .find_map(|line| {
                 let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-                rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
             })
             .ok_or_else(|| HostError::Parse {
                 path: "/proc/meminfo",
@@ -100,7 +105,10 @@ mod tests {
         let text = "MemTotal:       24576000 kB\nMemFree:  1 kB\nMemAvailable:   12288000 kB\n";
         assert_eq!(
             parse_meminfo(text).unwrap(),
-            MemoryInfo { total_mb: 24000, available_mb: 12000 }
+            MemoryInfo {
+                total_mb: 24000,
+                available_mb: 12000
+            }
         );
         assert!(parse_meminfo("MemTotal: 5 kB\n").is_err());
     }

@@ -90,6 +90,7 @@ struct HypervisorStatus {
 /// Keeps a recent answer from libvirt so `GET /v1/host` never waits on it.
 pub struct HypervisorMonitor {
     libvirt: Libvirt,
+    version_deadline: Duration,
     status: RwLock<HypervisorStatus>,
 }
 
@@ -97,17 +98,36 @@ pub struct HypervisorMonitor {
 pub const HYPERVISOR_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 impl HypervisorMonitor {
-    /// A monitor that has not checked yet.
-    pub fn new(libvirt: Libvirt) -> Self {
+    /// A monitor that has not checked yet; `version_deadline` bounds the slow version query.
+    pub fn new(libvirt: Libvirt, version_deadline: Duration) -> Self {
         Self {
             libvirt,
+            version_deadline,
             status: RwLock::default(),
         }
     }
 
-    /// Asks libvirt now (within its deadline) and keeps the answer.
+    /// Asks libvirt now (within its deadlines) and keeps the answer. The hypervisor version
+    /// is asked for only until it is known, since answering it can be slow.
     pub async fn refresh(&self) {
-        let result = self.libvirt.info().await;
+        let result = self.libvirt.ping().await;
+        let known_version = self.snapshot().versions.and_then(|v| v.hypervisor_version);
+        let result = match (result, known_version) {
+            (Ok(mut info), Some(version)) => {
+                info.hypervisor_version = Some(version);
+                Ok(info)
+            }
+            (Ok(mut info), None) => {
+                match self.libvirt.hypervisor_version(self.version_deadline).await {
+                    Ok(version) => {
+                        info.hypervisor_version = Some(version);
+                        Ok(info)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Err(e), _) => Err(e),
+        };
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.checked_at = Some(crate::state::now_rfc3339());
         match result {
@@ -122,18 +142,25 @@ impl HypervisorMonitor {
         }
     }
 
-    /// Re-checks every [`HYPERVISOR_CHECK_INTERVAL`] until `stop` is cancelled.
+    /// Checks now, then every [`HYPERVISOR_CHECK_INTERVAL`], until `stop` is cancelled.
     pub async fn run(&self, stop: tokio_util::sync::CancellationToken) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(HYPERVISOR_CHECK_INTERVAL) => self.refresh().await,
+                () = self.refresh() => {}
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(HYPERVISOR_CHECK_INTERVAL) => {}
             }
         }
     }
 
     fn snapshot(&self) -> HypervisorStatus {
-        self.status.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -275,7 +302,10 @@ pub async fn set_service_status(
         disabled_reason: update.disabled_reason,
         updated_at: Some(crate::state::now_rfc3339()),
     };
-    services.store().put_setting(SERVICE_STATUS_KEY, &status).await?;
+    services
+        .store()
+        .put_setting(SERVICE_STATUS_KEY, &status)
+        .await?;
     let hostname = host::hostname().unwrap_or_default();
     services
         .events()

@@ -83,12 +83,18 @@ impl Services {
             domain_type,
             shutdown,
         } = parts;
-        let libvirt = Libvirt::new(config.hypervisor.uri.clone(), config.hypervisor.call_timeout());
+        let libvirt = Libvirt::new(
+            config.hypervisor.uri.clone(),
+            config.hypervisor.call_timeout(),
+        );
         let journal = Journal::new(store.clone());
         let events = EventLog::new(store.clone(), config.events.backlog);
         Self {
             inner: Arc::new(ServicesInner {
-                hypervisor: host::HypervisorMonitor::new(libvirt.clone()),
+                hypervisor: host::HypervisorMonitor::new(
+                    libvirt.clone(),
+                    config.hypervisor.version_timeout(),
+                ),
                 config,
                 store,
                 journal,

@@ -69,8 +69,11 @@ impl EventLog {
         let live = self.live.clone();
         let prune = self.published.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0;
         let backlog = self.backlog;
-        let (kind, resource_type, resource_id) =
-            (kind.to_string(), resource_type.to_string(), resource_id.to_string());
+        let (kind, resource_type, resource_id) = (
+            kind.to_string(),
+            resource_type.to_string(),
+            resource_id.to_string(),
+        );
         self.store
             .call(move |conn| {
                 let time = now_rfc3339();
@@ -173,14 +176,23 @@ mod tests {
         let log = EventLog::new(store, 10);
         let mut last = 0;
         for i in 0..(PRUNE_EVERY + 5) {
-            let e = log.publish("test", "host", "h", serde_json::json!({ "i": i })).await.unwrap();
+            let e = log
+                .publish("test", "host", "h", serde_json::json!({ "i": i }))
+                .await
+                .unwrap();
             assert!(e.seq > last);
             last = e.seq;
         }
         let (low, high) = log.bounds().await.unwrap().unwrap();
         assert_eq!(high, last);
-        assert!(high - low < 10 + PRUNE_EVERY, "backlog not pruned: {low}..{high}");
+        assert!(
+            high - low < 10 + PRUNE_EVERY,
+            "backlog not pruned: {low}..{high}"
+        );
         let tail = log.since(last - 3, 100).await.unwrap();
-        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [last - 2, last - 1, last]);
+        assert_eq!(
+            tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [last - 2, last - 1, last]
+        );
     }
 }

@@ -236,9 +236,7 @@ impl Journal {
     /// [`StoreError`] when the store cannot be read.
     pub async fn get(&self, id: &str) -> Result<Option<OperationRecord>, StoreError> {
         let id = id.to_string();
-        self.store
-            .call(move |conn| load_operation(conn, &id))
-            .await
+        self.store.call(move |conn| load_operation(conn, &id)).await
     }
 
     /// Operations that did not finish: still `running` or `rolling_back`.
@@ -354,7 +352,12 @@ impl Journal {
             .await
     }
 
-    async fn set_step_status(&self, id: &str, seq: i64, status: StepStatus) -> Result<(), StoreError> {
+    async fn set_step_status(
+        &self,
+        id: &str,
+        seq: i64,
+        status: StepStatus,
+    ) -> Result<(), StoreError> {
         let id = id.to_string();
         self.store
             .call(move |conn| {
@@ -453,7 +456,9 @@ impl Operation {
     /// # Errors
     /// [`StoreError`] when the record cannot be written.
     pub async fn complete(self) -> Result<(), StoreError> {
-        self.journal.set_status(&self.id, OpStatus::Done, None).await
+        self.journal
+            .set_status(&self.id, OpStatus::Done, None)
+            .await
     }
 
     /// Undoes the recorded steps newest first with the registered handler, recording `error`
@@ -473,7 +478,10 @@ impl Operation {
             )));
         };
         let Some(record) = self.journal.get(&self.id).await? else {
-            return Err(StoreError::Corrupt(format!("operation {} vanished", self.id)));
+            return Err(StoreError::Corrupt(format!(
+                "operation {} vanished",
+                self.id
+            )));
         };
         self.journal.undo_steps(&*handler, &record).await
     }
@@ -506,7 +514,9 @@ fn load_operation(
         "SELECT seq, name, status, data FROM operation_steps WHERE op_id = ?1 ORDER BY seq",
     )?;
     let raw: Vec<(i64, String, String, String)> = stmt
-        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map(params![id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut steps = Vec::with_capacity(raw.len());
     for (seq, name, status, data) in raw {
@@ -558,7 +568,9 @@ mod tests {
         }
     }
 
-    fn journal_with(fail_on: Option<&'static str>) -> (tempfile::TempDir, Journal, Arc<Mutex<Vec<String>>>) {
+    fn journal_with(
+        fail_on: Option<&'static str>,
+    ) -> (tempfile::TempDir, Journal, Arc<Mutex<Vec<String>>>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let journal = Journal::new(store);
@@ -574,10 +586,16 @@ mod tests {
     async fn failed_step_rolls_back_newest_first() {
         let (_dir, journal, undone) = journal_with(None);
         let mut op = journal.begin("test.op", "r1", Value::Null).await.unwrap();
-        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) }).await.unwrap();
-        op.step("b", Value::Null, || async { Ok::<_, StoreError>(()) }).await.unwrap();
+        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) })
+            .await
+            .unwrap();
+        op.step("b", Value::Null, || async { Ok::<_, StoreError>(()) })
+            .await
+            .unwrap();
         let err = op
-            .step("c", Value::Null, || async { Err::<(), _>(StoreError::Corrupt("boom".into())) })
+            .step("c", Value::Null, || async {
+                Err::<(), _>(StoreError::Corrupt("boom".into()))
+            })
             .await;
         assert!(err.is_err());
         let id = op.id().to_string();
@@ -593,7 +611,9 @@ mod tests {
     async fn dropped_operation_is_recovered() {
         let (_dir, journal, undone) = journal_with(None);
         let mut op = journal.begin("test.op", "r1", Value::Null).await.unwrap();
-        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) }).await.unwrap();
+        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) })
+            .await
+            .unwrap();
         op.record_step("b", Value::Null).await.unwrap();
         drop(op);
         let report = journal.recover().await.unwrap();
@@ -605,8 +625,12 @@ mod tests {
     async fn failed_undo_is_retried_on_next_recovery() {
         let (dir, journal, _undone) = journal_with(Some("b"));
         let mut op = journal.begin("test.op", "r1", Value::Null).await.unwrap();
-        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) }).await.unwrap();
-        op.step("b", Value::Null, || async { Ok::<_, StoreError>(()) }).await.unwrap();
+        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) })
+            .await
+            .unwrap();
+        op.step("b", Value::Null, || async { Ok::<_, StoreError>(()) })
+            .await
+            .unwrap();
         drop(op);
         let report = journal.recover().await.unwrap();
         assert_eq!(report.failed.len(), 1);
@@ -615,7 +639,10 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         let journal = Journal::new(store);
         let undone = Arc::new(Mutex::new(Vec::new()));
-        journal.register(Arc::new(Recorder { undone: undone.clone(), fail_on: None }));
+        journal.register(Arc::new(Recorder {
+            undone: undone.clone(),
+            fail_on: None,
+        }));
         let report = journal.recover().await.unwrap();
         assert_eq!(report.rolled_back.len(), 1);
         assert_eq!(*undone.lock().unwrap(), ["b", "a"]);
@@ -625,7 +652,9 @@ mod tests {
     async fn completed_operation_is_left_alone() {
         let (_dir, journal, undone) = journal_with(None);
         let mut op = journal.begin("test.op", "r1", Value::Null).await.unwrap();
-        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) }).await.unwrap();
+        op.step("a", Value::Null, || async { Ok::<_, StoreError>(()) })
+            .await
+            .unwrap();
         op.complete().await.unwrap();
         let report = journal.recover().await.unwrap();
         assert!(report.rolled_back.is_empty() && report.failed.is_empty());

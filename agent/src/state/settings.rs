@@ -17,9 +17,11 @@ impl Store {
         let key = key.to_string();
         self.call(move |conn| {
             let text: Option<String> = conn
-                .query_row("SELECT value FROM settings WHERE key = ?1", params![key], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT value FROM settings WHERE key = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
                 .optional()?;
             text.map(|t| {
                 serde_json::from_str(&t)

@@ -21,6 +21,7 @@ use utoipa::IntoParams;
 
 /// Query parameters of `GET /v1/events`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Replay stored events after this sequence number (same as `Last-Event-ID`).

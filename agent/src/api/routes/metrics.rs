@@ -12,7 +12,10 @@ use axum::response::IntoResponse;
         content_type = "text/plain; version=0.0.4")))]
 pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         services.metrics().render(),
     )
 }
