@@ -132,3 +132,70 @@ pub async fn require_token(State(services): State<Services>, req: Request, next:
         Some(_) => ApiError::unauthorized("The bearer token is not valid").into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::load_or_create;
+    use crate::compute::DomainType;
+    use crate::config::Config;
+    use crate::host::KvmProbe;
+    use crate::ops::ServicesParts;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    fn services(dir: &std::path::Path, timeout_secs: u64) -> Services {
+        let mut config = Config {
+            state_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        config.api.request_timeout_secs = timeout_secs;
+        let store = crate::state::Store::open(&dir.join("db")).unwrap();
+        let (token, _) = load_or_create(&config).unwrap();
+        Services::new(ServicesParts {
+            config,
+            store,
+            token,
+            kvm: KvmProbe {
+                usable: false,
+                reason: "test".into(),
+            },
+            domain_type: DomainType::Qemu,
+            shutdown: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn slow_handlers_get_a_json_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = services(dir.path(), 1);
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(services.clone(), deadline))
+            .with_state(services);
+        let slow = app
+            .clone()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(slow.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "request_timeout");
+        let fast = app
+            .oneshot(Request::get("/fast").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(fast.status(), StatusCode::OK);
+    }
+}
