@@ -395,6 +395,12 @@ mod tests {
     }
 
     #[test]
+    fn example_config_in_contrib_is_valid() {
+        let config = Config::from_toml(include_str!("../../contrib/hyperlet.toml")).unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn tls_needs_cert_and_key() {
         let config = Config::from_toml("[tls]\ncert = \"/a\"").unwrap();
         assert!(config.validate().is_err());

@@ -181,7 +181,10 @@ mod tests {
                 }),
             )
             .route("/fast", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn_with_state(services.clone(), deadline))
+            .layer(axum::middleware::from_fn_with_state(
+                services.clone(),
+                deadline,
+            ))
             .with_state(services);
         let slow = app
             .clone()
