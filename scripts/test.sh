@@ -14,4 +14,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --locked
 echo "== test"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {sum += $4} END {print sum + 0}' "$log")
+failed=$(awk '/^test result:/ {sum += $6} END {print sum + 0}' "$log")
+echo
+echo "summary: ${passed} passed, ${failed} failed"
+exit "$status"
