@@ -13,6 +13,7 @@
 //! * [`state`] — the embedded SQLite store, the operation journal and the event log.
 //! * [`host`] — facts about this machine: CPU, memory, disk and the KVM probe.
 //! * [`compute`] — the hypervisor connection (libvirt).
+//! * [`image`] — the image cache: qcow2, format inspection.
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
 //! * [`cli`] — the command-line client that speaks REST to a running agent.
@@ -24,6 +25,7 @@ pub mod compute;
 pub mod config;
 pub mod daemon;
 pub mod host;
+pub mod image;
 pub mod metrics;
 pub mod ops;
 pub mod state;

@@ -1,0 +1,1 @@
+//! Format inspection (being written).
