@@ -4,8 +4,13 @@
 //! domain type the agent uses ([`DomainType`]), decided once at startup from the config and
 //! the real KVM probe ([`crate::host::probe_kvm`]). Server lifecycle builds on it.
 
+mod domain;
 mod libvirt;
+mod xml;
 
+pub use domain::{
+    Boot, DomainMetadata, DomainSpec, Disk, DiskSource, Nic, Smbios, METADATA_NS,
+};
 pub use libvirt::{HypervisorInfo, Libvirt};
 
 use crate::config::DomainTypeSetting;
