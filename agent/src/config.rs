@@ -97,6 +97,30 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     /// Capacity reporting.
     pub capacity: CapacityConfig,
+    /// The image cache.
+    pub images: ImagesConfig,
+}
+
+/// Image cache settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Largest accepted upload, GiB.
+    pub max_upload_gb: u64,
+    /// Largest accepted virtual disk size of an image, GiB.
+    pub max_virtual_size_gb: u64,
+    /// Deadline of a format conversion with qemu-img, seconds.
+    pub convert_timeout_secs: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_gb: 256,
+            max_virtual_size_gb: 2048,
+            convert_timeout_secs: 3600,
+        }
+    }
 }
 
 /// Authentication settings.
@@ -184,6 +208,10 @@ pub struct HypervisorConfig {
     pub call_timeout_secs: u64,
     /// Deadline of the hypervisor version query, which may make libvirt probe QEMU, in seconds.
     pub version_timeout_secs: u64,
+    /// How long a stop or soft reboot waits for the guest to power off before forcing it.
+    pub clean_shutdown_timeout_secs: u64,
+    /// How often the agent compares its servers with libvirt, in milliseconds.
+    pub sync_interval_ms: u64,
 }
 
 impl Default for HypervisorConfig {
@@ -193,6 +221,8 @@ impl Default for HypervisorConfig {
             domain_type: DomainTypeSetting::Auto,
             call_timeout_secs: 10,
             version_timeout_secs: 120,
+            clean_shutdown_timeout_secs: 60,
+            sync_interval_ms: 2000,
         }
     }
 }
@@ -250,6 +280,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             hypervisor: HypervisorConfig::default(),
             capacity: CapacityConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 }
@@ -332,6 +363,9 @@ impl Config {
         if self.hypervisor.call_timeout_secs == 0 {
             return invalid("hypervisor.call_timeout_secs", "must be at least 1");
         }
+        if self.hypervisor.sync_interval_ms < 100 {
+            return invalid("hypervisor.sync_interval_ms", "must be at least 100");
+        }
         if self.hypervisor.version_timeout_secs == 0 {
             return invalid("hypervisor.version_timeout_secs", "must be at least 1");
         }
@@ -353,6 +387,15 @@ impl Config {
                 return invalid(name, "must be a positive number");
             }
         }
+        if self.images.max_upload_gb == 0 || self.images.max_virtual_size_gb == 0 {
+            return invalid(
+                "images",
+                "max_upload_gb and max_virtual_size_gb must be at least 1",
+            );
+        }
+        if self.images.convert_timeout_secs == 0 {
+            return invalid("images.convert_timeout_secs", "must be at least 1");
+        }
         if self.availability_zone.is_empty() {
             return invalid("availability_zone", "must not be empty");
         }
@@ -362,6 +405,16 @@ impl Config {
     /// Path of the SQLite store.
     pub fn store_path(&self) -> PathBuf {
         self.state_dir.join("hyperlet.db")
+    }
+
+    /// Directory of the image cache.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
+    /// Directory of per-server files (root overlays, console logs).
+    pub fn servers_dir(&self) -> PathBuf {
+        self.state_dir.join("servers")
     }
 
     /// Path of the generated admin token.

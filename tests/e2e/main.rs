@@ -6,7 +6,9 @@
 mod api;
 mod cli;
 mod events;
+mod images;
 mod journal_crash;
 mod lifecycle;
 mod openapi;
+mod servers;
 mod tls;

@@ -46,6 +46,8 @@ pub struct Agent {
     pub args: Vec<String>,
     /// `https` when TLS is configured.
     pub scheme: &'static str,
+    /// Extra environment for the agent process (e.g. a failpoint).
+    pub env: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -55,15 +57,38 @@ impl Agent {
         Self::start_with(&[], "http")
     }
 
+    /// Starts an agent whose config file has `toml` (plus the test defaults below).
+    pub fn start_with_config(toml: &str) -> Self {
+        Self::start_configured(toml, &[], "http")
+    }
+
     /// Starts an agent with extra `serve` arguments.
     pub fn start_with(args: &[&str], scheme: &'static str) -> Self {
+        Self::start_configured("", args, scheme)
+    }
+
+    fn start_configured(toml: &str, args: &[&str], scheme: &'static str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        // QEMU runs as libvirt-qemu and must reach disks and kernels under the state dir.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod tempdir");
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if !toml.is_empty() {
+            let path = dir.path().join("hyperlet.toml");
+            std::fs::write(&path, toml).expect("write config");
+            args.push("--config".into());
+            args.push(path.display().to_string());
+        }
         let mut agent = Self {
             child: None,
             addr: format!("127.0.0.1:{}", free_port()),
             dir,
-            args: args.iter().map(|s| s.to_string()).collect(),
+            args,
             scheme,
+            env: Vec::new(),
             starts: 0,
         };
         agent.spawn();
@@ -115,6 +140,7 @@ impl Agent {
             .arg(&self.addr)
             .args(&self.args)
             .env("HYPERLET_LOG_FORMAT", "json")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("HYPERLET_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -211,7 +237,142 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // Remove the domains this agent created: their disks live under its state dir.
+        let state = self.state_dir().display().to_string();
+        let (_, names) = virsh(&["list", "--all", "--name"]);
+        for name in names
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with("hyperlet-"))
+        {
+            let (_, xml) = virsh(&["dumpxml", "--inactive", name]);
+            if xml.contains(&state) {
+                let _ = virsh(&["destroy", name]);
+                let _ = virsh(&["undefine", "--managed-save", "--nvram", name]);
+            }
+        }
     }
+}
+
+impl Agent {
+    /// `POST`/`PUT`/`DELETE`… `path` with the admin token and an optional JSON body.
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> reqwest::blocking::Response {
+        let mut req = self
+            .client()
+            .request(method, format!("{}{path}", self.url()))
+            .bearer_auth(self.token());
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().expect("request")
+    }
+
+    /// Creates an image and uploads `file` into it; returns the image JSON (status as the
+    /// upload left it) and the HTTP status of the upload.
+    pub fn import_image(
+        &self,
+        name: &str,
+        disk_format: &str,
+        container_format: &str,
+        properties: serde_json::Value,
+        file: &Path,
+    ) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({
+            "name": name, "disk_format": disk_format,
+            "container_format": container_format, "properties": properties,
+        });
+        let created = self.send(reqwest::Method::POST, "/v1/images", Some(&body));
+        assert_eq!(created.status(), 201, "create image {name}");
+        let image: serde_json::Value = created.json().unwrap();
+        let id = image["id"].as_str().unwrap().to_string();
+        let resp = self
+            .client()
+            .put(format!("{}/v1/images/{id}/file", self.url()))
+            .bearer_auth(self.token())
+            .header("content-type", "application/octet-stream")
+            .body(std::fs::read(file).expect("image file"))
+            .send()
+            .expect("upload");
+        let status = resp.status().as_u16();
+        let after = self.get_json(&format!("/v1/images/{id}"));
+        (status, after)
+    }
+
+    /// Polls `GET /v1/servers/{id}` until its status is `status` (panics on ERROR or timeout).
+    pub fn wait_server(&self, id: &str, status: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            let resp = self.get(&format!("/v1/servers/{id}"));
+            if resp.status() == 200 {
+                last = resp.json().unwrap();
+                if last["status"] == status && last["task_state"].is_null() {
+                    return last;
+                }
+                if last["status"] == "ERROR" && status != "ERROR" {
+                    panic!("server {id} went to ERROR: {last}\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("server {id} did not reach {status} within {limit:?}; last: {last}");
+    }
+
+    /// Polls until `GET /v1/servers/{id}` answers 404.
+    pub fn wait_server_gone(&self, id: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.get(&format!("/v1/servers/{id}")).status() == 404 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("server {id} still exists after {limit:?}");
+    }
+
+    /// The agent's server console text.
+    pub fn console(&self, id: &str) -> String {
+        let resp = self.send(
+            reqwest::Method::POST,
+            &format!("/v1/servers/{id}/action"),
+            Some(&serde_json::json!({"console_output": null})),
+        );
+        assert_eq!(resp.status(), 200, "console_output");
+        let out: serde_json::Value = resp.json().unwrap();
+        out["output"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the server's console contains `needle` `count` times.
+    pub fn wait_console(&self, id: &str, needle: &str, count: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut text = String::new();
+        while Instant::now() < deadline {
+            text = self.console(id);
+            if text.matches(needle).count() >= count {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        panic!("console of {id} does not show {needle:?} {count}× within {limit:?}:\n{text}");
+    }
+}
+
+/// Runs `virsh -c qemu:///system <args>`; returns (success, stdout+stderr).
+pub fn virsh(args: &[&str]) -> (bool, String) {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+        .expect("virsh (apt-get install libvirt-clients)");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 /// Runs the `hyperlet` CLI with `args` and extra environment; returns (status, stdout, stderr).

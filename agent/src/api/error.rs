@@ -4,6 +4,7 @@
 //! machine-readable word; `message` is for people and carries the error chain.
 
 use crate::compute::ComputeError;
+use crate::image::ImageError;
 use crate::ops::OpError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,6 +68,20 @@ impl ApiError {
 pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
     match err {
         OpError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        OpError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        OpError::Image(ImageError::Unsafe(_)) => (StatusCode::BAD_REQUEST, "image_refused"),
+        OpError::Image(ImageError::TooLarge { .. }) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        }
+        OpError::Image(ImageError::Upload(_)) => (StatusCode::BAD_REQUEST, "upload_failed"),
+        OpError::Image(ImageError::Convert(_)) => {
+            (StatusCode::BAD_REQUEST, "image_conversion_failed")
+        }
+        OpError::Image(ImageError::Overlay(_)) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "overlay_failed")
+        }
+        OpError::Image(ImageError::Io { .. }) => (StatusCode::INTERNAL_SERVER_ERROR, "image_io"),
         OpError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         OpError::Host(_) => (StatusCode::INTERNAL_SERVER_ERROR, "host_error"),
         OpError::Compute(ComputeError::Timeout { .. }) => {
@@ -75,6 +90,7 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::Compute(ComputeError::Libvirt { .. }) => {
             (StatusCode::BAD_GATEWAY, "hypervisor_error")
         }
+        OpError::Compute(ComputeError::NoGuestAgent(_)) => (StatusCode::CONFLICT, "no_guest_agent"),
         OpError::Compute(ComputeError::KvmUnavailable(_)) => {
             (StatusCode::CONFLICT, "kvm_unavailable")
         }

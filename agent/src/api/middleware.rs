@@ -76,7 +76,15 @@ pub async fn request_context(
 }
 
 /// Fails the request with 503 `request_timeout` when it takes longer than the configured time.
+/// Streamed uploads are exempt: they are bounded by an idle timeout between chunks instead.
 pub async fn deadline(State(services): State<Services>, req: Request, next: Next) -> Response {
+    if req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == UPLOAD_ROUTE)
+    {
+        return next.run(req).await;
+    }
     let limit = services.config().api.request_timeout();
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
@@ -89,9 +97,20 @@ pub async fn deadline(State(services): State<Services>, req: Request, next: Next
     }
 }
 
+/// The streamed image upload: its size is bounded by `images.max_upload_gb` instead.
+pub const UPLOAD_ROUTE: &str = "/v1/images/{id}/file";
+
 /// Refuses a request whose `Content-Length` is over the limit, before reading the body.
-/// Bodies without a length are cut at the same limit by the JSON extractor.
+/// Bodies without a length are cut at the same limit by the JSON extractor. The image upload
+/// route has its own limit.
 pub async fn body_limit(State(services): State<Services>, req: Request, next: Next) -> Response {
+    if req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == UPLOAD_ROUTE)
+    {
+        return next.run(req).await;
+    }
     let limit = services.config().api.body_limit_bytes;
     let declared = req
         .headers()
@@ -165,6 +184,16 @@ mod tests {
             },
             domain_type: DomainType::Qemu,
             shutdown: Default::default(),
+            images: crate::image::ImageCache::open(
+                &dir.join("images"),
+                crate::image::CacheLimits {
+                    max_upload_bytes: 1 << 20,
+                    max_virtual_size: 1 << 30,
+                    convert_timeout: Duration::from_secs(5),
+                },
+            )
+            .unwrap(),
+            node_id: "test-node".into(),
         })
     }
 

@@ -17,7 +17,7 @@ pub mod routes;
 
 use crate::ops::Services;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::Router;
 use error::ApiError;
 
@@ -33,6 +33,28 @@ pub fn router(services: Services) -> Router {
             get(routes::host::show).patch(routes::host::update),
         )
         .route("/v1/events", get(routes::events::events))
+        .route(
+            "/v1/images",
+            get(routes::images::list).post(routes::images::create),
+        )
+        .route(
+            "/v1/images/{id}",
+            get(routes::images::show).delete(routes::images::delete),
+        )
+        .route(
+            middleware::UPLOAD_ROUTE,
+            put(routes::images::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/servers",
+            get(routes::servers::list).post(routes::servers::create),
+        )
+        .route(
+            "/v1/servers/{id}",
+            get(routes::servers::show).delete(routes::servers::delete),
+        )
+        .route("/v1/servers/{id}/action", post(routes::servers::action))
+        .route("/v1/servers/{id}/stats", get(routes::servers::stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

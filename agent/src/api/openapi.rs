@@ -19,6 +19,17 @@ use utoipa::{Modify, OpenApi};
         routes::host::show,
         routes::host::update,
         routes::events::events,
+        routes::images::create,
+        routes::images::list,
+        routes::images::show,
+        routes::images::delete,
+        routes::images::upload,
+        routes::servers::create,
+        routes::servers::list,
+        routes::servers::show,
+        routes::servers::delete,
+        routes::servers::action,
+        routes::servers::stats,
     ),
     components(schemas(ErrorBody, ErrorDetail, crate::state::Event)),
     modifiers(&BearerAuth),
@@ -26,6 +37,8 @@ use utoipa::{Modify, OpenApi};
         (name = "agent", description = "Health, metrics and the API description"),
         (name = "host", description = "This node"),
         (name = "events", description = "State-change stream"),
+        (name = "images", description = "The node's image cache"),
+        (name = "servers", description = "Virtual machines"),
     )
 )]
 pub struct ApiDoc;

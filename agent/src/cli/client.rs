@@ -5,6 +5,7 @@ use clap::Args;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ pub enum ClientError {
         /// Error message.
         message: String,
     },
+    /// The command line is not usable.
+    #[error("{0}")]
+    Usage(String),
     /// The answer could not be decoded.
     #[error("Unexpected answer from the agent: {0}")]
     Decode(String),
@@ -137,6 +141,51 @@ impl ApiClient {
         Ok(Self { http, base, token })
     }
 
+    /// Sends a request whose answer has no body (204).
+    ///
+    /// # Errors
+    /// As [`ApiClient::request`].
+    pub async fn request_empty(&self, method: Method, path: &str) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        self.decode::<Value>(resp, true).await.map(|_| ())
+    }
+
+    /// Streams `body` (`length` bytes) with `PUT` as `application/octet-stream`.
+    ///
+    /// # Errors
+    /// As [`ApiClient::request`].
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        length: u64,
+    ) -> Result<T, ClientError> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .timeout(Duration::from_secs(24 * 3600))
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        self.decode(resp, false).await
+    }
+
     /// Sends a request and decodes the JSON answer.
     ///
     /// # Errors
@@ -159,6 +208,14 @@ impl ApiClient {
                 url: self.base.clone(),
                 source,
             })?;
+        self.decode(resp, false).await
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        empty_ok: bool,
+    ) -> Result<T, ClientError> {
         let status = resp.status();
         let bytes = resp
             .bytes()
@@ -180,6 +237,10 @@ impl ApiClient {
                     message: String::from_utf8_lossy(&bytes).into_owned(),
                 },
             });
+        }
+        if empty_ok && bytes.is_empty() {
+            return serde_json::from_value(Value::Null)
+                .map_err(|e| ClientError::Decode(e.to_string()));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }

@@ -70,7 +70,8 @@ fn print_value(client: &ClientArgs, value: &Value, human: fn(&Value) -> String) 
     }
 }
 
-fn text(v: &Value) -> String {
+/// A JSON value as table text (`-` for null, strings unquoted).
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),

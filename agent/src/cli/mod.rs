@@ -13,6 +13,8 @@
 
 mod client;
 mod host;
+mod image;
+mod server;
 mod table;
 
 pub use client::{ApiClient, ClientArgs, ClientError};
@@ -40,6 +42,12 @@ pub enum Command {
     /// This node: show it, enable or disable it for new servers.
     #[command(subcommand)]
     Host(host::HostCommand),
+    /// The image cache: import, list, show, delete.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Servers: create, list, show, delete and their actions.
+    #[command(subcommand)]
+    Server(server::ServerCommand),
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -151,6 +159,12 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Host(cmd) => runtime
             .block_on(host::run(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Image(cmd) => runtime
+            .block_on(image::run(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Server(cmd) => runtime
+            .block_on(server::run(cmd))
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Openapi => {
             print!("{}", crate::api::openapi::document_json());

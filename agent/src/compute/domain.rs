@@ -89,6 +89,8 @@ pub struct DomainMetadata {
     pub server_id: String,
     /// Server name.
     pub server_name: String,
+    /// The server's spec as JSON, so a restarted agent that lost its record can adopt it.
+    pub spec_json: String,
 }
 
 impl DomainMetadata {
@@ -101,6 +103,7 @@ impl DomainMetadata {
             node_id: first_element_text(xml, "hyperlet:node-id")?,
             server_id: first_element_text(xml, "hyperlet:server-id")?,
             server_name: first_element_text(xml, "hyperlet:server-name").unwrap_or_default(),
+            spec_json: first_element_text(xml, "hyperlet:spec").unwrap_or_default(),
         })
     }
 }
@@ -181,7 +184,10 @@ impl DomainSpec {
         w.text("vcpu", &[("placement", "static")], &self.vcpus.to_string());
         self.write_sysinfo(&mut w);
         self.write_os(&mut w);
-        w.open("features", &[]).empty("acpi", &[]).empty("apic", &[]).close();
+        w.open("features", &[])
+            .empty("acpi", &[])
+            .empty("apic", &[])
+            .close();
         if self.domain_type == DomainType::Kvm {
             w.empty("cpu", &[("mode", "host-model")]);
         }
@@ -206,7 +212,10 @@ impl DomainSpec {
             .close();
         w.open("channel", &[("type", "unix")])
             .empty("source", &[("mode", "bind")])
-            .empty("target", &[("type", "virtio"), ("name", "org.qemu.guest_agent.0")])
+            .empty(
+                "target",
+                &[("type", "virtio"), ("name", "org.qemu.guest_agent.0")],
+            )
             .close();
         w.open("memballoon", &[("model", "virtio")])
             .empty("stats", &[("period", "10")])
@@ -226,6 +235,7 @@ impl DomainSpec {
         w.text("hyperlet:node-id", &[], &m.node_id);
         w.text("hyperlet:server-id", &[], &m.server_id);
         w.text("hyperlet:server-name", &[], &m.server_name);
+        w.text("hyperlet:spec", &[], &m.spec_json);
         w.close().close();
     }
 
@@ -278,7 +288,12 @@ fn write_disk(w: &mut XmlWriter, disk: &Disk) {
     w.open("disk", &[("type", kind), ("device", "disk")]);
     w.empty(
         "driver",
-        &[("name", "qemu"), ("type", format), ("cache", "none"), ("io", "native")],
+        &[
+            ("name", "qemu"),
+            ("type", format),
+            ("cache", "none"),
+            ("io", "native"),
+        ],
     );
     match &disk.source {
         DiskSource::File { path, .. } => {
@@ -347,6 +362,7 @@ mod tests {
                 node_id: "node-1".into(),
                 server_id: "0b7c6b4e-0000-4000-8000-000000000001".into(),
                 server_name: "web <1>".into(),
+                spec_json: "{\"a\":\"<b>\"}".into(),
             },
         }
     }

@@ -5,12 +5,12 @@
 //! the real KVM probe ([`crate::host::probe_kvm`]). Server lifecycle builds on it.
 
 mod domain;
+mod domains;
 mod libvirt;
 mod xml;
 
-pub use domain::{
-    Boot, DomainMetadata, DomainSpec, Disk, DiskSource, Nic, Smbios, METADATA_NS,
-};
+pub use domain::{Boot, Disk, DiskSource, DomainMetadata, DomainSpec, Nic, Smbios, METADATA_NS};
+pub use domains::{DomainStatus, PowerState};
 pub use libvirt::{HypervisorInfo, Libvirt};
 
 use crate::config::DomainTypeSetting;
@@ -36,6 +36,9 @@ pub enum ComputeError {
         /// The deadline.
         seconds: u64,
     },
+    /// The guest has no QEMU guest agent answering.
+    #[error("The guest agent is not available in this server: {0}")]
+    NoGuestAgent(String),
     /// The configured domain type cannot be used on this host.
     #[error("domain_type = \"kvm\" is configured but KVM is not usable here: {0}")]
     KvmUnavailable(String),

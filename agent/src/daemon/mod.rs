@@ -14,6 +14,7 @@ pub use tls::server_config;
 use crate::auth::{self, TokenSource};
 use crate::compute::DomainType;
 use crate::config::{Config, ConfigError};
+use crate::image::{CacheLimits, ImageCache};
 use crate::ops::{Services, ServicesParts};
 use crate::state::{Store, StoreError};
 use std::os::unix::fs::DirBuilderExt;
@@ -45,6 +46,9 @@ pub enum DaemonError {
     /// The configured domain type cannot be used.
     #[error(transparent)]
     Compute(#[from] crate::compute::ComputeError),
+    /// The image cache cannot be opened.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// TLS files cannot be used.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -91,6 +95,25 @@ fn prepare_state_dir(config: &Config) -> Result<StateLock, DaemonError> {
     Ok(StateLock { _lock: lock })
 }
 
+/// This node's id: generated once, kept in the store.
+async fn node_id(store: &Store) -> Result<String, StoreError> {
+    if let Some(id) = store.get_setting::<String>("node.id").await? {
+        return Ok(id);
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    store.put_setting("node.id", &id).await?;
+    Ok(id)
+}
+
+fn image_limits(config: &Config) -> CacheLimits {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    CacheLimits {
+        max_upload_bytes: config.images.max_upload_gb.saturating_mul(GIB),
+        max_virtual_size: config.images.max_virtual_size_gb.saturating_mul(GIB),
+        convert_timeout: std::time::Duration::from_secs(config.images.convert_timeout_secs),
+    }
+}
+
 /// Runs the agent until a termination signal arrives.
 ///
 /// # Errors
@@ -124,6 +147,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         )?)),
         _ => None,
     };
+    let images = ImageCache::open(&config.images_dir(), image_limits(&config))?;
+    let node_id = node_id(&store).await?;
     let stop = CancellationToken::new();
     let services = Services::new(ServicesParts {
         config: config.clone(),
@@ -132,13 +157,38 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         kvm,
         domain_type,
         shutdown: stop.clone(),
+        images,
+        node_id,
     });
+    crate::ops::servers::register_handlers(&services);
 
     let report = services.journal().recover().await?;
     if !report.rolled_back.is_empty() || !report.resumed.is_empty() || !report.failed.is_empty() {
         tracing::warn!(?report, "recovered interrupted operations");
     }
     services.journal().prune_finished(7).await?;
+    let reset = store.reset_interrupted_uploads().await?;
+    if reset > 0 {
+        tracing::warn!(
+            count = reset,
+            "image uploads were interrupted by a restart; they are queued again"
+        );
+    }
+    let removed = services.images().gc(&store.referenced_blobs().await?);
+    if removed > 0 {
+        tracing::info!(count = removed, "removed unreferenced image cache files");
+    }
+    std::fs::create_dir_all(config.servers_dir()).map_err(|e| DaemonError::StateDir {
+        path: config.servers_dir(),
+        reason: e.to_string(),
+    })?;
+    if let Err(e) = crate::ops::servers::adopt_and_reconcile(&services).await {
+        tracing::warn!(error = %crate::api::error::chain(&e), "first sync with libvirt failed; retrying in the background");
+    }
+    let sync = tokio::spawn(crate::ops::servers::run_sync(
+        services.clone(),
+        stop.clone(),
+    ));
     let monitor = {
         let services = services.clone();
         let stop = stop.clone();
@@ -190,6 +240,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     .await;
     signals.abort();
     let _ = monitor.await;
+    let _ = sync.await;
 
     if let Err(e) = services
         .events()

@@ -6,14 +6,18 @@
 //! Multi-step mutations run under the [`crate::state::Journal`].
 
 pub mod host;
+pub mod images;
+pub mod servers;
 
 use crate::auth::AdminToken;
 use crate::compute::{ComputeError, DomainType, Libvirt};
 use crate::config::Config;
 use crate::host::{HostError, KvmProbe};
+use crate::image::ImageCache;
 use crate::metrics::HttpMetrics;
 use crate::state::{EventLog, Journal, Store, StoreError};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +31,20 @@ pub enum OpError {
     /// Reading host facts failed.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The resource does not exist.
+    #[error("No {kind} with id {id}")]
+    NotFound {
+        /// Resource kind (`image`, `server`, …).
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The request conflicts with the resource's current state; nothing was changed.
+    #[error("{0}")]
+    Conflict(String),
+    /// The image cache refused or failed.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     /// The caller's input is not acceptable; nothing was changed.
     #[error("{0}")]
     InvalidInput(String),
@@ -51,6 +69,10 @@ struct ServicesInner {
     domain_type: DomainType,
     hypervisor: host::HypervisorMonitor,
     metrics: HttpMetrics,
+    images: ImageCache,
+    node_id: String,
+    server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    admission: tokio::sync::Mutex<()>,
     token: AdminToken,
     started: Instant,
     shutdown: CancellationToken,
@@ -70,6 +92,10 @@ pub struct ServicesParts {
     pub domain_type: DomainType,
     /// Cancelled when the agent shuts down.
     pub shutdown: CancellationToken,
+    /// The image cache.
+    pub images: ImageCache,
+    /// This node's id (tags the domains it owns).
+    pub node_id: String,
 }
 
 impl Services {
@@ -82,6 +108,8 @@ impl Services {
             kvm,
             domain_type,
             shutdown,
+            images,
+            node_id,
         } = parts;
         let libvirt = Libvirt::new(
             config.hypervisor.uri.clone(),
@@ -103,6 +131,10 @@ impl Services {
                 kvm,
                 domain_type,
                 metrics: HttpMetrics::default(),
+                images,
+                node_id,
+                server_locks: Mutex::default(),
+                admission: tokio::sync::Mutex::new(()),
                 token,
                 started: Instant::now(),
                 shutdown,
@@ -145,6 +177,28 @@ impl Services {
     /// HTTP metrics.
     pub fn metrics(&self) -> &HttpMetrics {
         &self.inner.metrics
+    }
+    /// The image cache.
+    pub fn images(&self) -> &ImageCache {
+        &self.inner.images
+    }
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+    /// The lock serialising operations on one server.
+    pub fn server_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .server_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id.to_string()).or_default().clone()
+    }
+    /// The lock making capacity checks and server inserts atomic.
+    pub fn admission(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.admission
     }
     /// The admin token.
     pub fn token(&self) -> &AdminToken {

@@ -426,6 +426,7 @@ impl Operation {
         self.journal
             .set_step_status(&self.id, seq, StepStatus::Done)
             .await?;
+        failpoint(&self.kind, name).await;
         Ok(value)
     }
 
@@ -484,6 +485,20 @@ impl Operation {
             )));
         };
         self.journal.undo_steps(&*handler, &record).await
+    }
+}
+
+/// Environment variable naming a failpoint `<kind>:<step>`: after that step is done, the
+/// operation stops forever, so crash tests can SIGKILL the agent at a precise point.
+pub const FAILPOINT_ENV: &str = "HYPERLET_FAILPOINT";
+
+async fn failpoint(kind: &str, step: &str) {
+    let Ok(point) = std::env::var(FAILPOINT_ENV) else {
+        return;
+    };
+    if point == format!("{kind}:{step}") {
+        tracing::warn!(kind, step, "failpoint reached; this operation stops here");
+        std::future::pending::<()>().await;
     }
 }
 

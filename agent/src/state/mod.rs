@@ -14,15 +14,19 @@
 //! * settings — small JSON documents by key ([`Store::get_setting`], [`Store::put_setting`]).
 
 mod events;
+mod images;
 mod journal;
 mod schema;
+mod servers;
 mod settings;
 
 pub use events::{Event, EventLog};
+pub use images::{ImageRecord, ImageStatus, StoredImage};
 pub use journal::{
-    Journal, OpStatus, Operation, OperationHandler, OperationRecord, RecoveryReport, StepRecord,
-    StepStatus, UndoFuture,
+    Journal, OpStatus, Operation, OperationHandler, OperationRecord, RecoveryReport, RestartPolicy,
+    StepRecord, StepStatus, UndoFuture, FAILPOINT_ENV,
 };
+pub use servers::ServerRow;
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

@@ -38,6 +38,36 @@ const MIGRATIONS: &[&str] = &[
         value      TEXT NOT NULL,
         updated_at TEXT NOT NULL
      );",
+    // 2: images and servers.
+    "CREATE TABLE images (
+        id               TEXT PRIMARY KEY,
+        name             TEXT NOT NULL,
+        status           TEXT NOT NULL,
+        disk_format      TEXT NOT NULL,
+        container_format TEXT NOT NULL,
+        properties       TEXT NOT NULL,
+        checksum         TEXT,
+        size             INTEGER,
+        virtual_size     INTEGER,
+        stored_format    TEXT,
+        blob             TEXT,
+        error            TEXT,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL
+     );
+     CREATE INDEX images_blob ON images(blob);
+     CREATE TABLE servers (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        task_state  TEXT,
+        image_id    TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        fault       TEXT,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+     );
+     CREATE INDEX servers_image ON servers(image_id);",
 ];
 
 /// Applies every migration the database has not seen yet, each in its own transaction.

@@ -3,5 +3,7 @@
 pub mod events;
 pub mod health;
 pub mod host;
+pub mod images;
 pub mod metrics;
 pub mod openapi;
+pub mod servers;

@@ -1,0 +1,115 @@
+//! `/v1/servers` — virtual machines on this node.
+
+use crate::api::error::{ApiError, ErrorBody};
+use crate::api::json::ApiJson;
+use crate::ops::servers::{self, ActionOutput, Server, ServerAction, ServerCreate, ServerStats};
+use crate::ops::Services;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// `GET /v1/servers` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerList {
+    /// The servers, oldest first.
+    pub servers: Vec<Server>,
+}
+
+/// Creates a server: 202 with status BUILD; it becomes ACTIVE (or ERROR with a fault).
+#[utoipa::path(post, path = "/v1/servers", tag = "servers", security(("bearer" = [])),
+    request_body = ServerCreate,
+    responses(
+        (status = 202, description = "Accepted, building", body = Server),
+        (status = 400, description = "Invalid request; nothing created", body = ErrorBody),
+        (status = 404, description = "Unknown image", body = ErrorBody),
+        (status = 409, description = "The node cannot take the server (capacity, disabled)", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(services): State<Services>,
+    ApiJson(req): ApiJson<ServerCreate>,
+) -> Result<(StatusCode, Json<Server>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(servers::create(&services, req).await?),
+    ))
+}
+
+/// Lists servers.
+#[utoipa::path(get, path = "/v1/servers", tag = "servers", security(("bearer" = [])),
+    responses((status = 200, description = "All servers", body = ServerList)))]
+pub async fn list(State(services): State<Services>) -> Result<Json<ServerList>, ApiError> {
+    Ok(Json(ServerList {
+        servers: servers::list(&services).await?,
+    }))
+}
+
+/// Shows one server.
+#[utoipa::path(get, path = "/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id")),
+    responses((status = 200, description = "The server", body = Server),
+        (status = 404, description = "No such server", body = ErrorBody)))]
+pub async fn show(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<Server>, ApiError> {
+    Ok(Json(servers::get(&services, &id).await?))
+}
+
+/// Deletes a server: 202 with status DELETED; it is gone when the domain and files are.
+#[utoipa::path(delete, path = "/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id")),
+    responses((status = 202, description = "Accepted, deleting", body = Server),
+        (status = 404, description = "No such server", body = ErrorBody)))]
+pub async fn delete(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Server>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(servers::delete(&services, &id).await?),
+    ))
+}
+
+/// Runs one action: `{"start": null}`, `{"reboot": {"type": "HARD"}}`, `{"rebuild":
+/// {"image_id": "…"}}`, `{"resize": {"flavor": {…}}}`, `{"console_output": {"length": 50}}`,
+/// `{"set_password": {"password": "…"}}`, …
+#[utoipa::path(post, path = "/v1/servers/{id}/action", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id")),
+    request_body(content = Object, description = "Exactly one key naming the action"),
+    responses(
+        (status = 200, description = "Console output, or done (set_password)", body = ActionOutput),
+        (status = 202, description = "Accepted, running in the background", body = Server),
+        (status = 400, description = "Unknown action or bad arguments", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "Not allowed in the current status, busy, or no guest agent", body = ErrorBody),
+        (status = 504, description = "The hypervisor did not answer in time", body = ErrorBody),
+    ))]
+pub async fn action(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<(StatusCode, Json<ActionOutput>), ApiError> {
+    let action = ServerAction::parse(body)?;
+    let output = servers::action(&services, &id, action).await?;
+    let status = match output {
+        ActionOutput::Accepted(_) => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(output)))
+}
+
+/// Live CPU, memory and block figures from QMP.
+#[utoipa::path(get, path = "/v1/servers/{id}/stats", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id")),
+    responses((status = 200, description = "Figures", body = ServerStats),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "Not running", body = ErrorBody),
+        (status = 504, description = "QEMU did not answer in time", body = ErrorBody)))]
+pub async fn stats(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<ServerStats>, ApiError> {
+    Ok(Json(servers::stats(&services, &id).await?))
+}

@@ -1,0 +1,325 @@
+//! Domain operations on libvirt, each under the call deadline of [`Libvirt`].
+//!
+//! Every function opens its own connection on a blocking thread (see
+//! [`Libvirt::with_connection`]), so a call stuck on one hung QEMU never blocks calls for other
+//! domains, and the caller always gets an answer within the deadline.
+
+use super::{ComputeError, DomainMetadata, Libvirt};
+use serde::Serialize;
+use virt::domain::Domain;
+use virt::sys;
+
+/// A domain's power state as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerState {
+    /// Running.
+    Running,
+    /// Paused (by us, or by QEMU).
+    Paused,
+    /// Shut off (defined, not running).
+    Shutoff,
+    /// Shutting down.
+    ShuttingDown,
+    /// Crashed.
+    Crashed,
+    /// Suspended to memory by the guest.
+    PmSuspended,
+    /// Anything else.
+    Unknown,
+}
+
+impl PowerState {
+    fn from_raw(state: virt::domain::DomainStateEnum) -> Self {
+        use virt::domain::DomainState as S;
+        use virt::enumutil::Enum;
+        match state {
+            Enum::Known(S::Running | S::Blocked) => Self::Running,
+            Enum::Known(S::Paused) => Self::Paused,
+            Enum::Known(S::Shutdown) => Self::ShuttingDown,
+            Enum::Known(S::Shutoff) => Self::Shutoff,
+            Enum::Known(S::Crashed) => Self::Crashed,
+            Enum::Known(S::PMSuspended) => Self::PmSuspended,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// One of the agent's domains as found in libvirt.
+#[derive(Debug, Clone)]
+pub struct DomainStatus {
+    /// Domain name.
+    pub name: String,
+    /// Power state.
+    pub state: PowerState,
+    /// Whether a managed-save image exists (the server is suspended to disk).
+    pub has_managed_save: bool,
+    /// The agent's metadata in the XML.
+    pub metadata: DomainMetadata,
+    /// The whole domain XML (inactive definition).
+    pub xml: String,
+}
+
+fn lookup(conn: &virt::connect::Connect, name: &str) -> Result<Domain, virt::error::Error> {
+    conn.lookup_domain_by_name(name)
+}
+
+fn is_missing(e: &virt::error::Error) -> bool {
+    matches!(
+        e.code(),
+        virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain)
+    )
+}
+
+impl Libvirt {
+    /// Defines (persistently) a domain from XML.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn define(&self, xml: String) -> Result<(), ComputeError> {
+        self.with_connection("virDomainDefineXML", move |conn| {
+            conn.define_domain_xml(&xml).map(|_| ())
+        })
+        .await
+    }
+
+    /// Starts a defined domain (from its managed-save image when there is one).
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn start(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainCreate", move |conn| {
+            lookup(conn, &name)?.create().map(|_| ())
+        })
+        .await
+    }
+
+    /// Forces a domain off; succeeds when it is already off or gone.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn destroy(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainDestroy", move |conn| match lookup(conn, &name) {
+            Ok(dom) => match dom.is_active() {
+                Ok(true) => dom.destroy(),
+                Ok(false) => Ok(()),
+                Err(e) if is_missing(&e) => Ok(()),
+                Err(e) => Err(e),
+            },
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    /// Removes a domain's definition (and managed-save image); succeeds when it is gone.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn undefine(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainUndefineFlags", move |conn| {
+            match lookup(conn, &name) {
+                Ok(dom) => {
+                    if dom.is_active().unwrap_or(false) {
+                        dom.destroy()?;
+                    }
+                    match dom.undefine_flags(
+                        sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_NVRAM,
+                    ) {
+                        Err(e) if is_missing(&e) => Ok(()),
+                        other => other,
+                    }
+                }
+                Err(e) if is_missing(&e) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Asks the guest to shut down (ACPI power button).
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn shutdown(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainShutdown", move |conn| {
+            lookup(conn, &name)?.shutdown().map(|_| ())
+        })
+        .await
+    }
+
+    /// Asks the guest to reboot (ACPI).
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn reboot(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainReboot", move |conn| {
+            lookup(conn, &name)?.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+        })
+        .await
+    }
+
+    /// Pauses the vCPUs.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn pause(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainSuspend", move |conn| {
+            lookup(conn, &name)?.suspend().map(|_| ())
+        })
+        .await
+    }
+
+    /// Resumes paused vCPUs.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn unpause(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainResume", move |conn| {
+            lookup(conn, &name)?.resume().map(|_| ())
+        })
+        .await
+    }
+
+    /// Saves the guest's memory to disk and stops it (nova's suspend).
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn managed_save(&self, name: &str) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainManagedSave", move |conn| {
+            lookup(conn, &name)?.managed_save(0).map(|_| ())
+        })
+        .await
+    }
+
+    /// The power state of a domain, or `None` when libvirt does not know it.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt fails or times out.
+    pub async fn state(&self, name: &str) -> Result<Option<PowerState>, ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainGetState", move |conn| match lookup(conn, &name) {
+            Ok(dom) => Ok(Some(PowerState::from_raw(dom.state()?.0))),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    /// The domain's XML (`inactive` for the persistent definition), or `None` when missing.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt fails or times out.
+    pub async fn xml(&self, name: &str, inactive: bool) -> Result<Option<String>, ComputeError> {
+        let name = name.to_string();
+        let flags = if inactive {
+            sys::VIR_DOMAIN_XML_INACTIVE
+        } else {
+            0
+        };
+        self.with_connection("virDomainGetXMLDesc", move |conn| {
+            match lookup(conn, &name) {
+                Ok(dom) => dom.xml_desc(flags).map(Some),
+                Err(e) if is_missing(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Every domain tagged with the agent's metadata for `node_id`.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt fails or times out.
+    pub async fn list_ours(&self, node_id: &str) -> Result<Vec<DomainStatus>, ComputeError> {
+        let node_id = node_id.to_string();
+        self.with_connection("virConnectListAllDomains", move |conn| {
+            let mut ours = Vec::new();
+            for dom in conn.list_all_domains(0)? {
+                let Ok(xml) = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) else {
+                    continue; // vanished between listing and reading
+                };
+                let Some(metadata) = DomainMetadata::from_domain_xml(&xml) else {
+                    continue;
+                };
+                if metadata.node_id != node_id {
+                    continue;
+                }
+                let Ok((state, _)) = dom.state() else {
+                    continue;
+                };
+                ours.push(DomainStatus {
+                    name: dom.name()?,
+                    state: PowerState::from_raw(state),
+                    has_managed_save: dom.has_managed_save(0).unwrap_or(false),
+                    metadata,
+                    xml,
+                });
+            }
+            Ok(ours)
+        })
+        .await
+    }
+
+    /// Sends a QMP command through libvirt's monitor passthrough; returns the JSON answer.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt fails or times out.
+    pub async fn qmp(
+        &self,
+        name: &str,
+        command: serde_json::Value,
+    ) -> Result<serde_json::Value, ComputeError> {
+        let name = name.to_string();
+        let text = self
+            .with_connection("virDomainQemuMonitorCommand", move |conn| {
+                lookup(conn, &name)?.qemu_monitor_command(&command.to_string(), 0)
+            })
+            .await?;
+        serde_json::from_str(&text).map_err(|e| ComputeError::Libvirt {
+            call: "virDomainQemuMonitorCommand",
+            message: format!("answer is not JSON: {e}"),
+        })
+    }
+
+    /// Sends a guest-agent (QGA) command; `timeout_secs` bounds libvirt's wait for the agent.
+    ///
+    /// # Errors
+    /// [`ComputeError::NoGuestAgent`] when the guest has no agent answering, other
+    /// [`ComputeError`]s when libvirt fails or times out.
+    pub async fn qga(
+        &self,
+        name: &str,
+        command: serde_json::Value,
+        timeout_secs: i32,
+    ) -> Result<serde_json::Value, ComputeError> {
+        let name = name.to_string();
+        let text = self
+            .with_connection("virDomainQemuAgentCommand", move |conn| {
+                lookup(conn, &name)?.qemu_agent_command(&command.to_string(), timeout_secs, 0)
+            })
+            .await
+            .map_err(|e| match e {
+                ComputeError::Libvirt { message, .. }
+                    if message.contains("agent is not connected")
+                        || message.contains("Guest agent is not responding")
+                        || message.contains("not connected") =>
+                {
+                    ComputeError::NoGuestAgent(message)
+                }
+                other => other,
+            })?;
+        serde_json::from_str(&text).map_err(|e| ComputeError::Libvirt {
+            call: "virDomainQemuAgentCommand",
+            message: format!("answer is not JSON: {e}"),
+        })
+    }
+}

@@ -1,0 +1,321 @@
+//! Server request and response types, statuses and validation.
+
+use crate::ops::OpError;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use utoipa::ToSchema;
+
+/// Server statuses, as nova names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerStatus {
+    /// Being created.
+    Build,
+    /// Running.
+    Active,
+    /// Stopped.
+    Shutoff,
+    /// vCPUs paused, memory kept.
+    Paused,
+    /// Memory saved to disk, not running.
+    Suspended,
+    /// Rebooting.
+    Reboot,
+    /// Being rebuilt from an image.
+    Rebuild,
+    /// Being resized.
+    Resize,
+    /// Resized, waiting for confirm or revert.
+    VerifyResize,
+    /// Failed; see `fault`.
+    Error,
+    /// Being deleted.
+    Deleted,
+}
+
+impl ServerStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Build => "BUILD",
+            Self::Active => "ACTIVE",
+            Self::Shutoff => "SHUTOFF",
+            Self::Paused => "PAUSED",
+            Self::Suspended => "SUSPENDED",
+            Self::Reboot => "REBOOT",
+            Self::Rebuild => "REBUILD",
+            Self::Resize => "RESIZE",
+            Self::VerifyResize => "VERIFY_RESIZE",
+            Self::Error => "ERROR",
+            Self::Deleted => "DELETED",
+        }
+    }
+
+    /// Parses the stored text.
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
+    }
+
+    /// Whether an operation is running on the server (no other action may start).
+    pub fn is_transitional(self) -> bool {
+        matches!(
+            self,
+            Self::Build | Self::Reboot | Self::Rebuild | Self::Resize | Self::Deleted
+        )
+    }
+}
+
+/// Resources of a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Flavor {
+    /// Virtual CPUs (1–256).
+    pub vcpus: u32,
+    /// Memory, MiB (64 – 4 TiB).
+    pub ram_mb: u64,
+    /// Root disk, GiB; 0 means the image's virtual size.
+    pub disk_gb: u64,
+    /// Ephemeral disk, GiB (attached as the second disk).
+    #[serde(default)]
+    pub ephemeral_gb: u64,
+    /// Swap disk, MiB (attached after the ephemeral disk).
+    #[serde(default)]
+    pub swap_mb: u64,
+}
+
+impl Flavor {
+    /// Checks the numbers.
+    ///
+    /// # Errors
+    /// [`OpError::InvalidInput`] naming the bad field.
+    pub fn validate(&self) -> Result<(), OpError> {
+        let bad = |m: String| Err(OpError::InvalidInput(m));
+        if !(1..=256).contains(&self.vcpus) {
+            return bad(format!("flavor.vcpus must be 1 to 256, not {}", self.vcpus));
+        }
+        if !(64..=4 * 1024 * 1024).contains(&self.ram_mb) {
+            return bad(format!(
+                "flavor.ram_mb must be 64 to 4194304, not {}",
+                self.ram_mb
+            ));
+        }
+        if self.disk_gb > 64 * 1024 {
+            return bad(format!(
+                "flavor.disk_gb must be at most 65536, not {}",
+                self.disk_gb
+            ));
+        }
+        if self.ephemeral_gb > 64 * 1024 {
+            return bad(format!(
+                "flavor.ephemeral_gb must be at most 65536, not {}",
+                self.ephemeral_gb
+            ));
+        }
+        if self.swap_mb > 1024 * 1024 {
+            return bad(format!(
+                "flavor.swap_mb must be at most 1048576, not {}",
+                self.swap_mb
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `POST /v1/servers` body.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCreate {
+    /// Name: 1–255 characters, no control characters.
+    pub name: String,
+    /// Resources.
+    pub flavor: Flavor,
+    /// Root image id (an active image with container_format bare).
+    pub image_id: String,
+    /// Name of the key pair (shown in metadata).
+    pub key_name: Option<String>,
+    /// Public keys by name (OpenSSH format), as in meta_data.json.
+    #[serde(default)]
+    pub public_keys: BTreeMap<String, String>,
+    /// User data, base64 (at most 65535 bytes decoded).
+    pub user_data: Option<String>,
+    /// Free-form metadata (at most 128 entries of 255-byte keys and values).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Availability zone; must be this node's when given.
+    pub availability_zone: Option<String>,
+}
+
+/// Longest decoded user data, as nova.
+pub const MAX_USER_DATA: usize = 65_535;
+
+/// Checks a server name.
+///
+/// # Errors
+/// [`OpError::InvalidInput`] for a bad name.
+pub fn validate_name(name: &str) -> Result<(), OpError> {
+    let len = name.chars().count();
+    if len == 0 || len > 255 {
+        return Err(OpError::InvalidInput(format!(
+            "name must have 1 to 255 characters, not {len}"
+        )));
+    }
+    if name.chars().any(char::is_control) || name.trim() != name {
+        return Err(OpError::InvalidInput(
+            "name must not contain control characters or leading/trailing spaces".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl ServerCreate {
+    /// Checks everything that needs no lookup.
+    ///
+    /// # Errors
+    /// [`OpError::InvalidInput`] naming the first problem.
+    pub fn validate(&self) -> Result<(), OpError> {
+        validate_name(&self.name)?;
+        self.flavor.validate()?;
+        if uuid::Uuid::parse_str(&self.image_id).is_err() {
+            return Err(OpError::InvalidInput(format!(
+                "image_id {:?} is not an image id",
+                self.image_id
+            )));
+        }
+        if let Some(data) = &self.user_data {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| {
+                    OpError::InvalidInput(format!("user_data is not valid base64: {e}"))
+                })?;
+            if decoded.len() > MAX_USER_DATA {
+                return Err(OpError::InvalidInput(format!(
+                    "user_data is {} bytes decoded; at most {MAX_USER_DATA} are allowed",
+                    decoded.len()
+                )));
+            }
+        }
+        if self.metadata.len() > 128 {
+            return Err(OpError::InvalidInput(
+                "metadata has more than 128 entries".into(),
+            ));
+        }
+        for (k, v) in &self.metadata {
+            if k.is_empty() || k.len() > 255 || v.len() > 255 {
+                return Err(OpError::InvalidInput(format!(
+                    "metadata {k:?}: keys need 1 to 255 bytes, values at most 255"
+                )));
+            }
+        }
+        for (name, key) in &self.public_keys {
+            if name.is_empty() || name.len() > 255 {
+                return Err(OpError::InvalidInput(
+                    "public key names need 1 to 255 bytes".into(),
+                ));
+            }
+            let kind = key.split_whitespace().next().unwrap_or("");
+            if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            {
+                return Err(OpError::InvalidInput(format!(
+                    "public key {name:?} is not an OpenSSH public key"
+                )));
+            }
+        }
+        if let Some(key_name) = &self.key_name {
+            if key_name.is_empty() || key_name.len() > 255 {
+                return Err(OpError::InvalidInput(
+                    "key_name needs 1 to 255 bytes".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the agent keeps about a server beyond its row (stored as JSON, and in the domain XML
+/// so a lost record can be adopted back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSpec {
+    /// Resources.
+    pub flavor: Flavor,
+    /// Flavor before an unconfirmed resize.
+    #[serde(default)]
+    pub previous_flavor: Option<Flavor>,
+    /// Root image.
+    pub image_id: String,
+    /// Kernel image for direct kernel boot.
+    pub kernel_image_id: Option<String>,
+    /// Ramdisk image for direct kernel boot.
+    pub ramdisk_image_id: Option<String>,
+    /// Kernel command line for direct kernel boot.
+    pub os_command_line: Option<String>,
+    /// Key pair name.
+    pub key_name: Option<String>,
+    /// Public keys by name.
+    pub public_keys: BTreeMap<String, String>,
+    /// User data (base64).
+    pub user_data: Option<String>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// libvirt domain name.
+    pub domain_name: String,
+    /// Directory with the root overlay and console log.
+    pub dir: PathBuf,
+}
+
+impl ServerSpec {
+    /// The root overlay.
+    pub fn root_disk(&self) -> PathBuf {
+        self.dir.join("root.qcow2")
+    }
+    /// The ephemeral disk.
+    pub fn ephemeral_disk(&self) -> PathBuf {
+        self.dir.join("ephemeral.qcow2")
+    }
+    /// The swap disk.
+    pub fn swap_disk(&self) -> PathBuf {
+        self.dir.join("swap.raw")
+    }
+    /// The serial console log.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// The root overlay's copy kept during an unconfirmed resize.
+    pub fn resize_backup(&self) -> PathBuf {
+        self.dir.join("root.qcow2.pre-resize")
+    }
+}
+
+/// A server as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Server {
+    /// Server id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: ServerStatus,
+    /// Task in progress, if any.
+    pub task_state: Option<String>,
+    /// Resources.
+    pub flavor: Flavor,
+    /// Root image.
+    pub image_id: String,
+    /// Key pair name.
+    pub key_name: Option<String>,
+    /// Metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Availability zone.
+    pub availability_zone: String,
+    /// libvirt domain name.
+    pub domain_name: String,
+    /// Why the server is in ERROR.
+    pub fault: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+}
