@@ -185,7 +185,7 @@ pub async fn run(cmd: ImageCommand) -> Result<(), ClientError> {
 }
 
 fn progress(done: u64, total: u64) {
-    let pct = if total == 0 { 100 } else { done * 100 / total };
+    let pct = (done * 100).checked_div(total).unwrap_or(100);
     let width = 30;
     let filled = (pct as usize * width / 100).min(width);
     eprint!(

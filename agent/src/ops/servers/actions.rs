@@ -232,7 +232,7 @@ impl ServerAction {
 #[serde(untagged)]
 pub enum ActionOutput {
     /// The action was accepted and runs in the background.
-    Accepted(Server),
+    Accepted(Box<Server>),
     /// Console text.
     Console {
         /// The console output.
@@ -317,7 +317,7 @@ pub async fn action(
             tracing::error!(server_id = %id, error = %e, "could not record the action's outcome");
         }
     });
-    Ok(ActionOutput::Accepted(view))
+    Ok(ActionOutput::Accepted(Box::new(view)))
 }
 
 /// What the status becomes while the action runs.

@@ -69,7 +69,7 @@ async fn steps(
             .await?;
     }
     super::build::remove_dir(spec).map_err(OpError::Conflict)?;
-    if let Some(op) = op.as_deref_mut() {
+    if let Some(op) = op {
         op.record_step("forget", json!({})).await?;
     }
     services.store().delete_server(id).await?;
