@@ -69,6 +69,14 @@ else
     exit 1
 fi
 
+# /dev/kvm as udev sets it on a normal Debian host (root:kvm 0660). Without udev it stays
+# root-only; libvirt then sees that QEMU cannot open it, discards its capability cache on every
+# lookup and re-probes QEMU, which makes each domain start take tens of seconds.
+if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
+    chgrp kvm /dev/kvm
+    chmod 0660 /dev/kvm
+fi
+
 # libvirt daemons: there is no systemd on these machines, so start them by hand if needed.
 mkdir -p /run/libvirt
 if ! pgrep -x virtlogd >/dev/null; then

@@ -10,5 +10,5 @@ mod images;
 mod journal_crash;
 mod lifecycle;
 mod openapi;
-// mod servers;
+mod servers;
 mod tls;

@@ -212,7 +212,12 @@ mod tests {
         let guest = test_guest();
         for file in [&guest.kernel, &guest.initrd, &guest.root_qcow2] {
             let mode = fs::metadata(file).unwrap().permissions().mode();
-            assert_eq!(mode & 0o444, 0o444, "{} must be world-readable", file.display());
+            assert_eq!(
+                mode & 0o444,
+                0o444,
+                "{} must be world-readable",
+                file.display()
+            );
         }
         assert_eq!(test_guest(), guest, "built once per process");
     }
@@ -221,6 +226,10 @@ mod tests {
     #[should_panic(expected = "did not appear")]
     fn wait_for_console_times_out() {
         let dir = tempfile::tempdir().unwrap();
-        wait_for_console(&dir.path().join("missing.log"), "x", Duration::from_millis(200));
+        wait_for_console(
+            &dir.path().join("missing.log"),
+            "x",
+            Duration::from_millis(200),
+        );
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! Every agent started here is stopped by its PID when its [`Agent`] is dropped.
 
+pub mod guest;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
