@@ -106,7 +106,24 @@ fn full_lifecycle_against_libvirt_and_the_guest_console() {
         xml.contains(&format!("<entry name='serial'>{id}</entry>")),
         "{xml}"
     );
-    agent.wait_console(&id, BOOTED, 1, BOOT_LIMIT);
+    agent.wait_console(&id, "HYPERLET-GUEST: qga started", 1, BOOT_LIMIT);
+
+    // The password goes through the guest agent: the guest reports root's new hash.
+    let deadline = Instant::now() + BOOT_LIMIT;
+    loop {
+        let resp = act(
+            &agent,
+            &id,
+            json!({"set_password": {"password": "s3cret-pw"}}),
+        );
+        if resp.status() == 200 {
+            break;
+        }
+        assert_eq!(resp.status(), 409, "set_password");
+        assert!(Instant::now() < deadline, "the guest agent never answered");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    agent.wait_console(&id, "HYPERLET-GUEST: password root $6$", 1, BOOT_LIMIT);
 
     accepted(&agent, &id, json!({"pause": null}));
     agent.wait_server(&id, "PAUSED", BOOT_LIMIT);
@@ -197,6 +214,10 @@ fn full_lifecycle_against_libvirt_and_the_guest_console() {
     let (exists, _) = virsh(&["dominfo", &domain]);
     assert!(!exists, "domain {domain} left behind");
     assert!(!dir.exists(), "server files left behind");
+    assert!(
+        !std::path::Path::new(&format!("/var/log/libvirt/qemu/{domain}.log")).exists(),
+        "libvirt's domain log left behind"
+    );
     assert_eq!(
         agent
             .send(Method::DELETE, &format!("/v1/images/{image}"), None)
@@ -360,13 +381,19 @@ fn bad_requests_are_refused_before_anything_is_created() {
         .status(),
         404
     );
-    // This guest has no agent unless the test image ships one.
+}
+
+#[test]
+fn set_password_without_a_guest_agent_is_a_clear_409() {
+    let agent = Agent::start_with_config(CONFIG);
+    let image = import_guest(&agent, "hyperlet.qga=0");
+    let id = create(&agent, "noagent", &image, flavor(1, 128));
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+    agent.wait_console(&id, "HYPERLET-GUEST: ready", 1, BOOT_LIMIT);
     let resp = act(&agent, &id, json!({"set_password": {"password": "s3cret"}}));
-    assert!(
-        resp.status() == 200 || resp.status() == 409,
-        "{}",
-        resp.status()
-    );
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["error"]["code"], "no_guest_agent", "{body}");
 }
 
 #[test]
@@ -454,6 +481,108 @@ fn kill_9_during_create_leaves_nothing_behind() {
         );
         agent.wait_server_gone(&id, BOOT_LIMIT);
     }
+}
+
+/// Runs `body` on a fresh agent whose next operation stops at `failpoint`, kills the agent there
+/// with SIGKILL and restarts it.
+fn crash_at(agent: &mut Agent, failpoint: &str, body: impl FnOnce(&Agent)) {
+    agent.signal(Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(10)).expect("exits");
+    agent.env = vec![("HYPERLET_FAILPOINT".into(), failpoint.to_string())];
+    agent.restart();
+    body(agent);
+    let deadline = Instant::now() + BOOT_LIMIT;
+    while !agent.log().contains("failpoint reached") {
+        assert!(
+            Instant::now() < deadline,
+            "failpoint {failpoint} not reached:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.kill9();
+    agent.env.clear();
+    agent.restart();
+}
+
+#[test]
+fn kill_9_during_delete_resize_and_rebuild_recovers() {
+    let mut agent = Agent::start_with_config(CONFIG);
+    let image = import_guest(&agent, "");
+
+    // Delete, killed after undefine was recorded but before it ran: resumed to the end.
+    let id = create(&agent, "del", &image, flavor(1, 128));
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+    crash_at(&mut agent, "server.delete:undefine:started", |a| {
+        assert_eq!(
+            a.send(Method::DELETE, &format!("/v1/servers/{id}"), None)
+                .status(),
+            202
+        );
+    });
+    agent.wait_server_gone(&id, BOOT_LIMIT);
+    assert!(
+        !virsh(&["dominfo", &format!("hyperlet-{id}")]).0,
+        "domain left behind"
+    );
+    assert!(
+        !agent.state_dir().join("servers").join(&id).exists(),
+        "files left behind"
+    );
+
+    // Resize, killed after the new definition: rolled back to the old flavor and disk.
+    let id = create(&agent, "rsz", &image, flavor(1, 128));
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+    crash_at(&mut agent, "server.resize:define", |a| {
+        accepted(
+            a,
+            &id,
+            json!({"resize": {"flavor": {"vcpus": 2, "ram_mb": 160, "disk_gb": 2}}}),
+        );
+    });
+    let server = agent.wait_server(&id, "SHUTOFF", BOOT_LIMIT);
+    assert_eq!(server["flavor"]["vcpus"], 1, "{server}");
+    assert!(
+        server["fault"].as_str().unwrap().contains("interrupted"),
+        "{server}"
+    );
+    assert_eq!(dominfo_cpus(&format!("hyperlet-{id}")), "1");
+    let root = agent
+        .state_dir()
+        .join("servers")
+        .join(&id)
+        .join("root.qcow2");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["virtual-size"],
+        1024 * 1024 * 1024,
+        "the old root disk is back"
+    );
+    accepted(&agent, &id, json!({"start": null}));
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+
+    // Rebuild, killed after the new disks: the server is left in ERROR without a domain, and a
+    // second rebuild repairs it.
+    crash_at(&mut agent, "server.rebuild:disks", |a| {
+        accepted(a, &id, json!({"rebuild": {"image_id": image}}));
+    });
+    let server = agent.wait_server(&id, "ERROR", BOOT_LIMIT);
+    assert!(
+        server["fault"].as_str().unwrap().contains("interrupted"),
+        "{server}"
+    );
+    assert!(
+        !virsh(&["dominfo", &format!("hyperlet-{id}")]).0,
+        "half-rebuilt domain left behind"
+    );
+    accepted(&agent, &id, json!({"rebuild": {"image_id": image}}));
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+    agent.wait_console(&id, BOOTED, 1, BOOT_LIMIT);
 }
 
 #[test]

@@ -182,6 +182,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         path: config.servers_dir(),
         reason: e.to_string(),
     })?;
+    if let Err(e) = crate::ops::servers::recover_interrupted(&services).await {
+        tracing::warn!(error = %crate::api::error::chain(&e), "could not recover interrupted server actions");
+    }
     if let Err(e) = crate::ops::servers::adopt_and_reconcile(&services).await {
         tracing::warn!(error = %crate::api::error::chain(&e), "first sync with libvirt failed; retrying in the background");
     }

@@ -437,18 +437,19 @@ impl Operation {
     pub async fn record_step(&mut self, name: &str, data: Value) -> Result<i64, StoreError> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (id, name) = (self.id.clone(), name.to_string());
+        let (id, step_name) = (self.id.clone(), name.to_string());
         self.journal
             .store
             .call(move |conn| {
                 conn.execute(
                     "INSERT INTO operation_steps (op_id, seq, name, status, data, updated_at)
                      VALUES (?1, ?2, ?3, 'started', ?4, ?5)",
-                    params![id, seq, name, data.to_string(), now_rfc3339()],
+                    params![id, seq, step_name, data.to_string(), now_rfc3339()],
                 )?;
                 Ok(())
             })
             .await?;
+        failpoint(&self.kind, &format!("{name}:started")).await;
         Ok(seq)
     }
 
@@ -488,8 +489,9 @@ impl Operation {
     }
 }
 
-/// Environment variable naming a failpoint `<kind>:<step>`: after that step is done, the
-/// operation stops forever, so crash tests can SIGKILL the agent at a precise point.
+/// Environment variable naming a failpoint: `<kind>:<step>` stops the operation forever right
+/// after that step is done, `<kind>:<step>:started` right after it is recorded (before it
+/// runs), so crash tests can SIGKILL the agent at a precise point.
 pub const FAILPOINT_ENV: &str = "HYPERLET_FAILPOINT";
 
 async fn failpoint(kind: &str, step: &str) {

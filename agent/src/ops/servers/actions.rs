@@ -619,7 +619,20 @@ impl OperationHandler for RebuildHandler {
     }
 }
 
-/// Resize: stop, keep a copy of the root overlay, grow it, redefine with the new flavor, start.
+/// Journal kind of a resize.
+pub const RESIZE_KIND: &str = "server.resize";
+
+/// Resize, journaled: stop, keep a copy of the root overlay, grow it, redefine with the new
+/// flavor, start. Undo (after a failure or a crash) puts the old disk, definition and spec back.
+///
+/// | step | undo |
+/// |---|---|
+/// | `record` (old spec) | save the old spec |
+/// | `power_off` | — |
+/// | `backup` (root, backup) | move the copy back over the root disk |
+/// | `grow` | — (the copy holds the old disk) |
+/// | `define` (old XML) | define the old XML |
+/// | `start` | destroy |
 async fn resize(
     services: &Services,
     loaded: &Loaded,
@@ -627,45 +640,121 @@ async fn resize(
     images: &ResolvedImages,
 ) -> Result<(), OpError> {
     let libvirt = services.libvirt();
-    let domain = spec.domain_name.as_str();
-    let was_running = libvirt.state(domain).await? == Some(PowerState::Running);
-    power_off(services, domain).await?;
-    std::fs::copy(spec.root_disk(), spec.resize_backup()).map_err(|e| {
-        OpError::Conflict(format!(
-            "cannot keep a copy of the root disk for revert: {e}"
-        ))
-    })?;
+    let id = loaded.row.id.as_str();
+    let domain = spec.domain_name.clone();
+    let old_xml = build::domain_spec(services, id, &loaded.row.name, &loaded.spec, images).to_xml();
+    let new_xml = build::domain_spec(services, id, &loaded.row.name, spec, images).to_xml();
+    let mut op = services.journal().begin(RESIZE_KIND, id, json!({})).await?;
     let result = async {
-        if spec.flavor.disk_gb > loaded.spec.flavor.disk_gb {
-            build::grow_root(spec, images).await?;
-        }
-        let xml =
-            build::domain_spec(services, &loaded.row.id, &loaded.row.name, spec, images).to_xml();
-        libvirt.define(xml).await?;
-        save_spec(services, &loaded.row.id, &loaded.row.image_id, spec).await?;
-        libvirt.start(domain).await?;
+        op.step(
+            "record",
+            json!({ "old_spec": loaded.spec, "image_id": loaded.row.image_id }),
+            || async { Ok::<_, OpError>(()) },
+        )
+        .await?;
+        op.step("power_off", json!({ "domain": domain }), || {
+            power_off(services, &domain)
+        })
+        .await?;
+        let (root, backup) = (spec.root_disk(), spec.resize_backup());
+        op.step(
+            "backup",
+            json!({ "root": root, "backup": backup }),
+            || async {
+                std::fs::copy(&root, &backup).map(|_| ()).map_err(|e| {
+                    OpError::Conflict(format!(
+                        "cannot keep a copy of the root disk for revert: {e}"
+                    ))
+                })
+            },
+        )
+        .await?;
+        op.step("grow", json!({}), || async {
+            if spec.flavor.disk_gb > loaded.spec.flavor.disk_gb {
+                build::grow_root(spec, images).await?;
+            }
+            Ok::<_, OpError>(())
+        })
+        .await?;
+        op.step("define", json!({ "old_xml": old_xml }), || async {
+            libvirt.define(new_xml).await?;
+            save_spec(services, id, &loaded.row.image_id, spec).await
+        })
+        .await?;
+        op.step("start", json!({ "domain": domain }), || async {
+            Ok::<_, OpError>(libvirt.start(&domain).await?)
+        })
+        .await?;
         Ok::<_, OpError>(())
     }
     .await;
-    if let Err(e) = result {
-        // Put the old disk and definition back.
-        let _ = std::fs::rename(spec.resize_backup(), spec.root_disk());
-        let xml = build::domain_spec(
-            services,
-            &loaded.row.id,
-            &loaded.row.name,
-            &loaded.spec,
-            images,
-        )
-        .to_xml();
-        let _ = libvirt.define(xml).await;
-        let _ = save_spec(services, &loaded.row.id, &loaded.row.image_id, &loaded.spec).await;
-        if was_running {
-            let _ = libvirt.start(domain).await;
+    match result {
+        Ok(()) => {
+            op.complete().await?;
+            Ok(())
         }
-        return Err(e);
+        Err(e) => {
+            let fault = crate::api::error::chain(&e);
+            if let Err(undo) = op.roll_back(&fault).await? {
+                tracing::error!(server_id = %id, %undo, "rollback of a failed resize is incomplete");
+            }
+            Err(e)
+        }
     }
-    Ok(())
+}
+
+/// Undoes an interrupted or failed resize: old disk, definition and spec back (not running).
+pub(crate) struct ResizeHandler {
+    services: Services,
+}
+
+impl ResizeHandler {
+    pub(crate) fn new(services: Services) -> Self {
+        Self { services }
+    }
+}
+
+impl OperationHandler for ResizeHandler {
+    fn kind(&self) -> &'static str {
+        RESIZE_KIND
+    }
+
+    fn undo<'a>(&'a self, op: &'a OperationRecord, step: &'a StepRecord) -> UndoFuture<'a> {
+        Box::pin(async move {
+            let services = &self.services;
+            let text = |key: &str| step.data[key].as_str().unwrap_or_default().to_string();
+            match step.name.as_str() {
+                "start" => services
+                    .libvirt()
+                    .destroy(&text("domain"))
+                    .await
+                    .map_err(|e| e.to_string()),
+                "define" => services
+                    .libvirt()
+                    .define(text("old_xml"))
+                    .await
+                    .map_err(|e| e.to_string()),
+                "backup" => {
+                    let backup = std::path::PathBuf::from(text("backup"));
+                    if backup.exists() {
+                        std::fs::rename(&backup, text("root"))
+                            .map_err(|e| format!("cannot restore the root disk: {e}"))?;
+                    }
+                    Ok(())
+                }
+                "power_off" | "grow" => Ok(()),
+                "record" => {
+                    let spec: ServerSpec = serde_json::from_value(step.data["old_spec"].clone())
+                        .map_err(|e| format!("resize journal unreadable: {e}"))?;
+                    let image = step.data["image_id"].as_str().unwrap_or_default();
+                    save_spec(services, &op.resource_id, image, &spec)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                other => Err(format!("unknown step {other}")),
+            }
+        })
+    }
 }
 
 /// Revert: the old disk and flavor back, started.

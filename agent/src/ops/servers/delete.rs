@@ -69,6 +69,8 @@ async fn steps(
             .await?;
     }
     super::build::remove_dir(spec).map_err(OpError::Conflict)?;
+    // libvirt's own per-domain log (QEMU's stderr).
+    let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{domain}.log"));
     if let Some(op) = op {
         op.record_step("forget", json!({})).await?;
     }

@@ -25,7 +25,7 @@ pub use create::create;
 pub use delete::delete;
 pub use model::{Flavor, Server, ServerCreate, ServerSpec, ServerStatus};
 pub use stats::{stats, ServerStats};
-pub use sync::{adopt_and_reconcile, run_sync};
+pub use sync::{adopt_and_reconcile, recover_interrupted, run_sync};
 
 use super::{OpError, Services};
 use crate::state::ServerRow;
@@ -42,6 +42,9 @@ pub fn register_handlers(services: &Services) {
     services
         .journal()
         .register(Arc::new(actions::RebuildHandler::new(services.clone())));
+    services
+        .journal()
+        .register(Arc::new(actions::ResizeHandler::new(services.clone())));
 }
 
 /// A server row with its decoded spec.

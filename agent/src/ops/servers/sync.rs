@@ -16,6 +16,48 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// After a restart (and journal recovery): finishes deletes that never got going, and gives
+/// servers left mid-action (a `task_state`, or a transitional status) the status libvirt
+/// shows, with a fault saying what was interrupted.
+///
+/// # Errors
+/// [`OpError`] when libvirt or the store fail.
+pub async fn recover_interrupted(services: &Services) -> Result<(), OpError> {
+    let domains: HashMap<String, DomainStatus> = services
+        .libvirt()
+        .list_ours(services.node_id())
+        .await?
+        .into_iter()
+        .map(|d| (d.metadata.server_id.clone(), d))
+        .collect();
+    for row in services.store().list_servers().await? {
+        let loaded = decode(row)?;
+        let id = loaded.row.id.clone();
+        if loaded.status == ServerStatus::Deleted {
+            tracing::warn!(server_id = %id, "finishing a delete interrupted by a restart");
+            super::delete(services, &id).await?;
+            continue;
+        }
+        if loaded.row.task_state.is_none() && !loaded.status.is_transitional() {
+            continue;
+        }
+        let what = loaded
+            .row
+            .task_state
+            .clone()
+            .unwrap_or_else(|| loaded.status.as_str().to_lowercase());
+        let status = domains
+            .get(&id)
+            .and_then(|d| status_of(d, loaded.status))
+            .filter(|s| *s != ServerStatus::VerifyResize || loaded.spec.previous_flavor.is_some())
+            .unwrap_or(ServerStatus::Error);
+        let fault = format!("{what} was interrupted by an agent restart");
+        tracing::warn!(server_id = %id, %fault, status = status.as_str());
+        set_status(services, &id, status, None, Some(&fault)).await?;
+    }
+    Ok(())
+}
+
 /// Adopts this node's domains missing from the store, then reconciles once.
 ///
 /// # Errors
