@@ -62,3 +62,111 @@ fn unreachable_agent_and_missing_token_are_explained() {
     assert!(!status.success());
     assert!(err.contains("Cannot reach the agent"), "{err}");
 }
+
+#[test]
+fn image_and_server_verbs() {
+    let agent = Agent::start_with_config(crate::servers::CONFIG);
+    let url = agent.url();
+    let state = agent.state_dir().display().to_string();
+    let env = [
+        ("HYPERLET_URL", url.as_str()),
+        ("HYPERLET_STATE_DIR", state.as_str()),
+    ];
+    let guest = hyperlet_tests::guest::test_guest();
+    let import = |file: &std::path::Path, format: &str, props: &[String]| -> Value {
+        let mut args = vec![
+            "image".to_string(),
+            "import".into(),
+            file.display().to_string(),
+            "--disk-format".into(),
+            format.into(),
+            "--json".into(),
+        ];
+        for p in props {
+            args.push("--property".into());
+            args.push(p.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, out, err) = run_cli(&args, &env);
+        assert!(status.success(), "{err}");
+        assert!(err.contains("100%"), "progress bar: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let kernel = import(&guest.kernel, "aki", &[]);
+    let ramdisk = import(&guest.initrd, "ari", &[]);
+    assert_eq!(kernel["container_format"], "aki");
+    let root = import(
+        &guest.root_qcow2,
+        "qcow2",
+        &[
+            format!("kernel_id={}", kernel["id"].as_str().unwrap()),
+            format!("ramdisk_id={}", ramdisk["id"].as_str().unwrap()),
+            "os_command_line=console=ttyS0".into(),
+        ],
+    );
+    assert_eq!(root["status"], "active");
+    let (status, out, _) = run_cli(&["image", "list"], &env);
+    assert!(status.success());
+    assert_eq!(out.lines().count(), 4, "{out}");
+
+    let image = root["id"].as_str().unwrap();
+    let (status, out, err) = run_cli(
+        &[
+            "server",
+            "create",
+            "--name",
+            "cli-vm",
+            "--image",
+            image,
+            "--vcpus",
+            "1",
+            "--ram",
+            "128",
+            "--disk",
+            "1",
+            "--property",
+            "role=cli",
+            "--wait",
+            "--json",
+        ],
+        &env,
+    );
+    assert!(status.success(), "{err}");
+    let server: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(server["status"], "ACTIVE", "{server}");
+    assert_eq!(server["metadata"]["role"], "cli");
+    let id = server["id"].as_str().unwrap();
+    let (status, out, _) = run_cli(&["server", "list"], &env);
+    assert!(
+        status.success() && out.contains(id) && out.contains("ACTIVE"),
+        "{out}"
+    );
+    let (status, _, err) = run_cli(&["server", "pause", id], &env);
+    assert!(status.success(), "{err}");
+    agent.wait_server(id, "PAUSED", std::time::Duration::from_secs(60));
+    let (status, _, err) = run_cli(&["server", "unpause", id], &env);
+    assert!(status.success(), "{err}");
+    agent.wait_server(id, "ACTIVE", std::time::Duration::from_secs(60));
+    agent.wait_console(
+        id,
+        "HYPERLET-GUEST: booted",
+        1,
+        std::time::Duration::from_secs(120),
+    );
+    let (status, out, _) = run_cli(&["server", "console", id, "--length", "200"], &env);
+    assert!(
+        status.success() && out.contains("HYPERLET-GUEST: booted"),
+        "{out}"
+    );
+    // An invalid action in this status: the agent's 409 reaches the user.
+    let (status, _, err) = run_cli(&["server", "confirm-resize", id], &env);
+    assert!(
+        !status.success() && err.contains("409") && err.contains("ACTIVE"),
+        "{err}"
+    );
+    let (status, _, err) = run_cli(&["server", "delete", id], &env);
+    assert!(status.success(), "{err}");
+    agent.wait_server_gone(id, std::time::Duration::from_secs(60));
+    let (status, _, err) = run_cli(&["image", "delete", image], &env);
+    assert!(status.success(), "{err}");
+}

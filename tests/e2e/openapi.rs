@@ -130,4 +130,60 @@ fn real_answers_match_the_document() {
         &status,
         "PATCH /v1/host",
     );
+
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let (_, image) = agent.import_image("doc", "raw", "bare", serde_json::json!({"a": "b"}), &raw);
+    check(
+        &doc,
+        &ok("/v1/images/{id}", "get", "200"),
+        &image,
+        "GET /v1/images/{id}",
+    );
+    let list = agent.get_json("/v1/images");
+    check(
+        &doc,
+        &ok("/v1/images", "get", "200"),
+        &list,
+        "GET /v1/images",
+    );
+    let servers = agent.get_json("/v1/servers");
+    check(
+        &doc,
+        &ok("/v1/servers", "get", "200"),
+        &servers,
+        "GET /v1/servers",
+    );
+}
+
+#[test]
+fn a_real_server_matches_the_document() {
+    let agent = Agent::start_with_config(crate::servers::CONFIG);
+    let doc = repo_doc();
+    let image = crate::servers::import_guest(&agent, "");
+    let id = crate::servers::create(
+        &agent,
+        "doc",
+        &image,
+        serde_json::json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
+    );
+    let server = agent.wait_server(&id, "ACTIVE", std::time::Duration::from_secs(120));
+    let response = |path: &str| {
+        doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+            .clone()
+    };
+    check(
+        &doc,
+        &response("/v1/servers/{id}"),
+        &server,
+        "GET /v1/servers/{id}",
+    );
+    let stats = agent.get_json(&format!("/v1/servers/{id}/stats"));
+    check(
+        &doc,
+        &response("/v1/servers/{id}/stats"),
+        &stats,
+        "GET /v1/servers/{id}/stats",
+    );
 }
