@@ -204,8 +204,10 @@ pub struct HypervisorConfig {
     pub uri: String,
     /// Domain type: auto (probe KVM), kvm or qemu.
     pub domain_type: DomainTypeSetting,
-    /// Deadline of every libvirt call, in seconds.
+    /// Deadline of libvirt queries, QMP and QGA calls, in seconds.
     pub call_timeout_secs: u64,
+    /// Deadline of libvirt lifecycle calls (define, start, destroy, managed save), in seconds.
+    pub lifecycle_timeout_secs: u64,
     /// Deadline of the hypervisor version query, which may make libvirt probe QEMU, in seconds.
     pub version_timeout_secs: u64,
     /// How long a stop or soft reboot waits for the guest to power off before forcing it.
@@ -220,6 +222,7 @@ impl Default for HypervisorConfig {
             uri: "qemu:///system".into(),
             domain_type: DomainTypeSetting::Auto,
             call_timeout_secs: 10,
+            lifecycle_timeout_secs: 120,
             version_timeout_secs: 120,
             clean_shutdown_timeout_secs: 60,
             sync_interval_ms: 2000,
@@ -231,6 +234,11 @@ impl HypervisorConfig {
     /// The libvirt call deadline as a duration.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs)
+    }
+
+    /// The lifecycle call deadline as a duration.
+    pub fn lifecycle_timeout(&self) -> Duration {
+        Duration::from_secs(self.lifecycle_timeout_secs)
     }
 
     /// The version query deadline as a duration.
@@ -362,6 +370,9 @@ impl Config {
         }
         if self.hypervisor.call_timeout_secs == 0 {
             return invalid("hypervisor.call_timeout_secs", "must be at least 1");
+        }
+        if self.hypervisor.lifecycle_timeout_secs == 0 {
+            return invalid("hypervisor.lifecycle_timeout_secs", "must be at least 1");
         }
         if self.hypervisor.sync_interval_ms < 100 {
             return invalid("hypervisor.sync_interval_ms", "must be at least 100");

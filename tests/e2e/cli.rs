@@ -65,6 +65,7 @@ fn unreachable_agent_and_missing_token_are_explained() {
 
 #[test]
 fn image_and_server_verbs() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(crate::servers::CONFIG);
     let url = agent.url();
     let state = agent.state_dir().display().to_string();

@@ -159,6 +159,7 @@ fn real_answers_match_the_document() {
 
 #[test]
 fn a_real_server_matches_the_document() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(crate::servers::CONFIG);
     let doc = repo_doc();
     let image = crate::servers::import_guest(&agent, "");

@@ -87,6 +87,7 @@ fn dominfo_cpus(domain: &str) -> String {
 
 #[test]
 fn full_lifecycle_against_libvirt_and_the_guest_console() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "");
     let id = create(&agent, "life", &image, flavor(1, 192));
@@ -109,7 +110,7 @@ fn full_lifecycle_against_libvirt_and_the_guest_console() {
     agent.wait_console(&id, "HYPERLET-GUEST: qga started", 1, BOOT_LIMIT);
 
     // The password goes through the guest agent: the guest reports root's new hash.
-    let deadline = Instant::now() + BOOT_LIMIT;
+    let deadline = Instant::now() + 2 * BOOT_LIMIT;
     loop {
         let resp = act(
             &agent,
@@ -228,6 +229,7 @@ fn full_lifecycle_against_libvirt_and_the_guest_console() {
 
 #[test]
 fn guest_power_off_and_out_of_band_changes_are_followed() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "hyperlet.poweroff=1");
     let id = create(&agent, "selfstop", &image, flavor(1, 128));
@@ -248,6 +250,7 @@ fn guest_power_off_and_out_of_band_changes_are_followed() {
 
 #[test]
 fn bad_requests_are_refused_before_anything_is_created() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "");
     let big = tempfile::tempdir().unwrap();
@@ -385,6 +388,7 @@ fn bad_requests_are_refused_before_anything_is_created() {
 
 #[test]
 fn set_password_without_a_guest_agent_is_a_clear_409() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "hyperlet.qga=0");
     let id = create(&agent, "noagent", &image, flavor(1, 128));
@@ -398,6 +402,7 @@ fn set_password_without_a_guest_agent_is_a_clear_409() {
 
 #[test]
 fn a_hung_qemu_does_not_hang_the_agent() {
+    let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "");
     let id = create(&agent, "hang", &image, flavor(1, 128));
@@ -441,6 +446,7 @@ fn a_hung_qemu_does_not_hang_the_agent() {
 
 #[test]
 fn kill_9_during_create_leaves_nothing_behind() {
+    let _vm = hyperlet_tests::vm_shared();
     for step in ["disks", "define", "start"] {
         let mut agent = Agent::start_with_config(CONFIG);
         let image = import_guest(&agent, "");
@@ -507,6 +513,7 @@ fn crash_at(agent: &mut Agent, failpoint: &str, body: impl FnOnce(&Agent)) {
 
 #[test]
 fn kill_9_during_delete_resize_and_rebuild_recovers() {
+    let _vm = hyperlet_tests::vm_shared();
     let mut agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "");
 
@@ -587,6 +594,7 @@ fn kill_9_during_delete_resize_and_rebuild_recovers() {
 
 #[test]
 fn lost_records_are_adopted_from_libvirt() {
+    let _vm = hyperlet_tests::vm_shared();
     let mut agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "");
     let id = create(&agent, "adoptme", &image, flavor(1, 128));
@@ -608,6 +616,7 @@ fn lost_records_are_adopted_from_libvirt() {
 
 #[test]
 fn twenty_concurrent_creates_all_reach_active() {
+    let _vm = hyperlet_tests::vm_exclusive();
     let agent = Agent::start_with_config(CONFIG);
     let image = import_guest(&agent, "hyperlet.idle=1");
     let ids: Vec<String> = std::thread::scope(|s| {

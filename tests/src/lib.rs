@@ -364,6 +364,20 @@ impl Agent {
     }
 }
 
+static VM_LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Shared hold on the machine for a test that boots a few guests. Tests that boot many at once
+/// take [`vm_exclusive`] instead, so they never starve each other's guests of CPU (TCG on two
+/// cores).
+pub fn vm_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    VM_LOAD.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Exclusive hold on the machine for a test that boots many guests at once.
+pub fn vm_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    VM_LOAD.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Runs `virsh -c qemu:///system <args>`; returns (success, stdout+stderr).
 pub fn virsh(args: &[&str]) -> (bool, String) {
     let out = Command::new("virsh")

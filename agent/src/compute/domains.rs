@@ -77,10 +77,11 @@ impl Libvirt {
     /// # Errors
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn define(&self, xml: String) -> Result<(), ComputeError> {
-        self.with_connection("virDomainDefineXML", move |conn| {
-            conn.define_domain_xml(&xml).map(|_| ())
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainDefineXML", move |conn| {
+                conn.define_domain_xml(&xml).map(|_| ())
+            })
+            .await
     }
 
     /// Starts a defined domain (from its managed-save image when there is one).
@@ -89,10 +90,11 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn start(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainCreate", move |conn| {
-            lookup(conn, &name)?.create().map(|_| ())
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainCreate", move |conn| {
+                lookup(conn, &name)?.create().map(|_| ())
+            })
+            .await
     }
 
     /// Forces a domain off; succeeds when it is already off or gone.
@@ -101,17 +103,18 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn destroy(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainDestroy", move |conn| match lookup(conn, &name) {
-            Ok(dom) => match dom.is_active() {
-                Ok(true) => dom.destroy(),
-                Ok(false) => Ok(()),
+        self.lifecycle()
+            .with_connection("virDomainDestroy", move |conn| match lookup(conn, &name) {
+                Ok(dom) => match dom.is_active() {
+                    Ok(true) => dom.destroy(),
+                    Ok(false) => Ok(()),
+                    Err(e) if is_missing(&e) => Ok(()),
+                    Err(e) => Err(e),
+                },
                 Err(e) if is_missing(&e) => Ok(()),
                 Err(e) => Err(e),
-            },
-            Err(e) if is_missing(&e) => Ok(()),
-            Err(e) => Err(e),
-        })
-        .await
+            })
+            .await
     }
 
     /// Removes a domain's definition (and managed-save image); succeeds when it is gone.
@@ -120,24 +123,25 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn undefine(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainUndefineFlags", move |conn| {
-            match lookup(conn, &name) {
-                Ok(dom) => {
-                    if dom.is_active().unwrap_or(false) {
-                        dom.destroy()?;
+        self.lifecycle()
+            .with_connection("virDomainUndefineFlags", move |conn| {
+                match lookup(conn, &name) {
+                    Ok(dom) => {
+                        if dom.is_active().unwrap_or(false) {
+                            dom.destroy()?;
+                        }
+                        match dom.undefine_flags(
+                            sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_NVRAM,
+                        ) {
+                            Err(e) if is_missing(&e) => Ok(()),
+                            other => other,
+                        }
                     }
-                    match dom.undefine_flags(
-                        sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | sys::VIR_DOMAIN_UNDEFINE_NVRAM,
-                    ) {
-                        Err(e) if is_missing(&e) => Ok(()),
-                        other => other,
-                    }
+                    Err(e) if is_missing(&e) => Ok(()),
+                    Err(e) => Err(e),
                 }
-                Err(e) if is_missing(&e) => Ok(()),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+            })
+            .await
     }
 
     /// Asks the guest to shut down (ACPI power button).
@@ -146,10 +150,11 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn shutdown(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainShutdown", move |conn| {
-            lookup(conn, &name)?.shutdown().map(|_| ())
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainShutdown", move |conn| {
+                lookup(conn, &name)?.shutdown().map(|_| ())
+            })
+            .await
     }
 
     /// Asks the guest to reboot (ACPI).
@@ -158,10 +163,11 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn reboot(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainReboot", move |conn| {
-            lookup(conn, &name)?.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainReboot", move |conn| {
+                lookup(conn, &name)?.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+            })
+            .await
     }
 
     /// Pauses the vCPUs.
@@ -170,10 +176,11 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn pause(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainSuspend", move |conn| {
-            lookup(conn, &name)?.suspend().map(|_| ())
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainSuspend", move |conn| {
+                lookup(conn, &name)?.suspend().map(|_| ())
+            })
+            .await
     }
 
     /// Resumes paused vCPUs.
@@ -182,10 +189,11 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn unpause(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainResume", move |conn| {
-            lookup(conn, &name)?.resume().map(|_| ())
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainResume", move |conn| {
+                lookup(conn, &name)?.resume().map(|_| ())
+            })
+            .await
     }
 
     /// Saves the guest's memory to disk and stops it (nova's suspend).
@@ -194,10 +202,11 @@ impl Libvirt {
     /// [`ComputeError`] when libvirt refuses or times out.
     pub async fn managed_save(&self, name: &str) -> Result<(), ComputeError> {
         let name = name.to_string();
-        self.with_connection("virDomainManagedSave", move |conn| {
-            lookup(conn, &name)?.managed_save(0).map(|_| ())
-        })
-        .await
+        self.lifecycle()
+            .with_connection("virDomainManagedSave", move |conn| {
+                lookup(conn, &name)?.managed_save(0).map(|_| ())
+            })
+            .await
     }
 
     /// The power state of a domain, or `None` when libvirt does not know it.

@@ -26,14 +26,26 @@ pub struct HypervisorInfo {
 pub struct Libvirt {
     uri: String,
     timeout: Duration,
+    lifecycle_timeout: Duration,
 }
 
 impl Libvirt {
-    /// An endpoint at `uri` (e.g. `qemu:///system`) whose calls time out after `timeout`.
-    pub fn new(uri: impl Into<String>, timeout: Duration) -> Self {
+    /// An endpoint at `uri` (e.g. `qemu:///system`) whose queries time out after `timeout`
+    /// and whose lifecycle calls (define, start, destroy, save…) after `lifecycle_timeout`.
+    pub fn new(uri: impl Into<String>, timeout: Duration, lifecycle_timeout: Duration) -> Self {
         Self {
             uri: uri.into(),
             timeout,
+            lifecycle_timeout,
+        }
+    }
+
+    /// The same endpoint with the lifecycle deadline for every call: starting or saving a
+    /// domain legitimately takes longer than a query, above all on a loaded host.
+    pub fn lifecycle(&self) -> Self {
+        Self {
+            timeout: self.lifecycle_timeout,
+            ..self.clone()
         }
     }
 
@@ -96,8 +108,8 @@ impl Libvirt {
     /// As [`Libvirt::with_connection`].
     pub async fn hypervisor_version(&self, deadline: Duration) -> Result<String, ComputeError> {
         let slow = Self {
-            uri: self.uri.clone(),
             timeout: deadline,
+            ..self.clone()
         };
         slow.with_connection("virConnectGetVersion", |conn| {
             Ok(version_text(conn.hyp_version()?))

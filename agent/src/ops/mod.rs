@@ -114,6 +114,7 @@ impl Services {
         let libvirt = Libvirt::new(
             config.hypervisor.uri.clone(),
             config.hypervisor.call_timeout(),
+            config.hypervisor.lifecycle_timeout(),
         );
         let journal = Journal::new(store.clone());
         let events = EventLog::new(store.clone(), config.events.backlog);
