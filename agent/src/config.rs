@@ -99,6 +99,81 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// The image cache.
     pub images: ImagesConfig,
+    /// WebAssembly plugins (scheduler filters and weighers), in chain order.
+    pub plugins: Vec<PluginConfig>,
+    /// Where plugins run.
+    pub plugin_runtime: PluginRuntimeConfig,
+}
+
+/// What a plugin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// A scheduler filter (`hyperlet:scheduler/filter-plugin`).
+    Filter,
+    /// A scheduler weigher (`hyperlet:scheduler/weigher-plugin`).
+    Weigher,
+}
+
+/// One configured plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// Unique name (used in logs, reasons and the API).
+    pub name: String,
+    /// filter or weigher.
+    pub kind: PluginKind,
+    /// The component file (`.wasm`).
+    pub path: PathBuf,
+    /// Capabilities the plugin may import (`log`, `clocks`, `random`).
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Settings passed to the plugin's `configure`.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+    /// Weighers: the normalised weight is multiplied by this (negative stacks).
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Memory cap of one instance, MiB.
+    #[serde(default = "default_plugin_memory")]
+    pub memory_limit_mb: u64,
+    /// Deadline of one call, milliseconds.
+    #[serde(default = "default_plugin_timeout")]
+    pub call_timeout_ms: u64,
+}
+
+fn default_multiplier() -> f64 {
+    1.0
+}
+fn default_plugin_memory() -> u64 {
+    64
+}
+fn default_plugin_timeout() -> u64 {
+    2000
+}
+
+/// Capabilities a plugin can be granted.
+pub const PLUGIN_GRANTS: [&str; 3] = ["log", "clocks", "random"];
+/// Largest memory cap a plugin may have, MiB (the pooling allocator's slot size).
+pub const MAX_PLUGIN_MEMORY_MB: u64 = 512;
+
+/// Plugin runtime settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginRuntimeConfig {
+    /// How often plugin files are checked for changes (hot reload), milliseconds; 0 disables.
+    pub reload_interval_ms: u64,
+    /// Most log lines one plugin may write per minute (guest stderr and the `log` import).
+    pub log_lines_per_minute: u32,
+}
+
+impl Default for PluginRuntimeConfig {
+    fn default() -> Self {
+        Self {
+            reload_interval_ms: 1000,
+            log_lines_per_minute: 120,
+        }
+    }
 }
 
 /// Image cache settings.
@@ -289,6 +364,8 @@ impl Default for Config {
             hypervisor: HypervisorConfig::default(),
             capacity: CapacityConfig::default(),
             images: ImagesConfig::default(),
+            plugins: Vec::new(),
+            plugin_runtime: PluginRuntimeConfig::default(),
         }
     }
 }
@@ -407,6 +484,46 @@ impl Config {
         if self.images.convert_timeout_secs == 0 {
             return invalid("images.convert_timeout_secs", "must be at least 1");
         }
+        let mut names = std::collections::BTreeSet::new();
+        for plugin in &self.plugins {
+            let bad = |reason: String| {
+                Err(ConfigError::Invalid {
+                    setting: "plugins",
+                    reason: format!("plugin {:?}: {reason}", plugin.name),
+                })
+            };
+            if plugin.name.is_empty()
+                || !plugin
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return bad("names use letters, digits, - and _".into());
+            }
+            if !names.insert(plugin.name.clone()) {
+                return bad("the name is used twice".into());
+            }
+            for grant in &plugin.grants {
+                if !PLUGIN_GRANTS.contains(&grant.as_str()) {
+                    return bad(format!(
+                        "unknown grant {grant:?}; grants are {}",
+                        PLUGIN_GRANTS.join(", ")
+                    ));
+                }
+            }
+            if plugin.memory_limit_mb == 0 || plugin.memory_limit_mb > MAX_PLUGIN_MEMORY_MB {
+                return bad(format!("memory_limit_mb must be 1 to {MAX_PLUGIN_MEMORY_MB}"));
+            }
+            if plugin.call_timeout_ms == 0 {
+                return bad("call_timeout_ms must be at least 1".into());
+            }
+            if !plugin.multiplier.is_finite() {
+                return bad("multiplier must be a number".into());
+            }
+            if plugin.kind == PluginKind::Filter && plugin.multiplier != 1.0 {
+                return bad("multiplier applies to weighers only".into());
+            }
+        }
         if self.availability_zone.is_empty() {
             return invalid("availability_zone", "must not be empty");
         }
@@ -426,6 +543,11 @@ impl Config {
     /// Directory of per-server files (root overlays, console logs).
     pub fn servers_dir(&self) -> PathBuf {
         self.state_dir.join("servers")
+    }
+
+    /// Directory of precompiled plugins.
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("plugin-cache")
     }
 
     /// Path of the generated admin token.

@@ -28,6 +28,8 @@ pub mod host;
 pub mod image;
 pub mod metrics;
 pub mod ops;
+pub mod plugin;
+pub mod sched;
 pub mod state;
 
 /// The agent's version, as built.

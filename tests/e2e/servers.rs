@@ -430,7 +430,9 @@ fn a_hung_qemu_does_not_hang_the_agent() {
             format!("/v1/servers/{other}/stats"),
         ] {
             let started = Instant::now();
-            assert_eq!(agent.get(&path).status(), 200, "{path}");
+            let resp = agent.get(&path);
+            let status = resp.status();
+            assert_eq!(status, 200, "{path}: {}", resp.text().unwrap_or_default());
             assert!(
                 started.elapsed() < Duration::from_secs(3),
                 "{path} took {:?}",

@@ -5,6 +5,7 @@
 
 use crate::compute::ComputeError;
 use crate::image::ImageError;
+use crate::sched::SchedError;
 use crate::ops::OpError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -68,6 +69,8 @@ impl ApiError {
 pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
     match err {
         OpError::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        OpError::Sched(SchedError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        OpError::Sched(SchedError::Plugin(_)) => (StatusCode::BAD_GATEWAY, "plugin_failed"),
         OpError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         OpError::Image(ImageError::Unsafe(_)) => (StatusCode::BAD_REQUEST, "image_refused"),

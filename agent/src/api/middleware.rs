@@ -194,6 +194,12 @@ mod tests {
             )
             .unwrap(),
             node_id: "test-node".into(),
+            plugins: std::sync::Arc::new(crate::plugin::PluginRegistry::load(
+                crate::plugin::PluginEngine::new().unwrap(),
+                dir.join("plugin-cache"),
+                &[],
+                10,
+            )),
         })
     }
 

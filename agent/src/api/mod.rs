@@ -55,6 +55,8 @@ pub fn router(services: Services) -> Router {
         )
         .route("/v1/servers/{id}/action", post(routes::servers::action))
         .route("/v1/servers/{id}/stats", get(routes::servers::stats))
+        .route("/v1/plugins", get(routes::plugins::list))
+        .route("/v1/scheduler/evaluate", post(routes::plugins::evaluate))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

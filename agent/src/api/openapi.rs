@@ -30,6 +30,8 @@ use utoipa::{Modify, OpenApi};
         routes::servers::delete,
         routes::servers::action,
         routes::servers::stats,
+        routes::plugins::list,
+        routes::plugins::evaluate,
     ),
     components(schemas(ErrorBody, ErrorDetail, crate::state::Event)),
     modifiers(&BearerAuth),
@@ -39,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         (name = "events", description = "State-change stream"),
         (name = "images", description = "The node's image cache"),
         (name = "servers", description = "Virtual machines"),
+        (name = "plugins", description = "WebAssembly plugins and the scheduler chain"),
     )
 )]
 pub struct ApiDoc;

@@ -30,16 +30,14 @@ pub enum PowerState {
 }
 
 impl PowerState {
-    fn from_raw(state: virt::domain::DomainStateEnum) -> Self {
-        use virt::domain::DomainState as S;
-        use virt::enumutil::Enum;
+    fn from_raw(state: sys::virDomainState) -> Self {
         match state {
-            Enum::Known(S::Running | S::Blocked) => Self::Running,
-            Enum::Known(S::Paused) => Self::Paused,
-            Enum::Known(S::Shutdown) => Self::ShuttingDown,
-            Enum::Known(S::Shutoff) => Self::Shutoff,
-            Enum::Known(S::Crashed) => Self::Crashed,
-            Enum::Known(S::PMSuspended) => Self::PmSuspended,
+            sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => Self::Running,
+            sys::VIR_DOMAIN_PAUSED => Self::Paused,
+            sys::VIR_DOMAIN_SHUTDOWN => Self::ShuttingDown,
+            sys::VIR_DOMAIN_SHUTOFF => Self::Shutoff,
+            sys::VIR_DOMAIN_CRASHED => Self::Crashed,
+            sys::VIR_DOMAIN_PMSUSPENDED => Self::PmSuspended,
             _ => Self::Unknown,
         }
     }
@@ -61,14 +59,11 @@ pub struct DomainStatus {
 }
 
 fn lookup(conn: &virt::connect::Connect, name: &str) -> Result<Domain, virt::error::Error> {
-    conn.lookup_domain_by_name(name)
+    Domain::lookup_by_name(conn, name)
 }
 
 fn is_missing(e: &virt::error::Error) -> bool {
-    matches!(
-        e.code(),
-        virt::enumutil::Enum::Known(virt::error::ErrorNumber::NoDomain)
-    )
+    e.code() == virt::error::ErrorNumber::NoDomain
 }
 
 impl Libvirt {
@@ -79,7 +74,7 @@ impl Libvirt {
     pub async fn define(&self, xml: String) -> Result<(), ComputeError> {
         self.lifecycle()
             .with_connection("virDomainDefineXML", move |conn| {
-                conn.define_domain_xml(&xml).map(|_| ())
+                Domain::define_xml(conn, &xml).map(|_| ())
             })
             .await
     }
@@ -216,7 +211,7 @@ impl Libvirt {
     pub async fn state(&self, name: &str) -> Result<Option<PowerState>, ComputeError> {
         let name = name.to_string();
         self.with_connection("virDomainGetState", move |conn| match lookup(conn, &name) {
-            Ok(dom) => Ok(Some(PowerState::from_raw(dom.state()?.0))),
+            Ok(dom) => Ok(Some(PowerState::from_raw(dom.get_state()?.0))),
             Err(e) if is_missing(&e) => Ok(None),
             Err(e) => Err(e),
         })
@@ -236,7 +231,7 @@ impl Libvirt {
         };
         self.with_connection("virDomainGetXMLDesc", move |conn| {
             match lookup(conn, &name) {
-                Ok(dom) => dom.xml_desc(flags).map(Some),
+                Ok(dom) => dom.get_xml_desc(flags).map(Some),
                 Err(e) if is_missing(&e) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -253,7 +248,7 @@ impl Libvirt {
         self.with_connection("virConnectListAllDomains", move |conn| {
             let mut ours = Vec::new();
             for dom in conn.list_all_domains(0)? {
-                let Ok(xml) = dom.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) else {
+                let Ok(xml) = dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) else {
                     continue; // vanished between listing and reading
                 };
                 let Some(metadata) = DomainMetadata::from_domain_xml(&xml) else {
@@ -262,11 +257,11 @@ impl Libvirt {
                 if metadata.node_id != node_id {
                     continue;
                 }
-                let Ok((state, _)) = dom.state() else {
+                let Ok((state, _)) = dom.get_state() else {
                     continue;
                 };
                 ours.push(DomainStatus {
-                    name: dom.name()?,
+                    name: dom.get_name()?,
                     state: PowerState::from_raw(state),
                     has_managed_save: dom.has_managed_save(0).unwrap_or(false),
                     metadata,

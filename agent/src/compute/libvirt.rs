@@ -61,7 +61,7 @@ impl Libvirt {
     {
         let uri = self.uri.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let conn = Connect::open(Some(&uri)).map_err(|e| ComputeError::Libvirt {
+            let mut conn = Connect::open(Some(&uri)).map_err(|e| ComputeError::Libvirt {
                 call: "virConnectOpen",
                 message: e.to_string(),
             })?;
@@ -69,7 +69,8 @@ impl Libvirt {
                 call,
                 message: e.to_string(),
             });
-            drop(conn);
+            // virt 0.4 does not close connections on drop.
+            let _ = conn.close();
             result
         });
         match tokio::time::timeout(self.timeout, task).await {
@@ -92,9 +93,9 @@ impl Libvirt {
     pub async fn ping(&self) -> Result<HypervisorInfo, ComputeError> {
         self.with_connection("virConnectGetLibVersion", |conn| {
             Ok(HypervisorInfo {
-                hypervisor_type: conn.driver_type()?,
+                hypervisor_type: conn.get_type()?,
                 hypervisor_version: None,
-                libvirt_version: version_text(conn.lib_version()?),
+                libvirt_version: version_text(conn.get_lib_version()?),
             })
         })
         .await
@@ -112,7 +113,7 @@ impl Libvirt {
             ..self.clone()
         };
         slow.with_connection("virConnectGetVersion", |conn| {
-            Ok(version_text(conn.hyp_version()?))
+            Ok(version_text(conn.get_hyp_version()?))
         })
         .await
     }

@@ -15,6 +15,7 @@ use crate::auth::{self, TokenSource};
 use crate::compute::DomainType;
 use crate::config::{Config, ConfigError};
 use crate::image::{CacheLimits, ImageCache};
+use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::ops::{Services, ServicesParts};
 use crate::state::{Store, StoreError};
 use std::os::unix::fs::DirBuilderExt;
@@ -49,6 +50,9 @@ pub enum DaemonError {
     /// The image cache cannot be opened.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    /// The plugin runtime cannot start.
+    #[error("Plugin runtime failed: {0}")]
+    Plugin(String),
     /// TLS files cannot be used.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -149,6 +153,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let images = ImageCache::open(&config.images_dir(), image_limits(&config))?;
     let node_id = node_id(&store).await?;
+    let engine = PluginEngine::new().map_err(|e| DaemonError::Plugin(e.to_string()))?;
+    let plugins = {
+        let (engine, dir) = (engine.clone(), config.plugin_cache_dir());
+        let (configs, lines) = (config.plugins.clone(), config.plugin_runtime.log_lines_per_minute);
+        Arc::new(
+            tokio::task::spawn_blocking(move || PluginRegistry::load(engine, dir, &configs, lines))
+                .await
+                .map_err(|e| DaemonError::Plugin(e.to_string()))?,
+        )
+    };
     let stop = CancellationToken::new();
     let services = Services::new(ServicesParts {
         config: config.clone(),
@@ -159,6 +173,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         shutdown: stop.clone(),
         images,
         node_id,
+        plugins: plugins.clone(),
     });
     crate::ops::servers::register_handlers(&services);
 
@@ -192,6 +207,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         services.clone(),
         stop.clone(),
     ));
+    let reload = config.plugin_runtime.reload_interval_ms;
+    let watcher = (reload > 0).then(|| {
+        tokio::spawn(
+            plugins
+                .clone()
+                .watch(std::time::Duration::from_millis(reload), stop.clone()),
+        )
+    });
     let monitor = {
         let services = services.clone();
         let stop = stop.clone();
@@ -244,6 +267,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     signals.abort();
     let _ = monitor.await;
     let _ = sync.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
+    engine.shutdown();
 
     if let Err(e) = services
         .events()

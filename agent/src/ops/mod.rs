@@ -7,6 +7,7 @@
 
 pub mod host;
 pub mod images;
+pub mod scheduler;
 pub mod servers;
 
 use crate::auth::AdminToken;
@@ -42,6 +43,9 @@ pub enum OpError {
     /// The request conflicts with the resource's current state; nothing was changed.
     #[error("{0}")]
     Conflict(String),
+    /// The scheduler chain failed.
+    #[error(transparent)]
+    Sched(#[from] crate::sched::SchedError),
     /// The image cache refused or failed.
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
@@ -71,6 +75,7 @@ struct ServicesInner {
     metrics: HttpMetrics,
     images: ImageCache,
     node_id: String,
+    plugins: Arc<crate::plugin::PluginRegistry>,
     server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     admission: tokio::sync::Mutex<()>,
     token: AdminToken,
@@ -96,6 +101,8 @@ pub struct ServicesParts {
     pub images: ImageCache,
     /// This node's id (tags the domains it owns).
     pub node_id: String,
+    /// The loaded plugins.
+    pub plugins: Arc<crate::plugin::PluginRegistry>,
 }
 
 impl Services {
@@ -110,6 +117,7 @@ impl Services {
             shutdown,
             images,
             node_id,
+            plugins,
         } = parts;
         let libvirt = Libvirt::new(
             config.hypervisor.uri.clone(),
@@ -134,6 +142,7 @@ impl Services {
                 metrics: HttpMetrics::default(),
                 images,
                 node_id,
+                plugins,
                 server_locks: Mutex::default(),
                 admission: tokio::sync::Mutex::new(()),
                 token,
@@ -182,6 +191,10 @@ impl Services {
     /// The image cache.
     pub fn images(&self) -> &ImageCache {
         &self.inner.images
+    }
+    /// The loaded plugins.
+    pub fn plugins(&self) -> &Arc<crate::plugin::PluginRegistry> {
+        &self.inner.plugins
     }
     /// This node's id.
     pub fn node_id(&self) -> &str {

@@ -6,4 +6,5 @@ pub mod host;
 pub mod images;
 pub mod metrics;
 pub mod openapi;
+pub mod plugins;
 pub mod servers;

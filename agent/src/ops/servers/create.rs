@@ -54,6 +54,18 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
     {
         let _admission = services.admission().lock().await;
         admit(services, &spec).await?;
+        crate::ops::scheduler::admit(
+            services,
+            crate::sched::RequestSpec {
+                vcpus: spec.flavor.vcpus,
+                ram_mb: spec.flavor.ram_mb,
+                disk_gb: spec.flavor.disk_gb + spec.flavor.ephemeral_gb,
+                volume_gb: 0,
+                availability_zone: req.availability_zone.clone(),
+                image_properties: root.properties.clone(),
+            },
+        )
+        .await?;
         let now = crate::state::now_rfc3339();
         services
             .store()

@@ -1,0 +1,29 @@
+//! Host bindings of the plugin worlds, generated from `wit/` at build time.
+
+/// `hyperlet:scheduler/filter-plugin`.
+pub mod filter {
+    wasmtime::component::bindgen!({
+        path: "../wit/scheduler",
+        world: "hyperlet:scheduler/filter-plugin",
+    });
+}
+
+/// `hyperlet:scheduler/weigher-plugin`, sharing the common and scheduler types with
+/// [`filter`].
+pub mod weigher {
+    wasmtime::component::bindgen!({
+        path: "../wit/scheduler",
+        world: "hyperlet:scheduler/weigher-plugin",
+        with: {
+            "hyperlet:common/types": super::filter::hyperlet::common::types,
+            "hyperlet:common/log": super::filter::hyperlet::common::log,
+            "hyperlet:scheduler/types": super::filter::hyperlet::scheduler::types,
+        },
+    });
+}
+
+pub use filter::hyperlet::common::log::Level as LogLevel;
+pub use filter::hyperlet::scheduler::types::{
+    HostBatch as WitHostBatch, HostState as WitHostState, RequestSpec as WitRequestSpec,
+    Verdict as WitVerdict,
+};

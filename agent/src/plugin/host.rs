@@ -1,0 +1,182 @@
+//! What a plugin instance's store holds, and the host side of its imports: the `log`
+//! capability and a deny-all WASI whose stdout/stderr land in the agent's log.
+
+use super::bindings::{filter, LogLevel};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Most bytes of guest stdout/stderr kept between two flushes; the rest is dropped.
+const OUTPUT_CAP: usize = 64 * 1024;
+
+/// A per-plugin budget of log lines per minute, shared by all its instances.
+#[derive(Debug)]
+pub struct LogBudget {
+    per_minute: u32,
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl LogBudget {
+    /// A budget of `per_minute` lines.
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute,
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// Whether one more line may be written now; counts dropped lines.
+    fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0.elapsed() >= Duration::from_secs(60) {
+            *state = (Instant::now(), 0, state.2);
+        }
+        if state.1 < self.per_minute {
+            state.1 += 1;
+            true
+        } else {
+            state.2 += 1;
+            false
+        }
+    }
+}
+
+/// Writes one plugin log line into the agent's log, within the budget.
+pub fn emit(plugin: &str, budget: &LogBudget, level: LogLevel, message: &str) {
+    if !budget.take() {
+        return;
+    }
+    let message: String = message.chars().take(2000).collect();
+    match level {
+        LogLevel::Trace | LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+        LogLevel::Info => tracing::info!(plugin, "{message}"),
+        LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+        LogLevel::Error => tracing::error!(plugin, "{message}"),
+    }
+}
+
+/// Captured guest stdout/stderr.
+#[derive(Clone, Default)]
+pub struct GuestOutput {
+    buf: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GuestOutput {
+    /// Takes the complete lines written so far.
+    pub fn take_lines(&self) -> Vec<String> {
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+            if buf.len() >= OUTPUT_CAP {
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                buf.clear();
+                return vec![text];
+            }
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..=end);
+        text.lines().map(str::to_string).collect()
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let room = OUTPUT_CAP.saturating_sub(buf.len());
+        buf.extend_from_slice(&data[..data.len().min(room)]);
+        // Report everything written: a chatty plugin loses lines, it does not fail.
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// The data of one plugin instance's store.
+pub struct HostState {
+    /// Plugin name, for log lines.
+    pub plugin: Arc<str>,
+    /// Shared log budget of the plugin.
+    pub budget: Arc<LogBudget>,
+    /// Memory cap.
+    pub limits: StoreLimits,
+    /// Deny-all WASI context.
+    pub wasi: WasiCtx,
+    /// WASI resources.
+    pub table: ResourceTable,
+    /// Captured stdout and stderr.
+    pub output: GuestOutput,
+}
+
+impl HostState {
+    /// A store's data for `plugin` with a memory cap of `memory_bytes`.
+    pub fn new(plugin: Arc<str>, budget: Arc<LogBudget>, memory_bytes: usize) -> Self {
+        let output = GuestOutput::default();
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .insecure_random_seed(0)
+            .build();
+        Self {
+            plugin,
+            budget,
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_bytes)
+                .instances(32)
+                .tables(32)
+                .memories(8)
+                .trap_on_grow_failure(true)
+                .build(),
+            wasi,
+            table: ResourceTable::new(),
+            output,
+        }
+    }
+
+    /// Moves captured guest output into the agent's log.
+    pub fn flush_output(&self) {
+        for line in self.output.take_lines() {
+            emit(&self.plugin, &self.budget, LogLevel::Info, &format!("stderr: {line}"));
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl filter::hyperlet::common::log::Host for HostState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        emit(&self.plugin, &self.budget, level, &message);
+    }
+}
+
+impl filter::hyperlet::common::types::Host for HostState {}
+impl filter::hyperlet::scheduler::types::Host for HostState {}

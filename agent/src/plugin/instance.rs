@@ -1,0 +1,295 @@
+//! A loaded plugin: its pre-linked component, a few ready instances, and calls under limits.
+
+use super::bindings::{filter, weigher, WitHostBatch, WitRequestSpec, WitVerdict};
+use super::engine::PluginEngine;
+use super::host::{HostState, LogBudget};
+use super::inspect::{inspect_component, Compatibility, ComponentInfo};
+use super::{cache, PluginError};
+use crate::config::{PluginConfig, PluginKind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::Store;
+
+/// Largest total size of the reason strings one filter call may return.
+pub const MAX_REASON_BYTES: usize = 4 * 1024 * 1024;
+/// Ready instances kept per plugin.
+const IDLE_INSTANCES: usize = 4;
+
+enum Pre {
+    Filter(filter::FilterPluginPre<HostState>),
+    Weigher(weigher::WeigherPluginPre<HostState>),
+}
+
+enum Bound {
+    Filter(filter::FilterPlugin),
+    Weigher(weigher::WeigherPlugin),
+}
+
+struct Ready {
+    store: Store<HostState>,
+    bound: Bound,
+}
+
+/// A plugin ready to be called.
+pub struct LoadedPlugin {
+    /// Its configuration.
+    pub config: PluginConfig,
+    /// What the component is.
+    pub info: ComponentInfo,
+    /// SHA-256 of the component file.
+    pub sha256: String,
+    name: Arc<str>,
+    pre: Pre,
+    idle: Mutex<Vec<Ready>>,
+    budget: Arc<LogBudget>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+fn trap_error(plugin: &str, timeout: Duration, e: &wasmtime::Error) -> PluginError {
+    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+        return PluginError::Timeout {
+            plugin: plugin.to_string(),
+            ms: timeout.as_millis() as u64,
+        };
+    }
+    let mut reason = format!("{e:#}");
+    if let Some(cut) = reason.char_indices().nth(1000).map(|(i, _)| i) {
+        reason.truncate(cut);
+    }
+    PluginError::Trap {
+        plugin: plugin.to_string(),
+        reason,
+    }
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles (or loads from the cache), inspects, links and configures a plugin.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] with the exact reason.
+    pub fn load(
+        engine: &PluginEngine,
+        cache_dir: &Path,
+        config: &PluginConfig,
+        log_lines_per_minute: u32,
+    ) -> Result<Self, PluginError> {
+        let not_loaded = |reason: String| PluginError::NotLoaded {
+            plugin: config.name.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(&config.path)
+            .map_err(|e| not_loaded(format!("cannot read {}: {e}", config.path.display())))?;
+        let (component, sha256) = cache::load(engine.engine(), cache_dir, &bytes)
+            .map_err(|e| not_loaded(e.to_string()))?;
+        let info = inspect_component(engine.engine(), &component);
+        if let Compatibility::Incompatible(reason) = info.check(config.kind, &config.grants) {
+            return Err(not_loaded(reason));
+        }
+        let mut linker = Linker::<HostState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| not_loaded(format!("cannot link WASI: {e:#}")))?;
+        let link_err = |e: wasmtime::Error| not_loaded(format!("cannot link: {e:#}"));
+        let pre = match config.kind {
+            PluginKind::Filter => {
+                filter::FilterPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_err)?;
+                let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+                Pre::Filter(filter::FilterPluginPre::new(pre).map_err(link_err)?)
+            }
+            PluginKind::Weigher => {
+                weigher::WeigherPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_err)?;
+                let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+                Pre::Weigher(weigher::WeigherPluginPre::new(pre).map_err(link_err)?)
+            }
+        };
+        let plugin = Self {
+            config: config.clone(),
+            info,
+            sha256,
+            name: Arc::from(config.name.as_str()),
+            pre,
+            idle: Mutex::new(Vec::new()),
+            budget: Arc::new(LogBudget::new(log_lines_per_minute)),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        };
+        // One configured instance proves the plugin works and is kept for the first call.
+        let ready = plugin.instantiate().map_err(|e| not_loaded(e.to_string()))?;
+        plugin.idle.lock().unwrap_or_else(|p| p.into_inner()).push(ready);
+        Ok(plugin)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.call_timeout_ms)
+    }
+
+    /// A new instance, configured with the plugin's settings.
+    fn instantiate(&self) -> Result<Ready, PluginError> {
+        let memory = (self.config.memory_limit_mb * 1024 * 1024) as usize;
+        let mut store = Store::new(
+            self.pre_engine(),
+            HostState::new(self.name.clone(), self.budget.clone(), memory),
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+        let settings: Vec<(String, String)> = self
+            .config
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let trap = |e: wasmtime::Error| trap_error(&self.name, self.timeout(), &e);
+        let (bound, configured) = match &self.pre {
+            Pre::Filter(pre) => {
+                let b = pre.instantiate(&mut store).map_err(trap)?;
+                let r = b.hyperlet_scheduler_filter().call_configure(&mut store, &settings).map_err(trap)?;
+                (Bound::Filter(b), r)
+            }
+            Pre::Weigher(pre) => {
+                let b = pre.instantiate(&mut store).map_err(trap)?;
+                let r = b.hyperlet_scheduler_weigher().call_configure(&mut store, &settings).map_err(trap)?;
+                (Bound::Weigher(b), r)
+            }
+        };
+        store.data().flush_output();
+        configured.map_err(|e| PluginError::Reported {
+            plugin: self.name.to_string(),
+            code: e.code,
+            message: e.message,
+        })?;
+        Ok(Ready { store, bound })
+    }
+
+    fn pre_engine(&self) -> &wasmtime::Engine {
+        match &self.pre {
+            Pre::Filter(p) => p.engine(),
+            Pre::Weigher(p) => p.engine(),
+        }
+    }
+
+    fn take(&self) -> Result<Ready, PluginError> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(ready) => Ok(ready),
+            None => self.instantiate(),
+        }
+    }
+
+    fn give_back(&self, ready: Ready) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_INSTANCES {
+            idle.push(ready);
+        }
+    }
+
+    fn record<T>(&self, result: Result<T, PluginError>) -> Result<T, PluginError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.name, error = %e, "plugin call failed");
+        }
+        result
+    }
+
+    /// Runs the filter over a batch (blocking; run it on a blocking thread).
+    ///
+    /// # Errors
+    /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
+    pub fn filter(&self, spec: &WitRequestSpec, batch: &WitHostBatch) -> Result<Vec<WitVerdict>, PluginError> {
+        let result = (|| {
+            let mut ready = self.take()?;
+            ready.store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+            let Bound::Filter(b) = &ready.bound else {
+                return Err(PluginError::Runtime("not a filter".into()));
+            };
+            let answer = b.hyperlet_scheduler_filter().call_filter_hosts(&mut ready.store, spec, batch);
+            ready.store.data().flush_output();
+            // A trap drops `ready` here: the instance is discarded.
+            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
+            let verdicts = match answer {
+                Ok(v) => v,
+                Err(e) => {
+                    self.give_back(ready);
+                    return Err(PluginError::Reported { plugin: self.name.to_string(), code: e.code, message: e.message });
+                }
+            };
+            if verdicts.len() != batch.hosts.len() {
+                return Err(PluginError::BadAnswer {
+                    plugin: self.name.to_string(),
+                    reason: format!("{} verdicts for {} hosts", verdicts.len(), batch.hosts.len()),
+                });
+            }
+            let reason_bytes: usize = verdicts
+                .iter()
+                .map(|v| match v {
+                    WitVerdict::Fail(r) => r.len(),
+                    WitVerdict::Pass => 0,
+                })
+                .sum();
+            if reason_bytes > MAX_REASON_BYTES {
+                return Err(PluginError::BadAnswer {
+                    plugin: self.name.to_string(),
+                    reason: format!("{reason_bytes} bytes of reasons (the limit is {MAX_REASON_BYTES})"),
+                });
+            }
+            self.give_back(ready);
+            Ok(verdicts)
+        })();
+        self.record(result)
+    }
+
+    /// Runs the weigher over a batch (blocking; run it on a blocking thread).
+    ///
+    /// # Errors
+    /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
+    pub fn weigh(&self, spec: &WitRequestSpec, batch: &WitHostBatch) -> Result<Vec<f64>, PluginError> {
+        let result = (|| {
+            let mut ready = self.take()?;
+            ready.store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+            let Bound::Weigher(b) = &ready.bound else {
+                return Err(PluginError::Runtime("not a weigher".into()));
+            };
+            let answer = b.hyperlet_scheduler_weigher().call_weigh_hosts(&mut ready.store, spec, batch);
+            ready.store.data().flush_output();
+            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
+            let weights = match answer {
+                Ok(w) => w,
+                Err(e) => {
+                    self.give_back(ready);
+                    return Err(PluginError::Reported { plugin: self.name.to_string(), code: e.code, message: e.message });
+                }
+            };
+            if weights.len() != batch.hosts.len() {
+                return Err(PluginError::BadAnswer {
+                    plugin: self.name.to_string(),
+                    reason: format!("{} weights for {} hosts", weights.len(), batch.hosts.len()),
+                });
+            }
+            if let Some(bad) = weights.iter().find(|w| !w.is_finite()) {
+                return Err(PluginError::BadAnswer {
+                    plugin: self.name.to_string(),
+                    reason: format!("weight {bad} is not a finite number"),
+                });
+            }
+            self.give_back(ready);
+            Ok(weights)
+        })();
+        self.record(result)
+    }
+
+    /// Calls made and calls failed.
+    pub fn counters(&self) -> (u64, u64) {
+        (self.calls.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+    }
+
+    /// Instantiates and configures a fresh instance without keeping it (benchmarks).
+    ///
+    /// # Errors
+    /// As a call.
+    pub fn instantiate_once(&self) -> Result<(), PluginError> {
+        self.instantiate().map(drop)
+    }
+}

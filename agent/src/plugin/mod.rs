@@ -1,0 +1,85 @@
+//! WebAssembly plugins: the wasmtime component host.
+//!
+//! Plugins are components implementing a world from `wit/` (today the scheduler's
+//! `filter-plugin` and `weigher-plugin`). The agent config lists them with their grants; at
+//! start and whenever a file changes, each is loaded:
+//!
+//! 1. **compile** — once per content hash and engine, cached precompiled under
+//!    `<state-dir>/plugin-cache/` (`cache.rs`);
+//! 2. **inspect** — which world it exports and at which version, which capabilities its
+//!    imports need (`inspect.rs`); a wrong world, an incompatible version or an import that is
+//!    not granted means the plugin is not loaded, and `/v1/plugins` says exactly why;
+//! 3. **link** — the `log` capability and a deny-all WASI (no files, sockets, env or args;
+//!    stdout/stderr captured into the agent's log, rate-limited) (`host.rs`), pre-instantiated
+//!    once (`InstancePre`);
+//! 4. **configure** — one instance is created and its `configure(settings)` must succeed.
+//!
+//! Calls run on a blocking thread with a memory cap (`StoreLimits`), an epoch deadline and an
+//! outer timeout (`instance.rs`). A trap, timeout, panic or oversized answer discards that
+//! instance and returns a [`PluginError`] naming the plugin; the agent keeps serving and other
+//! plugins are untouched. Instances that answered well are kept for the next call. A reload
+//! swaps the plugin atomically: calls in flight finish on the old version (`registry.rs`).
+
+mod bindings;
+mod cache;
+mod engine;
+mod host;
+mod inspect;
+mod instance;
+mod registry;
+
+pub use bindings::{WitHostBatch, WitHostState, WitRequestSpec, WitVerdict};
+pub use engine::PluginEngine;
+pub use inspect::{inspect_component, ComponentInfo, Compatibility};
+pub use instance::LoadedPlugin;
+pub use registry::{PluginRegistry, PluginStatus, PluginView};
+
+/// Errors of plugin loading and calls. Every message names the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The plugin could not be loaded.
+    #[error("Plugin {plugin} is not loaded: {reason}")]
+    NotLoaded {
+        /// Plugin name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The call ran out of time.
+    #[error("Plugin {plugin} did not answer within {ms} ms; its instance was discarded")]
+    Timeout {
+        /// Plugin name.
+        plugin: String,
+        /// The deadline.
+        ms: u64,
+    },
+    /// The plugin trapped (panic, out of memory, bad code).
+    #[error("Plugin {plugin} trapped: {reason}; its instance was discarded")]
+    Trap {
+        /// Plugin name.
+        plugin: String,
+        /// The trap.
+        reason: String,
+    },
+    /// The plugin answered something unusable.
+    #[error("Plugin {plugin} gave an unusable answer: {reason}")]
+    BadAnswer {
+        /// Plugin name.
+        plugin: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The plugin reported an error itself.
+    #[error("Plugin {plugin} failed: {code}: {message}")]
+    Reported {
+        /// Plugin name.
+        plugin: String,
+        /// The plugin's error code.
+        code: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The engine or the cache failed.
+    #[error("Plugin runtime failed: {0}")]
+    Runtime(String),
+}

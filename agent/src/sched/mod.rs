@@ -1,0 +1,182 @@
+//! The scheduler chain: filters, then weighers, all plugins.
+//!
+//! [`evaluate`] runs the configured chain for one request over a list of hosts: each filter
+//! (in config order) sees the hosts still standing, in one batched call; each weigher then
+//! gives every remaining host a raw weight, normalised to 0..1 across the hosts (min–max, as
+//! nova and cinder do) and multiplied by the weigher's multiplier; the sum ranks the hosts.
+//! A negative multiplier turns spreading into stacking. Plugins that are not loaded are skipped
+//! and reported.
+
+mod model;
+
+pub use model::{Evaluation, HostResult, HostState, RequestSpec, SkippedPlugin};
+
+use crate::config::PluginKind;
+use crate::plugin::{PluginError, PluginRegistry, WitHostBatch, WitVerdict};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Errors of an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    /// A plugin failed (trap, timeout, bad answer); the evaluation is void.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The request or hosts are unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Runs the chain. Blocking: call it on a blocking thread.
+///
+/// # Errors
+/// [`SchedError::Plugin`] when a plugin fails, naming it.
+pub fn evaluate(
+    registry: &PluginRegistry,
+    spec: &RequestSpec,
+    hosts: &[HostState],
+) -> Result<Evaluation, SchedError> {
+    let started = Instant::now();
+    let wit_spec = spec.to_wit();
+    let mut results: Vec<HostResult> = hosts
+        .iter()
+        .map(|h| HostResult {
+            name: h.name.clone(),
+            passed: true,
+            failed_by: None,
+            reason: None,
+            weight: 0.0,
+            weights: BTreeMap::new(),
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    let mut standing: Vec<usize> = (0..hosts.len()).collect();
+    for (name, plugin) in registry.chain(PluginKind::Filter) {
+        let plugin = match plugin {
+            Ok(p) => p,
+            Err(reason) => {
+                skipped.push(SkippedPlugin { name, reason });
+                continue;
+            }
+        };
+        if standing.is_empty() {
+            break;
+        }
+        let batch = batch_of(hosts, &standing);
+        let verdicts = plugin.filter(&wit_spec, &batch)?;
+        let mut still = Vec::with_capacity(standing.len());
+        for (index, verdict) in standing.iter().zip(verdicts) {
+            match verdict {
+                WitVerdict::Pass => still.push(*index),
+                WitVerdict::Fail(reason) => {
+                    let r = &mut results[*index];
+                    r.passed = false;
+                    r.failed_by = Some(name.clone());
+                    r.reason = Some(reason);
+                }
+            }
+        }
+        standing = still;
+    }
+    if !standing.is_empty() {
+        let batch = batch_of(hosts, &standing);
+        for (name, plugin) in registry.chain(PluginKind::Weigher) {
+            let plugin = match plugin {
+                Ok(p) => p,
+                Err(reason) => {
+                    skipped.push(SkippedPlugin { name, reason });
+                    continue;
+                }
+            };
+            let raw = plugin.weigh(&wit_spec, &batch)?;
+            let normalised = normalise(&raw);
+            for (index, w) in standing.iter().zip(normalised) {
+                let weighted = w * plugin.config.multiplier;
+                results[*index].weight += weighted;
+                results[*index].weights.insert(name.clone(), weighted);
+            }
+        }
+    }
+    let passed = standing.len();
+    results.sort_by(|a, b| {
+        b.passed
+            .cmp(&a.passed)
+            .then(b.weight.partial_cmp(&a.weight).unwrap_or(std::cmp::Ordering::Equal))
+    });
+    Ok(Evaluation {
+        passed,
+        hosts: results,
+        skipped_plugins: skipped,
+        elapsed_us: started.elapsed().as_micros() as u64,
+    })
+}
+
+/// Runs [`evaluate`] on a blocking thread with an overall deadline.
+///
+/// # Errors
+/// As [`evaluate`]; [`SchedError::Invalid`] when the worker is lost.
+pub async fn evaluate_async(
+    registry: Arc<PluginRegistry>,
+    spec: RequestSpec,
+    hosts: Vec<HostState>,
+    deadline: Duration,
+) -> Result<Evaluation, SchedError> {
+    let task = tokio::task::spawn_blocking(move || evaluate(&registry, &spec, &hosts));
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(SchedError::Invalid(format!("scheduler worker failed: {e}"))),
+        Err(_) => Err(SchedError::Plugin(PluginError::Timeout {
+            plugin: "scheduler chain".into(),
+            ms: deadline.as_millis() as u64,
+        })),
+    }
+}
+
+/// Min–max normalisation to 0..1; all-equal weights become 0.
+pub fn normalise(raw: &[f64]) -> Vec<f64> {
+    let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !(max > min) {
+        return vec![0.0; raw.len()];
+    }
+    raw.iter().map(|w| (w - min) / (max - min)).collect()
+}
+
+fn intern<'a>(lookup: &mut HashMap<&'a str, u32>, strings: &mut Vec<String>, s: &'a str) -> u32 {
+    *lookup.entry(s).or_insert_with(|| {
+        strings.push(s.to_string());
+        (strings.len() - 1) as u32
+    })
+}
+
+/// The WIT batch of the hosts at `indexes`, with shared strings sent once.
+fn batch_of(hosts: &[HostState], indexes: &[usize]) -> WitHostBatch {
+    let mut strings = Vec::new();
+    let mut lookup = HashMap::new();
+    let mut out = Vec::with_capacity(indexes.len());
+    for &i in indexes {
+        let h = &hosts[i];
+        let az = intern(&mut lookup, &mut strings, &h.availability_zone);
+        let hv = intern(&mut lookup, &mut strings, &h.hypervisor_type);
+        let arch = intern(&mut lookup, &mut strings, &h.architecture);
+        let mode = intern(&mut lookup, &mut strings, &h.vm_mode);
+        out.push(h.to_wit(az, hv, arch, mode));
+    }
+    WitHostBatch {
+        strings,
+        hosts: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation_is_min_max() {
+        assert_eq!(normalise(&[1.0, 3.0, 2.0]), vec![0.0, 1.0, 0.5]);
+        assert_eq!(normalise(&[5.0, 5.0]), vec![0.0, 0.0]);
+        assert!(normalise(&[]).is_empty());
+    }
+}
