@@ -13,6 +13,7 @@ echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build"
 cargo build --workspace --locked
+bash scripts/build-plugins.sh
 echo "== test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

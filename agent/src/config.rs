@@ -165,6 +165,9 @@ pub struct PluginRuntimeConfig {
     pub reload_interval_ms: u64,
     /// Most log lines one plugin may write per minute (guest stderr and the `log` import).
     pub log_lines_per_minute: u32,
+    /// Directory of precompiled plugins [default: `<state_dir>/plugin-cache`]; agents on one
+    /// host may share it (entries are keyed by content hash and engine).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginRuntimeConfig {
@@ -172,6 +175,7 @@ impl Default for PluginRuntimeConfig {
         Self {
             reload_interval_ms: 1000,
             log_lines_per_minute: 120,
+            cache_dir: None,
         }
     }
 }
@@ -512,7 +516,9 @@ impl Config {
                 }
             }
             if plugin.memory_limit_mb == 0 || plugin.memory_limit_mb > MAX_PLUGIN_MEMORY_MB {
-                return bad(format!("memory_limit_mb must be 1 to {MAX_PLUGIN_MEMORY_MB}"));
+                return bad(format!(
+                    "memory_limit_mb must be 1 to {MAX_PLUGIN_MEMORY_MB}"
+                ));
             }
             if plugin.call_timeout_ms == 0 {
                 return bad("call_timeout_ms must be at least 1".into());
@@ -547,7 +553,10 @@ impl Config {
 
     /// Directory of precompiled plugins.
     pub fn plugin_cache_dir(&self) -> PathBuf {
-        self.state_dir.join("plugin-cache")
+        self.plugin_runtime
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("plugin-cache"))
     }
 
     /// Path of the generated admin token.

@@ -10,5 +10,6 @@ mod images;
 mod journal_crash;
 mod lifecycle;
 mod openapi;
+mod plugins;
 mod servers;
 mod tls;

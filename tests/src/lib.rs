@@ -29,6 +29,29 @@ pub fn hyperlet_bin() -> PathBuf {
     bin
 }
 
+/// A plugin component built by `scripts/build-plugins.sh`
+/// (`target/wasm32-wasip2/release/<crate>.wasm`).
+pub fn plugin_wasm(crate_name: &str) -> PathBuf {
+    let bin = hyperlet_bin();
+    let target = bin.parent().and_then(Path::parent).expect("target dir");
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins with scripts/build-plugins.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A precompiled-plugin cache shared by the tests' agents (compiling once is enough).
+pub fn shared_plugin_cache() -> PathBuf {
+    let dir = std::env::temp_dir().join("hyperlet-test-plugin-cache");
+    std::fs::create_dir_all(&dir).expect("plugin cache dir");
+    dir
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -14,6 +14,7 @@
 mod client;
 mod host;
 mod image;
+mod plugin;
 mod server;
 mod table;
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// Servers: create, list, show, delete and their actions.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Plugins: list the agent's, inspect a component, scaffold a new one.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -165,6 +169,9 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Server(cmd) => runtime
             .block_on(server::run(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Plugin(cmd) => runtime
+            .block_on(plugin::run(cmd))
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Openapi => {
             print!("{}", crate::api::openapi::document_json());

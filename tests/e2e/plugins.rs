@@ -1,0 +1,466 @@
+//! WebAssembly plugins in a real agent: the first-party scheduler chain, admission control,
+//! misbehaving plugins contained, hot reload, and the plugin CLI.
+
+use hyperlet_tests::{plugin_wasm, run_cli, shared_plugin_cache, Agent};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A `[[plugins]]` stanza.
+fn stanza(name: &str, kind: &str, path: &Path, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\ngrants = [\"log\"]\n{extra}\n",
+        path.display()
+    )
+}
+
+fn runtime() -> String {
+    format!(
+        "[plugin_runtime]\nreload_interval_ms = 200\ncache_dir = \"{}\"\n",
+        shared_plugin_cache().display()
+    )
+}
+
+/// The full first-party chain: 6 filters and 2 weighers.
+fn chain_config(ram_multiplier: f64) -> String {
+    let mut config = runtime();
+    for (name, krate) in [
+        ("compute-status", "hyperlet-filter-compute-status"),
+        ("ram", "hyperlet-filter-ram"),
+        ("disk", "hyperlet-filter-disk"),
+        ("vcpu", "hyperlet-filter-vcpu"),
+        ("availability-zone", "hyperlet-filter-availability-zone"),
+        ("image-properties", "hyperlet-filter-image-properties"),
+    ] {
+        config.push_str(&stanza(name, "filter", &plugin_wasm(krate), ""));
+    }
+    config.push_str(&stanza(
+        "ram-weigher",
+        "weigher",
+        &plugin_wasm("hyperlet-weigher-ram"),
+        &format!("multiplier = {ram_multiplier:?}"),
+    ));
+    config.push_str(&stanza(
+        "capacity-weigher",
+        "weigher",
+        &plugin_wasm("hyperlet-weigher-capacity"),
+        "",
+    ));
+    config
+}
+
+fn host(name: &str, ram_total: u64, ram_used: u64) -> Value {
+    json!({
+        "name": name, "vcpus_total": 8, "vcpus_used": 0, "ram_total_mb": ram_total,
+        "ram_used_mb": ram_used, "ram_free_mb": ram_total - ram_used, "disk_total_gb": 100,
+        "disk_used_gb": 0, "volume_free_gb": 10,
+    })
+}
+
+fn evaluate(agent: &Agent, body: Value) -> (u16, Value) {
+    let resp = agent.send(Method::POST, "/v1/scheduler/evaluate", Some(&body));
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap())
+}
+
+fn result<'a>(evaluation: &'a Value, name: &str) -> &'a Value {
+    evaluation["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .unwrap()
+}
+
+#[test]
+fn first_party_chain_filters_and_ranks_hosts() {
+    let agent = Agent::start_with_config(&chain_config(1.0));
+    let plugins = agent.get_json("/v1/plugins");
+    let plugins = plugins["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 8);
+    for p in plugins {
+        assert_eq!(p["status"], "loaded", "{p}");
+        assert_eq!(p["version"], "1.0.0", "{p}");
+    }
+
+    let mut disabled = host("disabled", 16384, 0);
+    disabled["enabled"] = json!(false);
+    let mut far = host("far", 16384, 0);
+    far["availability_zone"] = json!("az2");
+    let mut arm = host("arm", 16384, 0);
+    arm["architecture"] = json!("aarch64");
+    let body = json!({
+        "spec": {"vcpus": 2, "ram_mb": 2048, "disk_gb": 10, "availability_zone": "nova",
+                 "image_properties": {"architecture": "x86_64"}},
+        "hosts": [host("small", 4096, 3072), host("big", 32768, 0), host("medium", 16384, 0),
+                  disabled, far, arm],
+    });
+    let (status, evaluation) = evaluate(&agent, body.clone());
+    assert_eq!(status, 200, "{evaluation}");
+    assert_eq!(evaluation["passed"], 2, "{evaluation}");
+    // Best first: more free RAM spreads.
+    let order: Vec<&str> = evaluation["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["big", "medium"]);
+    assert_eq!(result(&evaluation, "small")["failed_by"], "ram");
+    assert!(
+        result(&evaluation, "small")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2048"),
+        "{evaluation}"
+    );
+    assert_eq!(
+        result(&evaluation, "disabled")["failed_by"],
+        "compute-status"
+    );
+    assert_eq!(result(&evaluation, "far")["failed_by"], "availability-zone");
+    assert_eq!(result(&evaluation, "arm")["failed_by"], "image-properties");
+    drop(agent);
+
+    // A negative multiplier stacks: the fullest host that fits comes first.
+    let agent = Agent::start_with_config(&chain_config(-1.0));
+    let (status, evaluation) = evaluate(&agent, body);
+    assert_eq!(status, 200);
+    assert_eq!(evaluation["hosts"][0]["name"], "medium", "{evaluation}");
+
+    // Without hosts, the chain runs over this node.
+    let (status, evaluation) = evaluate(&agent, json!({"spec": {"vcpus": 1, "ram_mb": 64}}));
+    assert_eq!(status, 200, "{evaluation}");
+    assert_eq!(evaluation["passed"], 1, "{evaluation}");
+    let (status, evaluation) = evaluate(
+        &agent,
+        json!({"spec": {"vcpus": 1, "ram_mb": 64 * 1024 * 1024}}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(evaluation["passed"], 0);
+    assert_eq!(evaluation["hosts"][0]["failed_by"], "ram");
+
+    // Bad requests.
+    assert_eq!(evaluate(&agent, json!({"spec": {"vcpus": -1}})).0, 400);
+    assert_eq!(
+        evaluate(&agent, json!({"spec": {}, "hosts": [{"nom": "x"}]})).0,
+        400
+    );
+}
+
+#[test]
+fn server_create_is_refused_when_the_chain_says_no() {
+    let agent = Agent::start_with_config(&(chain_config(1.0) + crate::servers::CONFIG));
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("arm.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let (_, image) = agent.import_image(
+        "arm",
+        "raw",
+        "bare",
+        json!({"architecture": "aarch64"}),
+        &raw,
+    );
+    let resp = agent.send(Method::POST, "/v1/servers", Some(&json!({
+        "name": "nope", "image_id": image["id"], "flavor": {"vcpus": 1, "ram_mb": 64, "disk_gb": 1},
+    })));
+    assert_eq!(resp.status(), 409);
+    let text = resp.text().unwrap();
+    assert!(
+        text.contains("image-properties") && text.contains("aarch64"),
+        "{text}"
+    );
+    assert!(agent.get_json("/v1/servers")["servers"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+fn fixture_agent(kind: &str, krate: &str, extra: &str) -> Agent {
+    let mut config = runtime();
+    config.push_str(&stanza(
+        "good",
+        "filter",
+        &plugin_wasm("hyperlet-filter-ram"),
+        "",
+    ));
+    config.push_str(&stanza("fixture", kind, &plugin_wasm(krate), extra));
+    Agent::start_with_config(&config)
+}
+
+fn plugin_view(agent: &Agent, name: &str) -> Value {
+    let list = agent.get_json("/v1/plugins");
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn plugins_that_cannot_load_are_refused_with_the_reason() {
+    for (krate, kind, needle) in [
+        ("hyperlet-fixture-ungranted", "filter", "filesystem"),
+        (
+            "hyperlet-weigher-ram",
+            "filter",
+            "configured as kind = \"filter\"",
+        ),
+        (
+            "hyperlet-fixture-old-version",
+            "filter",
+            "hyperlet:scheduler@0.9.0",
+        ),
+        (
+            "hyperlet-fixture-new-version",
+            "filter",
+            "hyperlet:scheduler@2.0.0",
+        ),
+    ] {
+        let agent = fixture_agent(kind, krate, "");
+        let view = plugin_view(&agent, "fixture");
+        assert_eq!(view["status"], "failed", "{krate}: {view}");
+        let error = view["error"].as_str().unwrap();
+        assert!(error.contains(needle), "{krate}: {error}");
+        let log = agent.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("plugin not loaded") && l.contains("\"fixture\"")),
+            "{krate}: the log says why:\n{log}"
+        );
+        // The agent serves, and the good plugin works; the chain reports the skipped one.
+        let (status, evaluation) = evaluate(
+            &agent,
+            json!({"spec": {"ram_mb": 10}, "hosts": [host("h", 1024, 0)]}),
+        );
+        assert_eq!(status, 200, "{krate}: {evaluation}");
+        assert_eq!(evaluation["passed"], 1);
+        assert_eq!(evaluation["skipped_plugins"][0]["name"], "fixture");
+    }
+    // A grant the plugin needs but was not given.
+    let mut config = runtime();
+    config.push_str(
+        &stanza(
+            "ram",
+            "filter",
+            &plugin_wasm("hyperlet-filter-compute-status"),
+            "",
+        )
+        .replace("grants = [\"log\"]", "grants = []"),
+    );
+    let agent = Agent::start_with_config(&config);
+    let view = plugin_view(&agent, "ram");
+    assert_eq!(view["status"], "failed");
+    assert!(
+        view["error"].as_str().unwrap().contains("not granted: log"),
+        "{view}"
+    );
+}
+
+#[test]
+fn misbehaving_plugins_are_contained() {
+    for (krate, extra, needle) in [
+        (
+            "hyperlet-fixture-loop",
+            "call_timeout_ms = 300",
+            "did not answer within 300 ms",
+        ),
+        (
+            "hyperlet-fixture-membomb",
+            "memory_limit_mb = 16",
+            "trapped",
+        ),
+        ("hyperlet-fixture-panic", "", "trapped"),
+        (
+            "hyperlet-fixture-huge",
+            "settings = { mode = \"big\" }\nmemory_limit_mb = 32",
+            "fixture",
+        ),
+        (
+            "hyperlet-fixture-huge",
+            "settings = { mode = \"count\" }",
+            "verdicts for 1 hosts",
+        ),
+    ] {
+        let agent = fixture_agent("filter", krate, extra);
+        assert_eq!(
+            plugin_view(&agent, "fixture")["status"],
+            "loaded",
+            "{krate}"
+        );
+        let started = Instant::now();
+        let (status, body) = evaluate(
+            &agent,
+            json!({"spec": {"ram_mb": 10}, "hosts": [host("h", 1024, 0)]}),
+        );
+        assert_eq!(status, 502, "{krate}: {body}");
+        assert_eq!(body["error"]["code"], "plugin_failed");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("fixture") && message.contains(needle),
+            "{krate}: {message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{krate} took {:?}",
+            started.elapsed()
+        );
+        // The agent stays healthy and keeps its other plugins.
+        assert_eq!(agent.get("/healthz").status(), 200);
+        assert_eq!(plugin_view(&agent, "good")["status"], "loaded");
+        assert!(plugin_view(&agent, "fixture")["failures"].as_u64().unwrap() >= 1);
+        // The same plugin is called again (on a fresh instance) and contained again.
+        assert_eq!(
+            evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]})).0,
+            502
+        );
+    }
+}
+
+#[test]
+fn plugins_reload_when_their_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("filter.wasm");
+    std::fs::copy(plugin_wasm("hyperlet-filter-ram"), &path).unwrap();
+    let mut config = runtime();
+    config.push_str(&stanza("swappable", "filter", &path, ""));
+    let agent = Agent::start_with_config(&config);
+    let before = plugin_view(&agent, "swappable");
+    let mut far = host("far", 1024, 0);
+    far["availability_zone"] = json!("az2");
+    let body = json!({"spec": {"ram_mb": 10, "availability_zone": "nova"}, "hosts": [far]});
+    assert_eq!(
+        evaluate(&agent, body.clone()).1["passed"],
+        1,
+        "the RAM filter passes it"
+    );
+
+    // Swap in the AZ filter (write to a temp file, then rename: an atomic replace).
+    let tmp = dir.path().join("filter.wasm.new");
+    std::fs::copy(plugin_wasm("hyperlet-filter-availability-zone"), &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = plugin_view(&agent, "swappable");
+        if now["sha256"] != before["sha256"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        evaluate(&agent, body).1["passed"],
+        0,
+        "the AZ filter fails it"
+    );
+
+    // A broken file keeps the old version serving, with the error shown.
+    std::fs::write(&path, b"not wasm").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = plugin_view(&agent, "swappable");
+        if now["error"].is_string() {
+            assert_eq!(now["status"], "loaded", "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broken file was not noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn plugin_cli_inspects_lists_and_scaffolds() {
+    let (status, out, err) = run_cli(
+        &[
+            "plugin",
+            "inspect",
+            plugin_wasm("hyperlet-filter-ram").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("filter") && out.contains("1.0.0"), "{out}");
+    let (status, out, _) = run_cli(
+        &[
+            "plugin",
+            "inspect",
+            "--json",
+            plugin_wasm("hyperlet-fixture-ungranted").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(status.success());
+    let info: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        info["unavailable"][0]
+            .as_str()
+            .unwrap()
+            .contains("wasi:filesystem"),
+        "{info}"
+    );
+
+    let agent = Agent::start_with_config(&chain_config(1.0));
+    let url = agent.url();
+    let state = agent.state_dir().display().to_string();
+    let (status, out, err) = run_cli(
+        &["plugin", "list"],
+        &[("HYPERLET_URL", &url), ("HYPERLET_STATE_DIR", &state)],
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("loaded")).count(),
+        8,
+        "{out}"
+    );
+
+    // A scaffold that builds and loads.
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("my-filter");
+    let (status, _, err) = run_cli(
+        &[
+            "plugin",
+            "new",
+            "filter",
+            "my-filter",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let target = dir.path().join("target");
+    let build = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--offline",
+            "--target",
+            "wasm32-wasip2",
+            "--release",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&crate_dir)
+        .output()
+        .expect("cargo");
+    assert!(
+        build.status.success(),
+        "scaffold build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = target.join("wasm32-wasip2/release/my_filter.wasm");
+    let mut config = runtime();
+    let _ = write!(config, "{}", stanza("mine", "filter", &wasm, ""));
+    let agent = Agent::start_with_config(&config);
+    assert_eq!(
+        plugin_view(&agent, "mine")["status"],
+        "loaded",
+        "{}",
+        agent.log()
+    );
+    let (status, _) = evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]}));
+    assert_eq!(status, 200);
+}
