@@ -1,0 +1,499 @@
+//! A mock host for unit tests, meant to run natively (`cargo test`).
+//!
+//! Build a request and some hosts, run the plugin through the same glue the component export
+//! uses (settings → `new` → batch check → per-host calls → answer check), and look at the
+//! verdicts, weights and log lines (captured only off wasm; on wasm they go to the real
+//! host's `log` import):
+//!
+//! ```
+//! use hyperlet_plugin_sdk::prelude::*;
+//! use hyperlet_plugin_sdk::testing::{run_filter, take_logs, HostBuilder, RequestBuilder};
+//!
+//! struct ZoneOnly(String);
+//!
+//! impl Filter for ZoneOnly {
+//!     fn new(settings: &Settings) -> Result<Self, PluginError> {
+//!         Ok(Self(settings.require("zone")?.to_owned()))
+//!     }
+//!     fn filter(&self, _spec: &RequestSpec, host: &Host<'_>) -> Verdict {
+//!         log::debug!("host {} is in {}", host.index(), host.availability_zone());
+//!         Verdict::pass_if(host.availability_zone() == self.0, || format!("not in {}", self.0))
+//!     }
+//! }
+//!
+//! let spec = RequestBuilder::new().ram_mb(2048).build();
+//! let hosts = [HostBuilder::new().az("a"), HostBuilder::new().az("b")];
+//! let verdicts = run_filter::<ZoneOnly>(&[("zone", "b")], &spec, &hosts).unwrap();
+//! assert_eq!(verdicts, [Verdict::fail("not in b"), Verdict::Pass]);
+//! assert_eq!(take_logs().len(), 2);
+//!
+//! let err = run_filter::<ZoneOnly>(&[], &spec, &hosts).unwrap_err();
+//! assert_eq!(err.code, "bad-setting");
+//! ```
+
+use std::cell::RefCell;
+
+use crate::log::Level;
+use crate::plugin::{run_filter_batch, run_weigher_batch};
+use crate::{Filter, HostBatch, HostState, PluginError, RequestSpec, Settings, Verdict, Weigher};
+
+/// Builds a [`RequestSpec`]. Defaults: 1 vCPU, 512 MiB, 1 GiB disk, no volume, no zone, no
+/// image properties.
+#[derive(Clone, Debug)]
+pub struct RequestBuilder {
+    spec: RequestSpec,
+}
+
+impl Default for RequestBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestBuilder {
+    /// A request with the defaults.
+    pub fn new() -> Self {
+        Self {
+            spec: RequestSpec {
+                vcpus: 1,
+                ram_mb: 512,
+                disk_gb: 1,
+                volume_gb: 0,
+                availability_zone: None,
+                image_properties: Vec::new(),
+            },
+        }
+    }
+
+    /// Virtual CPUs.
+    #[must_use]
+    pub fn vcpus(mut self, vcpus: u32) -> Self {
+        self.spec.vcpus = vcpus;
+        self
+    }
+
+    /// Memory, MiB.
+    #[must_use]
+    pub fn ram_mb(mut self, ram_mb: u64) -> Self {
+        self.spec.ram_mb = ram_mb;
+        self
+    }
+
+    /// Root + ephemeral disk, GiB.
+    #[must_use]
+    pub fn disk_gb(mut self, disk_gb: u64) -> Self {
+        self.spec.disk_gb = disk_gb;
+        self
+    }
+
+    /// Volume capacity, GiB.
+    #[must_use]
+    pub fn volume_gb(mut self, volume_gb: u64) -> Self {
+        self.spec.volume_gb = volume_gb;
+        self
+    }
+
+    /// The availability zone asked for.
+    #[must_use]
+    pub fn az(mut self, zone: &str) -> Self {
+        self.spec.availability_zone = Some(zone.to_owned());
+        self
+    }
+
+    /// Adds an image property.
+    #[must_use]
+    pub fn image_property(mut self, key: &str, value: &str) -> Self {
+        self.spec
+            .image_properties
+            .push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The request.
+    pub fn build(self) -> RequestSpec {
+        self.spec
+    }
+}
+
+/// Builds one candidate host. Defaults: enabled, heartbeat 0 s ago, 8 CPUs, 16384 MiB,
+/// 100 GiB disk, nothing used, no volume capacity, all allocation ratios 1.0, zone `nova`,
+/// hypervisor `qemu`, architecture `x86_64`, VM mode `hvm`.
+#[derive(Clone, Debug)]
+pub struct HostBuilder {
+    state: HostState,
+    ram_free: Option<u64>,
+    availability_zone: String,
+    hypervisor_type: String,
+    architecture: String,
+    vm_mode: String,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HostBuilder {
+    /// A host with the defaults.
+    pub fn new() -> Self {
+        Self {
+            state: HostState {
+                enabled: true,
+                heartbeat_age_s: 0,
+                vcpus_total: 8,
+                vcpus_used: 0,
+                ram_total_mb: 16384,
+                ram_used_mb: 0,
+                ram_free_mb: 16384,
+                disk_total_gb: 100,
+                disk_used_gb: 0,
+                volume_free_gb: 0,
+                cpu_allocation_ratio: 1.0,
+                ram_allocation_ratio: 1.0,
+                disk_allocation_ratio: 1.0,
+                availability_zone_idx: 0,
+                hypervisor_type_idx: 0,
+                architecture_idx: 0,
+                vm_mode_idx: 0,
+            },
+            ram_free: None,
+            availability_zone: "nova".to_owned(),
+            hypervisor_type: "qemu".to_owned(),
+            architecture: "x86_64".to_owned(),
+            vm_mode: "hvm".to_owned(),
+        }
+    }
+
+    /// Whether the node takes new servers.
+    #[must_use]
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.state.enabled = enabled;
+        self
+    }
+
+    /// Seconds since the node last reported.
+    #[must_use]
+    pub fn heartbeat_age(mut self, seconds: u32) -> Self {
+        self.state.heartbeat_age_s = seconds;
+        self
+    }
+
+    /// Physical CPUs and vCPUs allocated.
+    #[must_use]
+    pub fn vcpus(mut self, total: u32, used: u32) -> Self {
+        self.state.vcpus_total = total;
+        self.state.vcpus_used = used;
+        self
+    }
+
+    /// Physical memory and memory allocated, MiB. Unless [`HostBuilder::ram_free`] is given,
+    /// the free memory is `total − used`.
+    #[must_use]
+    pub fn ram(mut self, total_mb: u64, used_mb: u64) -> Self {
+        self.state.ram_total_mb = total_mb;
+        self.state.ram_used_mb = used_mb;
+        self
+    }
+
+    /// Memory free on the host right now, MiB.
+    #[must_use]
+    pub fn ram_free(mut self, free_mb: u64) -> Self {
+        self.ram_free = Some(free_mb);
+        self
+    }
+
+    /// Disk for servers and disk allocated, GiB.
+    #[must_use]
+    pub fn disk(mut self, total_gb: u64, used_gb: u64) -> Self {
+        self.state.disk_total_gb = total_gb;
+        self.state.disk_used_gb = used_gb;
+        self
+    }
+
+    /// Volume capacity free, GiB.
+    #[must_use]
+    pub fn volume_free(mut self, free_gb: u64) -> Self {
+        self.state.volume_free_gb = free_gb;
+        self
+    }
+
+    /// vCPU allocation ratio.
+    #[must_use]
+    pub fn cpu_ratio(mut self, ratio: f32) -> Self {
+        self.state.cpu_allocation_ratio = ratio;
+        self
+    }
+
+    /// RAM allocation ratio.
+    #[must_use]
+    pub fn ram_ratio(mut self, ratio: f32) -> Self {
+        self.state.ram_allocation_ratio = ratio;
+        self
+    }
+
+    /// Disk allocation ratio.
+    #[must_use]
+    pub fn disk_ratio(mut self, ratio: f32) -> Self {
+        self.state.disk_allocation_ratio = ratio;
+        self
+    }
+
+    /// Availability zone.
+    #[must_use]
+    pub fn az(mut self, zone: &str) -> Self {
+        zone.clone_into(&mut self.availability_zone);
+        self
+    }
+
+    /// Hypervisor type.
+    #[must_use]
+    pub fn hypervisor_type(mut self, hypervisor_type: &str) -> Self {
+        hypervisor_type.clone_into(&mut self.hypervisor_type);
+        self
+    }
+
+    /// CPU architecture.
+    #[must_use]
+    pub fn architecture(mut self, architecture: &str) -> Self {
+        architecture.clone_into(&mut self.architecture);
+        self
+    }
+
+    /// Supported VM mode.
+    #[must_use]
+    pub fn vm_mode(mut self, vm_mode: &str) -> Self {
+        vm_mode.clone_into(&mut self.vm_mode);
+        self
+    }
+}
+
+/// The [`HostBatch`] the agent would send for `hosts`: each distinct string once, referenced
+/// by index.
+pub fn batch(hosts: &[HostBuilder]) -> HostBatch {
+    let mut strings: Vec<String> = Vec::new();
+    let mut intern = |s: &str| -> u32 {
+        let idx = strings
+            .iter()
+            .position(|known| known == s)
+            .unwrap_or_else(|| {
+                strings.push(s.to_owned());
+                strings.len() - 1
+            });
+        u32::try_from(idx).expect("fewer than 2^32 strings")
+    };
+    let hosts = hosts
+        .iter()
+        .map(|h| HostState {
+            ram_free_mb: h
+                .ram_free
+                .unwrap_or(h.state.ram_total_mb.saturating_sub(h.state.ram_used_mb)),
+            availability_zone_idx: intern(&h.availability_zone),
+            hypervisor_type_idx: intern(&h.hypervisor_type),
+            architecture_idx: intern(&h.architecture),
+            vm_mode_idx: intern(&h.vm_mode),
+            ..h.state
+        })
+        .collect();
+    HostBatch { strings, hosts }
+}
+
+/// Configures filter `F` with `settings` and runs it over `hosts`, as the agent would: one
+/// `configure`, one `filter-hosts` call with the whole batch.
+///
+/// # Errors
+///
+/// The `configure` error (e.g. `bad-setting`), or the call's error.
+pub fn run_filter<F: Filter>(
+    settings: &[(&str, &str)],
+    spec: &RequestSpec,
+    hosts: &[HostBuilder],
+) -> Result<Vec<Verdict>, PluginError> {
+    let filter = F::new(&Settings::from_pairs(settings.iter().copied()))?;
+    run_filter_batch(&filter, spec, &batch(hosts))
+}
+
+/// Configures weigher `W` with `settings` and runs it over `hosts` (the raw weights, before
+/// the agent normalises them).
+///
+/// # Errors
+///
+/// The `configure` error (e.g. `bad-setting`), or the call's error.
+pub fn run_weigher<W: Weigher>(
+    settings: &[(&str, &str)],
+    spec: &RequestSpec,
+    hosts: &[HostBuilder],
+) -> Result<Vec<f64>, PluginError> {
+    let weigher = W::new(&Settings::from_pairs(settings.iter().copied()))?;
+    run_weigher_batch(&weigher, spec, &batch(hosts))
+}
+
+/// One captured log line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    /// Severity.
+    pub level: Level,
+    /// The message.
+    pub message: String,
+}
+
+/// Lines kept per thread; older ones are dropped beyond this.
+const MAX_CAPTURED: usize = 10_000;
+
+thread_local! {
+    static LOGS: RefCell<Vec<LogLine>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg_attr(
+    target_arch = "wasm32",
+    allow(dead_code, reason = "wasm logs go to the host")
+)]
+pub(crate) fn capture_log(level: Level, message: &str) {
+    LOGS.with(|logs| {
+        let mut logs = logs.borrow_mut();
+        if logs.len() >= MAX_CAPTURED {
+            logs.remove(0);
+        }
+        logs.push(LogLine {
+            level,
+            message: message.to_owned(),
+        });
+    });
+}
+
+/// The lines logged so far on this thread (each test runs on its own thread), oldest first,
+/// and forgets them.
+pub fn take_logs() -> Vec<LogLine> {
+    LOGS.with(|logs| std::mem::take(&mut *logs.borrow_mut()))
+}
+
+/// The messages logged so far on this thread, without forgetting them.
+pub fn log_messages() -> Vec<String> {
+    LOGS.with(|logs| {
+        logs.borrow()
+            .iter()
+            .map(|line| line.message.clone())
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+
+    struct Big;
+    impl Filter for Big {
+        fn new(settings: &Settings) -> Result<Self, PluginError> {
+            settings.check_known(&[])?;
+            Ok(Self)
+        }
+        fn filter(&self, spec: &RequestSpec, host: &Host<'_>) -> Verdict {
+            log::info!("host {}", host.index());
+            Verdict::pass_if(host.usable_ram_mb() >= spec.ram_mb as f64, || {
+                "small".into()
+            })
+        }
+    }
+
+    struct Short;
+    impl Filter for Short {
+        fn new(_: &Settings) -> Result<Self, PluginError> {
+            Ok(Self)
+        }
+        fn filter(&self, _: &RequestSpec, _: &Host<'_>) -> Verdict {
+            Verdict::Pass
+        }
+        fn filter_all(&self, _: &RequestSpec, _: &Hosts<'_>) -> Result<Vec<Verdict>, PluginError> {
+            Ok(vec![])
+        }
+    }
+
+    struct Nan;
+    impl Weigher for Nan {
+        fn new(_: &Settings) -> Result<Self, PluginError> {
+            Ok(Self)
+        }
+        fn weigh(&self, _: &RequestSpec, host: &Host<'_>) -> f64 {
+            if host.index() == 1 {
+                f64::NAN
+            } else {
+                1.0
+            }
+        }
+    }
+
+    #[test]
+    fn batch_interns_strings() {
+        let b = batch(&[
+            HostBuilder::new().az("a"),
+            HostBuilder::new().az("b").ram(100, 30),
+        ]);
+        assert_eq!(b.strings, ["a", "qemu", "x86_64", "hvm", "b"]);
+        assert_eq!(b.hosts[1].availability_zone_idx, 4);
+        assert_eq!(b.hosts[1].architecture_idx, 2);
+        assert_eq!(b.hosts[1].ram_free_mb, 70);
+        let b = batch(&[HostBuilder::new().ram(100, 30).ram_free(5)]);
+        assert_eq!(b.hosts[0].ram_free_mb, 5);
+    }
+
+    #[test]
+    fn runs_filter_and_captures_logs() {
+        let spec = RequestBuilder::new().ram_mb(1024).build();
+        let hosts = [HostBuilder::new().ram(512, 0), HostBuilder::new()];
+        let verdicts = run_filter::<Big>(&[], &spec, &hosts).unwrap();
+        assert_eq!(verdicts, [Verdict::fail("small"), Verdict::Pass]);
+        assert_eq!(log_messages(), ["host 0", "host 1"]);
+        let logs = take_logs();
+        assert_eq!(
+            logs[0],
+            LogLine {
+                level: Level::Info,
+                message: "host 0".into()
+            }
+        );
+        assert!(take_logs().is_empty());
+        assert_eq!(
+            run_filter::<Big>(&[("x", "1")], &spec, &hosts)
+                .unwrap_err()
+                .code,
+            "bad-setting"
+        );
+    }
+
+    #[test]
+    fn checks_answers() {
+        let spec = RequestBuilder::new().build();
+        let hosts = [HostBuilder::new(), HostBuilder::new()];
+        let err = run_filter::<Short>(&[], &spec, &hosts).unwrap_err();
+        assert_eq!(
+            err,
+            PluginError::new("bad-answer", "The plugin returned 0 verdicts for 2 hosts")
+        );
+        let err = run_weigher::<Nan>(&[], &spec, &hosts).unwrap_err();
+        assert_eq!(
+            err,
+            PluginError::new("bad-answer", "Weight of host 1 is NaN, not a finite number")
+        );
+        assert_eq!(run_weigher::<Nan>(&[], &spec, &hosts[..1]).unwrap(), [1.0]);
+    }
+
+    #[test]
+    fn export_glue_needs_configure() {
+        use crate::__private::{configure, filter_hosts};
+        let slot = RefCell::new(None::<Big>);
+        let spec = RequestBuilder::new().build();
+        let b = batch(&[HostBuilder::new()]);
+        assert_eq!(
+            filter_hosts(&slot, &spec, &b).unwrap_err().code,
+            "not-configured"
+        );
+        configure(&slot, vec![]).unwrap();
+        assert_eq!(filter_hosts(&slot, &spec, &b).unwrap(), [Verdict::Pass]);
+        assert!(configure(&slot, vec![("bogus".into(), "1".into())]).is_err());
+        assert_eq!(
+            filter_hosts(&slot, &spec, &b).unwrap_err().code,
+            "not-configured"
+        );
+    }
+}
