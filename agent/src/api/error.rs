@@ -5,8 +5,8 @@
 
 use crate::compute::ComputeError;
 use crate::image::ImageError;
-use crate::sched::SchedError;
 use crate::ops::OpError;
+use crate::sched::SchedError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

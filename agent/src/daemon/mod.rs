@@ -15,8 +15,8 @@ use crate::auth::{self, TokenSource};
 use crate::compute::DomainType;
 use crate::config::{Config, ConfigError};
 use crate::image::{CacheLimits, ImageCache};
-use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::ops::{Services, ServicesParts};
+use crate::plugin::{PluginEngine, PluginRegistry};
 use crate::state::{Store, StoreError};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -156,7 +156,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let engine = PluginEngine::new().map_err(|e| DaemonError::Plugin(e.to_string()))?;
     let plugins = {
         let (engine, dir) = (engine.clone(), config.plugin_cache_dir());
-        let (configs, lines) = (config.plugins.clone(), config.plugin_runtime.log_lines_per_minute);
+        let (configs, lines) = (
+            config.plugins.clone(),
+            config.plugin_runtime.log_lines_per_minute,
+        );
         Arc::new(
             tokio::task::spawn_blocking(move || PluginRegistry::load(engine, dir, &configs, lines))
                 .await

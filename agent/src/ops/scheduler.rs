@@ -84,7 +84,11 @@ pub async fn evaluate(services: &Services, req: EvaluateRequest) -> Result<Evalu
 /// [`OpError::Conflict`] with the failing filter and its reason; [`OpError::Sched`] when a
 /// plugin fails.
 pub async fn admit(services: &Services, spec: RequestSpec) -> Result<(), OpError> {
-    if services.plugins().chain(crate::config::PluginKind::Filter).is_empty() {
+    if services
+        .plugins()
+        .chain(crate::config::PluginKind::Filter)
+        .is_empty()
+    {
         return Ok(());
     }
     let evaluation = evaluate(services, EvaluateRequest { spec, hosts: None }).await?;

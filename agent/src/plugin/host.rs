@@ -84,7 +84,11 @@ impl GuestOutput {
 }
 
 impl tokio::io::AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut buf = self.buf.lock().unwrap_or_else(|p| p.into_inner());
         let room = OUTPUT_CAP.saturating_sub(buf.len());
         buf.extend_from_slice(&data[..data.len().min(room)]);
@@ -158,7 +162,12 @@ impl HostState {
     /// Moves captured guest output into the agent's log.
     pub fn flush_output(&self) {
         for line in self.output.take_lines() {
-            emit(&self.plugin, &self.budget, LogLevel::Info, &format!("stderr: {line}"));
+            emit(
+                &self.plugin,
+                &self.budget,
+                LogLevel::Info,
+                &format!("stderr: {line}"),
+            );
         }
     }
 }

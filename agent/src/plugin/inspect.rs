@@ -69,7 +69,10 @@ fn capability_of(import: &str) -> Result<Option<&'static str>, String> {
         "hyperlet:common/log" => Some("log"),
         "hyperlet:common/types" | "hyperlet:scheduler/types" => None,
         b if b.starts_with("wasi:io/") => None,
-        "wasi:cli/environment" | "wasi:cli/exit" | "wasi:cli/stdin" | "wasi:cli/stdout"
+        "wasi:cli/environment"
+        | "wasi:cli/exit"
+        | "wasi:cli/stdin"
+        | "wasi:cli/stdout"
         | "wasi:cli/stderr" => None,
         b if b.starts_with("wasi:cli/terminal-") => None,
         "wasi:random/insecure-seed" => None,
@@ -85,7 +88,11 @@ fn capability_of(import: &str) -> Result<Option<&'static str>, String> {
                 "it imports {import}: plugins get no network access (no grant allows it)"
             ))
         }
-        _ => return Err(format!("it imports {import}, which this agent does not provide")),
+        _ => {
+            return Err(format!(
+                "it imports {import}, which this agent does not provide"
+            ))
+        }
     })
 }
 
@@ -135,7 +142,11 @@ impl ComponentInfo {
             return no(format!(
                 "it exports no hyperlet plugin world (exports: {}); build it against \
                  wit/scheduler (world filter-plugin or weigher-plugin)",
-                if self.exports.is_empty() { "nothing".to_string() } else { self.exports.join(", ") }
+                if self.exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    self.exports.join(", ")
+                }
             ));
         };
         if actual != kind {
@@ -165,9 +176,9 @@ impl ComponentInfo {
                         Some(v) if compatible(v, COMMON_VERSION) => {}
                         _ => {
                             return no(format!(
-                                "it imports {import}, but this agent provides hyperlet:common@{}.{}.{}",
-                                COMMON_VERSION.0, COMMON_VERSION.1, COMMON_VERSION.2
-                            ))
+                            "it imports {import}, but this agent provides hyperlet:common@{}.{}.{}",
+                            COMMON_VERSION.0, COMMON_VERSION.1, COMMON_VERSION.2
+                        ))
                         }
                     }
                 }
@@ -217,7 +228,10 @@ mod tests {
     fn imports_map_to_grants() {
         assert_eq!(capability_of("hyperlet:common/log@1.0.0"), Ok(Some("log")));
         assert_eq!(capability_of("wasi:io/streams@0.2.6"), Ok(None));
-        assert_eq!(capability_of("wasi:clocks/monotonic-clock@0.2.6"), Ok(Some("clocks")));
+        assert_eq!(
+            capability_of("wasi:clocks/monotonic-clock@0.2.6"),
+            Ok(Some("clocks"))
+        );
         assert!(capability_of("wasi:filesystem/types@0.2.6").is_err());
         assert!(capability_of("wasi:sockets/tcp@0.2.6").is_err());
         assert!(capability_of("acme:evil/thing").is_err());

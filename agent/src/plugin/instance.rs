@@ -95,12 +95,14 @@ impl LoadedPlugin {
         let link_err = |e: wasmtime::Error| not_loaded(format!("cannot link: {e:#}"));
         let pre = match config.kind {
             PluginKind::Filter => {
-                filter::FilterPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_err)?;
+                filter::FilterPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    .map_err(link_err)?;
                 let pre = linker.instantiate_pre(&component).map_err(link_err)?;
                 Pre::Filter(filter::FilterPluginPre::new(pre).map_err(link_err)?)
             }
             PluginKind::Weigher => {
-                weigher::WeigherPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_err)?;
+                weigher::WeigherPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    .map_err(link_err)?;
                 let pre = linker.instantiate_pre(&component).map_err(link_err)?;
                 Pre::Weigher(weigher::WeigherPluginPre::new(pre).map_err(link_err)?)
             }
@@ -117,8 +119,14 @@ impl LoadedPlugin {
             failures: AtomicU64::new(0),
         };
         // One configured instance proves the plugin works and is kept for the first call.
-        let ready = plugin.instantiate().map_err(|e| not_loaded(e.to_string()))?;
-        plugin.idle.lock().unwrap_or_else(|p| p.into_inner()).push(ready);
+        let ready = plugin
+            .instantiate()
+            .map_err(|e| not_loaded(e.to_string()))?;
+        plugin
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ready);
         Ok(plugin)
     }
 
@@ -145,12 +153,18 @@ impl LoadedPlugin {
         let (bound, configured) = match &self.pre {
             Pre::Filter(pre) => {
                 let b = pre.instantiate(&mut store).map_err(trap)?;
-                let r = b.hyperlet_scheduler_filter().call_configure(&mut store, &settings).map_err(trap)?;
+                let r = b
+                    .hyperlet_scheduler_filter()
+                    .call_configure(&mut store, &settings)
+                    .map_err(trap)?;
                 (Bound::Filter(b), r)
             }
             Pre::Weigher(pre) => {
                 let b = pre.instantiate(&mut store).map_err(trap)?;
-                let r = b.hyperlet_scheduler_weigher().call_configure(&mut store, &settings).map_err(trap)?;
+                let r = b
+                    .hyperlet_scheduler_weigher()
+                    .call_configure(&mut store, &settings)
+                    .map_err(trap)?;
                 (Bound::Weigher(b), r)
             }
         };
@@ -198,14 +212,22 @@ impl LoadedPlugin {
     ///
     /// # Errors
     /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
-    pub fn filter(&self, spec: &WitRequestSpec, batch: &WitHostBatch) -> Result<Vec<WitVerdict>, PluginError> {
+    pub fn filter(
+        &self,
+        spec: &WitRequestSpec,
+        batch: &WitHostBatch,
+    ) -> Result<Vec<WitVerdict>, PluginError> {
         let result = (|| {
             let mut ready = self.take()?;
-            ready.store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+            ready
+                .store
+                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
             let Bound::Filter(b) = &ready.bound else {
                 return Err(PluginError::Runtime("not a filter".into()));
             };
-            let answer = b.hyperlet_scheduler_filter().call_filter_hosts(&mut ready.store, spec, batch);
+            let answer =
+                b.hyperlet_scheduler_filter()
+                    .call_filter_hosts(&mut ready.store, spec, batch);
             ready.store.data().flush_output();
             // A trap drops `ready` here: the instance is discarded.
             let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
@@ -213,13 +235,21 @@ impl LoadedPlugin {
                 Ok(v) => v,
                 Err(e) => {
                     self.give_back(ready);
-                    return Err(PluginError::Reported { plugin: self.name.to_string(), code: e.code, message: e.message });
+                    return Err(PluginError::Reported {
+                        plugin: self.name.to_string(),
+                        code: e.code,
+                        message: e.message,
+                    });
                 }
             };
             if verdicts.len() != batch.hosts.len() {
                 return Err(PluginError::BadAnswer {
                     plugin: self.name.to_string(),
-                    reason: format!("{} verdicts for {} hosts", verdicts.len(), batch.hosts.len()),
+                    reason: format!(
+                        "{} verdicts for {} hosts",
+                        verdicts.len(),
+                        batch.hosts.len()
+                    ),
                 });
             }
             let reason_bytes: usize = verdicts
@@ -232,7 +262,9 @@ impl LoadedPlugin {
             if reason_bytes > MAX_REASON_BYTES {
                 return Err(PluginError::BadAnswer {
                     plugin: self.name.to_string(),
-                    reason: format!("{reason_bytes} bytes of reasons (the limit is {MAX_REASON_BYTES})"),
+                    reason: format!(
+                        "{reason_bytes} bytes of reasons (the limit is {MAX_REASON_BYTES})"
+                    ),
                 });
             }
             self.give_back(ready);
@@ -245,21 +277,33 @@ impl LoadedPlugin {
     ///
     /// # Errors
     /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
-    pub fn weigh(&self, spec: &WitRequestSpec, batch: &WitHostBatch) -> Result<Vec<f64>, PluginError> {
+    pub fn weigh(
+        &self,
+        spec: &WitRequestSpec,
+        batch: &WitHostBatch,
+    ) -> Result<Vec<f64>, PluginError> {
         let result = (|| {
             let mut ready = self.take()?;
-            ready.store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+            ready
+                .store
+                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
             let Bound::Weigher(b) = &ready.bound else {
                 return Err(PluginError::Runtime("not a weigher".into()));
             };
-            let answer = b.hyperlet_scheduler_weigher().call_weigh_hosts(&mut ready.store, spec, batch);
+            let answer =
+                b.hyperlet_scheduler_weigher()
+                    .call_weigh_hosts(&mut ready.store, spec, batch);
             ready.store.data().flush_output();
             let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
             let weights = match answer {
                 Ok(w) => w,
                 Err(e) => {
                     self.give_back(ready);
-                    return Err(PluginError::Reported { plugin: self.name.to_string(), code: e.code, message: e.message });
+                    return Err(PluginError::Reported {
+                        plugin: self.name.to_string(),
+                        code: e.code,
+                        message: e.message,
+                    });
                 }
             };
             if weights.len() != batch.hosts.len() {
@@ -282,7 +326,10 @@ impl LoadedPlugin {
 
     /// Calls made and calls failed.
     pub fn counters(&self) -> (u64, u64) {
-        (self.calls.load(Ordering::Relaxed), self.failures.load(Ordering::Relaxed))
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
     }
 
     /// Instantiates and configures a fresh instance without keeping it (benchmarks).

@@ -30,7 +30,7 @@ mod registry;
 
 pub use bindings::{WitHostBatch, WitHostState, WitRequestSpec, WitVerdict};
 pub use engine::PluginEngine;
-pub use inspect::{inspect_component, ComponentInfo, Compatibility};
+pub use inspect::{inspect_component, Compatibility, ComponentInfo};
 pub use instance::LoadedPlugin;
 pub use registry::{PluginRegistry, PluginStatus, PluginView};
 

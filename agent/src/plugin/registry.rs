@@ -112,7 +112,12 @@ impl PluginRegistry {
     fn load_slot(&self, slot: &Slot) -> bool {
         let before = stamp(&slot.config.path);
         *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = before;
-        match LoadedPlugin::load(&self.engine, &self.cache_dir, &slot.config, self.log_lines_per_minute) {
+        match LoadedPlugin::load(
+            &self.engine,
+            &self.cache_dir,
+            &slot.config,
+            self.log_lines_per_minute,
+        ) {
             Ok(plugin) => {
                 tracing::info!(
                     plugin = %slot.config.name,
@@ -130,7 +135,11 @@ impl PluginRegistry {
                     PluginError::NotLoaded { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                let serving = slot.loaded.read().unwrap_or_else(|p| p.into_inner()).is_some();
+                let serving = slot
+                    .loaded
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some();
                 tracing::error!(
                     plugin = %slot.config.name,
                     %reason,
@@ -176,13 +185,23 @@ impl PluginRegistry {
                     name: s.config.name.clone(),
                     kind: s.config.kind,
                     path: s.config.path.display().to_string(),
-                    status: if loaded.is_some() { PluginStatus::Loaded } else { PluginStatus::Failed },
+                    status: if loaded.is_some() {
+                        PluginStatus::Loaded
+                    } else {
+                        PluginStatus::Failed
+                    },
                     error,
                     version: loaded.as_ref().and_then(|(p, _)| p.info.version.clone()),
                     sha256: loaded.as_ref().map(|(p, _)| p.sha256.clone()),
                     grants: s.config.grants.clone(),
-                    needs: loaded.as_ref().map(|(p, _)| p.info.needs.clone()).unwrap_or_default(),
-                    imports: loaded.as_ref().map(|(p, _)| p.info.imports.clone()).unwrap_or_default(),
+                    needs: loaded
+                        .as_ref()
+                        .map(|(p, _)| p.info.needs.clone())
+                        .unwrap_or_default(),
+                    imports: loaded
+                        .as_ref()
+                        .map(|(p, _)| p.info.imports.clone())
+                        .unwrap_or_default(),
                     multiplier: s.config.multiplier,
                     memory_limit_mb: s.config.memory_limit_mb,
                     call_timeout_ms: s.config.call_timeout_ms,

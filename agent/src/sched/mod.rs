@@ -100,9 +100,11 @@ pub fn evaluate(
     }
     let passed = standing.len();
     results.sort_by(|a, b| {
-        b.passed
-            .cmp(&a.passed)
-            .then(b.weight.partial_cmp(&a.weight).unwrap_or(std::cmp::Ordering::Equal))
+        b.passed.cmp(&a.passed).then(
+            b.weight
+                .partial_cmp(&a.weight)
+                .unwrap_or(std::cmp::Ordering::Equal),
+        )
     });
     Ok(Evaluation {
         passed,
@@ -137,7 +139,7 @@ pub async fn evaluate_async(
 pub fn normalise(raw: &[f64]) -> Vec<f64> {
     let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
     let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !(max > min) {
+    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
         return vec![0.0; raw.len()];
     }
     raw.iter().map(|w| (w - min) / (max - min)).collect()

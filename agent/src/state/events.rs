@@ -67,7 +67,10 @@ impl EventLog {
         data: Value,
     ) -> Result<Event, StoreError> {
         let live = self.live.clone();
-        let prune = self.published.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0;
+        let prune = self
+            .published
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY);
         let backlog = self.backlog;
         let (kind, resource_type, resource_id) = (
             kind.to_string(),

@@ -341,7 +341,7 @@ pub(crate) fn parse(head: &[u8], len: u64) -> Result<Qcow2Header, Qcow2Error> {
 }
 
 fn check_aligned(table: &'static str, offset: u64, cluster_size: u64) -> Result<(), Qcow2Error> {
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(Qcow2Error::Misaligned {
             table,
             offset,

@@ -58,7 +58,7 @@ pub fn create_overlay(
     if virtual_size == 0 {
         return Err(Qcow2Error::ZeroVirtualSize);
     }
-    if virtual_size % 512 != 0 {
+    if !virtual_size.is_multiple_of(512) {
         return Err(Qcow2Error::UnalignedVirtualSize { size: virtual_size });
     }
     let too_large = || Qcow2Error::VirtualSizeTooLarge {
