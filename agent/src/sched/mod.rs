@@ -52,6 +52,8 @@ pub fn evaluate(
         .collect();
     let mut skipped = Vec::new();
     let mut standing: Vec<usize> = (0..hosts.len()).collect();
+    // Interned once; later calls send subsets of the same records and strings.
+    let full = batch_of(hosts, &standing);
     for (name, plugin) in registry.chain(PluginKind::Filter) {
         let plugin = match plugin {
             Ok(p) => p,
@@ -63,7 +65,7 @@ pub fn evaluate(
         if standing.is_empty() {
             break;
         }
-        let batch = batch_of(hosts, &standing);
+        let batch = subset(&full, &standing);
         let verdicts = plugin.filter(&wit_spec, &batch)?;
         let mut still = Vec::with_capacity(standing.len());
         for (index, verdict) in standing.iter().zip(verdicts) {
@@ -80,7 +82,7 @@ pub fn evaluate(
         standing = still;
     }
     if !standing.is_empty() {
-        let batch = batch_of(hosts, &standing);
+        let batch = subset(&full, &standing);
         for (name, plugin) in registry.chain(PluginKind::Weigher) {
             let plugin = match plugin {
                 Ok(p) => p,
@@ -150,6 +152,17 @@ fn intern<'a>(lookup: &mut HashMap<&'a str, u32>, strings: &mut Vec<String>, s: 
         strings.push(s.to_string());
         (strings.len() - 1) as u32
     })
+}
+
+/// The records of `full` at `indexes` (all of them when they are all standing).
+fn subset(full: &WitHostBatch, indexes: &[usize]) -> WitHostBatch {
+    if indexes.len() == full.hosts.len() {
+        return full.clone();
+    }
+    WitHostBatch {
+        strings: full.strings.clone(),
+        hosts: indexes.iter().map(|&i| full.hosts[i]).collect(),
+    }
 }
 
 /// The WIT batch of the hosts at `indexes`, with shared strings sent once.

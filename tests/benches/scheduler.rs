@@ -1,0 +1,328 @@
+//! Scheduler benchmark: the full first-party chain (6 filters + 2 weighers) over 10,000 hosts
+//! in one batched call per plugin, as WebAssembly components in the agent's plugin host vs the
+//! same plugin code compiled natively (the baseline), measured side by side in one run; plus
+//! the instantiation latency and per-call overhead of a component.
+//!
+//! Run: `scripts/build-plugins.sh && cargo bench -p hyperlet-tests --bench scheduler`.
+
+use hyperlet::config::{PluginConfig, PluginKind};
+use hyperlet::plugin::{PluginEngine, PluginRegistry};
+use hyperlet::sched::{self, HostState, RequestSpec};
+use hyperlet_plugin_sdk::{Filter, HostBatch, Hosts, Settings, Verdict, Weigher};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const HOSTS: usize = 10_000;
+const ROUNDS: usize = 30;
+
+const FILTERS: [(&str, &str); 6] = [
+    ("compute-status", "hyperlet-filter-compute-status"),
+    ("ram", "hyperlet-filter-ram"),
+    ("disk", "hyperlet-filter-disk"),
+    ("vcpu", "hyperlet-filter-vcpu"),
+    ("availability-zone", "hyperlet-filter-availability-zone"),
+    ("image-properties", "hyperlet-filter-image-properties"),
+];
+const WEIGHERS: [(&str, &str); 2] = [
+    ("ram-weigher", "hyperlet-weigher-ram"),
+    ("capacity-weigher", "hyperlet-weigher-capacity"),
+];
+
+fn hosts() -> Vec<HostState> {
+    (0..HOSTS)
+        .map(|i| HostState {
+            name: format!("node-{i:05}"),
+            enabled: i % 50 != 0,
+            heartbeat_age_s: (i % 90) as u32,
+            vcpus_total: 32,
+            vcpus_used: (i % 40) as u32,
+            ram_total_mb: 131_072,
+            ram_used_mb: ((i * 37) % 131_072) as u64,
+            ram_free_mb: 131_072 - ((i * 37) % 131_072) as u64,
+            disk_total_gb: 2000,
+            disk_used_gb: ((i * 13) % 2000) as u64,
+            volume_free_gb: ((i * 7) % 5000) as u64,
+            cpu_allocation_ratio: 4.0,
+            ram_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
+            availability_zone: if i % 10 == 0 {
+                "az2".into()
+            } else {
+                "nova".into()
+            },
+            hypervisor_type: "qemu".into(),
+            architecture: if i % 25 == 0 {
+                "aarch64".into()
+            } else {
+                "x86_64".into()
+            },
+            vm_mode: "hvm".into(),
+        })
+        .collect()
+}
+
+fn spec() -> RequestSpec {
+    RequestSpec {
+        vcpus: 4,
+        ram_mb: 8192,
+        disk_gb: 40,
+        volume_gb: 0,
+        availability_zone: Some("nova".into()),
+        image_properties: BTreeMap::from([("architecture".into(), "x86_64".into())]),
+    }
+}
+
+fn wasm_path(krate: &str) -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", krate.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/build-plugins.sh",
+        path.display()
+    );
+    path
+}
+
+fn registry(cache: &std::path::Path) -> PluginRegistry {
+    let config = |name: &str, krate: &str, kind| PluginConfig {
+        name: name.into(),
+        kind,
+        path: wasm_path(krate),
+        grants: vec!["log".into()],
+        settings: BTreeMap::new(),
+        multiplier: 1.0,
+        memory_limit_mb: 256,
+        call_timeout_ms: 10_000,
+    };
+    let mut configs: Vec<PluginConfig> = FILTERS
+        .iter()
+        .map(|(n, k)| config(n, k, PluginKind::Filter))
+        .collect();
+    configs.extend(
+        WEIGHERS
+            .iter()
+            .map(|(n, k)| config(n, k, PluginKind::Weigher)),
+    );
+    let registry = PluginRegistry::load(
+        PluginEngine::new().unwrap(),
+        cache.to_path_buf(),
+        &configs,
+        10,
+    );
+    for view in registry.views() {
+        assert!(view.error.is_none(), "{}: {:?}", view.name, view.error);
+    }
+    registry
+}
+
+/// The SDK-side batch for the native baseline (same interning as the agent).
+fn sdk_batch(hosts: &[HostState], indexes: &[usize]) -> HostBatch {
+    let mut strings: Vec<String> = Vec::new();
+    let mut lookup: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut intern = |s: &str, strings: &mut Vec<String>| -> u32 {
+        if let Some(i) = lookup.get(s) {
+            return *i;
+        }
+        strings.push(s.to_string());
+        let i = (strings.len() - 1) as u32;
+        lookup.insert(s.to_string(), i);
+        i
+    };
+    let states = indexes
+        .iter()
+        .map(|&i| {
+            let h = &hosts[i];
+            hyperlet_plugin_sdk::HostState {
+                enabled: h.enabled,
+                heartbeat_age_s: h.heartbeat_age_s,
+                vcpus_total: h.vcpus_total,
+                vcpus_used: h.vcpus_used,
+                ram_total_mb: h.ram_total_mb,
+                ram_used_mb: h.ram_used_mb,
+                ram_free_mb: h.ram_free_mb,
+                disk_total_gb: h.disk_total_gb,
+                disk_used_gb: h.disk_used_gb,
+                volume_free_gb: h.volume_free_gb,
+                cpu_allocation_ratio: h.cpu_allocation_ratio,
+                ram_allocation_ratio: h.ram_allocation_ratio,
+                disk_allocation_ratio: h.disk_allocation_ratio,
+                availability_zone_idx: intern(&h.availability_zone, &mut strings),
+                hypervisor_type_idx: intern(&h.hypervisor_type, &mut strings),
+                architecture_idx: intern(&h.architecture, &mut strings),
+                vm_mode_idx: intern(&h.vm_mode, &mut strings),
+            }
+        })
+        .collect();
+    HostBatch {
+        strings,
+        hosts: states,
+    }
+}
+
+fn native_filter<F: Filter>(
+    spec: &hyperlet_plugin_sdk::RequestSpec,
+    hosts: &[HostState],
+    standing: Vec<usize>,
+) -> Vec<usize> {
+    let filter = F::new(&Settings::new(Vec::new())).unwrap();
+    let batch = sdk_batch(hosts, &standing);
+    let verdicts = filter
+        .filter_all(spec, &Hosts::new(&batch).unwrap())
+        .unwrap();
+    standing
+        .into_iter()
+        .zip(verdicts)
+        .filter(|(_, v)| matches!(v, Verdict::Pass))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn native_weigh<W: Weigher>(
+    spec: &hyperlet_plugin_sdk::RequestSpec,
+    hosts: &[HostState],
+    standing: &[usize],
+    total: &mut [f64],
+) {
+    let weigher = W::new(&Settings::new(Vec::new())).unwrap();
+    let batch = sdk_batch(hosts, standing);
+    let raw = weigher
+        .weigh_all(spec, &Hosts::new(&batch).unwrap())
+        .unwrap();
+    for (t, w) in total.iter_mut().zip(sched::normalise(&raw)) {
+        *t += w;
+    }
+}
+
+/// The same chain as the agent's, natively.
+fn native_chain(spec: &RequestSpec, hosts: &[HostState]) -> (usize, Vec<f64>) {
+    let s = hyperlet_plugin_sdk::RequestSpec {
+        vcpus: spec.vcpus,
+        ram_mb: spec.ram_mb,
+        disk_gb: spec.disk_gb,
+        volume_gb: spec.volume_gb,
+        availability_zone: spec.availability_zone.clone(),
+        image_properties: spec
+            .image_properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    let mut standing: Vec<usize> = (0..hosts.len()).collect();
+    standing =
+        native_filter::<hyperlet_filter_compute_status::ComputeStatusFilter>(&s, hosts, standing);
+    standing = native_filter::<hyperlet_filter_ram::RamFilter>(&s, hosts, standing);
+    standing = native_filter::<hyperlet_filter_disk::DiskFilter>(&s, hosts, standing);
+    standing = native_filter::<hyperlet_filter_vcpu::VcpuFilter>(&s, hosts, standing);
+    standing = native_filter::<hyperlet_filter_availability_zone::AvailabilityZoneFilter>(
+        &s, hosts, standing,
+    );
+    standing = native_filter::<hyperlet_filter_image_properties::ImagePropertiesFilter>(
+        &s, hosts, standing,
+    );
+    let mut total = vec![0.0; standing.len()];
+    native_weigh::<hyperlet_weigher_ram::RamWeigher>(&s, hosts, &standing, &mut total);
+    native_weigh::<hyperlet_weigher_capacity::CapacityWeigher>(&s, hosts, &standing, &mut total);
+    (standing.len(), total)
+}
+
+fn stats(mut samples: Vec<Duration>) -> (Duration, Duration, Duration) {
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (p(0.5), p(0.9), samples[0])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn main() {
+    let cache = tempfile::tempdir().unwrap();
+    let registry = registry(cache.path());
+    let hosts = hosts();
+    let spec = spec();
+
+    // Same answer both ways.
+    let wasm = sched::evaluate(&registry, &spec, &hosts).unwrap();
+    let (native_passed, _) = native_chain(&spec, &hosts);
+    assert_eq!(
+        wasm.passed, native_passed,
+        "wasm and native chains disagree"
+    );
+
+    let (mut wasm_t, mut native_t) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        // Alternate so both see the same machine load.
+        let t = Instant::now();
+        let r = sched::evaluate(&registry, &spec, &hosts).unwrap();
+        wasm_t.push(t.elapsed());
+        assert_eq!(r.passed, native_passed);
+        let t = Instant::now();
+        let (passed, _) = native_chain(&spec, &hosts);
+        native_t.push(t.elapsed());
+        assert_eq!(passed, native_passed);
+    }
+    let (w50, w90, wmin) = stats(wasm_t);
+    let (n50, n90, nmin) = stats(native_t);
+
+    // Instantiation (pre-linked InstancePre + configure) and per-call overhead (one host).
+    let ram = registry
+        .chain(PluginKind::Filter)
+        .into_iter()
+        .find(|(n, _)| n == "ram")
+        .unwrap()
+        .1
+        .unwrap();
+    let mut inst = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        ram.instantiate_once().unwrap();
+        inst.push(t.elapsed());
+    }
+    let one = [hosts[1].clone()];
+    let mut call = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        sched::evaluate(&registry, &RequestSpec::default(), &one).unwrap();
+        call.push(t.elapsed());
+    }
+    let (i50, i90, _) = stats(inst);
+    let (c50, c90, _) = stats(call);
+
+    println!("| full chain, {HOSTS} hosts, {native_passed} pass (n={ROUNDS}) | p50 | p90 | min |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| wasm components (hyperlet plugin host) | {} | {} | {} |",
+        ms(w50),
+        ms(w90),
+        ms(wmin)
+    );
+    println!(
+        "| same plugin code, native (baseline) | {} | {} | {} |",
+        ms(n50),
+        ms(n90),
+        ms(nmin)
+    );
+    println!(
+        "| **ratio (p50)** | **{:.2}×** | | |",
+        w50.as_secs_f64() / n50.as_secs_f64()
+    );
+    println!();
+    println!("| per component | p50 | p90 |");
+    println!("|---|---:|---:|");
+    println!(
+        "| instantiate + configure (InstancePre, pooling) | {} | {} |",
+        us(i50),
+        us(i90)
+    );
+    println!(
+        "| chain call, 8 plugins, 1 host (per-call overhead ×8) | {} | {} |",
+        us(c50),
+        us(c90)
+    );
+}
