@@ -24,6 +24,5 @@ pub mod weigher {
 
 pub use filter::hyperlet::common::log::Level as LogLevel;
 pub use filter::hyperlet::scheduler::types::{
-    HostBatch as WitHostBatch, HostState as WitHostState, RequestSpec as WitRequestSpec,
-    Verdict as WitVerdict,
+    HostBatch as WitHostBatch, RequestSpec as WitRequestSpec, Verdicts as WitVerdicts,
 };

@@ -1,6 +1,6 @@
 //! A loaded plugin: its pre-linked component, a few ready instances, and calls under limits.
 
-use super::bindings::{filter, weigher, WitHostBatch, WitRequestSpec, WitVerdict};
+use super::bindings::{filter, weigher, WitHostBatch, WitRequestSpec, WitVerdicts};
 use super::engine::PluginEngine;
 use super::host::{HostState, LogBudget};
 use super::inspect::{inspect_component, Compatibility, ComponentInfo};
@@ -64,6 +64,41 @@ fn trap_error(plugin: &str, timeout: Duration, e: &wasmtime::Error) -> PluginErr
         plugin: plugin.to_string(),
         reason,
     }
+}
+
+/// Checks a filter's answer and turns it into one optional reason per host.
+fn check_verdicts(
+    plugin: &str,
+    verdicts: WitVerdicts,
+    hosts: usize,
+) -> Result<Vec<Option<String>>, PluginError> {
+    let bad = |reason: String| PluginError::BadAnswer {
+        plugin: plugin.to_string(),
+        reason,
+    };
+    if verdicts.pass.len() != hosts {
+        return Err(bad(format!("{} verdicts for {hosts} hosts", verdicts.pass.len())));
+    }
+    let bytes: usize = verdicts.reasons.iter().map(|(_, r)| r.len()).sum();
+    if bytes > MAX_REASON_BYTES {
+        return Err(bad(format!(
+            "{bytes} bytes of reasons (the limit is {MAX_REASON_BYTES})"
+        )));
+    }
+    let mut out: Vec<Option<String>> = vec![None; hosts];
+    for (index, reason) in verdicts.reasons {
+        let i = index as usize;
+        if i >= hosts || verdicts.pass[i] {
+            return Err(bad(format!("a reason for host {index}, which did not fail")));
+        }
+        out[i] = Some(reason);
+    }
+    for (i, pass) in verdicts.pass.iter().enumerate() {
+        if !pass && out[i].is_none() {
+            out[i] = Some("no reason given".into());
+        }
+    }
+    Ok(out)
 }
 
 impl LoadedPlugin {
@@ -208,7 +243,8 @@ impl LoadedPlugin {
         result
     }
 
-    /// Runs the filter over a batch (blocking; run it on a blocking thread).
+    /// Runs the filter over a batch (blocking; run it on a blocking thread). Returns one
+    /// `None` (pass) or `Some(reason)` (fail) per host.
     ///
     /// # Errors
     /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
@@ -216,7 +252,7 @@ impl LoadedPlugin {
         &self,
         spec: &WitRequestSpec,
         batch: &WitHostBatch,
-    ) -> Result<Vec<WitVerdict>, PluginError> {
+    ) -> Result<Vec<Option<String>>, PluginError> {
         let result = (|| {
             let mut ready = self.take()?;
             ready
@@ -242,31 +278,7 @@ impl LoadedPlugin {
                     });
                 }
             };
-            if verdicts.len() != batch.hosts.len() {
-                return Err(PluginError::BadAnswer {
-                    plugin: self.name.to_string(),
-                    reason: format!(
-                        "{} verdicts for {} hosts",
-                        verdicts.len(),
-                        batch.hosts.len()
-                    ),
-                });
-            }
-            let reason_bytes: usize = verdicts
-                .iter()
-                .map(|v| match v {
-                    WitVerdict::Fail(r) => r.len(),
-                    WitVerdict::Pass => 0,
-                })
-                .sum();
-            if reason_bytes > MAX_REASON_BYTES {
-                return Err(PluginError::BadAnswer {
-                    plugin: self.name.to_string(),
-                    reason: format!(
-                        "{reason_bytes} bytes of reasons (the limit is {MAX_REASON_BYTES})"
-                    ),
-                });
-            }
+            let verdicts = check_verdicts(&self.name, verdicts, batch.enabled.len())?;
             self.give_back(ready);
             Ok(verdicts)
         })();
@@ -306,10 +318,10 @@ impl LoadedPlugin {
                     });
                 }
             };
-            if weights.len() != batch.hosts.len() {
+            if weights.len() != batch.enabled.len() {
                 return Err(PluginError::BadAnswer {
                     plugin: self.name.to_string(),
-                    reason: format!("{} weights for {} hosts", weights.len(), batch.hosts.len()),
+                    reason: format!("{} weights for {} hosts", weights.len(), batch.enabled.len()),
                 });
             }
             if let Some(bad) = weights.iter().find(|w| !w.is_finite()) {

@@ -28,7 +28,7 @@ mod inspect;
 mod instance;
 mod registry;
 
-pub use bindings::{WitHostBatch, WitHostState, WitRequestSpec, WitVerdict};
+pub use bindings::{WitHostBatch, WitRequestSpec, WitVerdicts};
 pub use engine::PluginEngine;
 pub use inspect::{inspect_component, Compatibility, ComponentInfo};
 pub use instance::LoadedPlugin;

@@ -12,7 +12,7 @@ mod model;
 pub use model::{Evaluation, HostResult, HostState, RequestSpec, SkippedPlugin};
 
 use crate::config::PluginKind;
-use crate::plugin::{PluginError, PluginRegistry, WitHostBatch, WitVerdict};
+use crate::plugin::{PluginError, PluginRegistry, WitHostBatch};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,8 +70,8 @@ pub fn evaluate(
         let mut still = Vec::with_capacity(standing.len());
         for (index, verdict) in standing.iter().zip(verdicts) {
             match verdict {
-                WitVerdict::Pass => still.push(*index),
-                WitVerdict::Fail(reason) => {
+                None => still.push(*index),
+                Some(reason) => {
                     let r = &mut results[*index];
                     r.passed = false;
                     r.failed_by = Some(name.clone());
@@ -147,6 +147,37 @@ pub fn normalise(raw: &[f64]) -> Vec<f64> {
     raw.iter().map(|w| (w - min) / (max - min)).collect()
 }
 
+
+/// The hosts of `full` at `indexes` (a copy of every column; all of it when all stand).
+fn subset(full: &WitHostBatch, indexes: &[usize]) -> WitHostBatch {
+    if indexes.len() == full.enabled.len() {
+        return full.clone();
+    }
+    fn pick<T: Copy>(column: &[T], indexes: &[usize]) -> Vec<T> {
+        indexes.iter().map(|&i| column[i]).collect()
+    }
+    WitHostBatch {
+        strings: full.strings.clone(),
+        enabled: pick(&full.enabled, indexes),
+        heartbeat_age_s: pick(&full.heartbeat_age_s, indexes),
+        vcpus_total: pick(&full.vcpus_total, indexes),
+        vcpus_used: pick(&full.vcpus_used, indexes),
+        ram_total_mb: pick(&full.ram_total_mb, indexes),
+        ram_used_mb: pick(&full.ram_used_mb, indexes),
+        ram_free_mb: pick(&full.ram_free_mb, indexes),
+        disk_total_gb: pick(&full.disk_total_gb, indexes),
+        disk_used_gb: pick(&full.disk_used_gb, indexes),
+        volume_free_gb: pick(&full.volume_free_gb, indexes),
+        cpu_allocation_ratio: pick(&full.cpu_allocation_ratio, indexes),
+        ram_allocation_ratio: pick(&full.ram_allocation_ratio, indexes),
+        disk_allocation_ratio: pick(&full.disk_allocation_ratio, indexes),
+        availability_zone_idx: pick(&full.availability_zone_idx, indexes),
+        hypervisor_type_idx: pick(&full.hypervisor_type_idx, indexes),
+        architecture_idx: pick(&full.architecture_idx, indexes),
+        vm_mode_idx: pick(&full.vm_mode_idx, indexes),
+    }
+}
+
 fn intern<'a>(lookup: &mut HashMap<&'a str, u32>, strings: &mut Vec<String>, s: &'a str) -> u32 {
     *lookup.entry(s).or_insert_with(|| {
         strings.push(s.to_string());
@@ -154,34 +185,53 @@ fn intern<'a>(lookup: &mut HashMap<&'a str, u32>, strings: &mut Vec<String>, s: 
     })
 }
 
-/// The records of `full` at `indexes` (all of them when they are all standing).
-fn subset(full: &WitHostBatch, indexes: &[usize]) -> WitHostBatch {
-    if indexes.len() == full.hosts.len() {
-        return full.clone();
-    }
-    WitHostBatch {
-        strings: full.strings.clone(),
-        hosts: indexes.iter().map(|&i| full.hosts[i]).collect(),
-    }
-}
-
-/// The WIT batch of the hosts at `indexes`, with shared strings sent once.
+/// The columnar WIT batch of the hosts at `indexes`, with shared strings sent once.
 fn batch_of(hosts: &[HostState], indexes: &[usize]) -> WitHostBatch {
+    let n = indexes.len();
     let mut strings = Vec::new();
     let mut lookup = HashMap::new();
-    let mut out = Vec::with_capacity(indexes.len());
+    let mut b = WitHostBatch {
+        strings: Vec::new(),
+        enabled: Vec::with_capacity(n),
+        heartbeat_age_s: Vec::with_capacity(n),
+        vcpus_total: Vec::with_capacity(n),
+        vcpus_used: Vec::with_capacity(n),
+        ram_total_mb: Vec::with_capacity(n),
+        ram_used_mb: Vec::with_capacity(n),
+        ram_free_mb: Vec::with_capacity(n),
+        disk_total_gb: Vec::with_capacity(n),
+        disk_used_gb: Vec::with_capacity(n),
+        volume_free_gb: Vec::with_capacity(n),
+        cpu_allocation_ratio: Vec::with_capacity(n),
+        ram_allocation_ratio: Vec::with_capacity(n),
+        disk_allocation_ratio: Vec::with_capacity(n),
+        availability_zone_idx: Vec::with_capacity(n),
+        hypervisor_type_idx: Vec::with_capacity(n),
+        architecture_idx: Vec::with_capacity(n),
+        vm_mode_idx: Vec::with_capacity(n),
+    };
     for &i in indexes {
         let h = &hosts[i];
-        let az = intern(&mut lookup, &mut strings, &h.availability_zone);
-        let hv = intern(&mut lookup, &mut strings, &h.hypervisor_type);
-        let arch = intern(&mut lookup, &mut strings, &h.architecture);
-        let mode = intern(&mut lookup, &mut strings, &h.vm_mode);
-        out.push(h.to_wit(az, hv, arch, mode));
+        b.enabled.push(h.enabled);
+        b.heartbeat_age_s.push(h.heartbeat_age_s);
+        b.vcpus_total.push(h.vcpus_total);
+        b.vcpus_used.push(h.vcpus_used);
+        b.ram_total_mb.push(h.ram_total_mb);
+        b.ram_used_mb.push(h.ram_used_mb);
+        b.ram_free_mb.push(h.ram_free_mb);
+        b.disk_total_gb.push(h.disk_total_gb);
+        b.disk_used_gb.push(h.disk_used_gb);
+        b.volume_free_gb.push(h.volume_free_gb);
+        b.cpu_allocation_ratio.push(h.cpu_allocation_ratio);
+        b.ram_allocation_ratio.push(h.ram_allocation_ratio);
+        b.disk_allocation_ratio.push(h.disk_allocation_ratio);
+        b.availability_zone_idx.push(intern(&mut lookup, &mut strings, &h.availability_zone));
+        b.hypervisor_type_idx.push(intern(&mut lookup, &mut strings, &h.hypervisor_type));
+        b.architecture_idx.push(intern(&mut lookup, &mut strings, &h.architecture));
+        b.vm_mode_idx.push(intern(&mut lookup, &mut strings, &h.vm_mode));
     }
-    WitHostBatch {
-        strings,
-        hosts: out,
-    }
+    b.strings = strings;
+    b
 }
 
 #[cfg(test)]

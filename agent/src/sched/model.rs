@@ -1,6 +1,6 @@
 //! Request, host and result types of the scheduler API, and their WIT forms.
 
-use crate::plugin::{WitHostState, WitRequestSpec};
+use crate::plugin::WitRequestSpec;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -123,31 +123,6 @@ pub struct HostState {
     /// VM mode (`hvm`).
     #[serde(default = "default_mode")]
     pub vm_mode: String,
-}
-
-impl HostState {
-    /// The WIT record, with string indexes already interned.
-    pub fn to_wit(&self, az: u32, hv: u32, arch: u32, mode: u32) -> WitHostState {
-        WitHostState {
-            enabled: self.enabled,
-            heartbeat_age_s: self.heartbeat_age_s,
-            vcpus_total: self.vcpus_total,
-            vcpus_used: self.vcpus_used,
-            ram_total_mb: self.ram_total_mb,
-            ram_used_mb: self.ram_used_mb,
-            ram_free_mb: self.ram_free_mb,
-            disk_total_gb: self.disk_total_gb,
-            disk_used_gb: self.disk_used_gb,
-            volume_free_gb: self.volume_free_gb,
-            cpu_allocation_ratio: self.cpu_allocation_ratio,
-            ram_allocation_ratio: self.ram_allocation_ratio,
-            disk_allocation_ratio: self.disk_allocation_ratio,
-            availability_zone_idx: az,
-            hypervisor_type_idx: hv,
-            architecture_idx: arch,
-            vm_mode_idx: mode,
-        }
-    }
 }
 
 /// A plugin the chain skipped because it is not loaded.
