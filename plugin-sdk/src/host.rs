@@ -1,12 +1,13 @@
 //! Views over a [`HostBatch`] that resolve the hosts' string indexes.
 
-use crate::{codes, HostBatch, HostState, PluginError};
+use crate::{codes, HostBatch, PluginError};
 
-/// A checked [`HostBatch`]: every host's string indexes are in range, so [`Host`]'s accessors
-/// never fail.
+/// A checked [`HostBatch`]: every column has one entry per host and every string index is in
+/// range, so [`Host`]'s accessors never fail.
 #[derive(Clone, Copy, Debug)]
 pub struct Hosts<'a> {
     batch: &'a HostBatch,
+    len: usize,
 }
 
 impl<'a> Hosts<'a> {
@@ -14,78 +15,107 @@ impl<'a> Hosts<'a> {
     ///
     /// # Errors
     ///
-    /// [`codes::BAD_BATCH`] naming the first host whose string index is out of range.
+    /// [`codes::BAD_BATCH`] naming the first column whose length differs from `enabled`'s,
+    /// or the first host whose string index is out of range.
     pub fn new(batch: &'a HostBatch) -> Result<Self, PluginError> {
+        let len = batch.enabled.len();
+        let lengths = [
+            ("heartbeat-age-s", batch.heartbeat_age_s.len()),
+            ("vcpus-total", batch.vcpus_total.len()),
+            ("vcpus-used", batch.vcpus_used.len()),
+            ("ram-total-mb", batch.ram_total_mb.len()),
+            ("ram-used-mb", batch.ram_used_mb.len()),
+            ("ram-free-mb", batch.ram_free_mb.len()),
+            ("disk-total-gb", batch.disk_total_gb.len()),
+            ("disk-used-gb", batch.disk_used_gb.len()),
+            ("volume-free-gb", batch.volume_free_gb.len()),
+            ("cpu-allocation-ratio", batch.cpu_allocation_ratio.len()),
+            ("ram-allocation-ratio", batch.ram_allocation_ratio.len()),
+            ("disk-allocation-ratio", batch.disk_allocation_ratio.len()),
+            ("availability-zone-idx", batch.availability_zone_idx.len()),
+            ("hypervisor-type-idx", batch.hypervisor_type_idx.len()),
+            ("architecture-idx", batch.architecture_idx.len()),
+            ("vm-mode-idx", batch.vm_mode_idx.len()),
+        ];
+        if let Some((column, got)) = lengths.into_iter().find(|&(_, got)| got != len) {
+            return Err(PluginError::new(
+                codes::BAD_BATCH,
+                format!("Column {column} has {got} entries, but enabled has {len}"),
+            ));
+        }
         let n = batch.strings.len();
-        for (i, host) in batch.hosts.iter().enumerate() {
-            let fields = [
-                ("availability-zone-idx", host.availability_zone_idx),
-                ("hypervisor-type-idx", host.hypervisor_type_idx),
-                ("architecture-idx", host.architecture_idx),
-                ("vm-mode-idx", host.vm_mode_idx),
-            ];
-            if let Some((field, idx)) = fields.into_iter().find(|&(_, idx)| idx as usize >= n) {
-                return Err(PluginError::new(
-                    codes::BAD_BATCH,
-                    format!("Host {i} has {field} {idx}, but the batch has {n} strings"),
-                ));
+        // Host by host, so the error names the first bad host whatever its column.
+        let columns = [
+            ("availability-zone-idx", &batch.availability_zone_idx),
+            ("hypervisor-type-idx", &batch.hypervisor_type_idx),
+            ("architecture-idx", &batch.architecture_idx),
+            ("vm-mode-idx", &batch.vm_mode_idx),
+        ];
+        let in_range = |column: &[u32]| column.iter().all(|&idx| (idx as usize) < n);
+        if !columns.iter().all(|(_, column)| in_range(column)) {
+            for i in 0..len {
+                if let Some((field, idx)) = columns
+                    .iter()
+                    .map(|(field, column)| (*field, column[i]))
+                    .find(|&(_, idx)| idx as usize >= n)
+                {
+                    return Err(PluginError::new(
+                        codes::BAD_BATCH,
+                        format!("Host {i} has {field} {idx}, but the batch has {n} strings"),
+                    ));
+                }
             }
         }
-        Ok(Self { batch })
+        Ok(Self { batch, len })
     }
 
     /// Number of hosts.
     pub fn len(&self) -> usize {
-        self.batch.hosts.len()
+        self.len
     }
 
     /// Whether the batch has no hosts.
     pub fn is_empty(&self) -> bool {
-        self.batch.hosts.is_empty()
+        self.len == 0
     }
 
     /// Host number `index`.
     pub fn get(&self, index: usize) -> Option<Host<'a>> {
-        let state = self.batch.hosts.get(index)?;
-        Some(Host {
-            state,
-            strings: &self.batch.strings,
+        (index < self.len).then_some(Host {
+            batch: self.batch,
             index,
         })
     }
 
     /// The hosts in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Host<'a>> + 'a {
-        let strings = &self.batch.strings;
-        self.batch
-            .hosts
-            .iter()
-            .enumerate()
-            .map(move |(index, state)| Host {
-                state,
-                strings,
-                index,
-            })
+        let batch = self.batch;
+        (0..self.len).map(move |index| Host { batch, index })
     }
 
     /// The batch's shared strings.
     pub fn strings(&self) -> &'a [String] {
         &self.batch.strings
     }
+
+    /// The raw (checked) batch, column by column.
+    pub fn batch(&self) -> &'a HostBatch {
+        self.batch
+    }
 }
 
-/// One candidate host: its [`HostState`] with the string fields resolved.
+/// One candidate host: a view of entry [`Host::index`] of every column of the batch, with the
+/// string fields resolved. Cheap to copy.
 #[derive(Clone, Copy, Debug)]
 pub struct Host<'a> {
-    state: &'a HostState,
-    strings: &'a [String],
+    batch: &'a HostBatch,
     index: usize,
 }
 
 impl<'a> Host<'a> {
-    fn string(&self, idx: u32) -> &'a str {
-        // In range: `Hosts::new` checked every index.
-        self.strings.get(idx as usize).map_or("", String::as_str)
+    fn string(&self, column: &[u32]) -> &'a str {
+        // In range: `Hosts::new` checked every column's length and every index.
+        self.batch.strings[column[self.index] as usize].as_str()
     }
 
     /// Position of the host in the batch.
@@ -93,103 +123,103 @@ impl<'a> Host<'a> {
         self.index
     }
 
-    /// The raw record.
-    pub fn state(&self) -> &'a HostState {
-        self.state
+    /// The raw batch this host is entry [`Host::index`] of.
+    pub fn batch(&self) -> &'a HostBatch {
+        self.batch
     }
 
     /// Availability zone.
     pub fn availability_zone(&self) -> &'a str {
-        self.string(self.state.availability_zone_idx)
+        self.string(&self.batch.availability_zone_idx)
     }
 
     /// Hypervisor type, e.g. `qemu`.
     pub fn hypervisor_type(&self) -> &'a str {
-        self.string(self.state.hypervisor_type_idx)
+        self.string(&self.batch.hypervisor_type_idx)
     }
 
     /// CPU architecture, e.g. `x86_64`.
     pub fn architecture(&self) -> &'a str {
-        self.string(self.state.architecture_idx)
+        self.string(&self.batch.architecture_idx)
     }
 
     /// Supported VM mode, e.g. `hvm`.
     pub fn vm_mode(&self) -> &'a str {
-        self.string(self.state.vm_mode_idx)
+        self.string(&self.batch.vm_mode_idx)
     }
 
     /// The node takes new servers.
     pub fn enabled(&self) -> bool {
-        self.state.enabled
+        self.batch.enabled[self.index]
     }
 
     /// Seconds since the node last reported.
     pub fn heartbeat_age_s(&self) -> u32 {
-        self.state.heartbeat_age_s
+        self.batch.heartbeat_age_s[self.index]
     }
 
     /// Physical CPUs.
     pub fn vcpus_total(&self) -> u32 {
-        self.state.vcpus_total
+        self.batch.vcpus_total[self.index]
     }
 
     /// vCPUs allocated to servers.
     pub fn vcpus_used(&self) -> u32 {
-        self.state.vcpus_used
+        self.batch.vcpus_used[self.index]
     }
 
     /// Physical memory, MiB.
     pub fn ram_total_mb(&self) -> u64 {
-        self.state.ram_total_mb
+        self.batch.ram_total_mb[self.index]
     }
 
     /// Memory allocated to servers, MiB.
     pub fn ram_used_mb(&self) -> u64 {
-        self.state.ram_used_mb
+        self.batch.ram_used_mb[self.index]
     }
 
     /// Memory free on the host right now, MiB.
     pub fn ram_free_mb(&self) -> u64 {
-        self.state.ram_free_mb
+        self.batch.ram_free_mb[self.index]
     }
 
     /// Disk for servers, GiB.
     pub fn disk_total_gb(&self) -> u64 {
-        self.state.disk_total_gb
+        self.batch.disk_total_gb[self.index]
     }
 
     /// Disk allocated to servers, GiB.
     pub fn disk_used_gb(&self) -> u64 {
-        self.state.disk_used_gb
+        self.batch.disk_used_gb[self.index]
     }
 
     /// Volume capacity free, GiB.
     pub fn volume_free_gb(&self) -> u64 {
-        self.state.volume_free_gb
+        self.batch.volume_free_gb[self.index]
     }
 
     /// vCPU allocation ratio.
     pub fn cpu_allocation_ratio(&self) -> f32 {
-        self.state.cpu_allocation_ratio
+        self.batch.cpu_allocation_ratio[self.index]
     }
 
     /// RAM allocation ratio.
     pub fn ram_allocation_ratio(&self) -> f32 {
-        self.state.ram_allocation_ratio
+        self.batch.ram_allocation_ratio[self.index]
     }
 
     /// Disk allocation ratio.
     pub fn disk_allocation_ratio(&self) -> f32 {
-        self.state.disk_allocation_ratio
+        self.batch.disk_allocation_ratio[self.index]
     }
 
     /// vCPUs still allocatable: `vcpus_total × cpu_allocation_ratio − vcpus_used` (negative
     /// when over-committed), as nova's `CoreFilter`/placement compute it.
     pub fn usable_vcpus(&self) -> f64 {
         usable(
-            self.state.vcpus_total.into(),
-            self.state.cpu_allocation_ratio,
-            self.state.vcpus_used.into(),
+            self.vcpus_total().into(),
+            self.cpu_allocation_ratio(),
+            self.vcpus_used().into(),
         )
     }
 
@@ -197,18 +227,18 @@ impl<'a> Host<'a> {
     /// nova's `RamFilter` and `RAMWeigher` compute it.
     pub fn usable_ram_mb(&self) -> f64 {
         usable(
-            self.state.ram_total_mb,
-            self.state.ram_allocation_ratio,
-            self.state.ram_used_mb,
+            self.ram_total_mb(),
+            self.ram_allocation_ratio(),
+            self.ram_used_mb(),
         )
     }
 
     /// GiB of disk still allocatable: `disk_total_gb × disk_allocation_ratio − disk_used_gb`.
     pub fn usable_disk_gb(&self) -> f64 {
         usable(
-            self.state.disk_total_gb,
-            self.state.disk_allocation_ratio,
-            self.state.disk_used_gb,
+            self.disk_total_gb(),
+            self.disk_allocation_ratio(),
+            self.disk_used_gb(),
         )
     }
 }
@@ -250,7 +280,7 @@ mod tests {
     #[test]
     fn rejects_index_out_of_range() {
         let mut b = batch(&[HostBuilder::new(), HostBuilder::new()]);
-        b.hosts[1].vm_mode_idx = 99;
+        b.vm_mode_idx[1] = 99;
         let err = Hosts::new(&b).unwrap_err();
         assert_eq!(err.code, "bad-batch");
         assert_eq!(
@@ -260,6 +290,33 @@ mod tests {
                 b.strings.len()
             )
         );
+    }
+
+    #[test]
+    fn rejects_ragged_columns() {
+        let mut b = batch(&[HostBuilder::new(), HostBuilder::new()]);
+        b.ram_used_mb.pop();
+        let err = Hosts::new(&b).unwrap_err();
+        assert_eq!(err.code, "bad-batch");
+        assert_eq!(
+            err.message,
+            "Column ram-used-mb has 1 entries, but enabled has 2"
+        );
+        let mut b = batch(&[HostBuilder::new()]);
+        b.enabled.clear();
+        let err = Hosts::new(&b).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Column heartbeat-age-s has 1 entries, but enabled has 0"
+        );
+    }
+
+    #[test]
+    fn empty_batch() {
+        let b = batch(&[]);
+        let hosts = Hosts::new(&b).unwrap();
+        assert!(hosts.is_empty());
+        assert_eq!(hosts.iter().len(), 0);
     }
 
     #[test]

@@ -39,10 +39,14 @@
 //! * `configure(settings)` builds the instance with [`Filter::new`] / [`Weigher::new`] and
 //!   keeps it in a (per-component) static; a failed `configure` leaves no instance, and a call
 //!   before a successful `configure` fails with the code [`codes::NOT_CONFIGURED`].
-//! * `filter-hosts` / `weigh-hosts` check the batch (every string index in range, else
-//!   [`codes::BAD_BATCH`]), wrap each host in a [`Host`] view that resolves its string
-//!   indexes, and call [`Filter::filter`] / [`Weigher::weigh`] once per host, in order. The
-//!   answer is checked too: one entry per host and finite weights, else [`codes::BAD_ANSWER`].
+//! * `filter-hosts` / `weigh-hosts` check the batch, which travels column by column (every
+//!   column as long as the others and every string index in range, else
+//!   [`codes::BAD_BATCH`]), present each host as a [`Host`] view (the batch plus an index)
+//!   that resolves its string indexes, and call [`Filter::filter`] / [`Weigher::weigh`] once
+//!   per host, in order. A filter's per-host [`Verdict`]s go back as one columnar
+//!   [`Verdicts`] (a pass flag per host, a reason per failed host). The answer is checked
+//!   too: one entry per host, one reason for each failed host and none for passing ones,
+//!   finite weights, else [`codes::BAD_ANSWER`].
 //! * [`log`] sends lines to the host's `log` import. A component only imports what it uses, so
 //!   a plugin that never logs needs no grant; one that does needs `grants = ["log"]`.
 //!
@@ -72,18 +76,18 @@ pub mod testing;
 mod types;
 
 pub use bindings::filter::hyperlet::common::types::{PluginError, Properties};
-pub use bindings::filter::hyperlet::scheduler::types::{
-    HostBatch, HostState, RequestSpec, Verdict,
-};
+pub use bindings::filter::hyperlet::scheduler::types::{HostBatch, RequestSpec, Verdicts};
 pub use host::{Host, Hosts};
 pub use plugin::{Filter, Weigher};
 pub use settings::Settings;
-pub use types::codes;
+pub use types::{codes, Verdict};
 
 /// Everything a plugin usually needs: `use hyperlet_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::log;
-    pub use crate::{Filter, Host, Hosts, PluginError, RequestSpec, Settings, Verdict, Weigher};
+    pub use crate::{
+        Filter, Host, Hosts, PluginError, RequestSpec, Settings, Verdict, Verdicts, Weigher,
+    };
 }
 
 /// Exports a [`Filter`] as the component's `hyperlet:scheduler/filter` interface.
@@ -114,8 +118,7 @@ macro_rules! export_filter {
                 fn filter_hosts(
                     spec: $crate::RequestSpec,
                     batch: $crate::HostBatch,
-                ) -> ::core::result::Result<::std::vec::Vec<$crate::Verdict>, $crate::PluginError>
-                {
+                ) -> ::core::result::Result<$crate::Verdicts, $crate::PluginError> {
                     INSTANCE
                         .with(|slot| $crate::__private::filter_hosts::<$ty>(slot, &spec, &batch))
                 }

@@ -3,7 +3,9 @@
 use std::cell::RefCell;
 
 use crate::host::Host;
-use crate::{codes, HostBatch, Hosts, PluginError, Properties, RequestSpec, Settings, Verdict};
+use crate::{
+    codes, HostBatch, Hosts, PluginError, Properties, RequestSpec, Settings, Verdict, Verdicts,
+};
 
 /// A scheduler filter: decides, host by host, whether a host can take a request.
 ///
@@ -21,19 +23,22 @@ pub trait Filter: Sized + 'static {
     /// host has, e.g. `needs 2048 MiB RAM, 1024 usable (8192 × 1.0 − 7168 used)`.
     fn filter(&self, spec: &RequestSpec, host: &Host<'_>) -> Verdict;
 
-    /// The verdicts for a whole batch, one per host in order. The default calls
-    /// [`Filter::filter`] for each host; override it to share work across hosts or to fail
-    /// the whole call.
+    /// The verdicts for a whole batch, one per host in order, as the WIT's columnar
+    /// [`Verdicts`] (a pass flag per host, a reason per failed host). The default calls
+    /// [`Filter::filter`] for each host and [`Verdicts::push`]es the answer: a passing host
+    /// costs one flag, no allocation. Override it to share work across hosts or to fail the
+    /// whole call; build the answer with [`Verdicts::push`] / `push_pass` / `push_fail`, or
+    /// `collect()` an iterator of [`Verdict`]s.
     ///
     /// # Errors
     ///
     /// A [`PluginError`] fails the whole call (every host).
-    fn filter_all(
-        &self,
-        spec: &RequestSpec,
-        hosts: &Hosts<'_>,
-    ) -> Result<Vec<Verdict>, PluginError> {
-        Ok(hosts.iter().map(|host| self.filter(spec, &host)).collect())
+    fn filter_all(&self, spec: &RequestSpec, hosts: &Hosts<'_>) -> Result<Verdicts, PluginError> {
+        let mut verdicts = Verdicts::with_capacity(hosts.len());
+        for host in hosts.iter() {
+            verdicts.push(self.filter(spec, &host));
+        }
+        Ok(verdicts)
     }
 }
 
@@ -104,7 +109,7 @@ pub fn filter_hosts<F: Filter>(
     slot: &RefCell<Option<F>>,
     spec: &RequestSpec,
     batch: &HostBatch,
-) -> Result<Vec<Verdict>, PluginError> {
+) -> Result<Verdicts, PluginError> {
     let slot = slot.borrow();
     let filter = slot.as_ref().ok_or_else(not_configured)?;
     run_filter_batch(filter, spec, batch)
@@ -130,11 +135,55 @@ pub(crate) fn run_filter_batch<F: Filter>(
     filter: &F,
     spec: &RequestSpec,
     batch: &HostBatch,
-) -> Result<Vec<Verdict>, PluginError> {
+) -> Result<Verdicts, PluginError> {
     let hosts = Hosts::new(batch)?;
     let verdicts = filter.filter_all(spec, &hosts)?;
-    check_len("verdicts", verdicts.len(), hosts.len())?;
+    check_verdicts(&verdicts, hosts.len())?;
     Ok(verdicts)
+}
+
+/// One pass flag per host, and exactly one reason for each failed host (none for a passing
+/// one), as the WIT asks.
+fn check_verdicts(verdicts: &Verdicts, hosts: usize) -> Result<(), PluginError> {
+    check_len("verdicts", verdicts.pass.len(), hosts)?;
+    let bad = |message: String| Err(PluginError::new(codes::BAD_ANSWER, message));
+    let mut previous: Option<u32> = None;
+    let mut sorted = true;
+    for &(index, _) in &verdicts.reasons {
+        match verdicts.pass.get(index as usize) {
+            None => {
+                return bad(format!(
+                    "Reason for host {index}, but there are {hosts} hosts"
+                ))
+            }
+            Some(true) => return bad(format!("Reason for host {index}, which passed")),
+            Some(false) => {}
+        }
+        sorted &= previous.is_none_or(|p| p < index);
+        previous = Some(index);
+    }
+    // Every reason names a failed host; now each failed host must have exactly one.
+    let failed = verdicts.pass.iter().filter(|&&pass| !pass).count();
+    if sorted && failed == verdicts.reasons.len() {
+        return Ok(());
+    }
+    let mut reasons = vec![0_u8; hosts];
+    for &(index, _) in &verdicts.reasons {
+        let seen = &mut reasons[index as usize];
+        if *seen > 0 {
+            return bad(format!("More than one reason for host {index}"));
+        }
+        *seen = 1;
+    }
+    match verdicts
+        .pass
+        .iter()
+        .zip(&reasons)
+        .position(|(&pass, &seen)| !pass && seen == 0)
+    {
+        Some(i) => bad(format!("Host {i} failed without a reason")),
+        None => Ok(()),
+    }
 }
 
 /// Checks the batch, runs the weigher over it and checks the answer.

@@ -2,7 +2,8 @@
 //!
 //! Build a request and some hosts, run the plugin through the same glue the component export
 //! uses (settings → `new` → batch check → per-host calls → answer check), and look at the
-//! verdicts, weights and log lines (captured only off wasm; on wasm they go to the real
+//! verdicts (turned back from the columnar [`Verdicts`](crate::Verdicts) into one
+//! [`Verdict`] per host), weights and log lines (captured only off wasm; on wasm they go to the real
 //! host's `log` import):
 //!
 //! ```
@@ -35,7 +36,7 @@ use std::cell::RefCell;
 
 use crate::log::Level;
 use crate::plugin::{run_filter_batch, run_weigher_batch};
-use crate::{Filter, HostBatch, HostState, PluginError, RequestSpec, Settings, Verdict, Weigher};
+use crate::{Filter, HostBatch, PluginError, RequestSpec, Settings, Verdict, Weigher};
 
 /// Builds a [`RequestSpec`]. Defaults: 1 vCPU, 512 MiB, 1 GiB disk, no volume, no zone, no
 /// image properties.
@@ -120,12 +121,29 @@ impl RequestBuilder {
 /// hypervisor `qemu`, architecture `x86_64`, VM mode `hvm`.
 #[derive(Clone, Debug)]
 pub struct HostBuilder {
-    state: HostState,
+    state: State,
     ram_free: Option<u64>,
     availability_zone: String,
     hypervisor_type: String,
     architecture: String,
     vm_mode: String,
+}
+
+/// One host's numbers (the batch's columns hold them host by host).
+#[derive(Clone, Copy, Debug)]
+struct State {
+    enabled: bool,
+    heartbeat_age_s: u32,
+    vcpus_total: u32,
+    vcpus_used: u32,
+    ram_total_mb: u64,
+    ram_used_mb: u64,
+    disk_total_gb: u64,
+    disk_used_gb: u64,
+    volume_free_gb: u64,
+    cpu_allocation_ratio: f32,
+    ram_allocation_ratio: f32,
+    disk_allocation_ratio: f32,
 }
 
 impl Default for HostBuilder {
@@ -138,24 +156,19 @@ impl HostBuilder {
     /// A host with the defaults.
     pub fn new() -> Self {
         Self {
-            state: HostState {
+            state: State {
                 enabled: true,
                 heartbeat_age_s: 0,
                 vcpus_total: 8,
                 vcpus_used: 0,
                 ram_total_mb: 16384,
                 ram_used_mb: 0,
-                ram_free_mb: 16384,
                 disk_total_gb: 100,
                 disk_used_gb: 0,
                 volume_free_gb: 0,
                 cpu_allocation_ratio: 1.0,
                 ram_allocation_ratio: 1.0,
                 disk_allocation_ratio: 1.0,
-                availability_zone_idx: 0,
-                hypervisor_type_idx: 0,
-                architecture_idx: 0,
-                vm_mode_idx: 0,
             },
             ram_free: None,
             availability_zone: "nova".to_owned(),
@@ -268,8 +281,8 @@ impl HostBuilder {
     }
 }
 
-/// The [`HostBatch`] the agent would send for `hosts`: each distinct string once, referenced
-/// by index.
+/// The [`HostBatch`] the agent would send for `hosts`: one column per field, each distinct
+/// string once, referenced by index.
 pub fn batch(hosts: &[HostBuilder]) -> HostBatch {
     let mut strings: Vec<String> = Vec::new();
     let mut intern = |s: &str| -> u32 {
@@ -282,24 +295,57 @@ pub fn batch(hosts: &[HostBuilder]) -> HostBatch {
             });
         u32::try_from(idx).expect("fewer than 2^32 strings")
     };
-    let hosts = hosts
-        .iter()
-        .map(|h| HostState {
-            ram_free_mb: h
-                .ram_free
-                .unwrap_or(h.state.ram_total_mb.saturating_sub(h.state.ram_used_mb)),
-            availability_zone_idx: intern(&h.availability_zone),
-            hypervisor_type_idx: intern(&h.hypervisor_type),
-            architecture_idx: intern(&h.architecture),
-            vm_mode_idx: intern(&h.vm_mode),
-            ..h.state
-        })
-        .collect();
-    HostBatch { strings, hosts }
+    let n = hosts.len();
+    let mut b = HostBatch {
+        strings: Vec::new(),
+        enabled: Vec::with_capacity(n),
+        heartbeat_age_s: Vec::with_capacity(n),
+        vcpus_total: Vec::with_capacity(n),
+        vcpus_used: Vec::with_capacity(n),
+        ram_total_mb: Vec::with_capacity(n),
+        ram_used_mb: Vec::with_capacity(n),
+        ram_free_mb: Vec::with_capacity(n),
+        disk_total_gb: Vec::with_capacity(n),
+        disk_used_gb: Vec::with_capacity(n),
+        volume_free_gb: Vec::with_capacity(n),
+        cpu_allocation_ratio: Vec::with_capacity(n),
+        ram_allocation_ratio: Vec::with_capacity(n),
+        disk_allocation_ratio: Vec::with_capacity(n),
+        availability_zone_idx: Vec::with_capacity(n),
+        hypervisor_type_idx: Vec::with_capacity(n),
+        architecture_idx: Vec::with_capacity(n),
+        vm_mode_idx: Vec::with_capacity(n),
+    };
+    for h in hosts {
+        let s = &h.state;
+        b.enabled.push(s.enabled);
+        b.heartbeat_age_s.push(s.heartbeat_age_s);
+        b.vcpus_total.push(s.vcpus_total);
+        b.vcpus_used.push(s.vcpus_used);
+        b.ram_total_mb.push(s.ram_total_mb);
+        b.ram_used_mb.push(s.ram_used_mb);
+        b.ram_free_mb.push(
+            h.ram_free
+                .unwrap_or(s.ram_total_mb.saturating_sub(s.ram_used_mb)),
+        );
+        b.disk_total_gb.push(s.disk_total_gb);
+        b.disk_used_gb.push(s.disk_used_gb);
+        b.volume_free_gb.push(s.volume_free_gb);
+        b.cpu_allocation_ratio.push(s.cpu_allocation_ratio);
+        b.ram_allocation_ratio.push(s.ram_allocation_ratio);
+        b.disk_allocation_ratio.push(s.disk_allocation_ratio);
+        b.availability_zone_idx.push(intern(&h.availability_zone));
+        b.hypervisor_type_idx.push(intern(&h.hypervisor_type));
+        b.architecture_idx.push(intern(&h.architecture));
+        b.vm_mode_idx.push(intern(&h.vm_mode));
+    }
+    b.strings = strings;
+    b
 }
 
 /// Configures filter `F` with `settings` and runs it over `hosts`, as the agent would: one
-/// `configure`, one `filter-hosts` call with the whole batch.
+/// `configure`, one `filter-hosts` call with the whole batch. The answer, checked like the
+/// component's, comes back as one [`Verdict`] per host.
 ///
 /// # Errors
 ///
@@ -310,7 +356,7 @@ pub fn run_filter<F: Filter>(
     hosts: &[HostBuilder],
 ) -> Result<Vec<Verdict>, PluginError> {
     let filter = F::new(&Settings::from_pairs(settings.iter().copied()))?;
-    run_filter_batch(&filter, spec, &batch(hosts))
+    run_filter_batch(&filter, spec, &batch(hosts)).map(crate::Verdicts::into_vec)
 }
 
 /// Configures weigher `W` with `settings` and runs it over `hosts` (the raw weights, before
@@ -404,8 +450,22 @@ mod tests {
         fn filter(&self, _: &RequestSpec, _: &Host<'_>) -> Verdict {
             Verdict::Pass
         }
-        fn filter_all(&self, _: &RequestSpec, _: &Hosts<'_>) -> Result<Vec<Verdict>, PluginError> {
-            Ok(vec![])
+        fn filter_all(&self, _: &RequestSpec, _: &Hosts<'_>) -> Result<Verdicts, PluginError> {
+            Ok(Verdicts::with_capacity(0))
+        }
+    }
+
+    /// Answers with the `Verdicts` it was built with, whatever the batch.
+    struct Canned(Verdicts);
+    impl Filter for Canned {
+        fn new(_: &Settings) -> Result<Self, PluginError> {
+            unreachable!()
+        }
+        fn filter(&self, _: &RequestSpec, _: &Host<'_>) -> Verdict {
+            unreachable!()
+        }
+        fn filter_all(&self, _: &RequestSpec, _: &Hosts<'_>) -> Result<Verdicts, PluginError> {
+            Ok(self.0.clone())
         }
     }
 
@@ -430,11 +490,13 @@ mod tests {
             HostBuilder::new().az("b").ram(100, 30),
         ]);
         assert_eq!(b.strings, ["a", "qemu", "x86_64", "hvm", "b"]);
-        assert_eq!(b.hosts[1].availability_zone_idx, 4);
-        assert_eq!(b.hosts[1].architecture_idx, 2);
-        assert_eq!(b.hosts[1].ram_free_mb, 70);
+        assert_eq!(b.availability_zone_idx, [0, 4]);
+        assert_eq!(b.architecture_idx, [2, 2]);
+        assert_eq!(b.ram_total_mb, [16384, 100]);
+        assert_eq!(b.ram_free_mb, [16384, 70]);
+        assert_eq!(b.enabled, [true, true]);
         let b = batch(&[HostBuilder::new().ram(100, 30).ram_free(5)]);
-        assert_eq!(b.hosts[0].ram_free_mb, 5);
+        assert_eq!(b.ram_free_mb, [5]);
     }
 
     #[test]
@@ -479,6 +541,51 @@ mod tests {
     }
 
     #[test]
+    fn checks_reasons() {
+        let spec = RequestBuilder::new().build();
+        let b = batch(&[HostBuilder::new(), HostBuilder::new(), HostBuilder::new()]);
+        let run = |pass: &[bool], reasons: &[(u32, &str)]| {
+            let canned = Canned(Verdicts {
+                pass: pass.to_vec(),
+                reasons: reasons.iter().map(|&(i, r)| (i, r.to_owned())).collect(),
+            });
+            run_filter_batch(&canned, &spec, &b).map_err(|e| {
+                assert_eq!(e.code, "bad-answer");
+                e.message
+            })
+        };
+        let ok = run(&[false, true, false], &[(2, "b"), (0, "a")]).unwrap();
+        assert_eq!(
+            ok.into_vec(),
+            [Verdict::fail("a"), Verdict::Pass, Verdict::fail("b")]
+        );
+        assert_eq!(
+            run(&[true; 4], &[]).unwrap_err(),
+            "The plugin returned 4 verdicts for 3 hosts"
+        );
+        assert_eq!(
+            run(&[false, true, true], &[(0, "a"), (3, "x")]).unwrap_err(),
+            "Reason for host 3, but there are 3 hosts"
+        );
+        assert_eq!(
+            run(&[false, true, true], &[(0, "a"), (1, "x")]).unwrap_err(),
+            "Reason for host 1, which passed"
+        );
+        assert_eq!(
+            run(&[false, true, false], &[(0, "a")]).unwrap_err(),
+            "Host 2 failed without a reason"
+        );
+        assert_eq!(
+            run(&[false, true, false], &[(2, "a"), (2, "b")]).unwrap_err(),
+            "More than one reason for host 2"
+        );
+        assert_eq!(
+            run(&[false, false, true], &[(1, "a"), (1, "b")]).unwrap_err(),
+            "More than one reason for host 1"
+        );
+    }
+
+    #[test]
     fn export_glue_needs_configure() {
         use crate::__private::{configure, filter_hosts};
         let slot = RefCell::new(None::<Big>);
@@ -489,7 +596,9 @@ mod tests {
             "not-configured"
         );
         configure(&slot, vec![]).unwrap();
-        assert_eq!(filter_hosts(&slot, &spec, &b).unwrap(), [Verdict::Pass]);
+        let verdicts = filter_hosts(&slot, &spec, &b).unwrap();
+        assert_eq!(verdicts.pass, [true]);
+        assert!(verdicts.reasons.is_empty());
         assert!(configure(&slot, vec![("bogus".into(), "1".into())]).is_err());
         assert_eq!(
             filter_hosts(&slot, &spec, &b).unwrap_err().code,

@@ -40,13 +40,9 @@ impl Filter for ComputeStatusFilter {
         }
     }
 
-    fn filter_all(
-        &self,
-        spec: &RequestSpec,
-        hosts: &Hosts<'_>,
-    ) -> Result<Vec<Verdict>, PluginError> {
-        let verdicts: Vec<Verdict> = hosts.iter().map(|host| self.filter(spec, &host)).collect();
-        let failed = verdicts.iter().filter(|v| !v.is_pass()).count();
+    fn filter_all(&self, spec: &RequestSpec, hosts: &Hosts<'_>) -> Result<Verdicts, PluginError> {
+        let verdicts: Verdicts = hosts.iter().map(|host| self.filter(spec, &host)).collect();
+        let failed = verdicts.reasons.len();
         if failed > 0 {
             log::debug!(
                 "{failed} of {} hosts disabled or not heard from within {} s",
