@@ -8,7 +8,7 @@
 use hyperlet::config::{PluginConfig, PluginKind};
 use hyperlet::plugin::{PluginEngine, PluginRegistry};
 use hyperlet::sched::{self, HostState, RequestSpec};
-use hyperlet_plugin_sdk::{Filter, HostBatch, Hosts, Settings, Verdict, Weigher};
+use hyperlet_plugin_sdk::{Filter, HostBatch, Hosts, Settings, Weigher};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -117,47 +117,54 @@ fn registry(cache: &std::path::Path) -> PluginRegistry {
     registry
 }
 
-/// The SDK-side batch for the native baseline (same interning as the agent).
+/// The SDK-side (columnar) batch for the native baseline, built as the agent builds its own.
 fn sdk_batch(hosts: &[HostState], indexes: &[usize]) -> HostBatch {
     let mut strings: Vec<String> = Vec::new();
-    let mut lookup: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-    let mut intern = |s: &str, strings: &mut Vec<String>| -> u32 {
-        if let Some(i) = lookup.get(s) {
-            return *i;
-        }
-        strings.push(s.to_string());
-        let i = (strings.len() - 1) as u32;
-        lookup.insert(s.to_string(), i);
-        i
-    };
-    let states = indexes
-        .iter()
-        .map(|&i| {
-            let h = &hosts[i];
-            hyperlet_plugin_sdk::HostState {
-                enabled: h.enabled,
-                heartbeat_age_s: h.heartbeat_age_s,
-                vcpus_total: h.vcpus_total,
-                vcpus_used: h.vcpus_used,
-                ram_total_mb: h.ram_total_mb,
-                ram_used_mb: h.ram_used_mb,
-                ram_free_mb: h.ram_free_mb,
-                disk_total_gb: h.disk_total_gb,
-                disk_used_gb: h.disk_used_gb,
-                volume_free_gb: h.volume_free_gb,
-                cpu_allocation_ratio: h.cpu_allocation_ratio,
-                ram_allocation_ratio: h.ram_allocation_ratio,
-                disk_allocation_ratio: h.disk_allocation_ratio,
-                availability_zone_idx: intern(&h.availability_zone, &mut strings),
-                hypervisor_type_idx: intern(&h.hypervisor_type, &mut strings),
-                architecture_idx: intern(&h.architecture, &mut strings),
-                vm_mode_idx: intern(&h.vm_mode, &mut strings),
+    let idx = |s: &str, strings: &mut Vec<String>| -> u32 {
+        match strings.iter().position(|k| k == s) {
+            Some(i) => i as u32,
+            None => {
+                strings.push(s.to_string());
+                (strings.len() - 1) as u32
             }
-        })
-        .collect();
+        }
+    };
+    let pick =
+        |f: &dyn Fn(&HostState) -> u64| indexes.iter().map(|&i| f(&hosts[i])).collect::<Vec<u64>>();
+    let pick32 =
+        |f: &dyn Fn(&HostState) -> u32| indexes.iter().map(|&i| f(&hosts[i])).collect::<Vec<u32>>();
+    let pickf =
+        |f: &dyn Fn(&HostState) -> f32| indexes.iter().map(|&i| f(&hosts[i])).collect::<Vec<f32>>();
+    let mut az = Vec::with_capacity(indexes.len());
+    let mut hv = Vec::with_capacity(indexes.len());
+    let mut arch = Vec::with_capacity(indexes.len());
+    let mut mode = Vec::with_capacity(indexes.len());
+    for &i in indexes {
+        let h = &hosts[i];
+        az.push(idx(&h.availability_zone, &mut strings));
+        hv.push(idx(&h.hypervisor_type, &mut strings));
+        arch.push(idx(&h.architecture, &mut strings));
+        mode.push(idx(&h.vm_mode, &mut strings));
+    }
     HostBatch {
         strings,
-        hosts: states,
+        enabled: indexes.iter().map(|&i| hosts[i].enabled).collect(),
+        heartbeat_age_s: pick32(&|h| h.heartbeat_age_s),
+        vcpus_total: pick32(&|h| h.vcpus_total),
+        vcpus_used: pick32(&|h| h.vcpus_used),
+        ram_total_mb: pick(&|h| h.ram_total_mb),
+        ram_used_mb: pick(&|h| h.ram_used_mb),
+        ram_free_mb: pick(&|h| h.ram_free_mb),
+        disk_total_gb: pick(&|h| h.disk_total_gb),
+        disk_used_gb: pick(&|h| h.disk_used_gb),
+        volume_free_gb: pick(&|h| h.volume_free_gb),
+        cpu_allocation_ratio: pickf(&|h| h.cpu_allocation_ratio),
+        ram_allocation_ratio: pickf(&|h| h.ram_allocation_ratio),
+        disk_allocation_ratio: pickf(&|h| h.disk_allocation_ratio),
+        availability_zone_idx: az,
+        hypervisor_type_idx: hv,
+        architecture_idx: arch,
+        vm_mode_idx: mode,
     }
 }
 
@@ -173,8 +180,8 @@ fn native_filter<F: Filter>(
         .unwrap();
     standing
         .into_iter()
-        .zip(verdicts)
-        .filter(|(_, v)| matches!(v, Verdict::Pass))
+        .zip(verdicts.pass)
+        .filter(|(_, pass)| *pass)
         .map(|(i, _)| i)
         .collect()
 }
@@ -193,6 +200,38 @@ fn native_weigh<W: Weigher>(
     for (t, w) in total.iter_mut().zip(sched::normalise(&raw)) {
         *t += w;
     }
+}
+
+/// The chain with the components, driven like [`native_chain`] (no result assembly).
+fn wasm_chain(
+    registry: &PluginRegistry,
+    spec: &RequestSpec,
+    hosts: &[HostState],
+) -> (usize, Vec<f64>) {
+    let wit_spec = spec.to_wit();
+    let full = sched::batch_of(hosts, &(0..hosts.len()).collect::<Vec<_>>());
+    let mut standing: Vec<usize> = (0..hosts.len()).collect();
+    for (_, plugin) in registry.chain(PluginKind::Filter) {
+        let verdicts = plugin
+            .unwrap()
+            .filter(&wit_spec, &sched::subset(&full, &standing))
+            .unwrap();
+        standing = standing
+            .into_iter()
+            .zip(verdicts)
+            .filter(|(_, v)| v.is_none())
+            .map(|(i, _)| i)
+            .collect();
+    }
+    let batch = sched::subset(&full, &standing);
+    let mut total = vec![0.0; standing.len()];
+    for (_, plugin) in registry.chain(PluginKind::Weigher) {
+        let raw = plugin.unwrap().weigh(&wit_spec, &batch).unwrap();
+        for (t, w) in total.iter_mut().zip(sched::normalise(&raw)) {
+            *t += w;
+        }
+    }
+    (standing.len(), total)
 }
 
 /// The same chain as the agent's, natively.
@@ -255,20 +294,25 @@ fn main() {
         "wasm and native chains disagree"
     );
 
-    let (mut wasm_t, mut native_t) = (Vec::new(), Vec::new());
+    let (mut wasm_t, mut native_t, mut api_t) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        // Alternate so both see the same machine load.
+        // Alternate so all see the same machine load.
         let t = Instant::now();
-        let r = sched::evaluate(&registry, &spec, &hosts).unwrap();
+        let (passed, _) = wasm_chain(&registry, &spec, &hosts);
         wasm_t.push(t.elapsed());
-        assert_eq!(r.passed, native_passed);
+        assert_eq!(passed, native_passed);
         let t = Instant::now();
         let (passed, _) = native_chain(&spec, &hosts);
         native_t.push(t.elapsed());
         assert_eq!(passed, native_passed);
+        let t = Instant::now();
+        let r = sched::evaluate(&registry, &spec, &hosts).unwrap();
+        api_t.push(t.elapsed());
+        assert_eq!(r.passed, native_passed);
     }
     let (w50, w90, wmin) = stats(wasm_t);
     let (n50, n90, nmin) = stats(native_t);
+    let (a50, a90, amin) = stats(api_t);
 
     // Instantiation (pre-linked InstancePre + configure) and per-call overhead (one host).
     let ram = registry
@@ -311,6 +355,12 @@ fn main() {
     println!(
         "| **ratio (p50)** | **{:.2}×** | | |",
         w50.as_secs_f64() / n50.as_secs_f64()
+    );
+    println!(
+        "| `sched::evaluate` end to end (wasm chain + sorted per-host results) | {} | {} | {} |",
+        ms(a50),
+        ms(a90),
+        ms(amin)
     );
     println!();
     println!("| per component | p50 | p90 |");

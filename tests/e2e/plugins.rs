@@ -319,6 +319,16 @@ fn misbehaving_plugins_are_contained() {
             evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]})).0,
             502
         );
+        if krate == "hyperlet-fixture-panic" {
+            // The guest's stderr (the panic message) is in the agent's log, tagged.
+            let log = agent.log();
+            assert!(
+                log.lines().any(|l| l.contains("\"plugin\":\"fixture\"")
+                    && l.contains("stderr:")
+                    && l.contains("panicked")),
+                "guest stderr not in the log:\n{log}"
+            );
+        }
     }
 }
 

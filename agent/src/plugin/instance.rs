@@ -77,7 +77,10 @@ fn check_verdicts(
         reason,
     };
     if verdicts.pass.len() != hosts {
-        return Err(bad(format!("{} verdicts for {hosts} hosts", verdicts.pass.len())));
+        return Err(bad(format!(
+            "{} verdicts for {hosts} hosts",
+            verdicts.pass.len()
+        )));
     }
     let bytes: usize = verdicts.reasons.iter().map(|(_, r)| r.len()).sum();
     if bytes > MAX_REASON_BYTES {
@@ -89,7 +92,9 @@ fn check_verdicts(
     for (index, reason) in verdicts.reasons {
         let i = index as usize;
         if i >= hosts || verdicts.pass[i] {
-            return Err(bad(format!("a reason for host {index}, which did not fail")));
+            return Err(bad(format!(
+                "a reason for host {index}, which did not fail"
+            )));
         }
         out[i] = Some(reason);
     }
@@ -321,7 +326,11 @@ impl LoadedPlugin {
             if weights.len() != batch.enabled.len() {
                 return Err(PluginError::BadAnswer {
                     plugin: self.name.to_string(),
-                    reason: format!("{} weights for {} hosts", weights.len(), batch.enabled.len()),
+                    reason: format!(
+                        "{} weights for {} hosts",
+                        weights.len(),
+                        batch.enabled.len()
+                    ),
                 });
             }
             if let Some(bad) = weights.iter().find(|w| !w.is_finite()) {

@@ -147,9 +147,8 @@ pub fn normalise(raw: &[f64]) -> Vec<f64> {
     raw.iter().map(|w| (w - min) / (max - min)).collect()
 }
 
-
 /// The hosts of `full` at `indexes` (a copy of every column; all of it when all stand).
-fn subset(full: &WitHostBatch, indexes: &[usize]) -> WitHostBatch {
+pub fn subset(full: &WitHostBatch, indexes: &[usize]) -> WitHostBatch {
     if indexes.len() == full.enabled.len() {
         return full.clone();
     }
@@ -186,7 +185,7 @@ fn intern<'a>(lookup: &mut HashMap<&'a str, u32>, strings: &mut Vec<String>, s: 
 }
 
 /// The columnar WIT batch of the hosts at `indexes`, with shared strings sent once.
-fn batch_of(hosts: &[HostState], indexes: &[usize]) -> WitHostBatch {
+pub fn batch_of(hosts: &[HostState], indexes: &[usize]) -> WitHostBatch {
     let n = indexes.len();
     let mut strings = Vec::new();
     let mut lookup = HashMap::new();
@@ -225,10 +224,14 @@ fn batch_of(hosts: &[HostState], indexes: &[usize]) -> WitHostBatch {
         b.cpu_allocation_ratio.push(h.cpu_allocation_ratio);
         b.ram_allocation_ratio.push(h.ram_allocation_ratio);
         b.disk_allocation_ratio.push(h.disk_allocation_ratio);
-        b.availability_zone_idx.push(intern(&mut lookup, &mut strings, &h.availability_zone));
-        b.hypervisor_type_idx.push(intern(&mut lookup, &mut strings, &h.hypervisor_type));
-        b.architecture_idx.push(intern(&mut lookup, &mut strings, &h.architecture));
-        b.vm_mode_idx.push(intern(&mut lookup, &mut strings, &h.vm_mode));
+        b.availability_zone_idx
+            .push(intern(&mut lookup, &mut strings, &h.availability_zone));
+        b.hypervisor_type_idx
+            .push(intern(&mut lookup, &mut strings, &h.hypervisor_type));
+        b.architecture_idx
+            .push(intern(&mut lookup, &mut strings, &h.architecture));
+        b.vm_mode_idx
+            .push(intern(&mut lookup, &mut strings, &h.vm_mode));
     }
     b.strings = strings;
     b
