@@ -474,3 +474,67 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
     let (status, _) = evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]}));
     assert_eq!(status, 200);
 }
+
+/// `wasm` plus a custom section: the same component, but a different file (a new version).
+fn with_custom_section(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let name = b"hyperlet-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section id
+    out.push(payload.len() as u8); // LEB128 size (< 128)
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[test]
+fn calls_in_flight_finish_on_the_old_version_during_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("filter.wasm");
+    let slow = std::fs::read(plugin_wasm("hyperlet-fixture-slow")).unwrap();
+    std::fs::write(&path, with_custom_section(&slow, "v1")).unwrap();
+    let mut config = runtime();
+    // About 4 s of busy work per call (50 ms per 33 million rounds).
+    config.push_str(&stanza(
+        "swappable",
+        "filter",
+        &path,
+        "settings = { iterations = \"2640000000\" }\ncall_timeout_ms = 60000",
+    ));
+    let agent = Agent::start_with_config(&config);
+    let before = plugin_view(&agent, "swappable")["sha256"].clone();
+    let body = json!({"spec": {"ram_mb": 10}, "hosts": [host("h", 1024, 0)]});
+    std::thread::scope(|s| {
+        let in_flight = s.spawn(|| evaluate(&agent, body.clone()));
+        // Swap in a new version while that call runs.
+        std::thread::sleep(Duration::from_millis(300));
+        let tmp = dir.path().join("filter.wasm.new");
+        std::fs::write(&tmp, with_custom_section(&slow, "v2")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let view = loop {
+            let view = plugin_view(&agent, "swappable");
+            if view["sha256"] != before {
+                break view;
+            }
+            assert!(Instant::now() < deadline, "not reloaded: {view}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            !in_flight.is_finished(),
+            "the call ended before the reload; make it slower"
+        );
+        assert_eq!(
+            view["calls"], 0,
+            "the new version has served nothing yet: {view}"
+        );
+        // The call in flight finishes, successfully, on the old version…
+        let (status, evaluation) = in_flight.join().unwrap();
+        assert_eq!(status, 200, "{evaluation}");
+        assert_eq!(plugin_view(&agent, "swappable")["calls"], 0);
+        // …and the next call is the new version's first.
+        assert_eq!(evaluate(&agent, body.clone()).0, 200);
+        assert_eq!(plugin_view(&agent, "swappable")["calls"], 1);
+    });
+}
