@@ -2,6 +2,7 @@
 
 use super::client::{ApiClient, ClientArgs, ClientError};
 use super::table::key_values;
+use super::table::print_value;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
@@ -57,17 +58,6 @@ pub async fn run(cmd: HostCommand) -> Result<(), ClientError> {
         }
     }
     Ok(())
-}
-
-fn print_value(client: &ClientArgs, value: &Value, human: fn(&Value) -> String) {
-    if client.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    } else {
-        print!("{}", human(value));
-    }
 }
 
 /// A JSON value as table text (`-` for null, strings unquoted).

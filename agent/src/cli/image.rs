@@ -1,6 +1,7 @@
 //! `hyperlet image …`: import (with progress), list, show, delete.
 
 use super::client::{ApiClient, ClientArgs, ClientError};
+use super::table::print_value;
 use super::table::{key_values, rows};
 use clap::Subcommand;
 use futures_util::StreamExt;
@@ -195,17 +196,6 @@ fn progress(done: u64, total: u64) {
         done >> 20,
         total >> 20
     );
-}
-
-fn print_value(client: &ClientArgs, value: &Value, human: fn(&Value) -> String) {
-    if client.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    } else {
-        print!("{}", human(value));
-    }
 }
 
 fn render_image(i: &Value) -> String {

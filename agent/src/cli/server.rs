@@ -2,6 +2,7 @@
 
 use super::client::{ApiClient, ClientArgs, ClientError};
 use super::host::text;
+use super::table::print_value;
 use super::table::{key_values, rows};
 use base64::Engine;
 use clap::{Args, Subcommand};
@@ -222,7 +223,7 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
                 )
                 .await?;
             }
-            print(&client, &server, render_server);
+            print_value(&client, &server, render_server);
         }
         ServerCommand::List { client } => {
             let api = ApiClient::from_args(&client)?;
@@ -263,7 +264,7 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
             let server: Value = api
                 .request(Method::GET, &format!("/v1/servers/{}", t.id), None::<&()>)
                 .await?;
-            print(&t.client, &server, render_server);
+            print_value(&t.client, &server, render_server);
         }
         ServerCommand::Delete(t) => {
             let api = ApiClient::from_args(&t.client)?;
@@ -274,7 +275,7 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
                     None::<&()>,
                 )
                 .await?;
-            print(&t.client, &server, render_server);
+            print_value(&t.client, &server, render_server);
         }
         ServerCommand::Start(t) => act(t, json!({"start": null})).await?,
         ServerCommand::Stop(t) => act(t, json!({"stop": null})).await?,
@@ -327,7 +328,7 @@ async fn act(target: Target, body: Value) -> Result<(), ClientError> {
         )
         .await?;
     if out.get("id").is_some() {
-        print(&target.client, &out, render_server);
+        print_value(&target.client, &out, render_server);
     } else if target.client.json {
         println!("{out}");
     } else {
@@ -347,17 +348,6 @@ async fn wait_for(api: &ApiClient, id: &str, statuses: &[&str]) -> Result<Value,
             return Ok(server);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn print(client: &ClientArgs, value: &Value, human: fn(&Value) -> String) {
-    if client.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        );
-    } else {
-        print!("{}", human(value));
     }
 }
 

@@ -1,5 +1,21 @@
 //! Two-column tables for human output.
 
+/// Prints `value` as pretty JSON with `--json`, else as the `human` rendering.
+pub fn print_value(
+    client: &super::ClientArgs,
+    value: &serde_json::Value,
+    human: fn(&serde_json::Value) -> String,
+) {
+    if client.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        print!("{}", human(value));
+    }
+}
+
 /// Renders `rows` as `field  value` lines with the fields padded to one width.
 pub fn key_values(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -16,6 +16,17 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// This node's domains by server id.
+async fn domains_by_server(services: &Services) -> Result<HashMap<String, DomainStatus>, OpError> {
+    Ok(services
+        .libvirt()
+        .list_ours(services.node_id())
+        .await?
+        .into_iter()
+        .map(|d| (d.metadata.server_id.clone(), d))
+        .collect())
+}
+
 /// After a restart (and journal recovery): finishes deletes that never got going, and gives
 /// servers left mid-action (a `task_state`, or a transitional status) the status libvirt
 /// shows, with a fault saying what was interrupted.
@@ -23,13 +34,7 @@ use tokio_util::sync::CancellationToken;
 /// # Errors
 /// [`OpError`] when libvirt or the store fail.
 pub async fn recover_interrupted(services: &Services) -> Result<(), OpError> {
-    let domains: HashMap<String, DomainStatus> = services
-        .libvirt()
-        .list_ours(services.node_id())
-        .await?
-        .into_iter()
-        .map(|d| (d.metadata.server_id.clone(), d))
-        .collect();
+    let domains = domains_by_server(services).await?;
     for row in services.store().list_servers().await? {
         let loaded = decode(row)?;
         let id = loaded.row.id.clone();
@@ -139,13 +144,7 @@ fn status_of(domain: &DomainStatus, current: ServerStatus) -> Option<ServerStatu
 /// # Errors
 /// [`OpError`] when libvirt (within its deadline) or the store fail.
 pub async fn reconcile(services: &Services) -> Result<(), OpError> {
-    let domains: HashMap<String, DomainStatus> = services
-        .libvirt()
-        .list_ours(services.node_id())
-        .await?
-        .into_iter()
-        .map(|d| (d.metadata.server_id.clone(), d))
-        .collect();
+    let domains = domains_by_server(services).await?;
     for row in services.store().list_servers().await? {
         let lock = services.server_lock(&row.id);
         let Ok(_guard) = lock.try_lock() else {
