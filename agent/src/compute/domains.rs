@@ -248,8 +248,11 @@ impl Libvirt {
         self.with_connection("virConnectListAllDomains", move |conn| {
             let mut ours = Vec::new();
             for dom in conn.list_all_domains(0)? {
-                let Ok(xml) = dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) else {
-                    continue; // vanished between listing and reading
+                let xml = match dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) {
+                    Ok(xml) => xml,
+                    Err(e) if is_missing(&e) => continue, // gone between listing and reading
+                    // Anything else: no listing rather than one that misses a domain.
+                    Err(e) => return Err(e),
                 };
                 let Some(metadata) = DomainMetadata::from_domain_xml(&xml) else {
                     continue;
@@ -257,8 +260,10 @@ impl Libvirt {
                 if metadata.node_id != node_id {
                     continue;
                 }
-                let Ok((state, _)) = dom.get_state() else {
-                    continue;
+                let (state, _) = match dom.get_state() {
+                    Ok(state) => state,
+                    Err(e) if is_missing(&e) => continue,
+                    Err(e) => return Err(e),
                 };
                 ours.push(DomainStatus {
                     name: dom.get_name()?,

@@ -12,7 +12,7 @@ use super::{decode, set_status};
 use crate::compute::{DomainStatus, PowerState};
 use crate::ops::{OpError, Services};
 use crate::state::ServerRow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -86,7 +86,7 @@ pub async fn adopt_and_reconcile(services: &Services) -> Result<(), OpError> {
             Err(e) => tracing::error!(domain = %domain.name, error = %e, "cannot adopt domain"),
         }
     }
-    reconcile(services).await
+    reconcile(services, &mut HashSet::new()).await
 }
 
 async fn adopt(services: &Services, domain: &DomainStatus) -> Result<(), OpError> {
@@ -139,11 +139,13 @@ fn status_of(domain: &DomainStatus, current: ServerStatus) -> Option<ServerStatu
     })
 }
 
-/// One comparison of the store with libvirt.
+/// One comparison of the store with libvirt. A server whose domain is missing is marked ERROR
+/// only when it was already missing at the previous comparison (`missing` carries that over),
+/// so one odd listing never condemns a server.
 ///
 /// # Errors
 /// [`OpError`] when libvirt (within its deadline) or the store fail.
-pub async fn reconcile(services: &Services) -> Result<(), OpError> {
+pub async fn reconcile(services: &Services, missing: &mut HashSet<String>) -> Result<(), OpError> {
     let domains = domains_by_server(services).await?;
     for row in services.store().list_servers().await? {
         let lock = services.server_lock(&row.id);
@@ -162,7 +164,9 @@ pub async fn reconcile(services: &Services) -> Result<(), OpError> {
             continue;
         }
         match domains.get(&loaded.row.id) {
+            None if missing.insert(loaded.row.id.clone()) => {} // first miss: look again next time
             None => {
+                missing.remove(&loaded.row.id);
                 set_status(
                     services,
                     &loaded.row.id,
@@ -173,6 +177,7 @@ pub async fn reconcile(services: &Services) -> Result<(), OpError> {
                 .await?;
             }
             Some(domain) => {
+                missing.remove(&loaded.row.id);
                 if let Some(status) = status_of(domain, loaded.status) {
                     if status != loaded.status {
                         let fault = (status == ServerStatus::Error).then_some("the guest crashed");
@@ -188,12 +193,13 @@ pub async fn reconcile(services: &Services) -> Result<(), OpError> {
 /// Reconciles every `hypervisor.sync_interval_ms` until `stop` is cancelled.
 pub async fn run_sync(services: Services, stop: CancellationToken) {
     let interval = Duration::from_millis(services.config().hypervisor.sync_interval_ms);
+    let mut missing = HashSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        if let Err(e) = reconcile(&services).await {
+        if let Err(e) = reconcile(&services, &mut missing).await {
             tracing::warn!(error = %crate::api::error::chain(&e), "server sync with libvirt failed");
         }
     }
