@@ -34,9 +34,14 @@ pub fn load(engine: &Engine, dir: &Path, bytes: &[u8]) -> Result<(Component, Str
         .precompile_component(bytes)
         .map_err(|e| PluginError::Runtime(format!("not a valid WebAssembly component: {e:#}")))?;
     if std::fs::create_dir_all(dir).is_ok() {
-        let tmp = file.with_extension("tmp");
-        if std::fs::write(&tmp, &compiled).is_ok() {
-            let _ = std::fs::rename(&tmp, &file);
+        // A unique temporary name: agents sharing the cache may compile the same plugin at once.
+        let tmp = file.with_extension(format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        if std::fs::write(&tmp, &compiled).is_err() || std::fs::rename(&tmp, &file).is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
     // SAFETY: `compiled` was produced just now by this engine's `precompile_component`.
