@@ -14,6 +14,7 @@
 //! * [`host`] — facts about this machine: CPU, memory, disk and the KVM probe.
 //! * [`compute`] — the hypervisor connection (libvirt).
 //! * [`image`] — the image cache: qcow2, format inspection.
+//! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
 //! * [`cli`] — the command-line client that speaks REST to a running agent.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod host;
 pub mod image;
 pub mod metrics;
+pub mod net;
 pub mod ops;
 pub mod plugin;
 pub mod sched;
