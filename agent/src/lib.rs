@@ -14,6 +14,7 @@
 //! * [`host`] — facts about this machine: CPU, memory, disk and the KVM probe.
 //! * [`compute`] — the hypervisor connection (libvirt).
 //! * [`image`] — the image cache: qcow2, format inspection.
+//! * [`volume`] — the cinder-volume half: host interfaces for volume drivers (LVM on granted VGs).
 //! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
@@ -33,6 +34,7 @@ pub mod ops;
 pub mod plugin;
 pub mod sched;
 pub mod state;
+pub mod volume;
 
 /// The agent's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
