@@ -33,7 +33,10 @@ use std::io;
 use std::time::Duration;
 
 pub mod links;
+pub mod model;
 pub mod netns;
+
+pub use model::{BackendNetwork, NetworkType};
 
 #[cfg(test)]
 mod tests;
