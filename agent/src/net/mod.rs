@@ -34,6 +34,7 @@ use std::time::Duration;
 
 pub mod links;
 pub mod model;
+pub mod neigh;
 pub mod netns;
 
 pub use model::{BackendNetwork, NetworkType};
