@@ -23,6 +23,9 @@ PACKAGES=(
     sqlite3
     iproute2 nftables
     openssl curl wrk
+    # cloud-init: a real metadata client for the metadata tests (tests/cloudinit_readers.py);
+    # without systemd its units only get enabled as symlinks, nothing runs.
+    cloud-init
     procps psmisc
 )
 
