@@ -16,6 +16,7 @@
 //! * [`image`] — the image cache: qcow2, format inspection.
 //! * [`volume`] — the cinder-volume half: host interfaces for volume drivers (LVM on granted VGs).
 //! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
+//! * [`metadata`] — the 169.254.169.254 metadata service (EC2 and OpenStack trees) per network namespace.
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
 //! * [`cli`] — the command-line client that speaks REST to a running agent.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod host;
 pub mod image;
+pub mod metadata;
 pub mod metrics;
 pub mod net;
 pub mod ops;
