@@ -7,7 +7,9 @@
 //! ([`testing`]).
 //!
 //! A scheduler filter is a type implementing [`Filter`] plus one [`export_filter!`] line; a
-//! weigher is the same with [`Weigher`] and [`export_weigher!`]:
+//! weigher is the same with [`Weigher`] and [`export_weigher!`]; a network backend (world
+//! `hyperlet:network/network-backend`) with [`network::NetworkBackend`] and
+//! [`export_network_backend!`], calling the host through [`network::netlink`]:
 //!
 //! ```
 //! use hyperlet_plugin_sdk::prelude::*;
@@ -70,6 +72,7 @@ extern crate self as hyperlet_plugin_sdk;
 mod bindings;
 mod host;
 pub mod log;
+pub mod network;
 mod plugin;
 mod settings;
 pub mod testing;
@@ -85,6 +88,7 @@ pub use types::{codes, Verdict};
 /// Everything a plugin usually needs: `use hyperlet_plugin_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::log;
+    pub use crate::network::{netlink, LinkInfo, Network, NetworkBackend, NetworkType};
     pub use crate::{
         Filter, Host, Hosts, PluginError, RequestSpec, Settings, Verdict, Verdicts, Weigher,
     };
@@ -173,6 +177,59 @@ macro_rules! export_weigher {
     };
 }
 
+/// Exports a [`NetworkBackend`](network::NetworkBackend) as the component's
+/// `hyperlet:network/backend` interface.
+///
+/// Use it once per crate, at module level:
+/// `hyperlet_plugin_sdk::export_network_backend!(MyBackend);`. On non-wasm targets the glue is
+/// compiled but nothing is exported.
+#[macro_export]
+macro_rules! export_network_backend {
+    ($ty:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static INSTANCE: ::core::cell::RefCell<::core::option::Option<$ty>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct HyperletNetworkBackendExport;
+
+            impl $crate::__private::network::exports::hyperlet::network::backend::Guest
+                for HyperletNetworkBackendExport
+            {
+                fn configure(
+                    settings: $crate::Properties,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| $crate::network::configure::<$ty>(slot, settings))
+                }
+
+                fn validate_network(
+                    network: $crate::network::Network,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| $crate::network::validate_network::<$ty>(slot, &network))
+                }
+
+                fn ensure_network(
+                    network: $crate::network::Network,
+                ) -> ::core::result::Result<::std::string::String, $crate::PluginError> {
+                    INSTANCE.with(|slot| $crate::network::ensure_network::<$ty>(slot, &network))
+                }
+
+                fn delete_network(
+                    network: $crate::network::Network,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| $crate::network::delete_network::<$ty>(slot, &network))
+                }
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            $crate::__private::network::export_network_backend_world!(
+                HyperletNetworkBackendExport with_types_in $crate::__private::network
+            );
+        };
+    };
+}
+
 /// The guide's Rust blocks, run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -181,7 +238,7 @@ pub struct Guide;
 /// Not public API: what the export macros and wit-bindgen's generated code refer to.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::{filter, weigher};
+    pub use crate::bindings::{filter, network, weigher};
     pub use crate::plugin::{configure, configure_weigher, filter_hosts, weigh_hosts};
     pub use wit_bindgen;
 }
