@@ -176,8 +176,54 @@ impl LinuxBridge {
         }
     }
 
+    /// Creates what is missing and brings everything to the network's MTU and up; records the
+    /// links it creates in `created`.
+    fn build(
+        &self,
+        network: &Network,
+        uplink: &Uplink,
+        bridge: &str,
+        created: &mut Vec<String>,
+    ) -> Result<(), PluginError> {
+        if netlink::link_info(bridge)?.is_none() {
+            if_created(netlink::create_bridge(bridge), bridge, created)?;
+            log::info!("created bridge {bridge} for network {}", network.id);
+        }
+        if let Some(port) = self.ensure_uplink(uplink, created)? {
+            // A physical interface's MTU is the operator's; created links get the network's.
+            if !matches!(uplink, Uplink::Physical(_)) && port.mtu != Some(network.mtu) {
+                netlink::set_mtu(&port.name, network.mtu)?;
+            }
+            let bridge_index = netlink::link_info(bridge)?.map(|b| b.index);
+            if port.master_index.is_none() || port.master_index != bridge_index {
+                netlink::set_master(&port.name, bridge)?;
+            }
+            if !port.up {
+                netlink::set_up(&port.name)?;
+            }
+        }
+        // Last: enslaving a port may have adjusted the bridge's MTU.
+        let Some(info) = netlink::link_info(bridge)? else {
+            return Err(PluginError::new(
+                "failed",
+                format!("Bridge {bridge:?} disappeared while it was being set up"),
+            ));
+        };
+        if info.mtu != Some(network.mtu) {
+            netlink::set_mtu(bridge, network.mtu)?;
+        }
+        if !info.up {
+            netlink::set_up(bridge)?;
+        }
+        Ok(())
+    }
+
     /// The uplink's current state, creating it when it is a VLAN or VXLAN link that is missing.
-    fn ensure_uplink(&self, uplink: &Uplink) -> Result<Option<LinkInfo>, PluginError> {
+    fn ensure_uplink(
+        &self,
+        uplink: &Uplink,
+        created: &mut Vec<String>,
+    ) -> Result<Option<LinkInfo>, PluginError> {
         let Some(name) = uplink.name() else {
             return Ok(None);
         };
@@ -193,19 +239,17 @@ impl LinuxBridge {
                 ))
             }
             Uplink::Vlan { parent, vid } => {
-                created(netlink::create_vlan(parent, *vid).map(drop))?;
+                if_created(netlink::create_vlan(parent, *vid).map(drop), &name, created)?;
             }
             Uplink::Vxlan(vni) => {
                 let s = &self.settings;
-                created(
-                    netlink::create_vxlan(
-                        *vni,
-                        s.vxlan_local_ip.as_deref(),
-                        s.vxlan_dev.as_deref(),
-                        Some(s.vxlan_port),
-                    )
-                    .map(drop),
-                )?;
+                let result = netlink::create_vxlan(
+                    *vni,
+                    s.vxlan_local_ip.as_deref(),
+                    s.vxlan_dev.as_deref(),
+                    Some(s.vxlan_port),
+                );
+                if_created(result.map(drop), &name, created)?;
             }
         }
         netlink::link_info(&name)?.map(Some).ok_or_else(|| {
@@ -217,11 +261,20 @@ impl LinuxBridge {
     }
 }
 
-/// A creation that lost a race with another one is fine.
-fn created(result: Result<(), PluginError>) -> Result<(), PluginError> {
+/// Records a link this call created; a creation that lost a race with another one is fine
+/// (and the link is not this call's to undo).
+fn if_created(
+    result: Result<(), PluginError>,
+    name: &str,
+    created: &mut Vec<String>,
+) -> Result<(), PluginError> {
     match result {
+        Ok(()) => {
+            created.push(name.to_owned());
+            Ok(())
+        }
         Err(e) if e.code == "exists" => Ok(()),
-        other => other,
+        Err(e) => Err(e),
     }
 }
 
@@ -256,37 +309,18 @@ impl NetworkBackend for LinuxBridge {
     fn ensure(&self, network: &Network) -> Result<String, PluginError> {
         let uplink = self.plan(network)?;
         let bridge = bridge_name(&network.id);
-        if netlink::link_info(&bridge)?.is_none() {
-            created(netlink::create_bridge(&bridge))?;
-            log::info!("created bridge {bridge} for network {}", network.id);
-        }
-        if let Some(port) = self.ensure_uplink(&uplink)? {
-            // A physical interface's MTU is the operator's; created links get the network's.
-            if !matches!(uplink, Uplink::Physical(_)) && port.mtu != Some(network.mtu) {
-                netlink::set_mtu(&port.name, network.mtu)?;
+        let mut created = Vec::new();
+        let result = self.build(network, &uplink, &bridge, &mut created);
+        if let Err(e) = &result {
+            // Undo what this call created, newest first; what existed before stays.
+            for name in created.iter().rev() {
+                if let Err(undo) = netlink::delete_link(name) {
+                    log::warn!("could not remove {name} after a failed ensure: {}", undo.message);
+                }
             }
-            let bridge_index = netlink::link_info(&bridge)?.map(|b| b.index);
-            if port.master_index.is_none() || port.master_index != bridge_index {
-                netlink::set_master(&port.name, &bridge)?;
-            }
-            if !port.up {
-                netlink::set_up(&port.name)?;
-            }
+            log::warn!("network {}: {}: {}", network.id, e.code, e.message);
         }
-        // Last: enslaving a port may have adjusted the bridge's MTU.
-        let Some(info) = netlink::link_info(&bridge)? else {
-            return Err(PluginError::new(
-                "failed",
-                format!("Bridge {bridge:?} disappeared while it was being set up"),
-            ));
-        };
-        if info.mtu != Some(network.mtu) {
-            netlink::set_mtu(&bridge, network.mtu)?;
-        }
-        if !info.up {
-            netlink::set_up(&bridge)?;
-        }
-        Ok(bridge)
+        result.map(|()| bridge)
     }
 
     fn delete(&self, network: &Network) -> Result<(), PluginError> {

@@ -102,6 +102,30 @@ fn vlan_without_kernel_support_says_so() {
         .unwrap_err();
     assert_eq!(err.code, "unsupported");
     assert!(err.message.contains("8021q"), "{}", err.message);
+    // The bridge this call created is removed again.
+    assert_eq!(
+        writes(),
+        [
+            format!("create-bridge {BRIDGE}"),
+            "create-vlan eth1 7".into(),
+            format!("delete-link {BRIDGE}"),
+        ]
+    );
+    assert_eq!(mock::link_names(), ["eth1", "eth2"]);
+}
+
+#[test]
+fn a_failed_ensure_keeps_what_existed_before() {
+    let b = bridge_backend();
+    b.ensure(&NetworkBuilder::local(ID).build()).unwrap();
+    mock::take_calls();
+    mock::deny("eth1");
+    let err = b
+        .ensure(&NetworkBuilder::flat(ID, "physnet1").build())
+        .unwrap_err();
+    assert_eq!(err.code, "denied");
+    assert!(mock::link(BRIDGE).is_some());
+    assert!(!writes().iter().any(|c| c.starts_with("delete-link")));
 }
 
 #[test]
