@@ -179,7 +179,7 @@ pub const PLUGIN_GRANTS: [&str; 4] = ["log", "clocks", "random", "netlink"];
 /// ```toml
 /// [plugins.netlink]
 /// name_prefixes = ["brq", "vxlan-"]   # links it may create, delete, set down, give an MTU
-/// physical_interfaces = ["eth1"]      # may be read, set up and enslaved; `eth1.<vid>` is its
+/// physical_interfaces = ["eth1"]      # may be read, set up, enslaved and carry eth1.<vid>
 /// vlan_ids = [1, 4094]                # inclusive range of VLAN ids
 /// vnis = [1, 16777215]                # inclusive range of VXLAN VNIs
 /// ```
@@ -230,7 +230,11 @@ impl NetlinkGrant {
         for phys in &self.physical_interfaces {
             crate::net::validate_ifname(phys)
                 .map_err(|e| format!("netlink.physical_interfaces: {e}"))?;
-            if let Some(prefix) = self.name_prefixes.iter().find(|p| phys.starts_with(p.as_str())) {
+            if let Some(prefix) = self
+                .name_prefixes
+                .iter()
+                .find(|p| phys.starts_with(p.as_str()))
+            {
                 return Err(format!(
                     "netlink.physical_interfaces: {phys:?} starts with the granted prefix \
                      {prefix:?}, which would let the plugin delete it; use a narrower prefix"
@@ -744,11 +748,19 @@ mod tests {
                 .to_string()
         };
         let ok = r#"["netlink"]"#;
-        let err = refused("[plugins.netlink]\nvlan_ids = [0, 10]", ok, "network-backend");
+        let err = refused(
+            "[plugins.netlink]\nvlan_ids = [0, 10]",
+            ok,
+            "network-backend",
+        );
         assert!(err.contains("netlink.vlan_ids = [0, 10]"), "{err}");
         let err = refused("[plugins.netlink]\nvnis = [5, 4]", ok, "network-backend");
         assert!(err.contains("netlink.vnis"), "{err}");
-        let err = refused("[plugins.netlink]\nname_prefixes = []", ok, "network-backend");
+        let err = refused(
+            "[plugins.netlink]\nname_prefixes = []",
+            ok,
+            "network-backend",
+        );
         assert!(err.contains("at least one prefix"), "{err}");
         let err = refused(
             "[plugins.netlink]\nphysical_interfaces = [\"brq-uplink\"]",
@@ -766,6 +778,26 @@ mod tests {
         assert!(err.contains("not in grants"), "{err}");
         let err = refused("", ok, "filter");
         assert!(err.contains("network-backend plugins only"), "{err}");
+    }
+
+    #[test]
+    fn example_network_backend_in_contrib_is_valid() {
+        let text = include_str!("../../contrib/hyperlet.toml");
+        let start = text.find("# [[plugins]]").expect("the plugin example");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let config = Config::from_toml(&example).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.plugins[0].kind, PluginKind::NetworkBackend);
+        assert_eq!(
+            config.plugins[0].netlink.as_ref().unwrap(),
+            &NetlinkGrant {
+                physical_interfaces: vec!["eth1".into()],
+                ..NetlinkGrant::default()
+            }
+        );
     }
 
     #[test]

@@ -215,7 +215,12 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
 
     let views = registry.views();
     assert_eq!(views[0].kind, PluginKind::NetworkBackend);
-    assert_eq!(views[0].status, PluginStatus::Loaded, "{:?}", views[0].error);
+    assert_eq!(
+        views[0].status,
+        PluginStatus::Loaded,
+        "{:?}",
+        views[0].error
+    );
     assert_eq!(views[0].version.as_deref(), Some("1.0.0"));
     assert!(views[0].needs.contains(&"netlink".to_string()));
     assert_eq!(registry.network_backend_names(), ["linuxbridge"]);
@@ -229,7 +234,8 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
 
     // validate-network is pure and explains itself.
     let bad = network(&flat_id, NetworkType::Flat, Some("physnet9"), None);
-    let (code, message) = reported(call(&rt, &plugin, move |p| p.validate_network(&bad)).unwrap_err());
+    let (code, message) =
+        reported(call(&rt, &plugin, move |p| p.validate_network(&bad)).unwrap_err());
     assert_eq!(code, "invalid");
     assert!(message.contains("physnet9"), "{message}");
     assert!(link(&bridge_of(&flat_id)).is_none());
@@ -373,20 +379,16 @@ fn rogue_backend_is_denied_and_changes_nothing() {
 
 #[test]
 fn backend_without_the_netlink_grant_is_not_loaded() {
-    let toml = stanza(
-        "ungranted",
-        "network-linux-bridge",
-        r#"["log"]"#,
-        "",
-        "",
-    );
+    let toml = stanza("ungranted", "network-linux-bridge", r#"["log"]"#, "", "");
     let (_rt, registry) = registry(&toml);
     let view = &registry.views()[0];
     assert_eq!(view.status, PluginStatus::Failed);
     let error = view.error.as_deref().unwrap();
     assert!(error.contains("not granted: netlink"), "{error}");
     match registry.network_backend("ungranted") {
-        Err(PluginError::NotLoaded { reason, .. }) => assert!(reason.contains("netlink"), "{reason}"),
+        Err(PluginError::NotLoaded { reason, .. }) => {
+            assert!(reason.contains("netlink"), "{reason}")
+        }
         other => panic!("{:?}", other.map(|_| ())),
     }
 }

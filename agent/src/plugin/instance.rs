@@ -414,7 +414,10 @@ impl LoadedPlugin {
             let Bound::Network(b) = &ready.bound else {
                 return Err(PluginError::NotLoaded {
                     plugin: self.name.to_string(),
-                    reason: format!("it is a {} plugin, not a network backend", self.config.kind.as_str()),
+                    reason: format!(
+                        "it is a {} plugin, not a network backend",
+                        self.config.kind.as_str()
+                    ),
                 });
             };
             let answer = call(b, &mut ready.store);
@@ -440,7 +443,10 @@ impl LoadedPlugin {
     /// [`PluginError::NotLoaded`] when this plugin is not a network backend.
     pub fn validate_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
         let net = wit_network(net);
-        self.call_backend(|b, store| b.hyperlet_network_backend().call_validate_network(store, &net))
+        self.call_backend(|b, store| {
+            b.hyperlet_network_backend()
+                .call_validate_network(store, &net)
+        })
     }
 
     /// Makes a network backend create whatever of `net`'s plumbing is missing (blocking; run it
@@ -451,8 +457,10 @@ impl LoadedPlugin {
     /// them (codes `denied`, `unsupported`, `exists`, `not-found`, `failed`, …).
     pub fn ensure_network(&self, net: &BackendNetwork) -> Result<String, PluginError> {
         let wit = wit_network(net);
-        let bridge =
-            self.call_backend(|b, store| b.hyperlet_network_backend().call_ensure_network(store, &wit))?;
+        let bridge = self.call_backend(|b, store| {
+            b.hyperlet_network_backend()
+                .call_ensure_network(store, &wit)
+        })?;
         if crate::net::validate_ifname(&bridge).is_err() {
             // The call itself was counted as a success by `call_backend`.
             self.failures.fetch_add(1, Ordering::Relaxed);
@@ -473,7 +481,10 @@ impl LoadedPlugin {
     /// As [`LoadedPlugin::ensure_network`].
     pub fn delete_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
         let net = wit_network(net);
-        self.call_backend(|b, store| b.hyperlet_network_backend().call_delete_network(store, &net))
+        self.call_backend(|b, store| {
+            b.hyperlet_network_backend()
+                .call_delete_network(store, &net)
+        })
     }
 
     /// Calls made and calls failed.

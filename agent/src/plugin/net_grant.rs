@@ -158,7 +158,8 @@ impl NetGrant {
             return Standing::Prefixed;
         }
         if let Some((parent, vid)) = name.rsplit_once('.') {
-            let vid_ok = !vid.starts_with('0') && vid.parse::<u32>().is_ok_and(|v| self.vid_granted(v));
+            let vid_ok =
+                !vid.starts_with('0') && vid.parse::<u32>().is_ok_and(|v| self.vid_granted(v));
             if self.physical(parent) && vid_ok {
                 return Standing::VlanOfPhysical;
             }
@@ -358,7 +359,10 @@ mod tests {
         assert_eq!(code(mtu("eth1.100", 9000)), Ok(()));
         assert_eq!(code(mtu("brqx", 67)).unwrap_err().0, "invalid");
         assert_eq!(code(mtu("brqx", 65536)).unwrap_err().0, "invalid");
-        let vlan = |vid| NetlinkOp::CreateVlan { parent: s("eth1"), vid };
+        let vlan = |vid| NetlinkOp::CreateVlan {
+            parent: s("eth1"),
+            vid,
+        };
         assert_eq!(code(vlan(100)), Ok(()));
         assert_eq!(code(vlan(200)), Ok(()));
         let vxlan = |vni, dev: Option<&str>| NetlinkOp::CreateVxlan {
@@ -404,7 +408,10 @@ mod tests {
     fn foreign_links_and_out_of_range_ids_are_denied() {
         let (c, m) = code(NetlinkOp::CreateBridge(s("eth0x"))).unwrap_err();
         assert_eq!(c, "denied");
-        assert!(m.contains("netlink.name_prefixes = [\"brq\", \"vxlan-\"]"), "{m}");
+        assert!(
+            m.contains("netlink.name_prefixes = [\"brq\", \"vxlan-\"]"),
+            "{m}"
+        );
         for op in [
             NetlinkOp::Delete(s("eth0")),
             NetlinkOp::SetUp(s("eth0")),

@@ -99,7 +99,9 @@ async fn execute(op: NetlinkOp) -> Result<NetlinkReply, NetError> {
             nl.create_bridge(&name).await?;
             NetlinkReply::Done
         }
-        NetlinkOp::CreateVlan { parent, vid } => NetlinkReply::Name(nl.create_vlan(&parent, vid).await?),
+        NetlinkOp::CreateVlan { parent, vid } => {
+            NetlinkReply::Name(nl.create_vlan(&parent, vid).await?)
+        }
         NetlinkOp::CreateVxlan { vni, options } => {
             NetlinkReply::Name(nl.create_vxlan(vni, &options).await?)
         }
@@ -269,7 +271,10 @@ mod tests {
         assert_eq!(e.code, "unsupported");
         assert!(e.message.contains("8021q"), "{}", e.message);
         assert_eq!(net_error(&NetError::LinkExists("x".into())).code, "exists");
-        assert_eq!(net_error(&NetError::LinkNotFound("x".into())).code, "not-found");
+        assert_eq!(
+            net_error(&NetError::LinkNotFound("x".into())).code,
+            "not-found"
+        );
         assert_eq!(
             net_error(&NetError::PermissionDenied { op: "x".into() }).code,
             "denied"
@@ -288,7 +293,9 @@ mod tests {
         let e = host.call(NetlinkOp::Delete("eth0".into())).unwrap_err();
         assert_eq!(e.code, "denied");
         assert!(e.message.contains("netlink.name_prefixes"), "{}", e.message);
-        let e = host.call(NetlinkOp::CreateBridge("brqok".into())).unwrap_err();
+        let e = host
+            .call(NetlinkOp::CreateBridge("brqok".into()))
+            .unwrap_err();
         assert_eq!(e.code, "failed");
         assert!(e.message.contains("no tokio runtime"), "{}", e.message);
     }

@@ -130,7 +130,10 @@ fn call<T>(
         if let Some(name) = words[1..].iter().find(|w| s.denied.iter().any(|d| d == *w)) {
             return Err(error(
                 "denied",
-                format!("Denied: {}: {name:?} is not covered by the netlink grant", words[0]),
+                format!(
+                    "Denied: {}: {name:?} is not covered by the netlink grant",
+                    words[0]
+                ),
             ));
         }
         f(s)
@@ -138,9 +141,12 @@ fn call<T>(
 }
 
 fn existing<'a>(s: &'a mut State, name: &str) -> Result<&'a mut LinkInfo, PluginError> {
-    s.links
-        .get_mut(name)
-        .ok_or_else(|| error("not-found", format!("Network interface {name:?} does not exist")))
+    s.links.get_mut(name).ok_or_else(|| {
+        error(
+            "not-found",
+            format!("Network interface {name:?} does not exist"),
+        )
+    })
 }
 
 fn create(s: &mut State, name: &str, kind: &str) -> Result<(), PluginError> {
@@ -148,7 +154,10 @@ fn create(s: &mut State, name: &str, kind: &str) -> Result<(), PluginError> {
         return Err(error("invalid", format!("Invalid interface name {name:?}")));
     }
     if s.links.contains_key(name) {
-        return Err(error("exists", format!("Network interface {name:?} already exists")));
+        return Err(error(
+            "exists",
+            format!("Network interface {name:?} already exists"),
+        ));
     }
     insert(s, name, Some(kind));
     Ok(())
@@ -173,7 +182,10 @@ pub fn create_vlan(parent: &str, vid: u16) -> Result<String, PluginError> {
     let vid_text = vid.to_string();
     call(&["create-vlan", parent, &vid_text], |s| {
         if !(1..=4094).contains(&vid) {
-            return Err(error("invalid", format!("VLAN id {vid} is outside 1..=4094")));
+            return Err(error(
+                "invalid",
+                format!("VLAN id {vid} is outside 1..=4094"),
+            ));
         }
         existing(s, parent)?;
         if !s.vlan_supported {
@@ -204,14 +216,26 @@ pub fn create_vxlan(
     let mut words = vec!["create-vxlan", &vni_text];
     words.extend(local.map(|l| ["local", l]).into_iter().flatten());
     words.extend(dev.map(|d| ["dev", d]).into_iter().flatten());
-    words.extend(port_text.as_deref().map(|p| ["port", p]).into_iter().flatten());
+    words.extend(
+        port_text
+            .as_deref()
+            .map(|p| ["port", p])
+            .into_iter()
+            .flatten(),
+    );
     call(&words, |s| {
         if !(1..=16_777_215).contains(&vni) {
-            return Err(error("invalid", format!("VNI {vni} is outside 1..=16777215")));
+            return Err(error(
+                "invalid",
+                format!("VNI {vni} is outside 1..=16777215"),
+            ));
         }
         if let Some(local) = local {
             if local.parse::<std::net::Ipv4Addr>().is_err() {
-                return Err(error("invalid", format!("{local:?} is not an IPv4 address")));
+                return Err(error(
+                    "invalid",
+                    format!("{local:?} is not an IPv4 address"),
+                ));
             }
         }
         if let Some(dev) = dev {

@@ -150,9 +150,7 @@ impl LinuxBridge {
                 let parent = self.physical(network)?.to_owned();
                 let vid = match network.segmentation_id {
                     Some(id @ 1..=4094) => id as u16,
-                    Some(id) => {
-                        return Err(invalid(format!("VLAN id {id} is outside 1..=4094")))
-                    }
+                    Some(id) => return Err(invalid(format!("VLAN id {id} is outside 1..=4094"))),
                     None => return Err(invalid("A vlan network needs a segmentation id".into())),
                 };
                 check_ifname("The VLAN interface name", &format!("{parent}.{vid}"))?;
@@ -315,7 +313,10 @@ impl NetworkBackend for LinuxBridge {
             // Undo what this call created, newest first; what existed before stays.
             for name in created.iter().rev() {
                 if let Err(undo) = netlink::delete_link(name) {
-                    log::warn!("could not remove {name} after a failed ensure: {}", undo.message);
+                    log::warn!(
+                        "could not remove {name} after a failed ensure: {}",
+                        undo.message
+                    );
                 }
             }
             log::warn!("network {}: {}: {}", network.id, e.code, e.message);
@@ -328,7 +329,10 @@ impl NetworkBackend for LinuxBridge {
         // physical network is no longer mapped still loses its bridge.
         let uplink = match network.network_type {
             NetworkType::Vlan => match (
-                network.physical_network.as_deref().and_then(|p| self.settings.interface(p)),
+                network
+                    .physical_network
+                    .as_deref()
+                    .and_then(|p| self.settings.interface(p)),
                 network.segmentation_id,
             ) {
                 (Some(parent), Some(vid @ 1..=4094)) => Some(format!("{parent}.{vid}")),

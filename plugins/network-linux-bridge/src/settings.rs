@@ -70,12 +70,9 @@ impl BridgeSettings {
             }
         };
         let port = settings.get_u64("vxlan_port", 4789)?;
-        let vxlan_port = u16::try_from(port)
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| {
-                PluginError::bad_setting(format!("Setting vxlan_port = {port} is outside 1..=65535"))
-            })?;
+        let vxlan_port = u16::try_from(port).ok().filter(|p| *p > 0).ok_or_else(|| {
+            PluginError::bad_setting(format!("Setting vxlan_port = {port} is outside 1..=65535"))
+        })?;
         Ok(Self {
             mappings,
             vxlan_local_ip,

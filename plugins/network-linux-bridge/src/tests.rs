@@ -11,7 +11,10 @@ fn bridge_backend() -> LinuxBridge {
     mock::add_physical("eth1");
     mock::add_physical("eth2");
     backend::<LinuxBridge>(&[
-        ("physical_interface_mappings", "physnet1:eth1, physnet2:eth2"),
+        (
+            "physical_interface_mappings",
+            "physnet1:eth1, physnet2:eth2",
+        ),
         ("vxlan_local_ip", "192.0.2.10"),
         ("vxlan_dev", "eth2"),
     ])
@@ -88,7 +91,10 @@ fn vlan_creates_the_sub_interface() {
     b.delete(&net).unwrap();
     assert_eq!(
         writes(),
-        ["delete-link eth2.100".to_string(), format!("delete-link {BRIDGE}")]
+        [
+            "delete-link eth2.100".to_string(),
+            format!("delete-link {BRIDGE}")
+        ]
     );
     assert_eq!(mock::link_names(), ["eth1", "eth2"]);
 }
@@ -150,7 +156,10 @@ fn vxlan_creates_the_tunnel() {
     b.delete(&net).unwrap();
     assert_eq!(
         writes(),
-        ["delete-link vxlan-1001".to_string(), format!("delete-link {BRIDGE}")]
+        [
+            "delete-link vxlan-1001".to_string(),
+            format!("delete-link {BRIDGE}")
+        ]
     );
 }
 
@@ -161,7 +170,10 @@ fn local_is_a_bare_bridge() {
     assert_eq!(b.ensure(&net).unwrap(), BRIDGE);
     assert_eq!(
         writes(),
-        [format!("create-bridge {BRIDGE}"), format!("set-up {BRIDGE}")]
+        [
+            format!("create-bridge {BRIDGE}"),
+            format!("set-up {BRIDGE}")
+        ]
     );
     b.delete(&net).unwrap();
     assert_eq!(writes(), [format!("delete-link {BRIDGE}")]);
@@ -225,18 +237,46 @@ fn malformed_networks_are_refused() {
     let b = bridge_backend();
     let cases = [
         (NetworkBuilder::vlan(ID, "physnet1", 0).build(), "VLAN id 0"),
-        (NetworkBuilder::vlan(ID, "physnet1", 4095).build(), "VLAN id 4095"),
-        (NetworkBuilder::vlan(ID, "physnet1", 1).segmentation_id(None).build(), "needs a segmentation id"),
-        (NetworkBuilder::vxlan(ID, 16_777_216).build(), "VNI 16777216"),
-        (NetworkBuilder::flat(ID, "physnet1").segmentation_id(5).build(), "no segmentation id"),
-        (NetworkBuilder::local(ID).physical_network("physnet1").build(), "no physical network"),
+        (
+            NetworkBuilder::vlan(ID, "physnet1", 4095).build(),
+            "VLAN id 4095",
+        ),
+        (
+            NetworkBuilder::vlan(ID, "physnet1", 1)
+                .segmentation_id(None)
+                .build(),
+            "needs a segmentation id",
+        ),
+        (
+            NetworkBuilder::vxlan(ID, 16_777_216).build(),
+            "VNI 16777216",
+        ),
+        (
+            NetworkBuilder::flat(ID, "physnet1")
+                .segmentation_id(5)
+                .build(),
+            "no segmentation id",
+        ),
+        (
+            NetworkBuilder::local(ID)
+                .physical_network("physnet1")
+                .build(),
+            "no physical network",
+        ),
         (NetworkBuilder::local(ID).mtu(10).build(), "MTU 10"),
-        (NetworkBuilder::local("a/b").build(), "not a valid interface name"),
+        (
+            NetworkBuilder::local("a/b").build(),
+            "not a valid interface name",
+        ),
     ];
     for (net, expected) in cases {
         let err = b.validate(&net).unwrap_err();
         assert_eq!(err.code, "invalid");
-        assert!(err.message.contains(expected), "{expected}: {}", err.message);
+        assert!(
+            err.message.contains(expected),
+            "{expected}: {}",
+            err.message
+        );
     }
 }
 
@@ -263,9 +303,18 @@ fn host_refusals_are_passed_on() {
 fn settings_are_checked() {
     let bad = |pairs: &[(&str, &str)]| backend::<LinuxBridge>(pairs).err().unwrap();
     for (pairs, expected) in [
-        (&[("physical_interface_mappings", "eth1")][..], "is not <physical network>:<interface>"),
-        (&[("physical_interface_mappings", "p:eth1,p:eth2")][..], "mapped twice"),
-        (&[("physical_interface_mappings", "p:much-too-long-iface")][..], "not a valid interface"),
+        (
+            &[("physical_interface_mappings", "eth1")][..],
+            "is not <physical network>:<interface>",
+        ),
+        (
+            &[("physical_interface_mappings", "p:eth1,p:eth2")][..],
+            "mapped twice",
+        ),
+        (
+            &[("physical_interface_mappings", "p:much-too-long-iface")][..],
+            "not a valid interface",
+        ),
         (&[("vxlan_local_ip", "host")][..], "not an IPv4 address"),
         (&[("vxlan_port", "70000")][..], "outside 1..=65535"),
         (&[("vxlan_port", "0")][..], "outside 1..=65535"),
@@ -273,9 +322,15 @@ fn settings_are_checked() {
     ] {
         let err = bad(pairs);
         assert_eq!(err.code, "bad-setting");
-        assert!(err.message.contains(expected), "{expected}: {}", err.message);
+        assert!(
+            err.message.contains(expected),
+            "{expected}: {}",
+            err.message
+        );
     }
-    let s = backend::<LinuxBridge>(&[("vxlan_port", "8472")]).unwrap().settings;
+    let s = backend::<LinuxBridge>(&[("vxlan_port", "8472")])
+        .unwrap()
+        .settings;
     assert_eq!(s.vxlan_port, 8472);
     assert!(s.mappings.is_empty());
 }
