@@ -99,7 +99,7 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// The image cache.
     pub images: ImagesConfig,
-    /// WebAssembly plugins (scheduler filters and weighers), in chain order.
+    /// WebAssembly plugins (scheduler filters and weighers, network backends), in chain order.
     pub plugins: Vec<PluginConfig>,
     /// Where plugins run.
     pub plugin_runtime: PluginRuntimeConfig,
@@ -107,12 +107,25 @@ pub struct Config {
 
 /// What a plugin is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum PluginKind {
     /// A scheduler filter (`hyperlet:scheduler/filter-plugin`).
     Filter,
     /// A scheduler weigher (`hyperlet:scheduler/weigher-plugin`).
     Weigher,
+    /// A network backend (`hyperlet:network/network-backend`), `kind = "network-backend"`.
+    NetworkBackend,
+}
+
+impl PluginKind {
+    /// The name as the config spells it (`filter`, `weigher`, `network-backend`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filter => "filter",
+            Self::Weigher => "weigher",
+            Self::NetworkBackend => "network-backend",
+        }
+    }
 }
 
 /// One configured plugin.
@@ -121,13 +134,17 @@ pub enum PluginKind {
 pub struct PluginConfig {
     /// Unique name (used in logs, reasons and the API).
     pub name: String,
-    /// filter or weigher.
+    /// filter, weigher or network-backend.
     pub kind: PluginKind,
     /// The component file (`.wasm`).
     pub path: PathBuf,
-    /// Capabilities the plugin may import (`log`, `clocks`, `random`).
+    /// Capabilities the plugin may import (`log`, `clocks`, `random`, `netlink`).
     #[serde(default)]
     pub grants: Vec<String>,
+    /// The parameters of the `netlink` grant (network backends): which links the plugin may
+    /// touch. Defaults apply when the grant is given without this table.
+    #[serde(default)]
+    pub netlink: Option<NetlinkGrant>,
     /// Settings passed to the plugin's `configure`.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
@@ -153,7 +170,91 @@ fn default_plugin_timeout() -> u64 {
 }
 
 /// Capabilities a plugin can be granted.
-pub const PLUGIN_GRANTS: [&str; 3] = ["log", "clocks", "random"];
+pub const PLUGIN_GRANTS: [&str; 4] = ["log", "clocks", "random", "netlink"];
+
+/// The parameters of the `netlink` grant (`[plugins.netlink]`): what a network backend may do
+/// to the host's links. Every argument of every `netlink` call is checked against it before
+/// any netlink request is sent.
+///
+/// ```toml
+/// [plugins.netlink]
+/// name_prefixes = ["brq", "vxlan-"]   # links it may create, delete, set down, give an MTU
+/// physical_interfaces = ["eth1"]      # may be read, set up, enslaved and carry eth1.<vid>
+/// vlan_ids = [1, 4094]                # inclusive range of VLAN ids
+/// vnis = [1, 16777215]                # inclusive range of VXLAN VNIs
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetlinkGrant {
+    /// Name prefixes of the links the plugin owns (bridges, VXLAN links).
+    pub name_prefixes: Vec<String>,
+    /// Physical interfaces the plugin may read, set up and enslave, and create VLAN
+    /// sub-interfaces (`<phys>.<vid>`) on; never delete, set down or change the MTU of.
+    pub physical_interfaces: Vec<String>,
+    /// Inclusive range of VLAN ids.
+    pub vlan_ids: [u32; 2],
+    /// Inclusive range of VXLAN network identifiers.
+    pub vnis: [u32; 2],
+}
+
+impl Default for NetlinkGrant {
+    fn default() -> Self {
+        Self {
+            name_prefixes: vec!["brq".into(), "vxlan-".into()],
+            physical_interfaces: Vec::new(),
+            vlan_ids: [1, 4094],
+            vnis: [1, 16_777_215],
+        }
+    }
+}
+
+impl NetlinkGrant {
+    /// Checks the grant's parameters; the reason names the key at fault.
+    ///
+    /// # Errors
+    /// A message an operator can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name_prefixes.is_empty() {
+            return Err("netlink.name_prefixes must list at least one prefix".into());
+        }
+        for prefix in &self.name_prefixes {
+            if prefix.len() > 14 {
+                return Err(format!(
+                    "netlink.name_prefixes: {prefix:?} is longer than 14 bytes, so no interface \
+                     name (at most 15 bytes) could carry it and a suffix"
+                ));
+            }
+            crate::net::validate_ifname(prefix)
+                .map_err(|e| format!("netlink.name_prefixes: {e}"))?;
+        }
+        for phys in &self.physical_interfaces {
+            crate::net::validate_ifname(phys)
+                .map_err(|e| format!("netlink.physical_interfaces: {e}"))?;
+            if let Some(prefix) = self
+                .name_prefixes
+                .iter()
+                .find(|p| phys.starts_with(p.as_str()))
+            {
+                return Err(format!(
+                    "netlink.physical_interfaces: {phys:?} starts with the granted prefix \
+                     {prefix:?}, which would let the plugin delete it; use a narrower prefix"
+                ));
+            }
+        }
+        let range = |key: &str, [lo, hi]: [u32; 2], max: u32| {
+            if (1..=max).contains(&lo) && (lo..=max).contains(&hi) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "netlink.{key} = [{lo}, {hi}] must be an inclusive range [low, high] with \
+                     1 <= low <= high <= {max}"
+                ))
+            }
+        };
+        range("vlan_ids", self.vlan_ids, 4094)?;
+        range("vnis", self.vnis, 16_777_215)
+    }
+}
 /// Largest memory cap a plugin may have, MiB (the pooling allocator's slot size).
 pub const MAX_PLUGIN_MEMORY_MB: u64 = 512;
 
@@ -526,8 +627,27 @@ impl Config {
             if !plugin.multiplier.is_finite() {
                 return bad("multiplier must be a number".into());
             }
-            if plugin.kind == PluginKind::Filter && plugin.multiplier != 1.0 {
+            if plugin.kind != PluginKind::Weigher && plugin.multiplier != 1.0 {
                 return bad("multiplier applies to weighers only".into());
+            }
+            let netlink_granted = plugin.grants.iter().any(|g| g == "netlink");
+            if netlink_granted && plugin.kind != PluginKind::NetworkBackend {
+                return bad(
+                    "the netlink grant is for network-backend plugins only (kind = \"network-backend\")"
+                        .into(),
+                );
+            }
+            if let Some(netlink) = &plugin.netlink {
+                if !netlink_granted {
+                    return bad(
+                        "[plugins.netlink] is set but \"netlink\" is not in grants; add it to grants \
+                         or remove the table"
+                            .into(),
+                    );
+                }
+                if let Err(reason) = netlink.validate() {
+                    return bad(reason);
+                }
             }
         }
         if self.availability_zone.is_empty() {
@@ -593,6 +713,91 @@ mod tests {
     fn example_config_in_contrib_is_valid() {
         let config = Config::from_toml(include_str!("../../contrib/hyperlet.toml")).unwrap();
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn network_backend_with_netlink_grant() {
+        let toml = r#"
+            [[plugins]]
+            name = "linuxbridge"
+            kind = "network-backend"
+            path = "/p/network_linux_bridge.wasm"
+            grants = ["log", "netlink"]
+            settings = { physical_interface_mappings = "physnet1:eth1" }
+            [plugins.netlink]
+            physical_interfaces = ["eth1"]
+            vlan_ids = [100, 200]
+        "#;
+        let config = Config::from_toml(toml).unwrap();
+        config.validate().unwrap();
+        let plugin = &config.plugins[0];
+        assert_eq!(plugin.kind, PluginKind::NetworkBackend);
+        let grant = plugin.netlink.clone().unwrap();
+        assert_eq!(grant.name_prefixes, ["brq", "vxlan-"]);
+        assert_eq!(grant.vlan_ids, [100, 200]);
+        assert_eq!(grant.vnis, [1, 16_777_215]);
+
+        let refused = |extra: &str, grants: &str, kind: &str| {
+            let text = format!(
+                "[[plugins]]\nname = \"n\"\nkind = \"{kind}\"\npath = \"/p\"\ngrants = {grants}\n{extra}"
+            );
+            Config::from_toml(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let ok = r#"["netlink"]"#;
+        let err = refused(
+            "[plugins.netlink]\nvlan_ids = [0, 10]",
+            ok,
+            "network-backend",
+        );
+        assert!(err.contains("netlink.vlan_ids = [0, 10]"), "{err}");
+        let err = refused("[plugins.netlink]\nvnis = [5, 4]", ok, "network-backend");
+        assert!(err.contains("netlink.vnis"), "{err}");
+        let err = refused(
+            "[plugins.netlink]\nname_prefixes = []",
+            ok,
+            "network-backend",
+        );
+        assert!(err.contains("at least one prefix"), "{err}");
+        let err = refused(
+            "[plugins.netlink]\nphysical_interfaces = [\"brq-uplink\"]",
+            ok,
+            "network-backend",
+        );
+        assert!(err.contains("granted prefix \"brq\""), "{err}");
+        let err = refused(
+            "[plugins.netlink]\nphysical_interfaces = [\"a/b\"]",
+            ok,
+            "network-backend",
+        );
+        assert!(err.contains("netlink.physical_interfaces"), "{err}");
+        let err = refused("[plugins.netlink]\n", r#"["log"]"#, "network-backend");
+        assert!(err.contains("not in grants"), "{err}");
+        let err = refused("", ok, "filter");
+        assert!(err.contains("network-backend plugins only"), "{err}");
+    }
+
+    #[test]
+    fn example_network_backend_in_contrib_is_valid() {
+        let text = include_str!("../../contrib/hyperlet.toml");
+        let start = text.find("# [[plugins]]").expect("the plugin example");
+        let example: String = text[start..]
+            .lines()
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let config = Config::from_toml(&example).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.plugins[0].kind, PluginKind::NetworkBackend);
+        assert_eq!(
+            config.plugins[0].netlink.as_ref().unwrap(),
+            &NetlinkGrant {
+                physical_interfaces: vec!["eth1".into()],
+                ..NetlinkGrant::default()
+            }
+        );
     }
 
     #[test]

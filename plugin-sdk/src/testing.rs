@@ -34,7 +34,10 @@
 
 use std::cell::RefCell;
 
+pub mod netlink;
+
 use crate::log::Level;
+use crate::network::{Network, NetworkBackend, NetworkType};
 use crate::plugin::{run_filter_batch, run_weigher_batch};
 use crate::{Filter, HostBatch, PluginError, RequestSpec, Settings, Verdict, Weigher};
 
@@ -421,6 +424,98 @@ pub fn log_messages() -> Vec<String> {
             .map(|line| line.message.clone())
             .collect()
     })
+}
+
+/// Builds a network backend from `settings` through the same glue `configure` uses, for
+/// native tests (pair it with [`netlink`], the simulated host).
+///
+/// # Errors
+///
+/// Whatever [`NetworkBackend::new`] returns.
+pub fn backend<B: NetworkBackend>(settings: &[(&str, &str)]) -> Result<B, PluginError> {
+    let slot = RefCell::new(None);
+    let pairs = settings
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    crate::network::configure::<B>(&slot, pairs)?;
+    Ok(slot.into_inner().expect("configured"))
+}
+
+/// Builds a [`Network`] record. Defaults: MTU 1500, no physical network, no segmentation id.
+///
+/// ```
+/// use hyperlet_plugin_sdk::network::NetworkType;
+/// use hyperlet_plugin_sdk::testing::NetworkBuilder;
+///
+/// let net = NetworkBuilder::vlan("4e1b0a9c-1234-4000-8000-000000000001", "physnet1", 100)
+///     .mtu(1450)
+///     .build();
+/// assert_eq!(net.network_type, NetworkType::Vlan);
+/// assert_eq!(net.segmentation_id, Some(100));
+/// ```
+#[derive(Clone, Debug)]
+pub struct NetworkBuilder {
+    network: Network,
+}
+
+impl NetworkBuilder {
+    fn new(id: &str, network_type: NetworkType) -> Self {
+        Self {
+            network: Network {
+                id: id.to_owned(),
+                network_type,
+                physical_network: None,
+                segmentation_id: None,
+                mtu: 1500,
+            },
+        }
+    }
+
+    /// A flat network on `physnet`.
+    pub fn flat(id: &str, physnet: &str) -> Self {
+        Self::new(id, NetworkType::Flat).physical_network(physnet)
+    }
+
+    /// A VLAN network on `physnet` with id `vid`.
+    pub fn vlan(id: &str, physnet: &str, vid: u32) -> Self {
+        Self::new(id, NetworkType::Vlan)
+            .physical_network(physnet)
+            .segmentation_id(vid)
+    }
+
+    /// A VXLAN network with VNI `vni`.
+    pub fn vxlan(id: &str, vni: u32) -> Self {
+        Self::new(id, NetworkType::Vxlan).segmentation_id(vni)
+    }
+
+    /// A local network.
+    pub fn local(id: &str) -> Self {
+        Self::new(id, NetworkType::Local)
+    }
+
+    /// Sets the physical network label.
+    pub fn physical_network(mut self, physnet: &str) -> Self {
+        self.network.physical_network = Some(physnet.to_owned());
+        self
+    }
+
+    /// Sets (or clears) the segmentation id.
+    pub fn segmentation_id(mut self, id: impl Into<Option<u32>>) -> Self {
+        self.network.segmentation_id = id.into();
+        self
+    }
+
+    /// Sets the MTU.
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.network.mtu = mtu;
+        self
+    }
+
+    /// The network.
+    pub fn build(self) -> Network {
+        self.network
+    }
 }
 
 #[cfg(test)]

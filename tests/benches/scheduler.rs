@@ -91,6 +91,7 @@ fn registry(cache: &std::path::Path) -> PluginRegistry {
         kind,
         path: wasm_path(krate),
         grants: vec!["log".into()],
+        netlink: None,
         settings: BTreeMap::new(),
         multiplier: 1.0,
         memory_limit_mb: 256,

@@ -9,6 +9,7 @@ mod events;
 mod images;
 mod journal_crash;
 mod lifecycle;
+mod network_plugins;
 mod openapi;
 mod plugins;
 mod servers;

@@ -26,3 +26,21 @@ pub use filter::hyperlet::common::log::Level as LogLevel;
 pub use filter::hyperlet::scheduler::types::{
     HostBatch as WitHostBatch, RequestSpec as WitRequestSpec, Verdicts as WitVerdicts,
 };
+
+/// `hyperlet:network/network-backend`, sharing the common types and the `log` import with
+/// [`filter`].
+pub mod network {
+    wasmtime::component::bindgen!({
+        path: "../wit/network",
+        world: "hyperlet:network/network-backend",
+        with: {
+            "hyperlet:common/types": super::filter::hyperlet::common::types,
+            "hyperlet:common/log": super::filter::hyperlet::common::log,
+        },
+    });
+}
+
+pub use filter::hyperlet::common::types::PluginError as WitPluginError;
+pub use network::hyperlet::network::types::{
+    LinkInfo as WitLinkInfo, Network as WitNetwork, NetworkType as WitNetworkType,
+};

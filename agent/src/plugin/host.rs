@@ -1,5 +1,6 @@
 //! What a plugin instance's store holds, and the host side of its imports: the `log`
-//! capability and a deny-all WASI whose stdout/stderr land in the agent's log.
+//! capability and a deny-all WASI whose stdout/stderr land in the agent's log. (The `netlink`
+//! capability of network backends is in `netlink.rs`.)
 
 use super::bindings::{filter, LogLevel};
 use std::pin::Pin;
@@ -129,6 +130,8 @@ pub struct HostState {
     pub table: ResourceTable,
     /// Captured stdout and stderr.
     pub output: GuestOutput,
+    /// The `netlink` capability of a network backend granted it.
+    pub netlink: Option<Arc<super::netlink::NetlinkHost>>,
 }
 
 impl HostState {
@@ -156,6 +159,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             output,
+            netlink: None,
         }
     }
 

@@ -8,6 +8,8 @@ use wasmtime::Engine;
 
 /// The scheduler package version this agent speaks.
 pub const SCHEDULER_VERSION: (u64, u64, u64) = (1, 0, 0);
+/// The network package version this agent speaks.
+pub const NETWORK_VERSION: (u64, u64, u64) = (1, 0, 0);
 /// The common package version this agent speaks.
 pub const COMMON_VERSION: (u64, u64, u64) = (1, 0, 0);
 
@@ -67,7 +69,8 @@ fn capability_of(import: &str) -> Result<Option<&'static str>, String> {
     let (base, _) = split_version(import);
     Ok(match base {
         "hyperlet:common/log" => Some("log"),
-        "hyperlet:common/types" | "hyperlet:scheduler/types" => None,
+        "hyperlet:common/types" | "hyperlet:scheduler/types" | "hyperlet:network/types" => None,
+        "hyperlet:network/netlink" => Some("netlink"),
         b if b.starts_with("wasi:io/") => None,
         "wasi:cli/environment"
         | "wasi:cli/exit"
@@ -108,6 +111,7 @@ pub fn inspect_component(engine: &Engine, component: &Component) -> ComponentInf
         let k = match base {
             "hyperlet:scheduler/filter" => Some(PluginKind::Filter),
             "hyperlet:scheduler/weigher" => Some(PluginKind::Weigher),
+            "hyperlet:network/backend" => Some(PluginKind::NetworkBackend),
             _ => None,
         };
         if k.is_some() {
@@ -141,7 +145,8 @@ impl ComponentInfo {
         let Some(actual) = self.kind else {
             return no(format!(
                 "it exports no hyperlet plugin world (exports: {}); build it against \
-                 wit/scheduler (world filter-plugin or weigher-plugin)",
+                 wit/scheduler (world filter-plugin or weigher-plugin) or wit/network (world \
+                 network-backend)",
                 if self.exports.is_empty() {
                     "nothing".to_string()
                 } else {
@@ -151,23 +156,23 @@ impl ComponentInfo {
         };
         if actual != kind {
             return no(format!(
-                "it is a {actual:?} plugin (exports hyperlet:scheduler/{}) but is configured as kind = \"{}\"",
-                kind_name(actual),
-                kind_name(kind)
+                "it is a {actual:?} plugin (exports {}) but is configured as kind = \"{}\"",
+                export_name(actual),
+                kind.as_str()
             ));
         }
-        let host = SCHEDULER_VERSION;
+        let (package, host) = package_of(kind);
         match self.version.as_deref().and_then(parse_version) {
             Some(v) if compatible(v, host) => {}
             Some(v) => {
                 return no(format!(
-                    "it was built against hyperlet:scheduler@{}.{}.{}, which this agent \
-                     (hyperlet:scheduler@{}.{}.{}) cannot serve; rebuild it with the plugin SDK \
+                    "it was built against {package}@{}.{}.{}, which this agent \
+                     ({package}@{}.{}.{}) cannot serve; rebuild it with the plugin SDK \
                      of this agent",
                     v.0, v.1, v.2, host.0, host.1, host.2
                 ))
             }
-            None => return no("its hyperlet:scheduler export carries no version".into()),
+            None => return no(format!("its {package} export carries no version")),
         }
         for import in &self.imports {
             if let (base, Some(v)) = split_version(import) {
@@ -199,10 +204,20 @@ impl ComponentInfo {
     }
 }
 
-fn kind_name(kind: PluginKind) -> &'static str {
+/// The interface a plugin of `kind` exports.
+fn export_name(kind: PluginKind) -> &'static str {
     match kind {
-        PluginKind::Filter => "filter",
-        PluginKind::Weigher => "weigher",
+        PluginKind::Filter => "hyperlet:scheduler/filter",
+        PluginKind::Weigher => "hyperlet:scheduler/weigher",
+        PluginKind::NetworkBackend => "hyperlet:network/backend",
+    }
+}
+
+/// The WIT package of `kind` and the version of it this agent speaks.
+fn package_of(kind: PluginKind) -> (&'static str, (u64, u64, u64)) {
+    match kind {
+        PluginKind::Filter | PluginKind::Weigher => ("hyperlet:scheduler", SCHEDULER_VERSION),
+        PluginKind::NetworkBackend => ("hyperlet:network", NETWORK_VERSION),
     }
 }
 
@@ -232,6 +247,11 @@ mod tests {
             capability_of("wasi:clocks/monotonic-clock@0.2.6"),
             Ok(Some("clocks"))
         );
+        assert_eq!(
+            capability_of("hyperlet:network/netlink@1.0.0"),
+            Ok(Some("netlink"))
+        );
+        assert_eq!(capability_of("hyperlet:network/types@1.0.0"), Ok(None));
         assert!(capability_of("wasi:filesystem/types@0.2.6").is_err());
         assert!(capability_of("wasi:sockets/tcp@0.2.6").is_err());
         assert!(capability_of("acme:evil/thing").is_err());

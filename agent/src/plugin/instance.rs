@@ -1,11 +1,17 @@
 //! A loaded plugin: its pre-linked component, a few ready instances, and calls under limits.
 
-use super::bindings::{filter, weigher, WitHostBatch, WitRequestSpec, WitVerdicts};
+use super::bindings::{
+    filter, network, weigher, WitHostBatch, WitNetwork, WitNetworkType, WitPluginError,
+    WitRequestSpec, WitVerdicts,
+};
 use super::engine::PluginEngine;
 use super::host::{HostState, LogBudget};
 use super::inspect::{inspect_component, Compatibility, ComponentInfo};
+use super::net_grant::NetGrant;
+use super::netlink::NetlinkHost;
 use super::{cache, PluginError};
 use crate::config::{PluginConfig, PluginKind};
+use crate::net::{BackendNetwork, NetworkType};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,11 +27,13 @@ const IDLE_INSTANCES: usize = 4;
 enum Pre {
     Filter(filter::FilterPluginPre<HostState>),
     Weigher(weigher::WeigherPluginPre<HostState>),
+    Network(network::NetworkBackendPre<HostState>),
 }
 
 enum Bound {
     Filter(filter::FilterPlugin),
     Weigher(weigher::WeigherPlugin),
+    Network(network::NetworkBackend),
 }
 
 struct Ready {
@@ -45,8 +53,25 @@ pub struct LoadedPlugin {
     pre: Pre,
     idle: Mutex<Vec<Ready>>,
     budget: Arc<LogBudget>,
+    netlink: Option<Arc<NetlinkHost>>,
     calls: AtomicU64,
     failures: AtomicU64,
+}
+
+/// The WIT record of a network.
+fn wit_network(net: &BackendNetwork) -> WitNetwork {
+    WitNetwork {
+        id: net.id.clone(),
+        network_type: match net.network_type {
+            NetworkType::Flat => WitNetworkType::Flat,
+            NetworkType::Vlan => WitNetworkType::Vlan,
+            NetworkType::Vxlan => WitNetworkType::Vxlan,
+            NetworkType::Local => WitNetworkType::Local,
+        },
+        physical_network: net.physical_network.clone(),
+        segmentation_id: net.segmentation_id,
+        mtu: net.mtu,
+    }
 }
 
 fn trap_error(plugin: &str, timeout: Duration, e: &wasmtime::Error) -> PluginError {
@@ -146,15 +171,34 @@ impl LoadedPlugin {
                 let pre = linker.instantiate_pre(&component).map_err(link_err)?;
                 Pre::Weigher(weigher::WeigherPluginPre::new(pre).map_err(link_err)?)
             }
+            PluginKind::NetworkBackend => {
+                network::NetworkBackend::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    .map_err(link_err)?;
+                let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+                Pre::Network(network::NetworkBackendPre::new(pre).map_err(link_err)?)
+            }
         };
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        // Only a backend granted `netlink` gets it; the runtime that loads the plugin runs its
+        // netlink requests when a call comes from outside any runtime.
+        let netlink = (config.kind == PluginKind::NetworkBackend
+            && config.grants.iter().any(|g| g == "netlink"))
+        .then(|| {
+            Arc::new(NetlinkHost::new(
+                name.clone(),
+                NetGrant::new(config.netlink.clone().unwrap_or_default()),
+                tokio::runtime::Handle::try_current().ok(),
+            ))
+        });
         let plugin = Self {
             config: config.clone(),
             info,
             sha256,
-            name: Arc::from(config.name.as_str()),
+            name,
             pre,
             idle: Mutex::new(Vec::new()),
             budget: Arc::new(LogBudget::new(log_lines_per_minute)),
+            netlink,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         };
@@ -177,10 +221,9 @@ impl LoadedPlugin {
     /// A new instance, configured with the plugin's settings.
     fn instantiate(&self) -> Result<Ready, PluginError> {
         let memory = (self.config.memory_limit_mb * 1024 * 1024) as usize;
-        let mut store = Store::new(
-            self.pre_engine(),
-            HostState::new(self.name.clone(), self.budget.clone(), memory),
-        );
+        let mut state = HostState::new(self.name.clone(), self.budget.clone(), memory);
+        state.netlink = self.netlink.clone();
+        let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
         let settings: Vec<(String, String)> = self
@@ -207,6 +250,14 @@ impl LoadedPlugin {
                     .map_err(trap)?;
                 (Bound::Weigher(b), r)
             }
+            Pre::Network(pre) => {
+                let b = pre.instantiate(&mut store).map_err(trap)?;
+                let r = b
+                    .hyperlet_network_backend()
+                    .call_configure(&mut store, &settings)
+                    .map_err(trap)?;
+                (Bound::Network(b), r)
+            }
         };
         store.data().flush_output();
         configured.map_err(|e| PluginError::Reported {
@@ -221,6 +272,7 @@ impl LoadedPlugin {
         match &self.pre {
             Pre::Filter(p) => p.engine(),
             Pre::Weigher(p) => p.engine(),
+            Pre::Network(p) => p.engine(),
         }
     }
 
@@ -343,6 +395,96 @@ impl LoadedPlugin {
             Ok(weights)
         })();
         self.record(result)
+    }
+
+    /// Runs one call of the `backend` interface (blocking): an idle instance under the call
+    /// deadline; a trap discards it, an answer (even an error) keeps it.
+    fn call_backend<T>(
+        &self,
+        call: impl FnOnce(
+            &network::NetworkBackend,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<T, WitPluginError>>,
+    ) -> Result<T, PluginError> {
+        let result = (|| {
+            let mut ready = self.take()?;
+            ready
+                .store
+                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+            let Bound::Network(b) = &ready.bound else {
+                return Err(PluginError::NotLoaded {
+                    plugin: self.name.to_string(),
+                    reason: format!(
+                        "it is a {} plugin, not a network backend",
+                        self.config.kind.as_str()
+                    ),
+                });
+            };
+            let answer = call(b, &mut ready.store);
+            ready.store.data().flush_output();
+            // A trap drops `ready` here: the instance is discarded.
+            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
+            self.give_back(ready);
+            answer.map_err(|e| PluginError::Reported {
+                plugin: self.name.to_string(),
+                code: e.code,
+                message: e.message,
+            })
+        })();
+        self.record(result)
+    }
+
+    /// Asks a network backend whether it can serve `net`, without touching the host (blocking;
+    /// run it on a blocking thread). Call it before storing a network: a
+    /// [`PluginError::Reported`] message is meant for the user.
+    ///
+    /// # Errors
+    /// [`PluginError::Reported`] with the backend's reason, or a trap, timeout or
+    /// [`PluginError::NotLoaded`] when this plugin is not a network backend.
+    pub fn validate_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
+        let net = wit_network(net);
+        self.call_backend(|b, store| {
+            b.hyperlet_network_backend()
+                .call_validate_network(store, &net)
+        })
+    }
+
+    /// Makes a network backend create whatever of `net`'s plumbing is missing (blocking; run it
+    /// on a blocking thread). Returns the bridge's name. Idempotent.
+    ///
+    /// # Errors
+    /// As [`LoadedPlugin::validate_network`]; host failures come back as the backend reports
+    /// them (codes `denied`, `unsupported`, `exists`, `not-found`, `failed`, …).
+    pub fn ensure_network(&self, net: &BackendNetwork) -> Result<String, PluginError> {
+        let wit = wit_network(net);
+        let bridge = self.call_backend(|b, store| {
+            b.hyperlet_network_backend()
+                .call_ensure_network(store, &wit)
+        })?;
+        if crate::net::validate_ifname(&bridge).is_err() {
+            // The call itself was counted as a success by `call_backend`.
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let e = PluginError::BadAnswer {
+                plugin: self.name.to_string(),
+                reason: format!("the bridge name {bridge:?} is not an interface name"),
+            };
+            tracing::warn!(plugin = %self.name, error = %e, "plugin call failed");
+            return Err(e);
+        }
+        Ok(bridge)
+    }
+
+    /// Makes a network backend remove `net`'s bridge and the VLAN/VXLAN link it created
+    /// (blocking; run it on a blocking thread). Idempotent.
+    ///
+    /// # Errors
+    /// As [`LoadedPlugin::ensure_network`].
+    pub fn delete_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
+        let net = wit_network(net);
+        self.call_backend(|b, store| {
+            b.hyperlet_network_backend()
+                .call_delete_network(store, &net)
+        })
     }
 
     /// Calls made and calls failed.

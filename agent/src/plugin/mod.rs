@@ -1,17 +1,18 @@
 //! WebAssembly plugins: the wasmtime component host.
 //!
-//! Plugins are components implementing a world from `wit/` (today the scheduler's
-//! `filter-plugin` and `weigher-plugin`). The agent config lists them with their grants; at
-//! start and whenever a file changes, each is loaded:
+//! Plugins are components implementing a world from `wit/`: the scheduler's `filter-plugin`
+//! and `weigher-plugin`, and `network-backend` (neutron's L2 agents). The agent config lists
+//! them with their grants; at start and whenever a file changes, each is loaded:
 //!
 //! 1. **compile** — once per content hash and engine, cached precompiled under
 //!    `<state-dir>/plugin-cache/` (`cache.rs`);
 //! 2. **inspect** — which world it exports and at which version, which capabilities its
 //!    imports need (`inspect.rs`); a wrong world, an incompatible version or an import that is
 //!    not granted means the plugin is not loaded, and `/v1/plugins` says exactly why;
-//! 3. **link** — the `log` capability and a deny-all WASI (no files, sockets, env or args;
-//!    stdout/stderr captured into the agent's log, rate-limited) (`host.rs`), pre-instantiated
-//!    once (`InstancePre`);
+//! 3. **link** — the `log` capability, for network backends the `netlink` capability checked
+//!    against the grant's parameters (`net_grant.rs`, `netlink.rs`), and a deny-all WASI (no
+//!    files, sockets, env or args; stdout/stderr captured into the agent's log, rate-limited)
+//!    (`host.rs`), pre-instantiated once (`InstancePre`);
 //! 4. **configure** — one instance is created and its `configure(settings)` must succeed.
 //!
 //! Calls run on a blocking thread with a memory cap (`StoreLimits`), an epoch deadline and an
@@ -26,12 +27,19 @@ mod engine;
 mod host;
 mod inspect;
 mod instance;
+mod net_grant;
+mod netlink;
 mod registry;
 
-pub use bindings::{WitHostBatch, WitRequestSpec, WitVerdicts};
+pub use bindings::{
+    WitHostBatch, WitLinkInfo, WitNetwork, WitNetworkType, WitPluginError, WitRequestSpec,
+    WitVerdicts,
+};
 pub use engine::PluginEngine;
 pub use inspect::{inspect_component, Compatibility, ComponentInfo};
 pub use instance::LoadedPlugin;
+pub use net_grant::{NetGrant, NetGrantError, NetlinkOp};
+pub use netlink::{net_error, NetlinkHost, NetlinkReply};
 pub use registry::{PluginRegistry, PluginStatus, PluginView};
 
 /// Errors of plugin loading and calls. Every message names the plugin.

@@ -3,7 +3,7 @@
 use super::engine::PluginEngine;
 use super::instance::LoadedPlugin;
 use super::PluginError;
-use crate::config::{PluginConfig, PluginKind};
+use crate::config::{NetlinkGrant, PluginConfig, PluginKind};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,7 +26,7 @@ pub enum PluginStatus {
 pub struct PluginView {
     /// Configured name.
     pub name: String,
-    /// filter or weigher.
+    /// filter, weigher or network-backend.
     pub kind: PluginKind,
     /// Component file.
     pub path: String,
@@ -40,6 +40,8 @@ pub struct PluginView {
     pub sha256: Option<String>,
     /// Granted capabilities.
     pub grants: Vec<String>,
+    /// Network backends granted `netlink`: what the grant covers.
+    pub netlink: Option<NetlinkGrant>,
     /// Capabilities its imports need.
     pub needs: Vec<String>,
     /// Its imports.
@@ -173,6 +175,55 @@ impl PluginRegistry {
             .collect()
     }
 
+    /// The serving version of the network backend configured as `name`.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when no plugin has that name, it is not a network backend, or
+    /// it failed to load (with the reason).
+    pub fn network_backend(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let not_loaded = |reason: String| PluginError::NotLoaded {
+            plugin: name.to_string(),
+            reason,
+        };
+        let Some(slot) = self.slots.iter().find(|s| s.config.name == name) else {
+            let names = self.network_backend_names();
+            return Err(not_loaded(format!(
+                "no plugin of that name is configured (network backends: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )));
+        };
+        if slot.config.kind != PluginKind::NetworkBackend {
+            return Err(not_loaded(format!(
+                "it is a {} plugin, not a network backend",
+                slot.config.kind.as_str()
+            )));
+        }
+        let loaded = slot.loaded.read().unwrap_or_else(|p| p.into_inner());
+        match &*loaded {
+            Some((plugin, _)) => Ok(plugin.clone()),
+            None => Err(not_loaded(
+                slot.error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| "not loaded".into()),
+            )),
+        }
+    }
+
+    /// The names of the configured network backends (loaded or not), in config order.
+    pub fn network_backend_names(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| s.config.kind == PluginKind::NetworkBackend)
+            .map(|s| s.config.name.clone())
+            .collect()
+    }
+
     /// Every plugin with its status.
     pub fn views(&self) -> Vec<PluginView> {
         self.slots
@@ -194,6 +245,12 @@ impl PluginRegistry {
                     version: loaded.as_ref().and_then(|(p, _)| p.info.version.clone()),
                     sha256: loaded.as_ref().map(|(p, _)| p.sha256.clone()),
                     grants: s.config.grants.clone(),
+                    netlink: s
+                        .config
+                        .grants
+                        .iter()
+                        .any(|g| g == "netlink")
+                        .then(|| s.config.netlink.clone().unwrap_or_default()),
                     needs: loaded
                         .as_ref()
                         .map(|(p, _)| p.info.needs.clone())
