@@ -16,6 +16,7 @@
 //! * [`image`] — the image cache: qcow2, format inspection.
 //! * [`volume`] — the cinder-volume half: host interfaces for volume drivers (LVM on granted VGs).
 //! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
+//! * [`dhcp`] — the native DHCP server: static leases for ports, inside a network's namespace.
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
 //! * [`cli`] — the command-line client that speaks REST to a running agent.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod daemon;
+pub mod dhcp;
 pub mod host;
 pub mod image;
 pub mod metrics;
