@@ -17,6 +17,7 @@
 //! * [`volume`] — the cinder-volume half: host interfaces for volume drivers (LVM on granted VGs).
 //! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
 //! * [`metadata`] — the 169.254.169.254 metadata service (EC2 and OpenStack trees) per network namespace.
+//! * [`dhcp`] — the native DHCP server: static leases for ports, inside a network's namespace.
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
 //! * [`cli`] — the command-line client that speaks REST to a running agent.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod compute;
 pub mod config;
 pub mod daemon;
+pub mod dhcp;
 pub mod host;
 pub mod image;
 pub mod metadata;
