@@ -261,6 +261,24 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // The networks this agent made: their namespaces and bridges go too (a failed test
+        // may leave them; the kernel objects outlive the process).
+        let networks: Vec<String> = if self.child.is_some() {
+            self.client()
+                .get(format!("{}/v1/networks", self.url()))
+                .bearer_auth(self.token())
+                .timeout(Duration::from_secs(5))
+                .send()
+                .ok()
+                .and_then(|r| r.json::<serde_json::Value>().ok())
+                .and_then(|v| v["networks"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.kill9();
         // Remove the domains this agent created: their disks live under its state dir.
         let state = self.state_dir().display().to_string();
@@ -275,6 +293,15 @@ impl Drop for Agent {
                 let _ = virsh(&["destroy", name]);
                 let _ = virsh(&["undefine", "--managed-save", "--nvram", name]);
             }
+        }
+        for id in networks {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &format!("qdhcp-{id}")])
+                .output();
+            let bridge: String = format!("brq{}", id.chars().take(11).collect::<String>());
+            let _ = Command::new("ip")
+                .args(["link", "delete", &bridge])
+                .output();
         }
     }
 }

@@ -97,6 +97,8 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::Compute(ComputeError::KvmUnavailable(_)) => {
             (StatusCode::CONFLICT, "kvm_unavailable")
         }
+        OpError::Plugin(_) => (StatusCode::BAD_GATEWAY, "plugin_failed"),
+        OpError::Network(_) => (StatusCode::INTERNAL_SERVER_ERROR, "network_error"),
     }
 }
 

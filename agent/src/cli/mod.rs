@@ -14,6 +14,7 @@
 mod client;
 mod host;
 mod image;
+mod network;
 mod plugin;
 mod server;
 mod table;
@@ -49,6 +50,15 @@ pub enum Command {
     /// Servers: create, list, show, delete and their actions.
     #[command(subcommand)]
     Server(server::ServerCommand),
+    /// Networks: create, list, show, delete.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Subnets (IPv4, DHCP and metadata): create, list, show, delete.
+    #[command(subcommand)]
+    Subnet(network::SubnetCommand),
+    /// Ports: create, list, show, delete.
+    #[command(subcommand)]
+    Port(network::PortCommand),
     /// Plugins: list the agent's, inspect a component, scaffold a new one.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -169,6 +179,15 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Server(cmd) => runtime
             .block_on(server::run(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Network(cmd) => runtime
+            .block_on(network::run_network(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Subnet(cmd) => runtime
+            .block_on(network::run_subnet(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Port(cmd) => runtime
+            .block_on(network::run_port(cmd))
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Plugin(cmd) => runtime
             .block_on(plugin::run(cmd))

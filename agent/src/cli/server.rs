@@ -76,12 +76,33 @@ pub enum ServerCommand {
         /// Metadata `KEY=VALUE` (repeatable).
         #[arg(long = "property", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
+        /// A NIC, as nova: `net-id=ID[,v4-fixed-ip=IP]` or `port-id=ID` (repeatable).
+        #[arg(long = "nic", value_name = "net-id=ID|port-id=ID")]
+        nics: Vec<String>,
         /// Wait until the server is ACTIVE (or ERROR).
         #[arg(long)]
         wait: bool,
         /// Connection options.
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Hot-attach a NIC: `--nic net-id=ID[,v4-fixed-ip=IP]` or `--nic port-id=ID`.
+    InterfaceAttach {
+        /// The NIC.
+        #[arg(long = "nic", value_name = "net-id=ID|port-id=ID")]
+        nic: String,
+        /// Target.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Hot-detach a NIC by its port id.
+    InterfaceDetach {
+        /// The NIC's port.
+        #[arg(long)]
+        port: String,
+        /// Target.
+        #[command(flatten)]
+        target: Target,
     },
     /// List servers.
     List {
@@ -186,9 +207,14 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
             public_keys,
             user_data,
             metadata,
+            nics,
             wait,
             client,
         } => {
+            let mut networks = Vec::new();
+            for nic in &nics {
+                networks.push(nic_json(nic)?);
+            }
             let mut keys = serde_json::Map::new();
             for (n, file) in pairs(&public_keys, "--public-key")? {
                 let key = String::from_utf8_lossy(&read(&PathBuf::from(file))?)
@@ -202,7 +228,7 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
                 .collect();
             let mut body = json!({
                 "name": name, "image_id": image, "flavor": flavor.json(),
-                "public_keys": keys, "metadata": meta,
+                "public_keys": keys, "metadata": meta, "networks": networks,
             });
             if let Some(k) = key_name {
                 body["key_name"] = Value::String(k);
@@ -287,6 +313,29 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
         ServerCommand::Unpause(t) => act(t, json!({"unpause": null})).await?,
         ServerCommand::Suspend(t) => act(t, json!({"suspend": null})).await?,
         ServerCommand::Resume(t) => act(t, json!({"resume": null})).await?,
+        ServerCommand::InterfaceAttach { nic, target } => {
+            let api = ApiClient::from_args(&target.client)?;
+            let body = nic_json(&nic)?;
+            let server: Value = api
+                .request(
+                    Method::POST,
+                    &format!("/v1/servers/{}/interfaces", target.id),
+                    Some(&body),
+                )
+                .await?;
+            print_value(&target.client, &server, render_server);
+        }
+        ServerCommand::InterfaceDetach { port, target } => {
+            let api = ApiClient::from_args(&target.client)?;
+            let server: Value = api
+                .request(
+                    Method::DELETE,
+                    &format!("/v1/servers/{}/interfaces/{port}", target.id),
+                    None::<&()>,
+                )
+                .await?;
+            print_value(&target.client, &server, render_server);
+        }
         ServerCommand::Rebuild { image, target } => {
             act(target, json!({"rebuild": {"image_id": image}})).await?
         }
@@ -372,4 +421,28 @@ fn render_server(s: &Value) -> String {
         ("fault", text(&s["fault"])),
         ("created_at", text(&s["created_at"])),
     ])
+}
+
+/// A `--nic` value (`net-id=ID[,v4-fixed-ip=IP]` or `port-id=ID`) as a `networks` entry.
+fn nic_json(text: &str) -> Result<Value, ClientError> {
+    let mut out = serde_json::Map::new();
+    for part in text.split(',') {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            ClientError::Usage(format!(
+                "--nic {text:?}: expected net-id=ID[,v4-fixed-ip=IP] or port-id=ID"
+            ))
+        })?;
+        let field = match key {
+            "net-id" => "network_id",
+            "port-id" => "port_id",
+            "v4-fixed-ip" => "fixed_ip",
+            other => {
+                return Err(ClientError::Usage(format!(
+                    "--nic {text:?}: unknown key {other:?} (net-id, port-id, v4-fixed-ip)"
+                )))
+            }
+        };
+        out.insert(field.into(), Value::String(value.to_string()));
+    }
+    Ok(Value::Object(out))
 }

@@ -318,6 +318,15 @@ fn write_disk(w: &mut XmlWriter, disk: &Disk) {
     w.close();
 }
 
+impl Nic {
+    /// The `<interface>` element alone, for hot attach and detach.
+    pub fn to_xml(&self) -> String {
+        let mut w = XmlWriter::new();
+        write_nic(&mut w, self);
+        w.finish()
+    }
+}
+
 fn write_nic(w: &mut XmlWriter, nic: &Nic) {
     w.open("interface", &[("type", "bridge")]);
     w.empty("mac", &[("address", &nic.mac)]);

@@ -62,6 +62,15 @@ fn lookup(conn: &virt::connect::Connect, name: &str) -> Result<Domain, virt::err
     Domain::lookup_by_name(conn, name)
 }
 
+/// Live + config for a running domain, config only for one that is off.
+fn device_flags(dom: &Domain) -> u32 {
+    if dom.is_active().unwrap_or(false) {
+        sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG
+    } else {
+        sys::VIR_DOMAIN_AFFECT_CONFIG
+    }
+}
+
 fn is_missing(e: &virt::error::Error) -> bool {
     e.code() == virt::error::ErrorNumber::NoDomain
 }
@@ -88,6 +97,38 @@ impl Libvirt {
         self.lifecycle()
             .with_connection("virDomainCreate", move |conn| {
                 lookup(conn, &name)?.create().map(|_| ())
+            })
+            .await
+    }
+
+    /// Hot-plugs a device (`<interface>`, `<disk>`) into a domain: into the running guest and
+    /// its persistent definition when it runs, into the definition only when it is off.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn attach_device(&self, name: &str, xml: String) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.lifecycle()
+            .with_connection("virDomainAttachDeviceFlags", move |conn| {
+                let dom = lookup(conn, &name)?;
+                dom.attach_device_flags(&xml, device_flags(&dom))
+                    .map(|_| ())
+            })
+            .await
+    }
+
+    /// Hot-unplugs a device from a domain (running guest and definition, as attach does).
+    /// The guest must release it (ACPI eject); libvirt waits a few seconds for that.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn detach_device(&self, name: &str, xml: String) -> Result<(), ComputeError> {
+        let name = name.to_string();
+        self.lifecycle()
+            .with_connection("virDomainDetachDeviceFlags", move |conn| {
+                let dom = lookup(conn, &name)?;
+                dom.detach_device_flags(&xml, device_flags(&dom))
+                    .map(|_| ())
             })
             .await
     }

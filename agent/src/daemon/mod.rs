@@ -200,6 +200,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         path: config.servers_dir(),
         reason: e.to_string(),
     })?;
+    // Bridges, DHCP namespaces and metadata first: servers being adopted plug into them.
+    crate::ops::networks::runtime::restore(&services).await;
     if let Err(e) = crate::ops::servers::recover_interrupted(&services).await {
         tracing::warn!(error = %crate::api::error::chain(&e), "could not recover interrupted server actions");
     }
@@ -274,6 +276,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let _ = watcher.await;
     }
     engine.shutdown();
+    // DHCP and metadata stop; namespaces and bridges stay so guests keep their L2 links, and
+    // the next start rebuilds the servers from the store.
+    services.net_runtime().stop_all().await;
 
     if let Err(e) = services
         .events()

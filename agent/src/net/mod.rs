@@ -32,11 +32,13 @@
 use std::io;
 use std::time::Duration;
 
+pub mod cidr;
 pub mod links;
 pub mod model;
 pub mod neigh;
 pub mod netns;
 
+pub use cidr::Ipv4Cidr;
 pub use model::{BackendNetwork, NetworkType};
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod host;
 pub mod images;
+pub mod networks;
 pub mod scheduler;
 pub mod servers;
 
@@ -55,6 +56,12 @@ pub enum OpError {
     /// The hypervisor failed or timed out.
     #[error(transparent)]
     Compute(#[from] ComputeError),
+    /// A plugin (network backend, volume driver) failed.
+    #[error(transparent)]
+    Plugin(Box<crate::plugin::PluginError>),
+    /// Host networking (namespaces, links, DHCP, metadata) failed.
+    #[error("Host networking failed: {0}")]
+    Network(String),
 }
 
 /// The agent's long-lived parts, shared by every request. Cheap to clone.
@@ -77,6 +84,7 @@ struct ServicesInner {
     node_id: String,
     plugins: Arc<crate::plugin::PluginRegistry>,
     server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    net_runtime: networks::runtime::NetRuntime,
     admission: tokio::sync::Mutex<()>,
     token: AdminToken,
     started: Instant,
@@ -144,6 +152,7 @@ impl Services {
                 node_id,
                 plugins,
                 server_locks: Mutex::default(),
+                net_runtime: networks::runtime::NetRuntime::default(),
                 admission: tokio::sync::Mutex::new(()),
                 token,
                 started: Instant::now(),
@@ -209,6 +218,14 @@ impl Services {
             .unwrap_or_else(|p| p.into_inner());
         locks.retain(|_, l| Arc::strong_count(l) > 1);
         locks.entry(id.to_string()).or_default().clone()
+    }
+    /// Per-network host services (namespaces, DHCP, metadata).
+    pub fn net_runtime(&self) -> &networks::runtime::NetRuntime {
+        &self.inner.net_runtime
+    }
+    /// The lock every network, subnet and port mutation of the store holds.
+    pub fn network_lock(&self) -> &tokio::sync::Mutex<()> {
+        self.inner.net_runtime.lock()
     }
     /// The lock making capacity checks and server inserts atomic.
     pub fn admission(&self) -> &tokio::sync::Mutex<()> {

@@ -16,6 +16,7 @@
 mod events;
 mod images;
 mod journal;
+mod networks;
 mod schema;
 mod servers;
 mod settings;
@@ -26,6 +27,7 @@ pub use journal::{
     Journal, OpStatus, Operation, OperationHandler, OperationRecord, RecoveryReport, RestartPolicy,
     StepRecord, StepStatus, UndoFuture, FAILPOINT_ENV,
 };
+pub use networks::{AllocError, IpRequest, NewPort, PortFilter};
 pub use servers::ServerRow;
 
 use rusqlite::Connection;

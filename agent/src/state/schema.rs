@@ -68,6 +68,63 @@ const MIGRATIONS: &[&str] = &[
         updated_at  TEXT NOT NULL
      );
      CREATE INDEX servers_image ON servers(image_id);",
+    // 3: networks, subnets, ports and their addresses.
+    "CREATE TABLE networks (
+        id               TEXT PRIMARY KEY,
+        name             TEXT NOT NULL,
+        network_type     TEXT NOT NULL,
+        physical_network TEXT,
+        segmentation_id  INTEGER,
+        mtu              INTEGER NOT NULL,
+        backend          TEXT NOT NULL,
+        bridge           TEXT,
+        status           TEXT NOT NULL,
+        fault            TEXT,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL
+     );
+     CREATE UNIQUE INDEX networks_segment
+        ON networks(network_type, COALESCE(physical_network, ''), COALESCE(segmentation_id, -1))
+        WHERE network_type IN ('vlan', 'vxlan', 'flat');
+     CREATE TABLE subnets (
+        id               TEXT PRIMARY KEY,
+        network_id       TEXT NOT NULL REFERENCES networks(id),
+        name             TEXT NOT NULL,
+        cidr             TEXT NOT NULL,
+        gateway_ip       TEXT,
+        allocation_pools TEXT NOT NULL,
+        dns_nameservers  TEXT NOT NULL,
+        host_routes      TEXT NOT NULL,
+        enable_dhcp      INTEGER NOT NULL,
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL
+     );
+     CREATE INDEX subnets_network ON subnets(network_id);
+     CREATE TABLE ports (
+        id           TEXT PRIMARY KEY,
+        network_id   TEXT NOT NULL REFERENCES networks(id),
+        name         TEXT NOT NULL,
+        mac_address  TEXT NOT NULL UNIQUE,
+        device_id    TEXT NOT NULL,
+        device_owner TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL
+     );
+     CREATE INDEX ports_network ON ports(network_id);
+     CREATE INDEX ports_device ON ports(device_id);
+     CREATE TABLE ip_allocations (
+        subnet_id  TEXT NOT NULL REFERENCES subnets(id),
+        ip_address TEXT NOT NULL,
+        port_id    TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        PRIMARY KEY (subnet_id, ip_address)
+     );
+     CREATE INDEX ip_allocations_port ON ip_allocations(port_id);
+     CREATE TABLE instance_passwords (
+        server_id  TEXT PRIMARY KEY,
+        password   TEXT NOT NULL,
+        created_at TEXT NOT NULL
+     );",
 ];
 
 /// Applies every migration the database has not seen yet, each in its own transaction.

@@ -5,6 +5,7 @@ pub mod health;
 pub mod host;
 pub mod images;
 pub mod metrics;
+pub mod networks;
 pub mod openapi;
 pub mod plugins;
 pub mod servers;

@@ -113,3 +113,36 @@ pub async fn stats(
 ) -> Result<Json<ServerStats>, ApiError> {
     Ok(Json(servers::stats(&services, &id).await?))
 }
+
+/// Hot-attaches a NIC: `{network_id}`, `{network_id, fixed_ip}` or `{port_id}`.
+#[utoipa::path(post, path = "/v1/servers/{id}/interfaces", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id")),
+    request_body = crate::ops::networks::ports::NetworkRequest,
+    responses((status = 200, description = "The server with the new NIC", body = Server),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "Address or port taken, or the server cannot change now", body = ErrorBody)))]
+pub async fn attach_interface(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<crate::ops::networks::ports::NetworkRequest>,
+) -> Result<Json<Server>, ApiError> {
+    Ok(Json(
+        servers::interfaces::attach(&services, &id, req).await?,
+    ))
+}
+
+/// Hot-detaches a NIC and releases its port.
+#[utoipa::path(delete, path = "/v1/servers/{id}/interfaces/{port_id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id"), ("port_id" = String, Path, description = "The NIC's port")),
+    responses((status = 200, description = "The server without the NIC", body = Server),
+        (status = 404, description = "No such server or interface", body = ErrorBody),
+        (status = 409, description = "The server cannot change now", body = ErrorBody)))]
+pub async fn detach_interface(
+    State(services): State<Services>,
+    Path((id, port_id)): Path<(String, String)>,
+) -> Result<Json<Server>, ApiError> {
+    Ok(Json(
+        servers::interfaces::detach(&services, &id, &port_id).await?,
+    ))
+}

@@ -181,7 +181,7 @@ pub(crate) fn domain_spec(
         boot,
         smbios: Smbios::nova(id),
         disks,
-        nics: Vec::new(),
+        nics: spec.nics.iter().map(|n| n.domain_nic()).collect(),
         console_log: spec.console_log(),
         metadata: DomainMetadata {
             node_id: services.node_id().to_string(),

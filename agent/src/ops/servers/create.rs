@@ -49,9 +49,21 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         availability_zone: zone.clone(),
         domain_name: format!("hyperlet-{id}"),
         dir: services.config().servers_dir().join(&id),
+        nics: Vec::new(),
     };
+    let mut spec = spec;
     build::check_fits(&spec, &images)?;
-    {
+    let owner = format!("compute:{zone}");
+    for want in &req.networks {
+        match crate::ops::networks::ports::bind_for_server(services, &id, &owner, want).await {
+            Ok((_, nic)) => spec.nics.push(nic),
+            Err(e) => {
+                release_nics(services, &spec).await;
+                return Err(e);
+            }
+        }
+    }
+    let admitted = async {
         let _admission = services.admission().lock().await;
         admit(services, &spec).await?;
         crate::ops::scheduler::admit(
@@ -81,6 +93,15 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
                 updated_at: now,
             })
             .await?;
+        Ok::<_, OpError>(())
+    }
+    .await;
+    if let Err(e) = admitted {
+        release_nics(services, &spec).await;
+        return Err(e);
+    }
+    for network_id in nic_networks(&spec) {
+        crate::ops::networks::runtime::refresh(services, &network_id).await;
     }
     let _ = services
         .events()
@@ -102,6 +123,23 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         }
     });
     Ok(server)
+}
+
+/// Lets go of the ports bound for a server that will not exist.
+pub(crate) async fn release_nics(services: &Services, spec: &ServerSpec) {
+    for nic in &spec.nics {
+        if let Err(e) = crate::ops::networks::ports::release_for_server(services, nic).await {
+            tracing::warn!(port_id = %nic.port_id, error = %e, "cannot release a port");
+        }
+    }
+}
+
+/// The networks a server has NICs on, each once.
+pub(crate) fn nic_networks(spec: &ServerSpec) -> Vec<String> {
+    let mut out: Vec<String> = spec.nics.iter().map(|n| n.network_id.clone()).collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Refuses a server the node cannot hold: disabled node, or vCPU/RAM/disk over the limits.

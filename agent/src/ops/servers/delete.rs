@@ -71,6 +71,12 @@ async fn steps(
     super::build::remove_dir(spec).map_err(OpError::Conflict)?;
     // libvirt's own per-domain log (QEMU's stderr).
     let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{domain}.log"));
+    if let Some(op) = op.as_deref_mut() {
+        op.record_step("release_ports", json!({})).await?;
+    }
+    for nic in &spec.nics {
+        crate::ops::networks::ports::release_for_server(services, nic).await?;
+    }
     if let Some(op) = op {
         op.record_step("forget", json!({})).await?;
     }

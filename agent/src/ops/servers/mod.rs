@@ -16,6 +16,7 @@ mod actions;
 mod build;
 mod create;
 mod delete;
+pub mod interfaces;
 mod model;
 mod stats;
 mod sync;
@@ -69,6 +70,7 @@ impl Loaded {
             availability_zone: self.spec.availability_zone.clone(),
             domain_name: self.spec.domain_name.clone(),
             fault: self.row.fault.clone(),
+            nics: self.spec.nics.clone(),
             created_at: self.row.created_at.clone(),
             updated_at: self.row.updated_at.clone(),
         }
@@ -109,6 +111,14 @@ pub(crate) async fn load(services: &Services, id: &str) -> Result<Loaded, OpErro
 /// [`OpError::NotFound`] when there is no such server.
 pub async fn get(services: &Services, id: &str) -> Result<Server, OpError> {
     Ok(load(services, id).await?.view())
+}
+
+/// A server's stored spec (keys, user data, flavor, NICs).
+///
+/// # Errors
+/// [`OpError::NotFound`] when there is no such server.
+pub(crate) async fn spec_of(services: &Services, id: &str) -> Result<model::ServerSpec, OpError> {
+    Ok(load(services, id).await?.spec)
 }
 
 /// All servers.

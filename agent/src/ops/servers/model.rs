@@ -145,6 +145,9 @@ pub struct ServerCreate {
     pub metadata: BTreeMap<String, String>,
     /// Availability zone; must be this node's when given.
     pub availability_zone: Option<String>,
+    /// NICs: `{network_id}`, `{network_id, fixed_ip}` or `{port_id}`, in guest order.
+    #[serde(default)]
+    pub networks: Vec<crate::ops::networks::ports::NetworkRequest>,
 }
 
 /// Longest decoded user data, as nova.
@@ -222,6 +225,14 @@ impl ServerCreate {
                 )));
             }
         }
+        if self.networks.len() > 16 {
+            return Err(OpError::InvalidInput(
+                "at most 16 networks per server".into(),
+            ));
+        }
+        for nic in &self.networks {
+            nic.validate()?;
+        }
         if let Some(key_name) = &self.key_name {
             if key_name.is_empty() || key_name.len() > 255 {
                 return Err(OpError::InvalidInput(
@@ -264,6 +275,9 @@ pub struct ServerSpec {
     pub domain_name: String,
     /// Directory with the root overlay and console log.
     pub dir: PathBuf,
+    /// Network interfaces, in guest order.
+    #[serde(default)]
+    pub nics: Vec<crate::ops::networks::ports::ServerNic>,
 }
 
 impl ServerSpec {
@@ -314,6 +328,8 @@ pub struct Server {
     pub domain_name: String,
     /// Why the server is in ERROR.
     pub fault: Option<String>,
+    /// Network interfaces, in guest order.
+    pub nics: Vec<crate::ops::networks::ports::ServerNic>,
     /// Creation time.
     pub created_at: String,
     /// Last change.

@@ -1,0 +1,108 @@
+//! Calls into the network backend plugins, off the async runtime.
+
+use crate::net::BackendNetwork;
+use crate::ops::{OpError, Services};
+use crate::plugin::{LoadedPlugin, PluginError};
+use std::sync::Arc;
+
+/// The configured network backend named `name`, or the only one when `name` is `None`.
+///
+/// # Errors
+/// [`OpError::InvalidInput`] for an unknown backend, or when none is named and the number of
+/// configured backends is not exactly one.
+pub fn resolve(services: &Services, name: Option<&str>) -> Result<String, OpError> {
+    let names = services.plugins().network_backend_names();
+    match name {
+        Some(n) if names.iter().any(|b| b == n) => Ok(n.to_string()),
+        Some(n) => Err(OpError::InvalidInput(format!(
+            "unknown network backend {n:?}; configured: {}",
+            list(&names)
+        ))),
+        None => match names.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(OpError::InvalidInput(
+                "no network backend is configured: add a plugin with kind = \"network-backend\" to the agent config".into(),
+            )),
+            _ => Err(OpError::InvalidInput(format!(
+                "several network backends are configured ({}): name one in `backend`",
+                list(&names)
+            ))),
+        },
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn plugin(services: &Services, name: &str) -> Result<Arc<LoadedPlugin>, OpError> {
+    services
+        .plugins()
+        .network_backend(name)
+        .map_err(|e| OpError::Plugin(Box::new(e)))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
+) -> Result<T, OpError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| OpError::Plugin(Box::new(PluginError::Runtime(e.to_string()))))?
+        .map_err(|e| OpError::Plugin(Box::new(e)))
+}
+
+/// Asks the backend whether it can serve the network; its refusal becomes a 400.
+///
+/// # Errors
+/// [`OpError::InvalidInput`] with the backend's reason; [`OpError::Plugin`] when it failed.
+pub async fn validate(
+    services: &Services,
+    backend: &str,
+    net: &BackendNetwork,
+) -> Result<(), OpError> {
+    let plugin = plugin(services, backend)?;
+    let net = net.clone();
+    match blocking(move || plugin.validate_network(&net)).await {
+        Err(OpError::Plugin(e)) => match *e {
+            PluginError::Reported {
+                plugin, message, ..
+            } => Err(OpError::InvalidInput(format!(
+                "network backend {plugin} refuses the network: {message}"
+            ))),
+            other => Err(OpError::Plugin(Box::new(other))),
+        },
+        other => other,
+    }
+}
+
+/// Sets the network up on the host; returns the bridge guests plug into.
+///
+/// # Errors
+/// [`OpError::Plugin`] when the backend fails.
+pub async fn ensure(
+    services: &Services,
+    backend: &str,
+    net: &BackendNetwork,
+) -> Result<String, OpError> {
+    let plugin = plugin(services, backend)?;
+    let net = net.clone();
+    blocking(move || plugin.ensure_network(&net)).await
+}
+
+/// Removes the network from the host.
+///
+/// # Errors
+/// [`OpError::Plugin`] when the backend fails.
+pub async fn delete(
+    services: &Services,
+    backend: &str,
+    net: &BackendNetwork,
+) -> Result<(), OpError> {
+    let plugin = plugin(services, backend)?;
+    let net = net.clone();
+    blocking(move || plugin.delete_network(&net)).await
+}
