@@ -160,7 +160,7 @@ pub(crate) fn parse(datagram: &[u8]) -> Result<Request, &'static str> {
 mod tests {
     use super::*;
 
-    /// A DISCOVER header from `mac` followed by `options` (raw bytes).
+    /// A BOOTREQUEST header (xid, broadcast flag, ciaddr, giaddr, MAC) followed by `options`.
     fn datagram(options: &[u8]) -> Vec<u8> {
         let mut d = vec![0u8; MIN_REQUEST_LEN];
         d[0] = BOOTREQUEST;

@@ -175,7 +175,8 @@ impl DhcpServer {
         })?;
 
         let counters = Arc::new(Counters::default());
-        let span = tracing::debug_span!("dhcp", namespace, interface = ifname, server = %server_ip);
+        // At info level so that warnings from the task say which namespace they come from.
+        let span = tracing::info_span!("dhcp", namespace, interface = ifname, server = %server_ip);
         let task =
             tokio::spawn(serve(socket, server_ip, source, Arc::clone(&counters)).instrument(span));
         debug!(namespace, interface = ifname, server = %server_ip, "DHCP server started");
