@@ -99,6 +99,8 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// The image cache.
     pub images: ImagesConfig,
+    /// The 169.254.169.254 metadata service of each network.
+    pub metadata: MetadataConfig,
     /// WebAssembly plugins (scheduler filters and weighers, network backends), in chain order.
     pub plugins: Vec<PluginConfig>,
     /// Where plugins run.
@@ -376,6 +378,29 @@ impl Default for EventsConfig {
     }
 }
 
+/// Metadata service settings (`[metadata]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// Require IMDSv2-style session tokens on the EC2 tree (401 without one).
+    pub require_tokens: bool,
+    /// Steady requests per second allowed per server.
+    pub requests_per_second: u32,
+    /// Requests a server may make at once above the steady rate (cloud-init reads both trees at
+    /// boot, about 60 requests).
+    pub burst: u32,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            require_tokens: false,
+            requests_per_second: 20,
+            burst: 200,
+        }
+    }
+}
+
 /// Hypervisor connection settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -471,6 +496,7 @@ impl Default for Config {
             images: ImagesConfig::default(),
             plugins: Vec::new(),
             plugin_runtime: PluginRuntimeConfig::default(),
+            metadata: MetadataConfig::default(),
         }
     }
 }
@@ -513,6 +539,16 @@ impl Config {
         };
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("tls", "cert and key must be given together");
+        }
+        let md = &self.metadata;
+        if md.requests_per_second == 0 || md.requests_per_second > 100_000 {
+            return invalid("metadata.requests_per_second", "must be 1 to 100000");
+        }
+        if md.burst < md.requests_per_second || md.burst > 100_000 {
+            return invalid(
+                "metadata.burst",
+                "must be at least requests_per_second and at most 100000",
+            );
         }
         if self.tls.client_ca.is_some() && !self.tls.enabled() {
             return invalid(
@@ -713,6 +749,43 @@ mod tests {
     fn example_config_in_contrib_is_valid() {
         let config = Config::from_toml(include_str!("../../contrib/hyperlet.toml")).unwrap();
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn single_node_config_of_run_sh_is_valid() {
+        let config = Config::from_toml(include_str!("../../contrib/single-node.toml")).unwrap();
+        config.validate().unwrap();
+        assert!(config
+            .plugins
+            .iter()
+            .any(|p| p.kind == PluginKind::NetworkBackend));
+        // The paths must be the files scripts/build-plugins.sh writes.
+        for plugin in &config.plugins {
+            let file = plugin
+                .path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let krate = file.trim_end_matches(".wasm").replace('_', "-");
+            let manifest = ["plugins"]
+                .iter()
+                .map(|d| {
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("..")
+                        .join(d)
+                })
+                .flat_map(|d| std::fs::read_dir(d).unwrap())
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("Cargo.toml"))
+                .filter(|m| m.exists())
+                .find(|m| {
+                    std::fs::read_to_string(m)
+                        .unwrap()
+                        .contains(&format!("name = \"{krate}\""))
+                });
+            assert!(manifest.is_some(), "no plugin crate {krate} for {file}");
+        }
     }
 
     #[test]

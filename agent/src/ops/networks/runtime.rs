@@ -265,7 +265,7 @@ pub async fn sync_network(services: &Services, id: &str) -> Result<(), OpError> 
         id,
         SocketAddr::from((METADATA_IP, 80)),
         tables.clone(),
-        metadata_options(),
+        metadata_options(services),
     )
     .await
     .map_err(|e| OpError::Network(crate::api::error::chain(&e)))?;
@@ -290,13 +290,13 @@ pub async fn sync_network(services: &Services, id: &str) -> Result<(), OpError> 
     Ok(())
 }
 
-/// Metadata limits: cloud-init reads both trees at boot (about 60 requests), so the burst
-/// leaves room for that and a retry; the steady rate stops a guest hammering the service.
-fn metadata_options() -> MetadataOptions {
+/// The metadata service's limits and token mode, from `[metadata]`.
+fn metadata_options(services: &Services) -> MetadataOptions {
+    let md = &services.config().metadata;
     MetadataOptions {
-        require_tokens: false,
-        requests_per_second: 20,
-        burst: 200,
+        require_tokens: md.require_tokens,
+        requests_per_second: md.requests_per_second,
+        burst: md.burst,
     }
 }
 
