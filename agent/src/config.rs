@@ -117,15 +117,28 @@ pub enum PluginKind {
     Weigher,
     /// A network backend (`hyperlet:network/network-backend`), `kind = "network-backend"`.
     NetworkBackend,
+    /// A volume driver (`hyperlet:volume/volume-driver`), `kind = "volume-driver"`.
+    VolumeDriver,
 }
 
 impl PluginKind {
-    /// The name as the config spells it (`filter`, `weigher`, `network-backend`).
+    /// The name as the config spells it (`filter`, `weigher`, `network-backend`,
+    /// `volume-driver`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Filter => "filter",
             Self::Weigher => "weigher",
             Self::NetworkBackend => "network-backend",
+            Self::VolumeDriver => "volume-driver",
+        }
+    }
+
+    /// The call deadline a plugin of this kind gets when `call_timeout_ms` is not set:
+    /// 2 s, and 120 s for volume drivers (a call may copy an image with `qemu-img convert`).
+    pub fn default_call_timeout_ms(self) -> u64 {
+        match self {
+            Self::VolumeDriver => 120_000,
+            _ => 2000,
         }
     }
 }
@@ -136,17 +149,26 @@ impl PluginKind {
 pub struct PluginConfig {
     /// Unique name (used in logs, reasons and the API).
     pub name: String,
-    /// filter, weigher or network-backend.
+    /// filter, weigher, network-backend or volume-driver.
     pub kind: PluginKind,
     /// The component file (`.wasm`).
     pub path: PathBuf,
-    /// Capabilities the plugin may import (`log`, `clocks`, `random`, `netlink`).
+    /// Capabilities the plugin may import (`log`, `clocks`, `random`, `netlink`, `lvm`,
+    /// `files`, `qemu-img`).
     #[serde(default)]
     pub grants: Vec<String>,
     /// The parameters of the `netlink` grant (network backends): which links the plugin may
     /// touch. Defaults apply when the grant is given without this table.
     #[serde(default)]
     pub netlink: Option<NetlinkGrant>,
+    /// The parameters of the `lvm` grant (volume drivers): which volume groups. Required with
+    /// the grant.
+    #[serde(default)]
+    pub lvm: Option<LvmGrant>,
+    /// The parameters of the `files` and `qemu-img` grants (volume drivers): which NFS shares
+    /// and how they are reached. Required with either grant.
+    #[serde(default)]
+    pub files: Option<FilesGrant>,
     /// Settings passed to the plugin's `configure`.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
@@ -156,7 +178,7 @@ pub struct PluginConfig {
     /// Memory cap of one instance, MiB.
     #[serde(default = "default_plugin_memory")]
     pub memory_limit_mb: u64,
-    /// Deadline of one call, milliseconds.
+    /// Deadline of one call, milliseconds [default: 2000; 120000 for volume drivers].
     #[serde(default = "default_plugin_timeout")]
     pub call_timeout_ms: u64,
 }
@@ -167,12 +189,187 @@ fn default_multiplier() -> f64 {
 fn default_plugin_memory() -> u64 {
     64
 }
+/// What `call_timeout_ms` holds until [`Config::from_toml`] replaces it with the kind's default.
+const UNSET_TIMEOUT: u64 = u64::MAX;
+
 fn default_plugin_timeout() -> u64 {
-    2000
+    UNSET_TIMEOUT
 }
 
+/// Longest call deadline a plugin may have, milliseconds (one hour).
+pub const MAX_PLUGIN_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Capabilities a plugin can be granted.
-pub const PLUGIN_GRANTS: [&str; 4] = ["log", "clocks", "random", "netlink"];
+pub const PLUGIN_GRANTS: [&str; 7] = [
+    "log", "clocks", "random", "netlink", "lvm", "files", "qemu-img",
+];
+
+/// The grants only volume drivers may have.
+const VOLUME_GRANTS: [&str; 3] = ["lvm", "files", "qemu-img"];
+
+/// The parameters of the `lvm` grant (`[plugins.lvm]`): the volume groups a volume driver may
+/// manage. Every name and size of every `lvm` call is checked against it before an LVM tool
+/// runs.
+///
+/// ```toml
+/// [plugins.lvm]
+/// volume_groups = ["cinder-volumes"]   # required, at least one
+/// lvm_system_dir = "/etc/lvm"          # LVM_SYSTEM_DIR of the tools (default: unset)
+/// command_timeout_secs = 30            # deadline of one LVM command
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LvmGrant {
+    /// Volume groups the driver may use.
+    pub volume_groups: Vec<String>,
+    /// The directory of the `lvm.conf` the tools use (`LVM_SYSTEM_DIR`); unset: LVM's default.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub lvm_system_dir: Option<PathBuf>,
+    /// Deadline of one LVM command, seconds.
+    #[serde(default = "default_lvm_timeout")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_lvm_timeout() -> u64 {
+    30
+}
+
+impl LvmGrant {
+    /// Checks the grant's parameters; the reason names the key at fault.
+    ///
+    /// # Errors
+    /// A message an operator can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.volume_groups.is_empty() {
+            return Err("lvm.volume_groups must list at least one volume group".into());
+        }
+        crate::volume::Lvm::new(self.volume_groups.iter().cloned())
+            .map_err(|e| format!("lvm.volume_groups: {e}"))?;
+        if let Some(dir) = &self.lvm_system_dir {
+            if !dir.is_absolute() {
+                return Err(format!(
+                    "lvm.lvm_system_dir = {:?} must be an absolute path",
+                    dir.display()
+                ));
+            }
+        }
+        if self.command_timeout_secs == 0 {
+            return Err("lvm.command_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// How the host reaches the granted NFS shares.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ShareAccess {
+    /// A kernel NFS mount of each share under `mount_root` (production).
+    #[default]
+    Mount,
+    /// NFS from userspace, no mount: the agent's own NFSv3 client for files and QEMU's libnfs
+    /// driver (`nfs://`) for images (hosts without a kernel NFS client).
+    Libnfs,
+}
+
+/// The parameters of the `files` and `qemu-img` grants (`[plugins.files]`): the NFS shares a
+/// volume driver may keep files on. Every share and file name of every call is checked
+/// against it before anything runs.
+///
+/// ```toml
+/// [plugins.files]
+/// shares = ["127.0.0.1:/srv/nfs/abc"]   # required, at least one
+/// access = "mount"                      # mount | libnfs
+/// mount_root = "/var/lib/hyperlet/mnt"  # mount points (access = "mount")
+/// mount_options = "vers=4.1"            # `mount -o` (access = "mount"), default none
+/// file_mode = "0660"                    # permissions of the files created
+/// command_timeout_secs = 3600           # deadline of one qemu-img, mount or NFS operation
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilesGrant {
+    /// Exports the driver may use, `host:/path`.
+    pub shares: Vec<String>,
+    /// How they are reached.
+    #[serde(default)]
+    pub access: ShareAccess,
+    /// Where shares are mounted (`<mount_root>/<md5 of the share>`, as cinder does).
+    #[serde(default = "default_mount_root")]
+    #[schema(value_type = String)]
+    pub mount_root: PathBuf,
+    /// Options of the kernel mount (`mount -t nfs -o …`).
+    #[serde(default)]
+    pub mount_options: Option<String>,
+    /// Permissions of files the host creates, octal.
+    #[serde(default = "default_file_mode")]
+    pub file_mode: String,
+    /// Deadline of one command or NFS operation, seconds.
+    #[serde(default = "default_files_timeout")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_mount_root() -> PathBuf {
+    PathBuf::from("/var/lib/hyperlet/mnt")
+}
+fn default_file_mode() -> String {
+    "0660".into()
+}
+fn default_files_timeout() -> u64 {
+    3600
+}
+
+impl FilesGrant {
+    /// The file mode as a number.
+    ///
+    /// # Errors
+    /// A message naming `files.file_mode`.
+    pub fn mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(self.file_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                format!(
+                    "files.file_mode = {:?} must be octal permissions such as \"0660\"",
+                    self.file_mode
+                )
+            })
+    }
+
+    /// Checks the grant's parameters; the reason names the key at fault.
+    ///
+    /// # Errors
+    /// A message an operator can act on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shares.is_empty() {
+            return Err("files.shares must list at least one share (host:/path)".into());
+        }
+        for share in &self.shares {
+            crate::volume::Share::parse(share).map_err(|e| format!("files.shares: {e}"))?;
+        }
+        if !self.mount_root.is_absolute() {
+            return Err(format!(
+                "files.mount_root = {:?} must be an absolute path",
+                self.mount_root.display()
+            ));
+        }
+        if let Some(options) = &self.mount_options {
+            if options.is_empty() || options.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(format!(
+                    "files.mount_options = {options:?} must be one comma-separated word"
+                ));
+            }
+        }
+        self.mode()?;
+        if self.command_timeout_secs == 0 {
+            return Err("files.command_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
 
 /// The parameters of the `netlink` grant (`[plugins.netlink]`): what a network backend may do
 /// to the host's links. Every argument of every `netlink` call is checked against it before
@@ -257,6 +454,50 @@ impl NetlinkGrant {
         range("vnis", self.vnis, 16_777_215)
     }
 }
+impl PluginConfig {
+    /// Checks the volume grants (`lvm`, `files`, `qemu-img`) and their tables.
+    fn validate_volume_grants(&self) -> Result<(), String> {
+        let granted = |g: &str| self.grants.iter().any(|x| x == g);
+        if let Some(grant) = VOLUME_GRANTS.iter().find(|g| granted(g)) {
+            if self.kind != PluginKind::VolumeDriver {
+                return Err(format!(
+                    "the {grant} grant is for volume-driver plugins only (kind = \"volume-driver\")"
+                ));
+            }
+        }
+        match (&self.lvm, granted("lvm")) {
+            (Some(lvm), true) => lvm.validate()?,
+            (Some(_), false) => {
+                return Err("[plugins.lvm] is set but \"lvm\" is not in grants; add it to grants \
+                            or remove the table"
+                    .into())
+            }
+            (None, true) => {
+                return Err(
+                    "the lvm grant needs a [plugins.lvm] table naming its volume_groups".into(),
+                )
+            }
+            (None, false) => {}
+        }
+        let files_used = granted("files") || granted("qemu-img");
+        match (&self.files, files_used) {
+            (Some(files), true) => files.validate()?,
+            (Some(_), false) => {
+                return Err("[plugins.files] is set but neither \"files\" nor \"qemu-img\" is \
+                            in grants; add them to grants or remove the table"
+                    .into())
+            }
+            (None, true) => {
+                return Err("the files and qemu-img grants need a [plugins.files] table naming \
+                            its shares"
+                    .into())
+            }
+            (None, false) => {}
+        }
+        Ok(())
+    }
+}
+
 /// Largest memory cap a plugin may have, MiB (the pooling allocator's slot size).
 pub const MAX_PLUGIN_MEMORY_MB: u64 = 512;
 
@@ -518,12 +759,19 @@ impl Config {
         })
     }
 
-    /// Parses settings from TOML text.
+    /// Parses settings from TOML text. A plugin without `call_timeout_ms` gets its kind's
+    /// default ([`PluginKind::default_call_timeout_ms`]).
     ///
     /// # Errors
     /// The parser's message when the text is not valid.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.message().to_string())
+        let mut config: Self = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        for plugin in &mut config.plugins {
+            if plugin.call_timeout_ms == UNSET_TIMEOUT {
+                plugin.call_timeout_ms = plugin.kind.default_call_timeout_ms();
+            }
+        }
+        Ok(config)
     }
 
     /// Checks that the settings can work together. Called before any side effect.
@@ -657,8 +905,10 @@ impl Config {
                     "memory_limit_mb must be 1 to {MAX_PLUGIN_MEMORY_MB}"
                 ));
             }
-            if plugin.call_timeout_ms == 0 {
-                return bad("call_timeout_ms must be at least 1".into());
+            if plugin.call_timeout_ms == 0 || plugin.call_timeout_ms > MAX_PLUGIN_TIMEOUT_MS {
+                return bad(format!(
+                    "call_timeout_ms must be 1 to {MAX_PLUGIN_TIMEOUT_MS}"
+                ));
             }
             if !plugin.multiplier.is_finite() {
                 return bad("multiplier must be a number".into());
@@ -684,6 +934,9 @@ impl Config {
                 if let Err(reason) = netlink.validate() {
                     return bad(reason);
                 }
+            }
+            if let Err(reason) = plugin.validate_volume_grants() {
+                return bad(reason);
             }
         }
         if self.availability_zone.is_empty() {

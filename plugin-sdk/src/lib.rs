@@ -77,6 +77,7 @@ mod plugin;
 mod settings;
 pub mod testing;
 mod types;
+pub mod volume;
 
 pub use bindings::filter::hyperlet::common::types::{PluginError, Properties};
 pub use bindings::filter::hyperlet::scheduler::types::{HostBatch, RequestSpec, Verdicts};
@@ -89,6 +90,10 @@ pub use types::{codes, Verdict};
 pub mod prelude {
     pub use crate::log;
     pub use crate::network::{netlink, LinkInfo, Network, NetworkBackend, NetworkType};
+    pub use crate::volume::{
+        files, lvm, qemu_img, CapacityStats, ConnectionInfo, DiskFormat, Snapshot, Volume,
+        VolumeDriver,
+    };
     pub use crate::{
         Filter, Host, Hosts, PluginError, RequestSpec, Settings, Verdict, Verdicts, Weigher,
     };
@@ -230,6 +235,135 @@ macro_rules! export_network_backend {
     };
 }
 
+/// Exports a [`VolumeDriver`](volume::VolumeDriver) as the component's
+/// `hyperlet:volume/driver` interface.
+///
+/// Use it once per crate, at module level:
+/// `hyperlet_plugin_sdk::export_volume_driver!(MyDriver);`. On non-wasm targets the glue is
+/// compiled but nothing is exported.
+#[macro_export]
+macro_rules! export_volume_driver {
+    ($ty:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static INSTANCE: ::core::cell::RefCell<::core::option::Option<$ty>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            struct HyperletVolumeDriverExport;
+
+            impl $crate::__private::volume::exports::hyperlet::volume::driver::Guest
+                for HyperletVolumeDriverExport
+            {
+                fn configure(
+                    settings: $crate::Properties,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| $crate::volume::configure::<$ty>(slot, settings))
+                }
+
+                fn create(
+                    volume: $crate::volume::Volume,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::create(d, &volume)
+                        })
+                    })
+                }
+
+                fn delete(
+                    volume: $crate::volume::Volume,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::delete(d, &volume)
+                        })
+                    })
+                }
+
+                fn extend(
+                    volume: $crate::volume::Volume,
+                    new_size_gb: u64,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::extend(d, &volume, new_size_gb)
+                        })
+                    })
+                }
+
+                fn create_snapshot(
+                    snapshot: $crate::volume::Snapshot,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::create_snapshot(d, &snapshot)
+                        })
+                    })
+                }
+
+                fn delete_snapshot(
+                    snapshot: $crate::volume::Snapshot,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::delete_snapshot(d, &snapshot)
+                        })
+                    })
+                }
+
+                fn create_from_snapshot(
+                    volume: $crate::volume::Volume,
+                    snapshot: $crate::volume::Snapshot,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::create_from_snapshot(d, &volume, &snapshot)
+                        })
+                    })
+                }
+
+                fn clone(
+                    volume: $crate::volume::Volume,
+                    source: $crate::volume::Volume,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::clone_volume(d, &volume, &source)
+                        })
+                    })
+                }
+
+                fn connection_info(
+                    volume: $crate::volume::Volume,
+                ) -> ::core::result::Result<$crate::volume::ConnectionInfo, $crate::PluginError>
+                {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::connection_info(d, &volume)
+                        })
+                    })
+                }
+
+                fn capacity_stats(
+                ) -> ::core::result::Result<$crate::volume::CapacityStats, $crate::PluginError>
+                {
+                    INSTANCE.with(|slot| {
+                        $crate::volume::with_driver(slot, |d: &$ty| {
+                            $crate::volume::VolumeDriver::capacity_stats(d)
+                        })
+                    })
+                }
+            }
+
+            #[cfg(target_arch = "wasm32")]
+            $crate::__private::volume::export_volume_driver_world!(
+                HyperletVolumeDriverExport with_types_in $crate::__private::volume
+            );
+        };
+    };
+}
+
 /// The guide's Rust blocks, run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -238,7 +372,7 @@ pub struct Guide;
 /// Not public API: what the export macros and wit-bindgen's generated code refer to.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::{filter, network, weigher};
+    pub use crate::bindings::{filter, network, volume, weigher};
     pub use crate::plugin::{configure, configure_weigher, filter_hosts, weigh_hosts};
     pub use wit_bindgen;
 }

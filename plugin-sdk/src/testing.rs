@@ -34,10 +34,14 @@
 
 use std::cell::RefCell;
 
+pub mod files;
+pub mod lvm;
 pub mod netlink;
+pub mod qemu_img;
 
 use crate::log::Level;
 use crate::network::{Network, NetworkBackend, NetworkType};
+use crate::volume::{Snapshot, Volume, VolumeDriver};
 use crate::plugin::{run_filter_batch, run_weigher_batch};
 use crate::{Filter, HostBatch, PluginError, RequestSpec, Settings, Verdict, Weigher};
 
@@ -440,6 +444,40 @@ pub fn backend<B: NetworkBackend>(settings: &[(&str, &str)]) -> Result<B, Plugin
         .collect();
     crate::network::configure::<B>(&slot, pairs)?;
     Ok(slot.into_inner().expect("configured"))
+}
+
+/// Builds a volume driver from `settings` through the same glue `configure` uses, for native
+/// tests (pair it with [`lvm`], [`files`] and [`qemu_img`], the simulated host).
+///
+/// # Errors
+///
+/// Whatever [`VolumeDriver::new`] returns.
+pub fn driver<D: VolumeDriver>(settings: &[(&str, &str)]) -> Result<D, PluginError> {
+    let slot = RefCell::new(None);
+    let pairs = settings
+        .iter()
+        .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    crate::volume::configure::<D>(&slot, pairs)?;
+    Ok(slot.into_inner().expect("configured"))
+}
+
+/// A [`Volume`] named as cinder names it, `volume-<id>`.
+pub fn volume(id: &str, size_gb: u64) -> Volume {
+    Volume {
+        id: id.to_owned(),
+        name: format!("volume-{id}"),
+        size_gb,
+    }
+}
+
+/// A [`Snapshot`] of `volume` named as cinder names it, `snapshot-<id>`.
+pub fn snapshot(id: &str, volume: &Volume) -> Snapshot {
+    Snapshot {
+        id: id.to_owned(),
+        name: format!("snapshot-{id}"),
+        volume: volume.clone(),
+    }
 }
 
 /// Builds a [`Network`] record. Defaults: MTU 1500, no physical network, no segmentation id.

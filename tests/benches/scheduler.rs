@@ -92,6 +92,8 @@ fn registry(cache: &std::path::Path) -> PluginRegistry {
         path: wasm_path(krate),
         grants: vec!["log".into()],
         netlink: None,
+        lvm: None,
+        files: None,
         settings: BTreeMap::new(),
         multiplier: 1.0,
         memory_limit_mb: 256,

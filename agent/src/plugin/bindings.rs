@@ -44,3 +44,16 @@ pub use filter::hyperlet::common::types::PluginError as WitPluginError;
 pub use network::hyperlet::network::types::{
     LinkInfo as WitLinkInfo, Network as WitNetwork, NetworkType as WitNetworkType,
 };
+
+/// `hyperlet:volume/volume-driver`, sharing the common types and the `log` import with
+/// [`filter`].
+pub mod volume {
+    wasmtime::component::bindgen!({
+        path: "../wit/volume",
+        world: "hyperlet:volume/volume-driver",
+        with: {
+            "hyperlet:common/types": super::filter::hyperlet::common::types,
+            "hyperlet:common/log": super::filter::hyperlet::common::log,
+        },
+    });
+}

@@ -1,6 +1,7 @@
 //! What a plugin instance's store holds, and the host side of its imports: the `log`
 //! capability and a deny-all WASI whose stdout/stderr land in the agent's log. (The `netlink`
-//! capability of network backends is in `netlink.rs`.)
+//! capability of network backends is in `netlink.rs`, the `lvm`, `files` and `qemu-img`
+//! capabilities of volume drivers in `volume_host.rs`.)
 
 use super::bindings::{filter, LogLevel};
 use std::pin::Pin;
@@ -132,6 +133,10 @@ pub struct HostState {
     pub output: GuestOutput,
     /// The `netlink` capability of a network backend granted it.
     pub netlink: Option<Arc<super::netlink::NetlinkHost>>,
+    /// The `lvm`, `files` and `qemu-img` capabilities of a volume driver granted them.
+    pub volume: Option<Arc<super::volume_host::VolumeHost>>,
+    /// When the call in progress must be over (host work gets at most what is left).
+    pub call_deadline: Option<Instant>,
 }
 
 impl HostState {
@@ -160,6 +165,8 @@ impl HostState {
             table: ResourceTable::new(),
             output,
             netlink: None,
+            volume: None,
+            call_deadline: None,
         }
     }
 

@@ -10,6 +10,8 @@ use wasmtime::Engine;
 pub const SCHEDULER_VERSION: (u64, u64, u64) = (1, 0, 0);
 /// The network package version this agent speaks.
 pub const NETWORK_VERSION: (u64, u64, u64) = (1, 0, 0);
+/// The volume package version this agent speaks.
+pub const VOLUME_VERSION: (u64, u64, u64) = (1, 0, 0);
 /// The common package version this agent speaks.
 pub const COMMON_VERSION: (u64, u64, u64) = (1, 0, 0);
 
@@ -69,8 +71,14 @@ fn capability_of(import: &str) -> Result<Option<&'static str>, String> {
     let (base, _) = split_version(import);
     Ok(match base {
         "hyperlet:common/log" => Some("log"),
-        "hyperlet:common/types" | "hyperlet:scheduler/types" | "hyperlet:network/types" => None,
+        "hyperlet:common/types"
+        | "hyperlet:scheduler/types"
+        | "hyperlet:network/types"
+        | "hyperlet:volume/types" => None,
         "hyperlet:network/netlink" => Some("netlink"),
+        "hyperlet:volume/lvm" => Some("lvm"),
+        "hyperlet:volume/files" => Some("files"),
+        "hyperlet:volume/qemu-img" => Some("qemu-img"),
         b if b.starts_with("wasi:io/") => None,
         "wasi:cli/environment"
         | "wasi:cli/exit"
@@ -112,6 +120,7 @@ pub fn inspect_component(engine: &Engine, component: &Component) -> ComponentInf
             "hyperlet:scheduler/filter" => Some(PluginKind::Filter),
             "hyperlet:scheduler/weigher" => Some(PluginKind::Weigher),
             "hyperlet:network/backend" => Some(PluginKind::NetworkBackend),
+            "hyperlet:volume/driver" => Some(PluginKind::VolumeDriver),
             _ => None,
         };
         if k.is_some() {
@@ -145,8 +154,8 @@ impl ComponentInfo {
         let Some(actual) = self.kind else {
             return no(format!(
                 "it exports no hyperlet plugin world (exports: {}); build it against \
-                 wit/scheduler (world filter-plugin or weigher-plugin) or wit/network (world \
-                 network-backend)",
+                 wit/scheduler (world filter-plugin or weigher-plugin), wit/network (world \
+                 network-backend) or wit/volume (world volume-driver)",
                 if self.exports.is_empty() {
                     "nothing".to_string()
                 } else {
@@ -210,6 +219,7 @@ fn export_name(kind: PluginKind) -> &'static str {
         PluginKind::Filter => "hyperlet:scheduler/filter",
         PluginKind::Weigher => "hyperlet:scheduler/weigher",
         PluginKind::NetworkBackend => "hyperlet:network/backend",
+        PluginKind::VolumeDriver => "hyperlet:volume/driver",
     }
 }
 
@@ -218,6 +228,7 @@ fn package_of(kind: PluginKind) -> (&'static str, (u64, u64, u64)) {
     match kind {
         PluginKind::Filter | PluginKind::Weigher => ("hyperlet:scheduler", SCHEDULER_VERSION),
         PluginKind::NetworkBackend => ("hyperlet:network", NETWORK_VERSION),
+        PluginKind::VolumeDriver => ("hyperlet:volume", VOLUME_VERSION),
     }
 }
 
@@ -252,6 +263,16 @@ mod tests {
             Ok(Some("netlink"))
         );
         assert_eq!(capability_of("hyperlet:network/types@1.0.0"), Ok(None));
+        assert_eq!(capability_of("hyperlet:volume/lvm@1.0.0"), Ok(Some("lvm")));
+        assert_eq!(
+            capability_of("hyperlet:volume/files@1.0.0"),
+            Ok(Some("files"))
+        );
+        assert_eq!(
+            capability_of("hyperlet:volume/qemu-img@1.0.0"),
+            Ok(Some("qemu-img"))
+        );
+        assert_eq!(capability_of("hyperlet:volume/types@1.0.0"), Ok(None));
         assert!(capability_of("wasi:filesystem/types@0.2.6").is_err());
         assert!(capability_of("wasi:sockets/tcp@0.2.6").is_err());
         assert!(capability_of("acme:evil/thing").is_err());

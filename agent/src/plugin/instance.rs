@@ -1,7 +1,7 @@
 //! A loaded plugin: its pre-linked component, a few ready instances, and calls under limits.
 
 use super::bindings::{
-    filter, network, weigher, WitHostBatch, WitNetwork, WitNetworkType, WitPluginError,
+    filter, network, volume, weigher, WitHostBatch, WitNetwork, WitNetworkType, WitPluginError,
     WitRequestSpec, WitVerdicts,
 };
 use super::engine::PluginEngine;
@@ -9,13 +9,14 @@ use super::host::{HostState, LogBudget};
 use super::inspect::{inspect_component, Compatibility, ComponentInfo};
 use super::net_grant::NetGrant;
 use super::netlink::NetlinkHost;
+use super::volume_host::VolumeHost;
 use super::{cache, PluginError};
 use crate::config::{PluginConfig, PluginKind};
 use crate::net::{BackendNetwork, NetworkType};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::Store;
 
@@ -28,12 +29,14 @@ enum Pre {
     Filter(filter::FilterPluginPre<HostState>),
     Weigher(weigher::WeigherPluginPre<HostState>),
     Network(network::NetworkBackendPre<HostState>),
+    Volume(volume::VolumeDriverPre<HostState>),
 }
 
 enum Bound {
     Filter(filter::FilterPlugin),
     Weigher(weigher::WeigherPlugin),
     Network(network::NetworkBackend),
+    Volume(volume::VolumeDriver),
 }
 
 struct Ready {
@@ -54,6 +57,7 @@ pub struct LoadedPlugin {
     idle: Mutex<Vec<Ready>>,
     budget: Arc<LogBudget>,
     netlink: Option<Arc<NetlinkHost>>,
+    volume: Option<Arc<VolumeHost>>,
     calls: AtomicU64,
     failures: AtomicU64,
 }
@@ -177,6 +181,12 @@ impl LoadedPlugin {
                 let pre = linker.instantiate_pre(&component).map_err(link_err)?;
                 Pre::Network(network::NetworkBackendPre::new(pre).map_err(link_err)?)
             }
+            PluginKind::VolumeDriver => {
+                volume::VolumeDriver::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                    .map_err(link_err)?;
+                let pre = linker.instantiate_pre(&component).map_err(link_err)?;
+                Pre::Volume(volume::VolumeDriverPre::new(pre).map_err(link_err)?)
+            }
         };
         let name: Arc<str> = Arc::from(config.name.as_str());
         // Only a backend granted `netlink` gets it; the runtime that loads the plugin runs its
@@ -190,6 +200,19 @@ impl LoadedPlugin {
                 tokio::runtime::Handle::try_current().ok(),
             ))
         });
+        // A volume driver gets the lvm/files/qemu-img access its grants give.
+        let volume = if config.kind == PluginKind::VolumeDriver {
+            Some(Arc::new(
+                VolumeHost::new(
+                    name.clone(),
+                    config,
+                    tokio::runtime::Handle::try_current().ok(),
+                )
+                .map_err(not_loaded)?,
+            ))
+        } else {
+            None
+        };
         let plugin = Self {
             config: config.clone(),
             info,
@@ -199,6 +222,7 @@ impl LoadedPlugin {
             idle: Mutex::new(Vec::new()),
             budget: Arc::new(LogBudget::new(log_lines_per_minute)),
             netlink,
+            volume,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         };
@@ -223,6 +247,8 @@ impl LoadedPlugin {
         let memory = (self.config.memory_limit_mb * 1024 * 1024) as usize;
         let mut state = HostState::new(self.name.clone(), self.budget.clone(), memory);
         state.netlink = self.netlink.clone();
+        state.volume = self.volume.clone();
+        state.call_deadline = Some(Instant::now() + self.timeout());
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
@@ -258,6 +284,14 @@ impl LoadedPlugin {
                     .map_err(trap)?;
                 (Bound::Network(b), r)
             }
+            Pre::Volume(pre) => {
+                let b = pre.instantiate(&mut store).map_err(trap)?;
+                let r = b
+                    .hyperlet_volume_driver()
+                    .call_configure(&mut store, &settings)
+                    .map_err(trap)?;
+                (Bound::Volume(b), r)
+            }
         };
         store.data().flush_output();
         configured.map_err(|e| PluginError::Reported {
@@ -273,6 +307,7 @@ impl LoadedPlugin {
             Pre::Filter(p) => p.engine(),
             Pre::Weigher(p) => p.engine(),
             Pre::Network(p) => p.engine(),
+            Pre::Volume(p) => p.engine(),
         }
     }
 
@@ -485,6 +520,56 @@ impl LoadedPlugin {
             b.hyperlet_network_backend()
                 .call_delete_network(store, &net)
         })
+    }
+
+    /// Runs one call of a volume driver's `driver` interface (blocking): an idle instance
+    /// under the call deadline, which also bounds the host work the call asks for; a trap
+    /// discards the instance, an answer (even an error) keeps it.
+    pub(super) fn call_driver<T>(
+        &self,
+        call: impl FnOnce(
+            &volume::VolumeDriver,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<T, WitPluginError>>,
+    ) -> Result<T, PluginError> {
+        let result = (|| {
+            let mut ready = self.take()?;
+            ready
+                .store
+                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+            ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
+            let Bound::Volume(b) = &ready.bound else {
+                return Err(PluginError::NotLoaded {
+                    plugin: self.name.to_string(),
+                    reason: format!(
+                        "it is a {} plugin, not a volume driver",
+                        self.config.kind.as_str()
+                    ),
+                });
+            };
+            let answer = call(b, &mut ready.store);
+            ready.store.data().flush_output();
+            // A trap drops `ready` here: the instance is discarded.
+            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
+            self.give_back(ready);
+            answer.map_err(|e| PluginError::Reported {
+                plugin: self.name.to_string(),
+                code: e.code,
+                message: e.message,
+            })
+        })();
+        self.record(result)
+    }
+
+    /// Counts a call that answered but whose answer was refused.
+    pub(super) fn refuse_answer(&self, reason: String) -> PluginError {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let e = PluginError::BadAnswer {
+            plugin: self.name.to_string(),
+            reason,
+        };
+        tracing::warn!(plugin = %self.name, error = %e, "plugin call failed");
+        e
     }
 
     /// Calls made and calls failed.

@@ -30,6 +30,8 @@ mod instance;
 mod net_grant;
 mod netlink;
 mod registry;
+mod volume_driver;
+mod volume_host;
 
 pub use bindings::{
     WitHostBatch, WitLinkInfo, WitNetwork, WitNetworkType, WitPluginError, WitRequestSpec,
@@ -41,6 +43,7 @@ pub use instance::LoadedPlugin;
 pub use net_grant::{NetGrant, NetGrantError, NetlinkOp};
 pub use netlink::{net_error, NetlinkHost, NetlinkReply};
 pub use registry::{PluginRegistry, PluginStatus, PluginView};
+pub use volume_host::VolumeHost;
 
 /// Errors of plugin loading and calls. Every message names the plugin.
 #[derive(Debug, thiserror::Error)]

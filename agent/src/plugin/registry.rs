@@ -3,7 +3,7 @@
 use super::engine::PluginEngine;
 use super::instance::LoadedPlugin;
 use super::PluginError;
-use crate::config::{NetlinkGrant, PluginConfig, PluginKind};
+use crate::config::{FilesGrant, LvmGrant, NetlinkGrant, PluginConfig, PluginKind};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,7 +26,7 @@ pub enum PluginStatus {
 pub struct PluginView {
     /// Configured name.
     pub name: String,
-    /// filter, weigher or network-backend.
+    /// filter, weigher, network-backend or volume-driver.
     pub kind: PluginKind,
     /// Component file.
     pub path: String,
@@ -42,6 +42,10 @@ pub struct PluginView {
     pub grants: Vec<String>,
     /// Network backends granted `netlink`: what the grant covers.
     pub netlink: Option<NetlinkGrant>,
+    /// Volume drivers granted `lvm`: the volume groups.
+    pub lvm: Option<LvmGrant>,
+    /// Volume drivers granted `files` or `qemu-img`: the shares.
+    pub files: Option<FilesGrant>,
     /// Capabilities its imports need.
     pub needs: Vec<String>,
     /// Its imports.
@@ -181,14 +185,51 @@ impl PluginRegistry {
     /// [`PluginError::NotLoaded`] when no plugin has that name, it is not a network backend, or
     /// it failed to load (with the reason).
     pub fn network_backend(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.serving(name, PluginKind::NetworkBackend, "network backend", || {
+            self.network_backend_names()
+        })
+    }
+
+    /// The serving version of the volume driver configured as `name`.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when no plugin has that name, it is not a volume driver, or
+    /// it failed to load (with the reason).
+    pub fn volume_driver(&self, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.serving(name, PluginKind::VolumeDriver, "volume driver", || {
+            self.volume_driver_names()
+        })
+    }
+
+    /// The names of the configured volume drivers (loaded or not), in config order.
+    pub fn volume_driver_names(&self) -> Vec<String> {
+        self.names_of(PluginKind::VolumeDriver)
+    }
+
+    fn names_of(&self, kind: PluginKind) -> Vec<String> {
+        self.slots
+            .iter()
+            .filter(|s| s.config.kind == kind)
+            .map(|s| s.config.name.clone())
+            .collect()
+    }
+
+    /// The serving version of plugin `name` of `kind`.
+    fn serving(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        what: &str,
+        names: impl FnOnce() -> Vec<String>,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
         let not_loaded = |reason: String| PluginError::NotLoaded {
             plugin: name.to_string(),
             reason,
         };
         let Some(slot) = self.slots.iter().find(|s| s.config.name == name) else {
-            let names = self.network_backend_names();
+            let names = names();
             return Err(not_loaded(format!(
-                "no plugin of that name is configured (network backends: {})",
+                "no plugin of that name is configured ({what}s: {})",
                 if names.is_empty() {
                     "none".to_string()
                 } else {
@@ -196,9 +237,9 @@ impl PluginRegistry {
                 }
             )));
         };
-        if slot.config.kind != PluginKind::NetworkBackend {
+        if slot.config.kind != kind {
             return Err(not_loaded(format!(
-                "it is a {} plugin, not a network backend",
+                "it is a {} plugin, not a {what}",
                 slot.config.kind.as_str()
             )));
         }
@@ -217,11 +258,7 @@ impl PluginRegistry {
 
     /// The names of the configured network backends (loaded or not), in config order.
     pub fn network_backend_names(&self) -> Vec<String> {
-        self.slots
-            .iter()
-            .filter(|s| s.config.kind == PluginKind::NetworkBackend)
-            .map(|s| s.config.name.clone())
-            .collect()
+        self.names_of(PluginKind::NetworkBackend)
     }
 
     /// Every plugin with its status.
@@ -251,6 +288,8 @@ impl PluginRegistry {
                         .iter()
                         .any(|g| g == "netlink")
                         .then(|| s.config.netlink.clone().unwrap_or_default()),
+                    lvm: s.config.lvm.clone(),
+                    files: s.config.files.clone(),
                     needs: loaded
                         .as_ref()
                         .map(|(p, _)| p.info.needs.clone())

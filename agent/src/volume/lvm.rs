@@ -6,10 +6,11 @@
 //! `LVM_SYSTEM_DIR`; reports are read in the machine-readable form
 //! (`--noheadings --units b --nosuffix --separator '|'`).
 
+use super::command::Tool;
 use super::VolumeError;
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 /// Bytes in a GiB.
@@ -40,17 +41,32 @@ pub struct LvInfo {
     pub origin: Option<String>,
 }
 
+/// Capacity of a thin pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThinPoolInfo {
+    /// The pool's data size, bytes.
+    pub size_bytes: u64,
+    /// Data used by its thin volumes, bytes.
+    pub used_bytes: u64,
+}
+
+/// What `lvcreate -s` says when LVM runs without device-mapper.
+const NO_DM_SNAPSHOT: &str = "Can't create snapshot without using device-mapper";
+
 /// Logical volume management restricted to a granted set of volume groups.
 #[derive(Debug, Clone)]
 pub struct Lvm {
     granted: BTreeSet<String>,
     system_dir: Option<PathBuf>,
     deadline: Duration,
+    copy_deadline: Duration,
 }
 
 impl Lvm {
     /// The deadline of one LVM command unless [`Lvm::with_deadline`] says otherwise.
     pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+    /// The deadline of [`Lvm::lv_copy`] unless [`Lvm::with_copy_deadline`] says otherwise.
+    pub const DEFAULT_COPY_DEADLINE: Duration = Duration::from_secs(3600);
 
     /// LVM access to exactly the volume groups in `granted`.
     ///
@@ -69,7 +85,15 @@ impl Lvm {
             granted,
             system_dir: None,
             deadline: Self::DEFAULT_DEADLINE,
+            copy_deadline: Self::DEFAULT_COPY_DEADLINE,
         })
+    }
+
+    /// Kills a block copy ([`Lvm::lv_copy`]) still running after `deadline`.
+    #[must_use]
+    pub fn with_copy_deadline(mut self, deadline: Duration) -> Self {
+        self.copy_deadline = deadline;
+        self
     }
 
     /// Runs the tools with `LVM_SYSTEM_DIR` set to `dir` (the directory of the `lvm.conf` to use).
@@ -84,6 +108,12 @@ impl Lvm {
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
         self
+    }
+
+    /// The deadline of one LVM command.
+    #[must_use]
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The granted volume groups, sorted.
@@ -196,49 +226,206 @@ impl Lvm {
         .map(drop)
     }
 
-    /// Removes `vg/name` (`lvremove -f`).
+    /// Removes `vg/name` (`lvremove -f`). An LV that is the origin of snapshots is refused:
+    /// `lvremove` would take the snapshots with it.
     ///
     /// # Errors
     /// [`VolumeError::NotGranted`] or [`VolumeError::InvalidName`] before anything runs;
-    /// [`VolumeError::LvNotFound`] when there is no such LV; other errors of `lvremove`.
+    /// [`VolumeError::LvNotFound`] when there is no such LV; [`VolumeError::InUse`] when it has
+    /// snapshots; other errors of `lvs` and `lvremove`.
     pub async fn lv_remove(&self, vg: &str, name: &str) -> Result<(), VolumeError> {
         self.check_vg(vg)?;
         check_name("logical volume", name)?;
+        let lvs = self.lv_list(vg).await?;
+        if !lvs.iter().any(|lv| lv.name == name) {
+            return Err(not_found(vg, name));
+        }
+        let snapshots: Vec<&str> = lvs
+            .iter()
+            .filter(|lv| lv.origin.as_deref() == Some(name))
+            .map(|lv| lv.name.as_str())
+            .collect();
+        if !snapshots.is_empty() {
+            return Err(VolumeError::InUse {
+                vg: vg.to_owned(),
+                name: name.to_owned(),
+                snapshots: snapshots.join(", "),
+            });
+        }
         self.run("lvremove", &["-f".to_owned(), lv_path(vg, name)])
             .await
             .map_err(|e| lv_missing(e, vg, name))
             .map(drop)
     }
 
-    /// Takes a copy-on-write snapshot `snap_name` of `vg/origin` with `size_gb` GiB of room for
-    /// changes (`lvcreate -s -L <n>g -n snap_name vg/origin`).
+    /// Takes a copy-on-write snapshot `snap_name` of `vg/origin`: with `size_gb` GiB of room
+    /// for changes (`lvcreate -s -L <n>g -n snap_name vg/origin`), or, when `size_gb` is
+    /// `None`, a thin snapshot of a thin origin (`lvcreate -s -n snap_name vg/origin`).
+    ///
+    /// LVM refuses `lvcreate -s` when it runs without device-mapper (`activation = 0` in its
+    /// `lvm.conf`, as on a build machine without the kernel driver). No LV is ever active there,
+    /// so no data exists to copy: the host then writes the same metadata in two steps, the
+    /// exception store (`lvcreate -L`) and its conversion into a snapshot of the origin
+    /// (`lvconvert -s -Zn`), and removes the store again if the conversion fails.
     ///
     /// # Errors
     /// [`VolumeError::NotGranted`], [`VolumeError::InvalidName`] or [`VolumeError::InvalidSize`]
     /// before anything runs; [`VolumeError::LvNotFound`] when the origin does not exist; other
-    /// errors of `lvcreate` (a host without device-mapper cannot take snapshots).
+    /// errors of `lvcreate`/`lvconvert`.
     pub async fn lv_snapshot(
+        &self,
+        vg: &str,
+        origin: &str,
+        snap_name: &str,
+        size_gb: Option<u64>,
+    ) -> Result<(), VolumeError> {
+        self.check_vg(vg)?;
+        check_name("logical volume", origin)?;
+        check_name("logical volume", snap_name)?;
+        if let Some(size_gb) = size_gb {
+            check_size(size_gb)?;
+        }
+        let mut args = vec!["-s".to_owned()];
+        if let Some(size_gb) = size_gb {
+            args.extend(["-L".to_owned(), format!("{size_gb}g")]);
+        }
+        args.extend(["-n".to_owned(), snap_name.to_owned(), lv_path(vg, origin)]);
+        match self.run("lvcreate", &args).await {
+            Ok(_) => Ok(()),
+            Err(VolumeError::CommandFailed { ref stderr, .. })
+                if size_gb.is_some() && stderr.contains(NO_DM_SNAPSHOT) =>
+            {
+                self.snapshot_without_dm(vg, origin, snap_name, size_gb.unwrap_or(1))
+                    .await
+            }
+            Err(e) => Err(lv_missing(e, vg, origin)),
+        }
+    }
+
+    /// The metadata-only snapshot of a host whose LVM runs without device-mapper.
+    async fn snapshot_without_dm(
         &self,
         vg: &str,
         origin: &str,
         snap_name: &str,
         size_gb: u64,
     ) -> Result<(), VolumeError> {
-        self.check_vg(vg)?;
-        check_name("logical volume", origin)?;
-        check_name("logical volume", snap_name)?;
-        check_size(size_gb)?;
-        let args = [
+        if !self.lv_list(vg).await?.iter().any(|lv| lv.name == origin) {
+            return Err(not_found(vg, origin));
+        }
+        tracing::info!(
+            vg,
+            origin,
+            snapshot = snap_name,
+            "LVM runs without device-mapper: writing the snapshot's metadata in two steps"
+        );
+        self.run("lvcreate", &create_args(vg, snap_name, size_gb, None))
+            .await?;
+        let convert = [
+            "-y".to_owned(),
+            "-Zn".to_owned(),
             "-s".to_owned(),
-            "-L".to_owned(),
-            format!("{size_gb}g"),
-            "-n".to_owned(),
-            snap_name.to_owned(),
             lv_path(vg, origin),
+            lv_path(vg, snap_name),
         ];
-        self.run("lvcreate", &args)
+        if let Err(e) = self.run("lvconvert", &convert).await {
+            let _ = self
+                .run("lvremove", &["-f".to_owned(), lv_path(vg, snap_name)])
+                .await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Capacity of thin pool `vg/pool`, or `None` when the group has no LV of that name.
+    ///
+    /// # Errors
+    /// [`VolumeError::NotGranted`] or [`VolumeError::InvalidName`] before anything runs;
+    /// [`VolumeError::Invalid`] when the LV is not a thin pool; errors of `lvs`.
+    pub async fn thin_pool_info(
+        &self,
+        vg: &str,
+        pool: &str,
+    ) -> Result<Option<ThinPoolInfo>, VolumeError> {
+        self.check_vg(vg)?;
+        check_name("thin pool", pool)?;
+        let out = self
+            .run(
+                "lvs",
+                &report_args("lv_name,lv_size,segtype,data_percent", vg.to_owned()),
+            )
+            .await?;
+        for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+            let [name, size, segtype, percent] = fields.as_slice() else {
+                return Err(parse_error("lvs", line));
+            };
+            if *name != pool {
+                continue;
+            }
+            if *segtype != "thin-pool" {
+                return Err(VolumeError::Invalid(format!(
+                    "{vg}/{pool} is a {segtype} LV, not a thin pool"
+                )));
+            }
+            let size_bytes: u64 = size.parse().map_err(|_| parse_error("lvs", line))?;
+            let percent: f64 = if percent.is_empty() {
+                0.0
+            } else {
+                percent.parse().map_err(|_| parse_error("lvs", line))?
+            };
+            let used = (size_bytes as f64 * percent.clamp(0.0, 100.0) / 100.0).round() as u64;
+            return Ok(Some(ThinPoolInfo {
+                size_bytes,
+                used_bytes: used.min(size_bytes),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Copies the contents of `vg/source` onto `vg/target` (`qemu-img convert -n -f raw -O raw`
+    /// between the two device nodes), under the copy deadline ([`Lvm::with_copy_deadline`]).
+    ///
+    /// # Errors
+    /// [`VolumeError::NotGranted`] or [`VolumeError::InvalidName`] before anything runs;
+    /// [`VolumeError::LvNotFound`] for a missing LV; [`VolumeError::Invalid`] when the target
+    /// is smaller than the source; [`VolumeError::NotActive`] when a device node is missing;
+    /// errors of `qemu-img`.
+    pub async fn lv_copy(&self, vg: &str, source: &str, target: &str) -> Result<(), VolumeError> {
+        self.check_vg(vg)?;
+        check_name("logical volume", source)?;
+        check_name("logical volume", target)?;
+        if source == target {
+            return Err(VolumeError::Invalid(format!(
+                "cannot copy {vg}/{source} onto itself"
+            )));
+        }
+        let lvs = self.lv_list(vg).await?;
+        let size = |name: &str| {
+            lvs.iter()
+                .find(|lv| lv.name == name)
+                .map(|lv| lv.size_bytes)
+                .ok_or_else(|| not_found(vg, name))
+        };
+        let (from, to) = (size(source)?, size(target)?);
+        if to < from {
+            return Err(VolumeError::Invalid(format!(
+                "{vg}/{target} ({to} bytes) is smaller than {vg}/{source} ({from} bytes)"
+            )));
+        }
+        let (src, dst) = (device_path(vg, source), device_path(vg, target));
+        for path in [&src, &dst] {
+            if !Path::new(path).exists() {
+                return Err(VolumeError::NotActive { path: path.clone() });
+            }
+        }
+        let args: Vec<String> = ["convert", "-n", "-f", "raw", "-O", "raw", &src, &dst]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Tool::new("qemu-img", "qemu-utils", self.copy_deadline)
+            .run(&args, super::command::plain_stderr)
             .await
-            .map_err(|e| lv_missing(e, vg, origin))
             .map(drop)
     }
 
@@ -287,38 +474,14 @@ impl Lvm {
 
     /// Runs one LVM tool with a deadline and returns its stdout.
     async fn run(&self, tool: &'static str, args: &[String]) -> Result<String, VolumeError> {
-        let mut cmd = tokio::process::Command::new(tool);
-        cmd.args(args)
-            .env("LC_ALL", "C")
-            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut runner = Tool::new(tool, "lvm2", self.deadline);
+        runner
+            .env
+            .push(("LVM_SUPPRESS_FD_WARNINGS", OsStr::new("1")));
         if let Some(dir) = &self.system_dir {
-            cmd.env("LVM_SYSTEM_DIR", dir);
+            runner.env.push(("LVM_SYSTEM_DIR", dir.as_os_str()));
         }
-        tracing::debug!(tool, ?args, "running LVM command");
-        let child = cmd
-            .spawn()
-            .map_err(|source| VolumeError::ToolMissing { tool, source })?;
-        let out = match tokio::time::timeout(self.deadline, child.wait_with_output()).await {
-            Err(_) => {
-                return Err(VolumeError::Timeout {
-                    tool,
-                    secs: self.deadline.as_secs_f64(),
-                })
-            }
-            Ok(Err(source)) => return Err(VolumeError::ToolMissing { tool, source }),
-            Ok(Ok(out)) => out,
-        };
-        if !out.status.success() {
-            return Err(VolumeError::CommandFailed {
-                tool,
-                stderr: clean_stderr(&String::from_utf8_lossy(&out.stderr)),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        runner.run(args, clean_stderr).await
     }
 }
 
@@ -367,17 +530,29 @@ fn lv_path(vg: &str, name: &str) -> String {
     format!("{vg}/{name}")
 }
 
+/// The device node of an active LV, `/dev/<vg>/<name>`.
+pub fn device_path(vg: &str, name: &str) -> String {
+    format!("/dev/{vg}/{name}")
+}
+
 /// Checks a VG, LV or thin pool name: `[A-Za-z0-9_+.-]`, no leading `-`, at most 127
 /// characters, not `.`/`..` and no `..` anywhere.
 fn check_name(what: &'static str, name: &str) -> Result<(), VolumeError> {
+    if name.contains('/') || name.contains("..") {
+        return Err(VolumeError::Escape {
+            what,
+            name: name.to_owned(),
+            within: "its volume group",
+        });
+    }
     let reason = if name.is_empty() {
         Some("must not be empty")
     } else if name.len() > MAX_NAME {
         Some("must be at most 127 characters")
     } else if name.starts_with('-') {
         Some("must not start with '-'")
-    } else if name.contains("..") || name == "." {
-        Some("must not be '.' or contain '..'")
+    } else if name == "." {
+        Some("must not be '.'")
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-'))
@@ -678,28 +853,52 @@ mod tests {
         );
         assert_eq!(t.lvs()[0], (vol(1), 3 * GIB, String::new()));
 
-        // Snapshots need device-mapper: they work on production hosts, and here the failure
-        // must come back typed with LVM's reason and leave nothing behind.
+        // A snapshot: with device-mapper by lvcreate -s, here (activation off) as metadata.
         let snap = "_snapshot-4e1b0a9c-0000-4000-8000-000000000009";
-        match lvm.lv_snapshot(vg, &vol(2), snap, 1).await {
-            Ok(()) => {
-                let listed = lvm.lv_list(vg).await.expect("list");
-                let s = listed
-                    .iter()
-                    .find(|lv| lv.name == snap)
-                    .expect("snapshot listed");
-                assert_eq!(s.origin.as_deref(), Some(vol(2).as_str()));
-                lvm.lv_remove(vg, snap).await.expect("remove snapshot");
+        lvm.lv_snapshot(vg, &vol(2), snap, Some(1))
+            .await
+            .expect("snapshot");
+        let listed = lvm.lv_list(vg).await.expect("list");
+        let s = listed
+            .iter()
+            .find(|lv| lv.name == snap)
+            .expect("snapshot listed");
+        assert_eq!(s.origin.as_deref(), Some(vol(2).as_str()));
+        assert!(t.lvs().contains(&(snap.to_owned(), GIB, vol(2))));
+        // The origin cannot go before its snapshot.
+        match lvm.lv_remove(vg, &vol(2)).await {
+            Err(e @ VolumeError::InUse { .. }) => {
+                assert_eq!(e.code(), "in-use");
+                assert!(e.to_string().contains(snap), "{e}");
             }
-            Err(VolumeError::CommandFailed { tool, stderr }) => {
-                assert_eq!(tool, "lvcreate");
-                assert!(stderr.contains("device-mapper"), "{stderr}");
-            }
-            Err(e) => panic!("snapshot: {e}"),
+            other => panic!("remove of an origin: {other:?}"),
         }
+        lvm.lv_remove(vg, snap).await.expect("remove snapshot");
+        // A thin snapshot needs a thin origin.
+        let e = lvm.lv_snapshot(vg, &vol(2), snap, None).await.unwrap_err();
+        assert!(matches!(e, VolumeError::CommandFailed { .. }), "{e}");
+        // No thin pool of that name; a thick LV is not one.
+        assert_eq!(lvm.thin_pool_info(vg, "pool").await.expect("pool"), None);
+        assert!(matches!(
+            lvm.thin_pool_info(vg, &vol(2)).await,
+            Err(VolumeError::Invalid(_))
+        ));
+        // A block copy needs both LVs active: here there are no device nodes.
+        match lvm.lv_copy(vg, &vol(2), &vol(1)).await {
+            Err(e @ VolumeError::NotActive { .. }) => assert_eq!(e.code(), "unsupported"),
+            other => panic!("copy: {other:?}"),
+        }
+        assert!(matches!(
+            lvm.lv_copy(vg, &vol(1), &vol(2)).await,
+            Err(VolumeError::Invalid(_))
+        ));
+        assert!(matches!(
+            lvm.lv_copy(vg, &vol(8), &vol(2)).await,
+            Err(VolumeError::LvNotFound { .. })
+        ));
         assert_eq!(t.lvs().len(), 2);
         assert!(matches!(
-            lvm.lv_snapshot(vg, &vol(7), snap, 1).await,
+            lvm.lv_snapshot(vg, &vol(7), snap, Some(1)).await,
             Err(VolumeError::LvNotFound { .. })
         ));
 
@@ -763,7 +962,7 @@ mod tests {
             other.lv_list(vg).await.unwrap_err(),
             other.lv_remove(vg, &vol(1)).await.unwrap_err(),
             other.lv_extend(vg, &vol(1), 4).await.unwrap_err(),
-            other.lv_snapshot(vg, &vol(1), "snap", 1).await.unwrap_err(),
+            other.lv_snapshot(vg, &vol(1), "snap", Some(1)).await.unwrap_err(),
         ] {
             assert!(matches!(e, VolumeError::NotGranted { .. }), "{e}");
         }
@@ -791,11 +990,20 @@ mod tests {
                 lvm.lv_create(vg, bad, 1, None).await.unwrap_err(),
                 lvm.lv_remove(vg, bad).await.unwrap_err(),
                 lvm.lv_extend(vg, bad, 3).await.unwrap_err(),
-                lvm.lv_snapshot(vg, &vol(1), bad, 1).await.unwrap_err(),
-                lvm.lv_snapshot(vg, bad, "snap", 1).await.unwrap_err(),
+                lvm.lv_snapshot(vg, &vol(1), bad, Some(1)).await.unwrap_err(),
+                lvm.lv_snapshot(vg, bad, "snap", Some(1)).await.unwrap_err(),
                 lvm.lv_create(vg, &vol(3), 1, Some(bad)).await.unwrap_err(),
             ] {
-                assert!(matches!(e, VolumeError::InvalidName { .. }), "{bad:?}: {e}");
+                let escape = bad.contains('/') || bad.contains("..");
+                let expected = if escape { "denied" } else { "invalid" };
+                assert_eq!(e.code(), expected, "{bad:?}: {e}");
+                assert!(
+                    matches!(
+                        e,
+                        VolumeError::InvalidName { .. } | VolumeError::Escape { .. }
+                    ),
+                    "{bad:?}: {e}"
+                );
             }
         }
         assert!(matches!(
@@ -804,14 +1012,14 @@ mod tests {
         ));
         assert!(matches!(
             Lvm::new(["../etc"]),
-            Err(VolumeError::InvalidName { .. })
+            Err(VolumeError::Escape { .. })
         ));
 
         // Sizes.
         for e in [
             lvm.lv_create(vg, &vol(2), 0, None).await.unwrap_err(),
             lvm.lv_extend(vg, &vol(1), 0).await.unwrap_err(),
-            lvm.lv_snapshot(vg, &vol(1), "snap", 0).await.unwrap_err(),
+            lvm.lv_snapshot(vg, &vol(1), "snap", Some(0)).await.unwrap_err(),
             lvm.lv_create(vg, &vol(2), u64::MAX, None)
                 .await
                 .unwrap_err(),

@@ -1,7 +1,8 @@
 //! Volumes: the cinder-volume half of the agent.
 //!
 //! Volume drivers (LVM, NFS, third-party arrays) are sandboxed WebAssembly components of the
-//! `hyperlet:volume` world (`wit/volume/volume.wit`). A driver decides *what* to do; every
+//! `hyperlet:volume` world (`wit/volume/volume.wit`), loaded by the plugin registry as
+//! `kind = "volume-driver"` (see [`crate::plugin`]). A driver decides *what* to do; every
 //! privileged step goes through a host interface the agent grants with parameters, and the host
 //! validates each argument against that grant before running anything.
 //!
@@ -10,6 +11,16 @@
 //!
 //! * [`Lvm`] — the `lvm` interface: logical volumes on the volume groups a driver is granted.
 //!   The LVM tools run as argv (never a shell) with a deadline and machine-readable output.
+//! * [`Files`] — the `files` interface: files on the granted NFS shares, through a kernel
+//!   mount (`access = "mount"`) or the agent's own NFSv3 client (`access = "libnfs"`, no
+//!   mount; [`nfs`]).
+//! * [`QemuImg`] — the `qemu-img` interface: images on those shares (`nfs://` URLs for QEMU's
+//!   libnfs driver, or paths under the mount), explicit formats, backing chains kept inside
+//!   the share.
+//! * [`copy_image_to`] — writes an image of the image cache into a volume (create a volume
+//!   from an image).
+//! * [`model`] — the plain types the volume service and the drivers exchange ([`VolumeRef`],
+//!   [`SnapshotRef`], [`VolumeConnection`], [`CapacityStats`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hyperlet::volume::VolumeError> {
@@ -27,12 +38,27 @@
 //! ```
 
 use std::io;
+use std::path::PathBuf;
 
+mod command;
+mod copy;
+mod files;
 mod lvm;
+mod mount;
+pub mod model;
+mod names;
+pub mod nfs;
+mod qemu_img;
 
-pub use lvm::{LvInfo, Lvm, VgInfo};
+pub use copy::{copy_image_to, copy_image_to_with_deadline, COPY_DEADLINE};
+pub use files::{FileStat, Files, ShareStats};
+pub use lvm::{LvInfo, Lvm, ThinPoolInfo, VgInfo};
+pub use model::{CapacityStats, DiskFormat, SnapshotRef, VolumeConnection, VolumeRef};
+pub use names::{check_file_name, Share};
+pub use qemu_img::{ImageInfo, QemuImg};
 
-/// Errors of the volume host interfaces.
+/// Errors of the volume host interfaces. [`VolumeError::code`] is the plugin-error code a
+/// driver sees.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// The volume group is not in the driver's grant; nothing was run.
@@ -43,13 +69,39 @@ pub enum VolumeError {
         /// The granted groups, comma-separated (`none` when empty).
         granted: String,
     },
-    /// A volume group, logical volume or thin pool name was refused; nothing was run.
-    #[error("Invalid {what} name {name:?}: {reason}")]
-    InvalidName {
-        /// "volume group", "logical volume" or "thin pool".
+    /// The share is not in the driver's grant; nothing was run.
+    #[error("Share {share} is not granted to this driver (granted: {granted})")]
+    ShareNotGranted {
+        /// The share asked for.
+        share: String,
+        /// The granted shares, comma-separated.
+        granted: String,
+    },
+    /// A name would reach outside what is granted (`/`, `..`); nothing was run.
+    #[error("Invalid {what} name {name:?}: it would leave {within}")]
+    Escape {
+        /// "file", "logical volume", …
         what: &'static str,
         /// The name as given.
         name: String,
+        /// What it would leave.
+        within: &'static str,
+    },
+    /// A volume group, logical volume, thin pool or file name was refused; nothing was run.
+    #[error("Invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        /// "volume group", "logical volume", "thin pool" or "file".
+        what: &'static str,
+        /// The name as given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A share was refused (grant parameters or a driver's argument).
+    #[error("Invalid share {share:?}: {reason}")]
+    InvalidShare {
+        /// The share as given.
+        share: String,
         /// Why it was refused.
         reason: &'static str,
     },
@@ -61,6 +113,9 @@ pub enum VolumeError {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// An argument was refused; nothing was run.
+    #[error("Invalid request: {0}")]
+    Invalid(String),
     /// An extend asked for less than the current size.
     #[error("Refusing to shrink {vg}/{name} from {current_bytes} bytes to {requested_gb} GiB")]
     Shrink {
@@ -73,6 +128,16 @@ pub enum VolumeError {
         /// The size asked for, GiB.
         requested_gb: u64,
     },
+    /// A resize asked for less than the image's current virtual size.
+    #[error("Refusing to shrink image {name} from {current_bytes} bytes to {requested_gb} GiB")]
+    ShrinkImage {
+        /// The image's name in its share.
+        name: String,
+        /// Its virtual size now, bytes.
+        current_bytes: u64,
+        /// The size asked for, GiB.
+        requested_gb: u64,
+    },
     /// The logical volume does not exist.
     #[error("Logical volume {vg}/{name} does not exist")]
     LvNotFound {
@@ -81,16 +146,70 @@ pub enum VolumeError {
         /// The logical volume.
         name: String,
     },
-    /// An LVM tool could not be started.
-    #[error("Cannot run {tool} (install lvm2)")]
+    /// The logical volume is the origin of snapshots and cannot be removed before them.
+    #[error("Logical volume {vg}/{name} has snapshots ({snapshots}); remove them first")]
+    InUse {
+        /// The volume group.
+        vg: String,
+        /// The logical volume.
+        name: String,
+        /// Its snapshots, comma-separated.
+        snapshots: String,
+    },
+    /// The file does not exist in the share.
+    #[error("File {name} does not exist on share {share}")]
+    FileNotFound {
+        /// The share.
+        share: String,
+        /// The file.
+        name: String,
+    },
+    /// The file already exists in the share.
+    #[error("File {name} already exists on share {share}")]
+    FileExists {
+        /// The share.
+        share: String,
+        /// The file.
+        name: String,
+    },
+    /// An image's backing chain or data file leaves its share; nothing was run on it.
+    #[error("Image {name} on share {share} refers to {reference:?}, which is outside the share")]
+    OutsideShare {
+        /// The share.
+        share: String,
+        /// The image.
+        name: String,
+        /// The backing or data file it names.
+        reference: String,
+    },
+    /// A logical volume's device node is missing: LVM has not activated it on this host.
+    #[error("Logical volume device {path} does not exist: the LV is not active on this host")]
+    NotActive {
+        /// The device path.
+        path: String,
+    },
+    /// The share could not be mounted or is not mounted.
+    #[error("Share {share} is not usable at {mount_point}: {reason}")]
+    Mount {
+        /// The share.
+        share: String,
+        /// Its mount point.
+        mount_point: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A tool could not be started.
+    #[error("Cannot run {tool} (install {package})")]
     ToolMissing {
         /// The tool, e.g. `lvcreate`.
         tool: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
         /// Why it could not start.
         #[source]
         source: io::Error,
     },
-    /// An LVM tool exited with an error.
+    /// A tool exited with an error.
     #[error("{tool} failed: {stderr}")]
     CommandFailed {
         /// The tool, e.g. `lvcreate`.
@@ -98,15 +217,15 @@ pub enum VolumeError {
         /// What it printed on stderr (LVM's activation warnings left out).
         stderr: String,
     },
-    /// An LVM tool overran its deadline and was killed.
+    /// A tool or NFS operation overran its deadline (a tool is killed).
     #[error("{tool} did not finish within {secs} s")]
     Timeout {
-        /// The tool, e.g. `lvcreate`.
+        /// The tool, e.g. `lvcreate`, or the NFS operation.
         tool: &'static str,
         /// The deadline, seconds.
         secs: f64,
     },
-    /// An LVM tool's report could not be parsed.
+    /// A tool's report could not be parsed.
     #[error("Unexpected {tool} output {line:?}")]
     Parse {
         /// The tool, e.g. `vgs`.
@@ -114,4 +233,74 @@ pub enum VolumeError {
         /// The line that did not parse.
         line: String,
     },
+    /// An NFS operation failed.
+    #[error("NFS {op} on share {share} failed")]
+    Nfs {
+        /// The share.
+        share: String,
+        /// What was done, e.g. `create volume-1`.
+        op: String,
+        /// The client's error.
+        #[source]
+        source: nfs::NfsError,
+    },
+    /// A local file operation failed (mounted shares, images).
+    #[error("Cannot {op} {path}")]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl VolumeError {
+    /// The plugin-error code for a driver: `denied` (outside the grant), `invalid`,
+    /// `not-found`, `exists`, `in-use`, `no-space`, `unsupported` (the host lacks a tool or
+    /// device-mapper) or `failed`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotGranted { .. }
+            | Self::ShareNotGranted { .. }
+            | Self::Escape { .. }
+            | Self::OutsideShare { .. } => "denied",
+            Self::InvalidName { .. }
+            | Self::InvalidShare { .. }
+            | Self::InvalidSize { .. }
+            | Self::Invalid(_)
+            | Self::Shrink { .. }
+            | Self::ShrinkImage { .. } => "invalid",
+            Self::LvNotFound { .. } | Self::FileNotFound { .. } => "not-found",
+            Self::FileExists { .. } => "exists",
+            Self::InUse { .. } => "in-use",
+            Self::NotActive { .. } | Self::ToolMissing { .. } => "unsupported",
+            Self::CommandFailed { stderr, .. } if no_space(stderr) => "no-space",
+            Self::Nfs { source, .. } => source.code(),
+            Self::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => "no-space",
+            Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => "not-found",
+            Self::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => "exists",
+            _ => "failed",
+        }
+    }
+
+    /// The message with every wrapped cause, for a plugin-error.
+    pub fn chain(&self) -> String {
+        let mut message = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        message
+    }
+}
+
+/// Whether a tool's message says the backend is full.
+fn no_space(stderr: &str) -> bool {
+    let lower = stderr.to_ascii_lowercase();
+    lower.contains("insufficient free space") || lower.contains("no space left")
 }

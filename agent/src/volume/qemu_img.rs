@@ -1,0 +1,446 @@
+//! The host side of the `qemu-img` interface of `hyperlet:volume`: images in the granted
+//! shares of a [`Files`] grant.
+//!
+//! Every call checks the share and the names as [`Files`] does, always passes explicit formats
+//! (`-f`, `-O`, `-F`; a format is detected only when `info` is asked without one), and walks
+//! the backing chain of any image it opens — each backing file must be a file of the same
+//! share, with a recorded format, and no image may name a data file — before `qemu-img` runs.
+//! `qemu-img` runs as argv under the grant's deadline.
+//!
+//! Backing references are written as a plain name with a kernel mount (resolved next to the
+//! overlay, as cinder writes them) and as the backing file's full `nfs://` URL with
+//! `access = "libnfs"` (QEMU 7.2's NFS driver resolves relative backing names wrongly). The
+//! driver only ever sees names.
+
+use super::command::{plain_stderr, Tool};
+use super::files::{Files, Location};
+use super::{check_file_name, DiskFormat, Share, VolumeError};
+use crate::config::ShareAccess;
+use serde_json::Value;
+
+/// Deepest backing chain accepted.
+const MAX_CHAIN: usize = 32;
+/// Bytes in a GiB.
+const GIB: u64 = 1 << 30;
+
+/// What `qemu-img info` reports, with the backing file as a name in the same share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The format.
+    pub format: String,
+    /// Virtual size, bytes.
+    pub virtual_size_bytes: u64,
+    /// Bytes used on disk.
+    pub actual_size_bytes: u64,
+    /// The backing file's name in the same share.
+    pub backing_file: Option<String>,
+    /// The backing file's recorded format.
+    pub backing_format: Option<String>,
+}
+
+/// `qemu-img` restricted to the shares of a grant.
+#[derive(Debug, Clone)]
+pub struct QemuImg {
+    files: Files,
+}
+
+fn parse_format(text: &str) -> Option<DiskFormat> {
+    match text {
+        "raw" => Some(DiskFormat::Raw),
+        "qcow2" => Some(DiskFormat::Qcow2),
+        _ => None,
+    }
+}
+
+fn check_size_gb(size_gb: u64) -> Result<u64, VolumeError> {
+    if size_gb == 0 {
+        return Err(VolumeError::InvalidSize {
+            size_gb,
+            reason: "must be greater than 0",
+        });
+    }
+    size_gb
+        .checked_mul(GIB)
+        .filter(|b| *b <= i64::MAX as u64)
+        .ok_or(VolumeError::InvalidSize {
+            size_gb,
+            reason: "too large",
+        })
+}
+
+impl QemuImg {
+    /// `qemu-img` on the shares `files` is granted.
+    pub fn new(files: Files) -> Self {
+        Self { files }
+    }
+
+    /// The file access this works through.
+    pub fn files(&self) -> &Files {
+        &self.files
+    }
+
+    fn tool(&self) -> Tool<'static> {
+        Tool::new("qemu-img", "qemu-utils", self.files.deadline())
+    }
+
+    async fn run(&self, args: Vec<String>) -> Result<String, VolumeError> {
+        self.tool().run(&args, plain_stderr).await
+    }
+
+    /// How an overlay in `share` refers to backing file `name`.
+    fn backing_ref(&self, share: &Share, location: &Location, name: &str) -> String {
+        match (self.files.access(), location) {
+            (ShareAccess::Libnfs, _) | (_, Location::Url(_)) => share.url(name),
+            (ShareAccess::Mount, Location::Path(_)) => name.to_owned(),
+        }
+    }
+
+    /// Maps a backing reference found in an image to a name of the same share.
+    fn backing_name(
+        &self,
+        share: &Share,
+        name: &str,
+        reference: &str,
+    ) -> Result<String, VolumeError> {
+        let outside = || VolumeError::OutsideShare {
+            share: share.to_string(),
+            name: name.to_owned(),
+            reference: reference.to_owned(),
+        };
+        let candidate = if !reference.contains('/') {
+            reference.to_owned()
+        } else if let Some(rest) = reference.strip_prefix(&share.url("")) {
+            rest.to_owned()
+        } else {
+            let point = self.files.mount_point(share);
+            match std::path::Path::new(reference).strip_prefix(&point) {
+                Ok(rest) => rest.to_string_lossy().into_owned(),
+                Err(_) => return Err(outside()),
+            }
+        };
+        check_file_name(&candidate).map_err(|_| outside())?;
+        Ok(candidate)
+    }
+
+    /// `qemu-img info` of one image (not its chain), refused when it names a data file or a
+    /// backing file outside the share.
+    async fn info_one(
+        &self,
+        share: &Share,
+        name: &str,
+        format: Option<DiskFormat>,
+    ) -> Result<ImageInfo, VolumeError> {
+        if self.files.stat(share.as_str(), name).await?.is_none() {
+            return Err(VolumeError::FileNotFound {
+                share: share.to_string(),
+                name: name.to_owned(),
+            });
+        }
+        let location = self.files.location(share.as_str(), name).await?;
+        let mut args = vec!["info".to_owned(), "-U".into(), "--output=json".into()];
+        if let Some(f) = format {
+            args.extend(["-f".into(), f.as_str().into()]);
+        }
+        args.push(location.arg());
+        let out = self.run(args).await?;
+        let json: Value = serde_json::from_str(&out).map_err(|_| VolumeError::Parse {
+            tool: "qemu-img",
+            line: out.chars().take(200).collect(),
+        })?;
+        let field = |key: &str| json.get(key).and_then(Value::as_u64);
+        let parse = || VolumeError::Parse {
+            tool: "qemu-img",
+            line: out.chars().take(200).collect(),
+        };
+        if let Some(data_file) = json
+            .pointer("/format-specific/data/data-file")
+            .and_then(Value::as_str)
+        {
+            return Err(VolumeError::OutsideShare {
+                share: share.to_string(),
+                name: name.to_owned(),
+                reference: data_file.to_owned(),
+            });
+        }
+        let backing_file = json
+            .get("backing-filename")
+            .and_then(Value::as_str)
+            .map(|r| self.backing_name(share, name, r))
+            .transpose()?;
+        Ok(ImageInfo {
+            format: json
+                .get("format")
+                .and_then(Value::as_str)
+                .ok_or_else(parse)?
+                .to_owned(),
+            virtual_size_bytes: field("virtual-size").ok_or_else(parse)?,
+            actual_size_bytes: field("actual-size").unwrap_or(0),
+            backing_file,
+            backing_format: json
+                .get("backing-filename-format")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+
+    /// Walks the chain from `name` (read as `format`): every backing file in the share, with a
+    /// raw or qcow2 format recorded. Returns the top image's info.
+    async fn check_chain(
+        &self,
+        share: &Share,
+        name: &str,
+        format: DiskFormat,
+    ) -> Result<ImageInfo, VolumeError> {
+        let top = self.info_one(share, name, Some(format)).await?;
+        let mut current = top.clone();
+        let mut current_name = name.to_owned();
+        for _ in 0..MAX_CHAIN {
+            let Some(backing) = current.backing_file.clone() else {
+                return Ok(top);
+            };
+            let backing_format = current
+                .backing_format
+                .as_deref()
+                .and_then(parse_format)
+                .ok_or_else(|| VolumeError::OutsideShare {
+                    share: share.to_string(),
+                    name: current_name.clone(),
+                    reference: format!(
+                        "{backing} without a raw or qcow2 backing format recorded"
+                    ),
+                })?;
+            current = self.info_one(share, &backing, Some(backing_format)).await?;
+            current_name = backing;
+        }
+        Err(VolumeError::Invalid(format!(
+            "the backing chain of {name} is deeper than {MAX_CHAIN}"
+        )))
+    }
+
+    async fn refuse_existing(&self, share: &Share, name: &str) -> Result<(), VolumeError> {
+        if self.files.stat(share.as_str(), name).await?.is_some() {
+            return Err(VolumeError::FileExists {
+                share: share.to_string(),
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates image `name` of `size_gb`, optionally a qcow2 overlay on `backing` (a file of
+    /// the same share with its format). Refuses to overwrite a file.
+    ///
+    /// # Errors
+    /// [`VolumeError::ShareNotGranted`], [`VolumeError::Escape`], [`VolumeError::InvalidName`],
+    /// [`VolumeError::InvalidSize`] or [`VolumeError::Invalid`] (a raw overlay) before
+    /// anything runs; [`VolumeError::FileExists`]; [`VolumeError::OutsideShare`] for a backing
+    /// chain leaving the share; errors of `qemu-img`.
+    pub async fn create(
+        &self,
+        share: &str,
+        name: &str,
+        format: DiskFormat,
+        size_gb: u64,
+        backing: Option<(&str, DiskFormat)>,
+    ) -> Result<(), VolumeError> {
+        let share = self.files.share(share)?.clone();
+        check_file_name(name)?;
+        check_size_gb(size_gb)?;
+        if let Some((backing_name, _)) = backing {
+            check_file_name(backing_name)?;
+            if format != DiskFormat::Qcow2 {
+                return Err(VolumeError::Invalid(format!(
+                    "an image with a backing file must be qcow2, not {format}"
+                )));
+            }
+        }
+        self.refuse_existing(&share, name).await?;
+        let location = self.files.location(share.as_str(), name).await?;
+        let mut args = vec![
+            "create".to_owned(),
+            "-q".into(),
+            "-f".into(),
+            format.as_str().into(),
+        ];
+        if let Some((backing_name, backing_format)) = backing {
+            self.check_chain(&share, backing_name, backing_format).await?;
+            args.extend([
+                "-u".into(),
+                "-b".into(),
+                self.backing_ref(&share, &location, backing_name),
+                "-F".into(),
+                backing_format.as_str().into(),
+            ]);
+        }
+        args.extend([location.arg(), format!("{size_gb}G")]);
+        self.run(args).await?;
+        self.files.apply_mode(share.as_str(), name).await
+    }
+
+    /// Copies `source` (read as `source_format`, with its chain) into a new image `target` of
+    /// `format` in the same share. A failed copy leaves no target behind.
+    ///
+    /// # Errors
+    /// As [`QemuImg::create`]; [`VolumeError::FileNotFound`] for a missing source.
+    pub async fn convert(
+        &self,
+        share: &str,
+        source: &str,
+        source_format: DiskFormat,
+        target: &str,
+        format: DiskFormat,
+    ) -> Result<(), VolumeError> {
+        let share = self.files.share(share)?.clone();
+        check_file_name(source)?;
+        check_file_name(target)?;
+        if source == target {
+            return Err(VolumeError::Invalid(format!(
+                "cannot convert {source} onto itself"
+            )));
+        }
+        self.check_chain(&share, source, source_format).await?;
+        self.refuse_existing(&share, target).await?;
+        let from = self.files.location(share.as_str(), source).await?;
+        let to = self.files.location(share.as_str(), target).await?;
+        let args = vec![
+            "convert".to_owned(),
+            "-q".into(),
+            "-f".into(),
+            source_format.as_str().into(),
+            "-O".into(),
+            format.as_str().into(),
+            from.arg(),
+            to.arg(),
+        ];
+        if let Err(e) = self.run(args).await {
+            let _ = self.files.remove(share.as_str(), target).await;
+            return Err(e);
+        }
+        self.files.apply_mode(share.as_str(), target).await
+    }
+
+    /// Inspects image `name`, read as `format`, or with its format detected when `None`.
+    ///
+    /// # Errors
+    /// As [`QemuImg::create`]; [`VolumeError::FileNotFound`];
+    /// [`VolumeError::OutsideShare`] when it names a backing file outside the share or a data
+    /// file.
+    pub async fn info(
+        &self,
+        share: &str,
+        name: &str,
+        format: Option<DiskFormat>,
+    ) -> Result<ImageInfo, VolumeError> {
+        let share = self.files.share(share)?.clone();
+        check_file_name(name)?;
+        self.info_one(&share, name, format).await
+    }
+
+    /// Grows image `name` (of `format`) to `new_size_gb`; the same size does nothing.
+    ///
+    /// # Errors
+    /// As [`QemuImg::create`]; [`VolumeError::ShrinkImage`].
+    pub async fn resize(
+        &self,
+        share: &str,
+        name: &str,
+        format: DiskFormat,
+        new_size_gb: u64,
+    ) -> Result<(), VolumeError> {
+        let share = self.files.share(share)?.clone();
+        check_file_name(name)?;
+        let new_bytes = check_size_gb(new_size_gb)?;
+        let current = self.check_chain(&share, name, format).await?;
+        if current.virtual_size_bytes > new_bytes {
+            return Err(VolumeError::ShrinkImage {
+                name: name.to_owned(),
+                current_bytes: current.virtual_size_bytes,
+                requested_gb: new_size_gb,
+            });
+        }
+        if current.virtual_size_bytes == new_bytes {
+            return Ok(());
+        }
+        let location = self.files.location(share.as_str(), name).await?;
+        self.run(vec![
+            "resize".into(),
+            "-q".into(),
+            "-f".into(),
+            format.as_str().into(),
+            location.arg(),
+            format!("{new_size_gb}G"),
+        ])
+        .await
+        .map(drop)
+    }
+
+    /// Writes the changes of qcow2 overlay `name` into its backing file (`qemu-img commit -d`).
+    ///
+    /// # Errors
+    /// As [`QemuImg::create`]; [`VolumeError::Invalid`] when `name` has no backing file.
+    pub async fn commit(&self, share: &str, name: &str) -> Result<(), VolumeError> {
+        let share = self.files.share(share)?.clone();
+        check_file_name(name)?;
+        let top = self.check_chain(&share, name, DiskFormat::Qcow2).await?;
+        if top.backing_file.is_none() {
+            return Err(VolumeError::Invalid(format!(
+                "{name} has no backing file to commit into"
+            )));
+        }
+        let location = self.files.location(share.as_str(), name).await?;
+        let mut args = vec!["commit".to_owned(), "-q".into(), "-d".into()];
+        match location {
+            Location::Path(path) => {
+                args.extend(["-f".into(), "qcow2".into(), path.display().to_string()])
+            }
+            // QEMU's NFS driver cannot reopen a backing file read-write: open it so.
+            Location::Url(_) => args.extend([
+                "--image-opts".into(),
+                format!(
+                    "driver=qcow2,file.driver=nfs,file.server.type=inet,file.server.host={},\
+                     file.path={},backing.read-only=off",
+                    share.host(),
+                    share.file_path(name)
+                ),
+            ]),
+        }
+        self.run(args).await.map(drop)
+    }
+
+    /// Points qcow2 overlay `name` at `backing` without copying (`qemu-img rebase -u`).
+    ///
+    /// # Errors
+    /// As [`QemuImg::create`].
+    pub async fn rebase(
+        &self,
+        share: &str,
+        name: &str,
+        backing: (&str, DiskFormat),
+    ) -> Result<(), VolumeError> {
+        let share = self.files.share(share)?.clone();
+        check_file_name(name)?;
+        check_file_name(backing.0)?;
+        if backing.0 == name {
+            return Err(VolumeError::Invalid(format!(
+                "{name} cannot be its own backing file"
+            )));
+        }
+        self.info_one(&share, name, Some(DiskFormat::Qcow2)).await?;
+        self.check_chain(&share, backing.0, backing.1).await?;
+        let location = self.files.location(share.as_str(), name).await?;
+        self.run(vec![
+            "rebase".into(),
+            "-q".into(),
+            "-u".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-b".into(),
+            self.backing_ref(&share, &location, backing.0),
+            "-F".into(),
+            backing.1.as_str().into(),
+            location.arg(),
+        ])
+        .await
+        .map(drop)
+    }
+}
