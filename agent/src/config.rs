@@ -356,8 +356,7 @@ impl FilesGrant {
             ));
         }
         if let Some(options) = &self.mount_options {
-            if options.is_empty() || options.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
+            if options.is_empty() || options.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(format!(
                     "files.mount_options = {options:?} must be one comma-separated word"
                 ));
@@ -468,9 +467,11 @@ impl PluginConfig {
         match (&self.lvm, granted("lvm")) {
             (Some(lvm), true) => lvm.validate()?,
             (Some(_), false) => {
-                return Err("[plugins.lvm] is set but \"lvm\" is not in grants; add it to grants \
+                return Err(
+                    "[plugins.lvm] is set but \"lvm\" is not in grants; add it to grants \
                             or remove the table"
-                    .into())
+                        .into(),
+                )
             }
             (None, true) => {
                 return Err(
@@ -483,14 +484,18 @@ impl PluginConfig {
         match (&self.files, files_used) {
             (Some(files), true) => files.validate()?,
             (Some(_), false) => {
-                return Err("[plugins.files] is set but neither \"files\" nor \"qemu-img\" is \
+                return Err(
+                    "[plugins.files] is set but neither \"files\" nor \"qemu-img\" is \
                             in grants; add them to grants or remove the table"
-                    .into())
+                        .into(),
+                )
             }
             (None, true) => {
-                return Err("the files and qemu-img grants need a [plugins.files] table naming \
+                return Err(
+                    "the files and qemu-img grants need a [plugins.files] table naming \
                             its shares"
-                    .into())
+                        .into(),
+                )
             }
             (None, false) => {}
         }

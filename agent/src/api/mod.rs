@@ -87,6 +87,43 @@ pub fn router(services: Services) -> Router {
             "/v1/ports/{id}",
             get(routes::networks::show_port).delete(routes::networks::delete_port),
         )
+        .route(
+            "/v1/volume-types",
+            get(routes::volumes::list_types).post(routes::volumes::create_type),
+        )
+        .route(
+            "/v1/volume-types/{id}",
+            axum::routing::delete(routes::volumes::delete_type),
+        )
+        .route(
+            "/v1/volumes",
+            get(routes::volumes::list_volumes).post(routes::volumes::create_volume),
+        )
+        .route(
+            "/v1/volumes/{id}",
+            get(routes::volumes::show_volume).delete(routes::volumes::delete_volume),
+        )
+        .route(
+            "/v1/volumes/{id}/action",
+            post(routes::volumes::volume_action),
+        )
+        .route(
+            "/v1/snapshots",
+            get(routes::volumes::list_snapshots).post(routes::volumes::create_snapshot),
+        )
+        .route(
+            "/v1/snapshots/{id}",
+            get(routes::volumes::show_snapshot).delete(routes::volumes::delete_snapshot),
+        )
+        .route("/v1/backends", get(routes::volumes::list_backends))
+        .route(
+            "/v1/servers/{id}/volumes",
+            post(routes::volumes::attach_volume),
+        )
+        .route(
+            "/v1/servers/{id}/volumes/{volume_id}",
+            axum::routing::delete(routes::volumes::detach_volume),
+        )
         .route("/v1/plugins", get(routes::plugins::list))
         .route("/v1/scheduler/evaluate", post(routes::plugins::evaluate))
         .fallback(not_found)

@@ -18,6 +18,7 @@ mod network;
 mod plugin;
 mod server;
 mod table;
+mod volume;
 
 pub use client::{ApiClient, ClientArgs, ClientError};
 
@@ -59,6 +60,21 @@ pub enum Command {
     /// Ports: create, list, show, delete.
     #[command(subcommand)]
     Port(network::PortCommand),
+    /// Volume types: create, list, delete.
+    #[command(subcommand, name = "volume-type")]
+    VolumeType(volume::VolumeTypeCommand),
+    /// Volumes: create, list, show, extend, delete.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Volume snapshots: create, list, show, delete.
+    #[command(subcommand)]
+    Snapshot(volume::SnapshotCommand),
+    /// Volume backends and their capacity.
+    Backends {
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Plugins: list the agent's, inspect a component, scaffold a new one.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -188,6 +204,18 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Port(cmd) => runtime
             .block_on(network::run_port(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::VolumeType(cmd) => runtime
+            .block_on(volume::run_type(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Volume(cmd) => runtime
+            .block_on(volume::run_volume(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Snapshot(cmd) => runtime
+            .block_on(volume::run_snapshot(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Backends { client } => runtime
+            .block_on(volume::run_backends(client))
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Plugin(cmd) => runtime
             .block_on(plugin::run(cmd))

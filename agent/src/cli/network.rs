@@ -172,11 +172,14 @@ pub enum PortCommand {
     },
 }
 
-/// One resource kind: its path, list key, table columns and detail renderer.
-struct Kind {
-    path: &'static str,
-    key: &'static str,
-    columns: &'static [(&'static str, &'static str)],
+/// One resource kind: its path, list key and table columns (shared with `volume.rs`).
+pub(super) struct Kind {
+    /// Collection path, e.g. `/v1/networks`.
+    pub path: &'static str,
+    /// Key of the list in the collection's answer.
+    pub key: &'static str,
+    /// Table columns: header and field.
+    pub columns: &'static [(&'static str, &'static str)],
 }
 
 const NETWORKS: Kind = Kind {
@@ -216,7 +219,8 @@ const PORTS: Kind = Kind {
     ],
 };
 
-fn render(v: &Value) -> String {
+/// A record as key/value lines.
+pub(super) fn render(v: &Value) -> String {
     let pairs: Vec<(&str, String)> = v
         .as_object()
         .map(|o| {
@@ -234,7 +238,8 @@ fn render(v: &Value) -> String {
     key_values(&pairs)
 }
 
-async fn list(kind: &Kind, query: &str, client: &ClientArgs) -> Result<(), ClientError> {
+/// `GET` the collection and print it as a table (or JSON).
+pub(super) async fn list(kind: &Kind, query: &str, client: &ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(client)?;
     let path = format!("{}{query}", kind.path);
     let list: Value = api.request(Method::GET, &path, None::<&()>).await?;
@@ -255,7 +260,8 @@ async fn list(kind: &Kind, query: &str, client: &ClientArgs) -> Result<(), Clien
     Ok(())
 }
 
-async fn show(kind: &Kind, id: &str, client: &ClientArgs) -> Result<(), ClientError> {
+/// `GET` one record and print it.
+pub(super) async fn show(kind: &Kind, id: &str, client: &ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(client)?;
     let item: Value = api
         .request(Method::GET, &format!("{}/{id}", kind.path), None::<&()>)
@@ -264,14 +270,20 @@ async fn show(kind: &Kind, id: &str, client: &ClientArgs) -> Result<(), ClientEr
     Ok(())
 }
 
-async fn create(kind: &Kind, body: Value, client: &ClientArgs) -> Result<(), ClientError> {
+/// `POST` a record and print the answer.
+pub(super) async fn create(
+    kind: &Kind,
+    body: Value,
+    client: &ClientArgs,
+) -> Result<(), ClientError> {
     let api = ApiClient::from_args(client)?;
     let item: Value = api.request(Method::POST, kind.path, Some(&body)).await?;
     print_value(client, &item, render);
     Ok(())
 }
 
-async fn delete(kind: &Kind, id: &str, client: &ClientArgs) -> Result<(), ClientError> {
+/// `DELETE` one record.
+pub(super) async fn delete(kind: &Kind, id: &str, client: &ClientArgs) -> Result<(), ClientError> {
     let api = ApiClient::from_args(client)?;
     api.request_empty(Method::DELETE, &format!("{}/{id}", kind.path))
         .await?;
@@ -282,7 +294,7 @@ async fn delete(kind: &Kind, id: &str, client: &ClientArgs) -> Result<(), Client
 }
 
 /// Puts `value` under `key` when it is set.
-fn put<T: serde::Serialize>(body: &mut Map<String, Value>, key: &str, value: Option<T>) {
+pub(super) fn put<T: serde::Serialize>(body: &mut Map<String, Value>, key: &str, value: Option<T>) {
     if let Some(v) = value {
         body.insert(key.into(), json!(v));
     }

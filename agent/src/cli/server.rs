@@ -59,8 +59,15 @@ pub enum ServerCommand {
         #[arg(long)]
         name: String,
         /// Root image id.
+        #[arg(
+            long,
+            required_unless_present = "boot_volume",
+            conflicts_with = "boot_volume"
+        )]
+        image: Option<String>,
+        /// Boot from this volume (made from an image) instead.
         #[arg(long)]
-        image: String,
+        boot_volume: Option<String>,
         /// Resources.
         #[command(flatten)]
         flavor: FlavorArgs,
@@ -91,6 +98,24 @@ pub enum ServerCommand {
         /// The NIC.
         #[arg(long = "nic", value_name = "net-id=ID|port-id=ID")]
         nic: String,
+        /// Target.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Attach a volume (hot-plug when the server runs).
+    VolumeAttach {
+        /// The volume.
+        #[arg(long)]
+        volume: String,
+        /// Target.
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Detach a volume.
+    VolumeDetach {
+        /// The volume.
+        #[arg(long)]
+        volume: String,
         /// Target.
         #[command(flatten)]
         target: Target,
@@ -208,6 +233,7 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
             user_data,
             metadata,
             nics,
+            boot_volume,
             wait,
             client,
         } => {
@@ -227,11 +253,14 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
                 .map(|(k, v)| (k, Value::String(v)))
                 .collect();
             let mut body = json!({
-                "name": name, "image_id": image, "flavor": flavor.json(),
+                "name": name, "image_id": image.unwrap_or_default(), "flavor": flavor.json(),
                 "public_keys": keys, "metadata": meta, "networks": networks,
             });
             if let Some(k) = key_name {
                 body["key_name"] = Value::String(k);
+            }
+            if let Some(v) = boot_volume {
+                body["boot_volume_id"] = Value::String(v);
             }
             if let Some(path) = user_data {
                 body["user_data"] =
@@ -321,6 +350,29 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
                     Method::POST,
                     &format!("/v1/servers/{}/interfaces", target.id),
                     Some(&body),
+                )
+                .await?;
+            print_value(&target.client, &server, render_server);
+        }
+        ServerCommand::VolumeAttach { volume, target } => {
+            let api = ApiClient::from_args(&target.client)?;
+            let body = json!({"volume_id": volume});
+            let server: Value = api
+                .request(
+                    Method::POST,
+                    &format!("/v1/servers/{}/volumes", target.id),
+                    Some(&body),
+                )
+                .await?;
+            print_value(&target.client, &server, render_server);
+        }
+        ServerCommand::VolumeDetach { volume, target } => {
+            let api = ApiClient::from_args(&target.client)?;
+            let server: Value = api
+                .request(
+                    Method::DELETE,
+                    &format!("/v1/servers/{}/volumes/{volume}", target.id),
+                    None::<&()>,
                 )
                 .await?;
             print_value(&target.client, &server, render_server);

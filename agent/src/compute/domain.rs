@@ -286,15 +286,23 @@ fn write_disk(w: &mut XmlWriter, disk: &Disk) {
         DiskSource::Nfs { format, .. } => ("network", format.as_str()),
     };
     w.open("disk", &[("type", kind), ("device", "disk")]);
-    w.empty(
-        "driver",
-        &[
-            ("name", "qemu"),
-            ("type", format),
-            ("cache", "none"),
-            ("io", "native"),
-        ],
-    );
+    if matches!(disk.source, DiskSource::Nfs { .. }) {
+        // QEMU's libnfs driver has no native AIO.
+        w.empty(
+            "driver",
+            &[("name", "qemu"), ("type", format), ("cache", "none")],
+        );
+    } else {
+        w.empty(
+            "driver",
+            &[
+                ("name", "qemu"),
+                ("type", format),
+                ("cache", "none"),
+                ("io", "native"),
+            ],
+        );
+    }
     match &disk.source {
         DiskSource::File { path, .. } => {
             w.empty("source", &[("file", &path.display().to_string())]);
@@ -316,6 +324,15 @@ fn write_disk(w: &mut XmlWriter, disk: &Disk) {
         w.empty("readonly", &[]);
     }
     w.close();
+}
+
+impl Disk {
+    /// The `<disk>` element alone, for hot attach and detach.
+    pub fn to_xml(&self) -> String {
+        let mut w = XmlWriter::new();
+        write_disk(&mut w, self);
+        w.finish()
+    }
 }
 
 impl Nic {

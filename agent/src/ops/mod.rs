@@ -10,6 +10,7 @@ pub mod images;
 pub mod networks;
 pub mod scheduler;
 pub mod servers;
+pub mod volumes;
 
 use crate::auth::AdminToken;
 use crate::compute::{ComputeError, DomainType, Libvirt};
@@ -59,6 +60,9 @@ pub enum OpError {
     /// A plugin (network backend, volume driver) failed.
     #[error(transparent)]
     Plugin(Box<crate::plugin::PluginError>),
+    /// A volume host operation (LVM, NFS, qemu-img) failed.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
     /// Host networking (namespaces, links, DHCP, metadata) failed.
     #[error("Host networking failed: {0}")]
     Network(String),

@@ -20,6 +20,7 @@ mod networks;
 mod schema;
 mod servers;
 mod settings;
+mod volumes;
 
 pub use events::{Event, EventLog};
 pub use images::{ImageRecord, ImageStatus, StoredImage};
@@ -29,6 +30,7 @@ pub use journal::{
 };
 pub use networks::{AllocError, IpRequest, NewPort, PortFilter};
 pub use servers::ServerRow;
+pub use volumes::{Snapshot, Volume, VolumeSource, VolumeType};
 
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

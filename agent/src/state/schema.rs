@@ -125,6 +125,29 @@ const MIGRATIONS: &[&str] = &[
         password   TEXT NOT NULL,
         created_at TEXT NOT NULL
      );",
+    // 4: volume types, volumes and snapshots. Each row keeps its record as JSON (`doc`) next
+    //    to the columns queries filter on.
+    "CREATE TABLE volume_types (
+        id    TEXT PRIMARY KEY,
+        name  TEXT NOT NULL UNIQUE,
+        doc   TEXT NOT NULL
+     );
+     CREATE TABLE volumes (
+        id          TEXT PRIMARY KEY,
+        volume_type TEXT NOT NULL,
+        attached_to TEXT,
+        created_at  TEXT NOT NULL,
+        doc         TEXT NOT NULL
+     );
+     CREATE INDEX volumes_type ON volumes(volume_type);
+     CREATE INDEX volumes_attached ON volumes(attached_to);
+     CREATE TABLE snapshots (
+        id          TEXT PRIMARY KEY,
+        volume_id   TEXT NOT NULL REFERENCES volumes(id),
+        created_at  TEXT NOT NULL,
+        doc         TEXT NOT NULL
+     );
+     CREATE INDEX snapshots_volume ON snapshots(volume_id);",
 ];
 
 /// Applies every migration the database has not seen yet, each in its own transaction.

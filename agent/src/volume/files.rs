@@ -225,10 +225,12 @@ impl Files {
                     }),
                 }
             }
-            ShareAccess::Libnfs => match self.client(share).create(name, size_bytes, self.mode).await {
-                Err(e) if e.code() == "exists" => Err(exists()),
-                other => other.map_err(Self::nfs_error(share, format!("create {name}"))),
-            },
+            ShareAccess::Libnfs => {
+                match self.client(share).create(name, size_bytes, self.mode).await {
+                    Err(e) if e.code() == "exists" => Err(exists()),
+                    other => other.map_err(Self::nfs_error(share, format!("create {name}"))),
+                }
+            }
         }
     }
 
@@ -509,7 +511,8 @@ fn read_limited(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         Err(e) => return Err(e),
     };
     let mut data = Vec::new();
-    file.take(MAX_INFO_BYTES as u64 + 1).read_to_end(&mut data)?;
+    file.take(MAX_INFO_BYTES as u64 + 1)
+        .read_to_end(&mut data)?;
     if data.len() > MAX_INFO_BYTES {
         return Err(std::io::Error::new(
             ErrorKind::InvalidData,

@@ -205,9 +205,7 @@ impl QemuImg {
                 .ok_or_else(|| VolumeError::OutsideShare {
                     share: share.to_string(),
                     name: current_name.clone(),
-                    reference: format!(
-                        "{backing} without a raw or qcow2 backing format recorded"
-                    ),
+                    reference: format!("{backing} without a raw or qcow2 backing format recorded"),
                 })?;
             current = self.info_one(share, &backing, Some(backing_format)).await?;
             current_name = backing;
@@ -263,7 +261,8 @@ impl QemuImg {
             format.as_str().into(),
         ];
         if let Some((backing_name, backing_format)) = backing {
-            self.check_chain(&share, backing_name, backing_format).await?;
+            self.check_chain(&share, backing_name, backing_format)
+                .await?;
             args.extend([
                 "-u".into(),
                 "-b".into(),

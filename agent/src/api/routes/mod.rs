@@ -9,3 +9,4 @@ pub mod networks;
 pub mod openapi;
 pub mod plugins;
 pub mod servers;
+pub mod volumes;

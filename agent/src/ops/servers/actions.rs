@@ -264,6 +264,18 @@ pub async fn action(
             loaded.status.as_str()
         )));
     }
+    if loaded.spec.boot_volume.is_some()
+        && matches!(
+            action,
+            ServerAction::Rebuild { .. } | ServerAction::Resize { .. }
+        )
+    {
+        return Err(OpError::Conflict(format!(
+            "cannot {} server {id}: it boots from volume {} (its root disk is not an image overlay)",
+            action.name(),
+            loaded.spec.boot_volume.as_ref().map(|b| b.volume_id.as_str()).unwrap_or("")
+        )));
+    }
     match &action {
         ServerAction::ConsoleOutput { length } => {
             return Ok(ActionOutput::Console {

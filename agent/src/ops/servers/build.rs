@@ -24,7 +24,11 @@ pub(crate) struct ResolvedImages {
     pub initrd: Option<PathBuf>,
 }
 
-async fn active_image(services: &Services, id: &str, role: &str) -> Result<ImageRecord, OpError> {
+pub(crate) async fn active_image(
+    services: &Services,
+    id: &str,
+    role: &str,
+) -> Result<ImageRecord, OpError> {
     let image = services
         .store()
         .get_image(id)
@@ -41,7 +45,7 @@ async fn active_image(services: &Services, id: &str, role: &str) -> Result<Image
     Ok(image)
 }
 
-fn blob_of(services: &Services, image: &ImageRecord) -> Result<PathBuf, OpError> {
+pub(crate) fn blob_of(services: &Services, image: &ImageRecord) -> Result<PathBuf, OpError> {
     let blob = image.blob.as_deref().ok_or_else(|| {
         OpError::Store(crate::state::StoreError::Corrupt(format!(
             "active image {} has no cached file",
@@ -139,14 +143,17 @@ pub(crate) fn domain_spec(
         },
         None => Boot::Disk,
     };
-    let mut disks = vec![Disk {
-        target: "vda".into(),
-        source: DiskSource::File {
-            path: spec.root_disk(),
-            format: "qcow2".into(),
+    let mut disks = vec![match &spec.boot_volume {
+        Some(boot) => boot.disk.disk("vda", &boot.volume_id),
+        None => Disk {
+            target: "vda".into(),
+            source: DiskSource::File {
+                path: spec.root_disk(),
+                format: "qcow2".into(),
+            },
+            serial: None,
+            read_only: false,
         },
-        serial: None,
-        read_only: false,
     }];
     let mut next = b'b';
     if spec.flavor.ephemeral_gb > 0 {
@@ -172,6 +179,11 @@ pub(crate) fn domain_spec(
             read_only: false,
         });
     }
+    disks.extend(
+        spec.volumes
+            .iter()
+            .map(|v| v.disk.disk(&v.device, &v.volume_id)),
+    );
     DomainSpec {
         name: spec.domain_name.clone(),
         uuid: id.to_string(),
@@ -209,7 +221,9 @@ pub(crate) async fn create_disks(
     std::fs::create_dir(&dir).map_err(|e| io("cannot create", &dir, e))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| io("cannot chmod", &dir, e))?;
-    create_root(spec, images).await?;
+    if spec.boot_volume.is_none() {
+        create_root(spec, images).await?;
+    }
     if spec.flavor.ephemeral_gb > 0 {
         let path = spec.ephemeral_disk().display().to_string();
         let size = format!("{}G", spec.flavor.ephemeral_gb);

@@ -33,12 +33,16 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
             )));
         }
     }
-    let (images, root) = build::resolve_images(services, &req.image_id).await?;
+    let image_id = match &req.boot_volume_id {
+        Some(volume_id) => crate::ops::volumes::attach::boot_image(services, volume_id).await?,
+        None => req.image_id.clone(),
+    };
+    let (images, root) = build::resolve_images(services, &image_id).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let spec = ServerSpec {
         flavor: req.flavor.clone(),
         previous_flavor: None,
-        image_id: req.image_id.clone(),
+        image_id: image_id.clone(),
         kernel_image_id: root.properties.get("kernel_id").cloned(),
         ramdisk_image_id: root.properties.get("ramdisk_id").cloned(),
         os_command_line: root.properties.get("os_command_line").cloned(),
@@ -50,13 +54,26 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         domain_name: format!("hyperlet-{id}"),
         dir: services.config().servers_dir().join(&id),
         nics: Vec::new(),
+        boot_volume: None,
+        volumes: Vec::new(),
     };
     let mut spec = spec;
-    build::check_fits(&spec, &images)?;
+    if req.boot_volume_id.is_none() {
+        build::check_fits(&spec, &images)?;
+    }
     let owner = format!("compute:{zone}");
     for want in &req.networks {
         match crate::ops::networks::ports::bind_for_server(services, &id, &owner, want).await {
             Ok((_, nic)) => spec.nics.push(nic),
+            Err(e) => {
+                release_nics(services, &spec).await;
+                return Err(e);
+            }
+        }
+    }
+    if let Some(volume_id) = &req.boot_volume_id {
+        match crate::ops::volumes::attach::reserve_boot(services, &id, volume_id).await {
+            Ok(boot) => spec.boot_volume = Some(boot),
             Err(e) => {
                 release_nics(services, &spec).await;
                 return Err(e);
@@ -125,11 +142,18 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
     Ok(server)
 }
 
-/// Lets go of the ports bound for a server that will not exist.
+/// Lets go of the ports and volumes bound for a server that will not exist (or no longer
+/// does).
 pub(crate) async fn release_nics(services: &Services, spec: &ServerSpec) {
     for nic in &spec.nics {
         if let Err(e) = crate::ops::networks::ports::release_for_server(services, nic).await {
             tracing::warn!(port_id = %nic.port_id, error = %e, "cannot release a port");
+        }
+    }
+    let volumes = spec.boot_volume.iter().chain(spec.volumes.iter());
+    for volume in volumes {
+        if let Err(e) = crate::ops::volumes::attach::release(services, &volume.volume_id).await {
+            tracing::warn!(volume_id = %volume.volume_id, error = %e, "cannot release a volume");
         }
     }
 }

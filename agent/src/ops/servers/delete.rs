@@ -77,6 +77,9 @@ async fn steps(
     for nic in &spec.nics {
         crate::ops::networks::ports::release_for_server(services, nic).await?;
     }
+    for volume in spec.boot_volume.iter().chain(spec.volumes.iter()) {
+        crate::ops::volumes::attach::release(services, &volume.volume_id).await?;
+    }
     if let Some(op) = op {
         op.record_step("forget", json!({})).await?;
     }

@@ -13,7 +13,7 @@
 //! every status change is published as a `server.status` event.
 
 mod actions;
-mod build;
+pub(crate) mod build;
 mod create;
 mod delete;
 pub mod interfaces;
@@ -71,6 +71,8 @@ impl Loaded {
             domain_name: self.spec.domain_name.clone(),
             fault: self.row.fault.clone(),
             nics: self.spec.nics.clone(),
+            boot_volume_id: self.spec.boot_volume.as_ref().map(|b| b.volume_id.clone()),
+            volumes: self.spec.volumes.clone(),
             created_at: self.row.created_at.clone(),
             updated_at: self.row.updated_at.clone(),
         }

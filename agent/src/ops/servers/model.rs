@@ -131,8 +131,14 @@ pub struct ServerCreate {
     pub name: String,
     /// Resources.
     pub flavor: Flavor,
-    /// Root image id (an active image with container_format bare).
+    /// Root image id (an active image with container_format bare); empty with
+    /// `boot_volume_id`.
+    #[serde(default)]
     pub image_id: String,
+    /// Boot from this available, bootable volume (made from an image) instead of an image
+    /// overlay; the volume's image gives the kernel, ramdisk and command line.
+    #[serde(default)]
+    pub boot_volume_id: Option<String>,
     /// Name of the key pair (shown in metadata).
     pub key_name: Option<String>,
     /// Public keys by name (OpenSSH format), as in meta_data.json.
@@ -180,7 +186,18 @@ impl ServerCreate {
     pub fn validate(&self) -> Result<(), OpError> {
         validate_name(&self.name)?;
         self.flavor.validate()?;
-        if uuid::Uuid::parse_str(&self.image_id).is_err() {
+        if let Some(volume) = &self.boot_volume_id {
+            if !self.image_id.is_empty() {
+                return Err(OpError::InvalidInput(
+                    "give image_id or boot_volume_id, not both".into(),
+                ));
+            }
+            if uuid::Uuid::parse_str(volume).is_err() {
+                return Err(OpError::InvalidInput(format!(
+                    "boot_volume_id {volume:?} is not a volume id"
+                )));
+            }
+        } else if uuid::Uuid::parse_str(&self.image_id).is_err() {
             return Err(OpError::InvalidInput(format!(
                 "image_id {:?} is not an image id",
                 self.image_id
@@ -278,6 +295,12 @@ pub struct ServerSpec {
     /// Network interfaces, in guest order.
     #[serde(default)]
     pub nics: Vec<crate::ops::networks::ports::ServerNic>,
+    /// The volume the server boots from (its `vda`), instead of a root overlay.
+    #[serde(default)]
+    pub boot_volume: Option<crate::ops::volumes::attach::AttachedVolume>,
+    /// Attached volumes.
+    #[serde(default)]
+    pub volumes: Vec<crate::ops::volumes::attach::AttachedVolume>,
 }
 
 impl ServerSpec {
@@ -330,6 +353,10 @@ pub struct Server {
     pub fault: Option<String>,
     /// Network interfaces, in guest order.
     pub nics: Vec<crate::ops::networks::ports::ServerNic>,
+    /// The volume it boots from.
+    pub boot_volume_id: Option<String>,
+    /// Attached volumes.
+    pub volumes: Vec<crate::ops::volumes::attach::AttachedVolume>,
     /// Creation time.
     pub created_at: String,
     /// Last change.

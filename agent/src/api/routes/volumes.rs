@@ -1,0 +1,281 @@
+//! `/v1/volume-types`, `/v1/volumes`, `/v1/snapshots`, `/v1/backends` — the cinder half —
+//! and `/v1/servers/{id}/volumes` (attach, detach).
+
+use crate::api::error::{ApiError, ErrorBody};
+use crate::api::json::ApiJson;
+use crate::ops::servers::Server;
+use crate::ops::volumes::snapshots::{self, SnapshotCreate};
+use crate::ops::volumes::types::{self, VolumeTypeCreate};
+use crate::ops::volumes::{self, attach, Backend, VolumeCreate};
+use crate::ops::Services;
+use crate::state::{Snapshot, Volume, VolumeType};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `GET /v1/volume-types` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeTypeList {
+    /// The types, by name.
+    pub volume_types: Vec<VolumeType>,
+}
+
+/// `GET /v1/volumes` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeList {
+    /// The volumes, oldest first.
+    pub volumes: Vec<Volume>,
+}
+
+/// `GET /v1/snapshots` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotList {
+    /// The snapshots, oldest first.
+    pub snapshots: Vec<Snapshot>,
+}
+
+/// `GET /v1/backends` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackendList {
+    /// Configured volume backends with their capacity.
+    pub backends: Vec<Backend>,
+}
+
+/// Filter of `GET /v1/snapshots`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFilter {
+    /// Only this volume's.
+    pub volume_id: Option<String>,
+}
+
+/// `POST /v1/volumes/{id}/action`: `{"extend": {"new_size_gb": N}}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAction {
+    /// Grow the volume.
+    pub extend: ExtendArgs,
+}
+
+/// Arguments of `extend`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendArgs {
+    /// The new size, GiB; larger than the current one.
+    pub new_size_gb: i64,
+}
+
+/// `POST /v1/servers/{id}/volumes`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeAttach {
+    /// The volume to attach.
+    pub volume_id: String,
+}
+
+/// Creates a volume type bound to a backend: 201.
+#[utoipa::path(post, path = "/v1/volume-types", tag = "volumes", security(("bearer" = [])),
+    request_body = VolumeTypeCreate,
+    responses((status = 201, description = "Created", body = VolumeType),
+        (status = 400, description = "Bad name or unknown backend", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
+pub async fn create_type(
+    State(services): State<Services>,
+    ApiJson(req): ApiJson<VolumeTypeCreate>,
+) -> Result<(StatusCode, Json<VolumeType>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(types::create(&services, req).await?),
+    ))
+}
+
+/// Lists volume types.
+#[utoipa::path(get, path = "/v1/volume-types", tag = "volumes", security(("bearer" = [])),
+    responses((status = 200, description = "Volume types", body = VolumeTypeList)))]
+pub async fn list_types(
+    State(services): State<Services>,
+) -> Result<Json<VolumeTypeList>, ApiError> {
+    Ok(Json(VolumeTypeList {
+        volume_types: types::list(&services).await?,
+    }))
+}
+
+/// Deletes a volume type no volume uses: 204.
+#[utoipa::path(delete, path = "/v1/volume-types/{id}", tag = "volumes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Type id or name")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such type", body = ErrorBody),
+        (status = 409, description = "Volumes use it", body = ErrorBody)))]
+pub async fn delete_type(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    types::delete(&services, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Creates a volume: 202 `creating`, then `available` (or `error` with the cause).
+#[utoipa::path(post, path = "/v1/volumes", tag = "volumes", security(("bearer" = [])),
+    request_body = VolumeCreate,
+    responses((status = 202, description = "Accepted, creating", body = Volume),
+        (status = 400, description = "Bad size, unknown type or source; nothing created", body = ErrorBody),
+        (status = 409, description = "The backend is full (names it and its free capacity), or the source is busy", body = ErrorBody)))]
+pub async fn create_volume(
+    State(services): State<Services>,
+    ApiJson(req): ApiJson<VolumeCreate>,
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(volumes::create(&services, req).await?),
+    ))
+}
+
+/// Lists volumes.
+#[utoipa::path(get, path = "/v1/volumes", tag = "volumes", security(("bearer" = [])),
+    responses((status = 200, description = "Volumes", body = VolumeList)))]
+pub async fn list_volumes(State(services): State<Services>) -> Result<Json<VolumeList>, ApiError> {
+    Ok(Json(VolumeList {
+        volumes: volumes::list(&services).await?,
+    }))
+}
+
+/// Shows one volume.
+#[utoipa::path(get, path = "/v1/volumes/{id}", tag = "volumes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Volume id")),
+    responses((status = 200, description = "The volume", body = Volume),
+        (status = 404, description = "No such volume", body = ErrorBody)))]
+pub async fn show_volume(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    Ok(Json(volumes::get(&services, &id).await?))
+}
+
+/// Deletes a volume that is neither attached nor snapshotted: 204.
+#[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Volume id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such volume", body = ErrorBody),
+        (status = 409, description = "Attached, has snapshots, or busy", body = ErrorBody)))]
+pub async fn delete_volume(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    volumes::delete(&services, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a volume action: `{"extend": {"new_size_gb": N}}`.
+#[utoipa::path(post, path = "/v1/volumes/{id}/action", tag = "volumes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Volume id")),
+    request_body = VolumeAction,
+    responses((status = 200, description = "The extended volume", body = Volume),
+        (status = 400, description = "Not larger than the current size", body = ErrorBody),
+        (status = 404, description = "No such volume", body = ErrorBody),
+        (status = 409, description = "Not available, or the backend cannot hold it", body = ErrorBody)))]
+pub async fn volume_action(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<VolumeAction>,
+) -> Result<Json<Volume>, ApiError> {
+    Ok(Json(
+        volumes::extend(&services, &id, req.extend.new_size_gb).await?,
+    ))
+}
+
+/// Takes a snapshot: 201.
+#[utoipa::path(post, path = "/v1/snapshots", tag = "volumes", security(("bearer" = [])),
+    request_body = SnapshotCreate,
+    responses((status = 201, description = "Created", body = Snapshot),
+        (status = 400, description = "Unknown volume", body = ErrorBody),
+        (status = 409, description = "The volume is busy or the backend refuses", body = ErrorBody)))]
+pub async fn create_snapshot(
+    State(services): State<Services>,
+    ApiJson(req): ApiJson<SnapshotCreate>,
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(snapshots::create(&services, req).await?),
+    ))
+}
+
+/// Lists snapshots.
+#[utoipa::path(get, path = "/v1/snapshots", tag = "volumes", security(("bearer" = [])),
+    params(SnapshotFilter),
+    responses((status = 200, description = "Snapshots", body = SnapshotList)))]
+pub async fn list_snapshots(
+    State(services): State<Services>,
+    Query(filter): Query<SnapshotFilter>,
+) -> Result<Json<SnapshotList>, ApiError> {
+    Ok(Json(SnapshotList {
+        snapshots: snapshots::list(&services, filter.volume_id.as_deref()).await?,
+    }))
+}
+
+/// Shows one snapshot.
+#[utoipa::path(get, path = "/v1/snapshots/{id}", tag = "volumes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses((status = 200, description = "The snapshot", body = Snapshot),
+        (status = 404, description = "No such snapshot", body = ErrorBody)))]
+pub async fn show_snapshot(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    Ok(Json(snapshots::get(&services, &id).await?))
+}
+
+/// Deletes a snapshot: 204.
+#[utoipa::path(delete, path = "/v1/snapshots/{id}", tag = "volumes", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such snapshot", body = ErrorBody),
+        (status = 409, description = "The backend refuses", body = ErrorBody)))]
+pub async fn delete_snapshot(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    snapshots::delete(&services, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists volume backends with their capacity (cinder's pools).
+#[utoipa::path(get, path = "/v1/backends", tag = "volumes", security(("bearer" = [])),
+    responses((status = 200, description = "Backends", body = BackendList)))]
+pub async fn list_backends(
+    State(services): State<Services>,
+) -> Result<Json<BackendList>, ApiError> {
+    Ok(Json(BackendList {
+        backends: volumes::backends(&services).await?,
+    }))
+}
+
+/// Attaches a volume to a server (hot-plug when it runs).
+#[utoipa::path(post, path = "/v1/servers/{id}/volumes", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id")),
+    request_body = VolumeAttach,
+    responses((status = 200, description = "The server with the volume", body = Server),
+        (status = 400, description = "Unknown volume", body = ErrorBody),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 409, description = "The volume is not available, or the server cannot change now", body = ErrorBody)))]
+pub async fn attach_volume(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<VolumeAttach>,
+) -> Result<Json<Server>, ApiError> {
+    Ok(Json(attach::attach(&services, &id, &req.volume_id).await?))
+}
+
+/// Detaches a volume from a server.
+#[utoipa::path(delete, path = "/v1/servers/{id}/volumes/{volume_id}", tag = "servers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Server id"), ("volume_id" = String, Path, description = "Volume id")),
+    responses((status = 200, description = "The server without the volume", body = Server),
+        (status = 404, description = "No such server, or the volume is not attached to it", body = ErrorBody),
+        (status = 409, description = "The server cannot change now, or it is the root disk", body = ErrorBody)))]
+pub async fn detach_volume(
+    State(services): State<Services>,
+    Path((id, volume_id)): Path<(String, String)>,
+) -> Result<Json<Server>, ApiError> {
+    Ok(Json(attach::detach(&services, &id, &volume_id).await?))
+}
