@@ -318,7 +318,9 @@ macro_rules! export_volume_driver {
                 ) -> ::core::result::Result<(), $crate::PluginError> {
                     INSTANCE.with(|slot| {
                         $crate::volume::with_driver(slot, |d: &$ty| {
-                            $crate::volume::VolumeDriver::create_from_snapshot(d, &volume, &snapshot)
+                            $crate::volume::VolumeDriver::create_from_snapshot(
+                                d, &volume, &snapshot,
+                            )
                         })
                     })
                 }

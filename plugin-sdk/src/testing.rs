@@ -41,8 +41,8 @@ pub mod qemu_img;
 
 use crate::log::Level;
 use crate::network::{Network, NetworkBackend, NetworkType};
-use crate::volume::{Snapshot, Volume, VolumeDriver};
 use crate::plugin::{run_filter_batch, run_weigher_batch};
+use crate::volume::{Snapshot, Volume, VolumeDriver};
 use crate::{Filter, HostBatch, PluginError, RequestSpec, Settings, Verdict, Weigher};
 
 /// Builds a [`RequestSpec`]. Defaults: 1 vCPU, 512 MiB, 1 GiB disk, no volume, no zone, no

@@ -176,10 +176,8 @@ impl LoadedPlugin {
     /// absolute (or a block device outside `/dev`) or a malformed NFS server.
     pub fn connection_info(&self, v: &VolumeRef) -> Result<VolumeConnection, PluginError> {
         let v = wit_volume(v);
-        let info = self.call_driver(|b, store| {
-            b.hyperlet_volume_driver()
-                .call_connection_info(store, &v)
-        })?;
+        let info = self
+            .call_driver(|b, store| b.hyperlet_volume_driver().call_connection_info(store, &v))?;
         connection(info).map_err(|reason| self.refuse_answer(reason))
     }
 
@@ -208,7 +206,10 @@ mod tests {
             })
         );
         for bad in ["/etc/shadow", "dev/x", "/dev/../etc/shadow"] {
-            assert!(connection(wit::ConnectionInfo::Block(bad.into())).is_err(), "{bad}");
+            assert!(
+                connection(wit::ConnectionInfo::Block(bad.into())).is_err(),
+                "{bad}"
+            );
         }
         let nfs = |host: &str, path: &str| {
             connection(wit::ConnectionInfo::Nfs(wit::NfsLocation {

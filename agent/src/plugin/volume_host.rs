@@ -234,7 +234,11 @@ impl wit::lvm::Host for HostState {
         let what = format!("remove LV {vg}/{name}");
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
-        host.run(&what, deadline, async move { lvm.lv_remove(&vg, &name).await })
+        host.run(
+            &what,
+            deadline,
+            async move { lvm.lv_remove(&vg, &name).await },
+        )
     }
 
     fn lv_snapshot(
@@ -252,7 +256,12 @@ impl wit::lvm::Host for HostState {
         })
     }
 
-    fn lv_copy(&mut self, vg: String, source: String, target: String) -> Result<(), WitPluginError> {
+    fn lv_copy(
+        &mut self,
+        vg: String,
+        source: String,
+        target: String,
+    ) -> Result<(), WitPluginError> {
         let what = format!("copy LV {vg}/{source} to {target}");
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
@@ -296,7 +305,11 @@ impl wit::files::Host for HostState {
         let what = format!("remove {name} from {share}");
         let (host, deadline) = self.volume(&what)?;
         let files = host.files(deadline, &what)?;
-        host.run(&what, deadline, async move { files.remove(&share, &name).await })
+        host.run(
+            &what,
+            deadline,
+            async move { files.remove(&share, &name).await },
+        )
     }
 
     fn stat(
@@ -307,7 +320,11 @@ impl wit::files::Host for HostState {
         let what = format!("stat {name} on {share}");
         let (host, deadline) = self.volume(&what)?;
         let files = host.files(deadline, &what)?;
-        let stat = host.run(&what, deadline, async move { files.stat(&share, &name).await })?;
+        let stat = host.run(
+            &what,
+            deadline,
+            async move { files.stat(&share, &name).await },
+        )?;
         Ok(stat.map(|s| wit::files::FileStat {
             size_bytes: s.size_bytes,
             allocated_bytes: s.allocated_bytes,
@@ -345,7 +362,11 @@ impl wit::files::Host for HostState {
         let what = format!("measure share {share}");
         let (host, deadline) = self.volume(&what)?;
         let files = host.files(deadline, &what)?;
-        let stats = host.run(&what, deadline, async move { files.share_info(&share).await })?;
+        let stats = host.run(
+            &what,
+            deadline,
+            async move { files.share_info(&share).await },
+        )?;
         Ok(wit::files::ShareStats {
             total_bytes: stats.total_bytes,
             available_bytes: stats.available_bytes,
@@ -443,7 +464,11 @@ impl wit::qemu_img::Host for HostState {
         let what = format!("commit {name} on {share}");
         let (host, deadline) = self.volume(&what)?;
         let q = host.qemu(deadline, &what)?;
-        host.run(&what, deadline, async move { q.commit(&share, &name).await })
+        host.run(
+            &what,
+            deadline,
+            async move { q.commit(&share, &name).await },
+        )
     }
 
     fn rebase(

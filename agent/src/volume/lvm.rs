@@ -962,7 +962,10 @@ mod tests {
             other.lv_list(vg).await.unwrap_err(),
             other.lv_remove(vg, &vol(1)).await.unwrap_err(),
             other.lv_extend(vg, &vol(1), 4).await.unwrap_err(),
-            other.lv_snapshot(vg, &vol(1), "snap", Some(1)).await.unwrap_err(),
+            other
+                .lv_snapshot(vg, &vol(1), "snap", Some(1))
+                .await
+                .unwrap_err(),
         ] {
             assert!(matches!(e, VolumeError::NotGranted { .. }), "{e}");
         }
@@ -990,7 +993,9 @@ mod tests {
                 lvm.lv_create(vg, bad, 1, None).await.unwrap_err(),
                 lvm.lv_remove(vg, bad).await.unwrap_err(),
                 lvm.lv_extend(vg, bad, 3).await.unwrap_err(),
-                lvm.lv_snapshot(vg, &vol(1), bad, Some(1)).await.unwrap_err(),
+                lvm.lv_snapshot(vg, &vol(1), bad, Some(1))
+                    .await
+                    .unwrap_err(),
                 lvm.lv_snapshot(vg, bad, "snap", Some(1)).await.unwrap_err(),
                 lvm.lv_create(vg, &vol(3), 1, Some(bad)).await.unwrap_err(),
             ] {
@@ -1019,7 +1024,9 @@ mod tests {
         for e in [
             lvm.lv_create(vg, &vol(2), 0, None).await.unwrap_err(),
             lvm.lv_extend(vg, &vol(1), 0).await.unwrap_err(),
-            lvm.lv_snapshot(vg, &vol(1), "snap", Some(0)).await.unwrap_err(),
+            lvm.lv_snapshot(vg, &vol(1), "snap", Some(0))
+                .await
+                .unwrap_err(),
             lvm.lv_create(vg, &vol(2), u64::MAX, None)
                 .await
                 .unwrap_err(),

@@ -28,12 +28,16 @@ impl Share {
         };
         let (host, export) = if let Some(rest) = text.strip_prefix('[') {
             let (addr, rest) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            let export = rest.strip_prefix(':').ok_or_else(|| bad("must be host:/path"))?;
+            let export = rest
+                .strip_prefix(':')
+                .ok_or_else(|| bad("must be host:/path"))?;
             addr.parse::<std::net::Ipv6Addr>()
                 .map_err(|_| bad("the bracketed host is not an IPv6 address"))?;
             (addr.to_owned(), export)
         } else {
-            let (host, export) = text.split_once(':').ok_or_else(|| bad("must be host:/path"))?;
+            let (host, export) = text
+                .split_once(':')
+                .ok_or_else(|| bad("must be host:/path"))?;
             if host.is_empty()
                 || host.len() > 253
                 || host.starts_with('-')

@@ -146,12 +146,10 @@ fn call<T>(
 ) -> Result<T, PluginError> {
     with(|s| {
         s.calls.push(words.join(" "));
-        let vg_ref = s.vgs.get_mut(vg).ok_or_else(|| {
-            error(
-                "denied",
-                format!("VG {vg} is not granted to this driver"),
-            )
-        })?;
+        let vg_ref = s
+            .vgs
+            .get_mut(vg)
+            .ok_or_else(|| error("denied", format!("VG {vg} is not granted to this driver")))?;
         f(vg_ref)
     })
 }
@@ -249,13 +247,19 @@ pub fn lv_create(request: &LvCreateRequest) -> Result<(), PluginError> {
         if g.lvs.contains_key(&request.name) {
             return Err(error(
                 "failed",
-                format!("lvcreate failed: Logical Volume \"{}\" already exists", request.name),
+                format!(
+                    "lvcreate failed: Logical Volume \"{}\" already exists",
+                    request.name
+                ),
             ));
         }
         let bytes = request.size_gb * GIB;
         if let Some(pool) = &request.thin_pool {
             if !g.lvs.get(pool).is_some_and(|l| l.is_pool) {
-                return Err(error("failed", format!("lvcreate failed: Thin pool {pool} not found")));
+                return Err(error(
+                    "failed",
+                    format!("lvcreate failed: Thin pool {pool} not found"),
+                ));
             }
         } else {
             room(g, &vg, bytes)?;
@@ -318,7 +322,9 @@ pub fn lv_remove(vg: &str, name: &str) -> Result<(), PluginError> {
         if !snapshots.is_empty() {
             return Err(error(
                 "in-use",
-                format!("Logical volume {vg}/{name} has snapshots ({snapshots:?}); remove them first"),
+                format!(
+                    "Logical volume {vg}/{name} has snapshots ({snapshots:?}); remove them first"
+                ),
             ));
         }
         g.lvs.remove(name);
@@ -339,45 +345,53 @@ pub fn lv_snapshot(
     size_gb: Option<u64>,
 ) -> Result<(), PluginError> {
     let size = size_gb.map_or("thin".to_owned(), |s| s.to_string());
-    call(&["lv-snapshot", vg, origin, snapshot_name, &size], vg, |g| {
-        check_name(origin)?;
-        check_name(snapshot_name)?;
-        let source = g.lvs.get(origin).cloned().ok_or_else(|| missing(vg, origin))?;
-        if g.lvs.contains_key(snapshot_name) {
-            return Err(error(
-                "failed",
-                format!("lvcreate failed: Logical Volume \"{snapshot_name}\" already exists"),
-            ));
-        }
-        let lv = match size_gb {
-            Some(size_gb) => {
-                room(g, vg, size_gb * GIB)?;
-                MockLv {
-                    size: size_gb * GIB,
-                    origin: Some(origin.to_owned()),
-                    pool: None,
-                    is_pool: false,
-                }
+    call(
+        &["lv-snapshot", vg, origin, snapshot_name, &size],
+        vg,
+        |g| {
+            check_name(origin)?;
+            check_name(snapshot_name)?;
+            let source = g
+                .lvs
+                .get(origin)
+                .cloned()
+                .ok_or_else(|| missing(vg, origin))?;
+            if g.lvs.contains_key(snapshot_name) {
+                return Err(error(
+                    "failed",
+                    format!("lvcreate failed: Logical Volume \"{snapshot_name}\" already exists"),
+                ));
             }
-            None => {
-                let Some(pool) = source.pool.clone() else {
-                    return Err(error(
+            let lv = match size_gb {
+                Some(size_gb) => {
+                    room(g, vg, size_gb * GIB)?;
+                    MockLv {
+                        size: size_gb * GIB,
+                        origin: Some(origin.to_owned()),
+                        pool: None,
+                        is_pool: false,
+                    }
+                }
+                None => {
+                    let Some(pool) = source.pool.clone() else {
+                        return Err(error(
                         "failed",
                         "lvcreate failed: Please specify either size or extents with snapshots."
                             .into(),
                     ));
-                };
-                MockLv {
-                    size: source.size,
-                    origin: Some(origin.to_owned()),
-                    pool: Some(pool),
-                    is_pool: false,
+                    };
+                    MockLv {
+                        size: source.size,
+                        origin: Some(origin.to_owned()),
+                        pool: Some(pool),
+                        is_pool: false,
+                    }
                 }
-            }
-        };
-        g.lvs.insert(snapshot_name.to_owned(), lv);
-        Ok(())
-    })
+            };
+            g.lvs.insert(snapshot_name.to_owned(), lv);
+            Ok(())
+        },
+    )
 }
 
 /// The mock of `lv-copy`: records the copy (see [`copies`]).

@@ -158,11 +158,7 @@ pub fn convert(
 /// # Errors
 ///
 /// `denied`, `invalid`, `not-found`.
-pub fn info(
-    share: &str,
-    name: &str,
-    format: Option<DiskFormat>,
-) -> Result<ImageInfo, PluginError> {
+pub fn info(share: &str, name: &str, format: Option<DiskFormat>) -> Result<ImageInfo, PluginError> {
     call(&["qemu-img info", share, name], share, |sh| {
         check_name(name)?;
         let f = sh.files.get(name).ok_or_else(|| not_found(share, name))?;
@@ -189,22 +185,29 @@ pub fn resize(
     new_size_gb: u64,
 ) -> Result<(), PluginError> {
     let size = new_size_gb.to_string();
-    call(&["qemu-img resize", share, name, fmt(format), &size], share, |sh| {
-        check_name(name)?;
-        let f = sh.files.get_mut(name).ok_or_else(|| not_found(share, name))?;
-        let bytes = new_size_gb * GIB;
-        if bytes < f.virtual_size {
-            return Err(error(
-                "invalid",
-                format!("Refusing to shrink image {name} to {new_size_gb} GiB"),
-            ));
-        }
-        f.virtual_size = bytes;
-        if f.format != Some(DiskFormat::Qcow2) {
-            f.size = bytes;
-        }
-        Ok(())
-    })
+    call(
+        &["qemu-img resize", share, name, fmt(format), &size],
+        share,
+        |sh| {
+            check_name(name)?;
+            let f = sh
+                .files
+                .get_mut(name)
+                .ok_or_else(|| not_found(share, name))?;
+            let bytes = new_size_gb * GIB;
+            if bytes < f.virtual_size {
+                return Err(error(
+                    "invalid",
+                    format!("Refusing to shrink image {name} to {new_size_gb} GiB"),
+                ));
+            }
+            f.virtual_size = bytes;
+            if f.format != Some(DiskFormat::Qcow2) {
+                f.size = bytes;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// The mock of `commit`: the backing file takes the overlay's allocation.
@@ -215,7 +218,11 @@ pub fn resize(
 pub fn commit(share: &str, name: &str) -> Result<(), PluginError> {
     call(&["qemu-img commit", share, name], share, |sh| {
         check_name(name)?;
-        let f = sh.files.get(name).cloned().ok_or_else(|| not_found(share, name))?;
+        let f = sh
+            .files
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(share, name))?;
         let (backing, _) = f
             .backing
             .clone()
@@ -224,7 +231,8 @@ pub fn commit(share: &str, name: &str) -> Result<(), PluginError> {
             .files
             .get_mut(&backing)
             .ok_or_else(|| not_found(share, &backing))?;
-        b.allocated = (b.allocated + f.allocated.saturating_sub(QCOW2_HEADER)).min(b.size.max(b.allocated));
+        b.allocated =
+            (b.allocated + f.allocated.saturating_sub(QCOW2_HEADER)).min(b.size.max(b.allocated));
         b.virtual_size = b.virtual_size.max(f.virtual_size);
         Ok(())
     })
@@ -237,7 +245,13 @@ pub fn commit(share: &str, name: &str) -> Result<(), PluginError> {
 /// `denied`, `invalid`, `not-found`.
 pub fn rebase(share: &str, name: &str, backing: &BackingFile) -> Result<(), PluginError> {
     call(
-        &["qemu-img rebase", share, name, &backing.name, fmt(backing.format)],
+        &[
+            "qemu-img rebase",
+            share,
+            name,
+            &backing.name,
+            fmt(backing.format),
+        ],
         share,
         |sh| {
             check_name(name)?;
@@ -245,7 +259,10 @@ pub fn rebase(share: &str, name: &str, backing: &BackingFile) -> Result<(), Plug
             if !sh.files.contains_key(&backing.name) {
                 return Err(not_found(share, &backing.name));
             }
-            let f = sh.files.get_mut(name).ok_or_else(|| not_found(share, name))?;
+            let f = sh
+                .files
+                .get_mut(name)
+                .ok_or_else(|| not_found(share, name))?;
             if f.format != Some(DiskFormat::Qcow2) {
                 return Err(error("invalid", format!("{name} is not a qcow2 overlay")));
             }

@@ -211,7 +211,11 @@ impl VolumeDriver for LvmDriver {
         lvm::lv_remove(self.vg(), &name)
     }
 
-    fn create_from_snapshot(&self, volume: &Volume, snapshot: &Snapshot) -> Result<(), PluginError> {
+    fn create_from_snapshot(
+        &self,
+        volume: &Volume,
+        snapshot: &Snapshot,
+    ) -> Result<(), PluginError> {
         let source = snapshot_lv_name(&snapshot.name);
         let lvs = self.list()?;
         let source_gb = self.size_gb_of(&lvs, &snapshot.volume.name)?;
@@ -259,9 +263,10 @@ impl VolumeDriver for LvmDriver {
             .sum();
         let thin = self.thin()?;
         let (total, free, ratio) = if thin {
-            let pool = lvm::thin_pool_info(self.vg(), &self.settings.thin_pool)?.ok_or_else(
-                || PluginError::new(errors::FAILED, "The thin pool disappeared".to_owned()),
-            )?;
+            let pool =
+                lvm::thin_pool_info(self.vg(), &self.settings.thin_pool)?.ok_or_else(|| {
+                    PluginError::new(errors::FAILED, "The thin pool disappeared".to_owned())
+                })?;
             (
                 pool.size_bytes,
                 pool.size_bytes - pool.used_bytes.min(pool.size_bytes),

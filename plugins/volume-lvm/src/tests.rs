@@ -39,7 +39,11 @@ fn settings_are_checked() {
     let err = driver::<LvmDriver>(&[("volume_group", "other"), ("lvm_type", "thin")])
         .err()
         .unwrap();
-    assert!(err.message.contains("no thin pool other-pool"), "{}", err.message);
+    assert!(
+        err.message.contains("no thin pool other-pool"),
+        "{}",
+        err.message
+    );
     driver::<LvmDriver>(&[("volume_group", "other")]).unwrap();
 }
 
@@ -60,7 +64,11 @@ fn thick_lifecycle() {
 
     let err = d.delete(&v).unwrap_err();
     assert_eq!(err.code, "in-use");
-    assert!(err.message.contains(&format!("_snapshot-{SNAP}")), "{}", err.message);
+    assert!(
+        err.message.contains(&format!("_snapshot-{SNAP}")),
+        "{}",
+        err.message
+    );
 
     // A volume from the snapshot: a new LV and a block copy.
     // 20 GiB, 12 used: a 10 GiB copy does not fit and nothing is created.
@@ -110,7 +118,9 @@ fn thick_clone_and_from_snapshot_copy_blocks() {
     d.clone_volume(&v3, &v).unwrap();
     // At least the source's size; the temporary snapshot is gone.
     assert_eq!(lv(&v3.name).unwrap().size_bytes, 2 * GIB);
-    assert!(mock::lvs(VG).iter().all(|l| !l.name.starts_with("clone-snap-")));
+    assert!(mock::lvs(VG)
+        .iter()
+        .all(|l| !l.name.starts_with("clone-snap-")));
     assert_eq!(mock::copies()[1].2, v3.name);
 }
 
@@ -126,8 +136,9 @@ fn thin_volumes_and_snapshots() {
     );
     let s = snapshot(SNAP, &v);
     d.create_snapshot(&s).unwrap();
-    assert!(mock::take_calls()
-        .contains(&format!("lv-snapshot {VG} volume-{ID} _snapshot-{SNAP} thin")));
+    assert!(mock::take_calls().contains(&format!(
+        "lv-snapshot {VG} volume-{ID} _snapshot-{SNAP} thin"
+    )));
     let v2 = volume(ID2, 12);
     d.create_from_snapshot(&v2, &s).unwrap();
     assert_eq!(lv(&v2.name).unwrap().size_bytes, 12 * GIB);

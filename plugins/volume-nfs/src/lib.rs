@@ -138,7 +138,11 @@ impl NfsDriver {
 
     /// Cinder's `_is_share_eligible` for `size_gb` more on `share`; the share's available
     /// bytes when it is.
-    fn eligible(&self, share: &ShareName, size_gb: u64) -> Result<Result<u64, String>, PluginError> {
+    fn eligible(
+        &self,
+        share: &ShareName,
+        size_gb: u64,
+    ) -> Result<Result<u64, String>, PluginError> {
         let stats = files::share_info(&share.text)?;
         let total = stats.total_bytes as f64;
         if total <= 0.0 {
@@ -201,7 +205,12 @@ impl NfsDriver {
     }
 
     /// Checks that `share` can take `size_gb` more (a copy stays on its source's share).
-    fn check_room(&self, share: &ShareName, volume: &Volume, size_gb: u64) -> Result<(), PluginError> {
+    fn check_room(
+        &self,
+        share: &ShareName,
+        volume: &Volume,
+        size_gb: u64,
+    ) -> Result<(), PluginError> {
         match self.eligible(share, size_gb)? {
             Ok(_) => Ok(()),
             Err(reason) => Err(PluginError::new(
@@ -250,7 +259,11 @@ impl VolumeDriver for NfsDriver {
         log::info!(
             "NFS driver on {} share(s), {} volumes",
             driver.settings.shares.len(),
-            if driver.settings.qcow2_volumes { "qcow2" } else { "raw" }
+            if driver.settings.qcow2_volumes {
+                "qcow2"
+            } else {
+                "raw"
+            }
         );
         Ok(driver)
     }
@@ -276,7 +289,12 @@ impl VolumeDriver for NfsDriver {
             return Ok(());
         };
         if !at.info.snapshots.is_empty() {
-            let ids: Vec<&str> = at.info.snapshots.iter().map(|(id, _)| id.as_str()).collect();
+            let ids: Vec<&str> = at
+                .info
+                .snapshots
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect();
             return Err(PluginError::new(
                 errors::IN_USE,
                 format!(
@@ -326,7 +344,9 @@ impl VolumeDriver for NfsDriver {
             }),
         )?;
         at.info.active = overlay.clone();
-        at.info.snapshots.push((snapshot.id.clone(), overlay.clone()));
+        at.info
+            .snapshots
+            .push((snapshot.id.clone(), overlay.clone()));
         if let Err(e) = self.write_info(&at, volume) {
             let _ = files::remove(at.share(), &overlay);
             return Err(e);
@@ -387,7 +407,11 @@ impl VolumeDriver for NfsDriver {
         files::remove(at.share(), &file)
     }
 
-    fn create_from_snapshot(&self, volume: &Volume, snapshot: &Snapshot) -> Result<(), PluginError> {
+    fn create_from_snapshot(
+        &self,
+        volume: &Volume,
+        snapshot: &Snapshot,
+    ) -> Result<(), PluginError> {
         let source_volume = &snapshot.volume;
         let at = self
             .locate(source_volume)?
@@ -395,13 +419,19 @@ impl VolumeDriver for NfsDriver {
         let file = at.info.file_of(&snapshot.id).ok_or_else(|| {
             PluginError::new(
                 errors::NOT_FOUND,
-                format!("Snapshot {} of volume {} does not exist", snapshot.id, source_volume.id),
+                format!(
+                    "Snapshot {} of volume {} does not exist",
+                    snapshot.id, source_volume.id
+                ),
             )
         })?;
         // The snapshot's data is what its overlay was created on.
         let overlay = qemu_img::info(at.share(), file, Some(DiskFormat::Qcow2))?;
         let data = overlay.backing_file.ok_or_else(|| {
-            PluginError::new(errors::FAILED, format!("Snapshot file {file} has no backing file"))
+            PluginError::new(
+                errors::FAILED,
+                format!("Snapshot file {file} has no backing file"),
+            )
         })?;
         let data_format = overlay
             .backing_format

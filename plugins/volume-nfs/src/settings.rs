@@ -21,9 +21,7 @@ impl ShareName {
     /// `bad-setting` naming the share.
     pub fn parse(text: &str) -> Result<Self, PluginError> {
         let bad = || {
-            PluginError::bad_setting(format!(
-                "Setting nfs_shares: {text:?} is not host:/export"
-            ))
+            PluginError::bad_setting(format!("Setting nfs_shares: {text:?} is not host:/export"))
         };
         let (host, export) = match text.strip_prefix('[') {
             Some(rest) => {

@@ -33,7 +33,10 @@ fn settings_are_checked() {
     mock::add_share(A, 10);
     assert_eq!(driver::<NfsDriver>(&[]).err().unwrap().code, "bad-setting");
     assert_eq!(
-        driver::<NfsDriver>(&[("nfs_shares", "nohost")]).err().unwrap().code,
+        driver::<NfsDriver>(&[("nfs_shares", "nohost")])
+            .err()
+            .unwrap()
+            .code,
         "bad-setting"
     );
     // A share that is not granted: the host's refusal comes back at configure.
@@ -44,7 +47,10 @@ fn settings_are_checked() {
         .unwrap();
     assert!(err.message.contains("nfs_used_ratio"), "{}", err.message);
     let share = ShareName::parse("[fd00::1]:/x/").unwrap();
-    assert_eq!((share.host.as_str(), share.export.as_str()), ("fd00::1", "/x"));
+    assert_eq!(
+        (share.host.as_str(), share.export.as_str()),
+        ("fd00::1", "/x")
+    );
     assert_eq!(share.path_of("v"), "/x/v");
 }
 
@@ -149,14 +155,20 @@ fn snapshots_form_a_chain_recorded_in_the_info_file() {
     // Deleting S1 (not the newest): commit f1 into the base, rebase f2 onto the base.
     d.delete_snapshot(&s1).unwrap();
     let calls = mock::take_calls();
-    assert!(calls.contains(&format!("qemu-img commit {A} {f1}")), "{calls:?}");
+    assert!(
+        calls.contains(&format!("qemu-img commit {A} {f1}")),
+        "{calls:?}"
+    );
     assert!(
         calls.contains(&format!("qemu-img rebase {A} {f2} volume-{ID} raw")),
         "{calls:?}"
     );
     assert!(mock::file(A, &f1).is_none());
     let info = info_of(A, ID).unwrap();
-    assert_eq!((info.active.as_str(), info.snapshots.len()), (f2.as_str(), 1));
+    assert_eq!(
+        (info.active.as_str(), info.snapshots.len()),
+        (f2.as_str(), 1)
+    );
     // Deleting S2 (the newest): commit it, the base becomes active, no info file left.
     d.delete_snapshot(&s2).unwrap();
     d.delete_snapshot(&s2).unwrap();
@@ -190,6 +202,9 @@ fn a_full_backend_says_so() {
     assert!(err.message.contains("100.00 GiB free"), "{}", err.message);
     assert!(mock::file_names(A).is_empty() && mock::file_names(B).is_empty());
     let stats = d.capacity_stats().unwrap();
-    assert_eq!((stats.total_gb, stats.free_gb, stats.provisioned_gb), (200, 200, 0));
+    assert_eq!(
+        (stats.total_gb, stats.free_gb, stats.provisioned_gb),
+        (200, 200, 0)
+    );
     assert!(stats.thin_provisioning);
 }

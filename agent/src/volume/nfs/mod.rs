@@ -274,8 +274,16 @@ impl Session {
 
     /// Calls an NFSv3 procedure; returns the decoder positioned after an OK status, or the
     /// status error.
-    async fn call(&mut self, procedure: u32, op: String, args: Encoder) -> Result<Vec<u8>, NfsError> {
-        let reply = self.conn.call(NFS, 3, procedure, &args.into_bytes()).await?;
+    async fn call(
+        &mut self,
+        procedure: u32,
+        op: String,
+        args: Encoder,
+    ) -> Result<Vec<u8>, NfsError> {
+        let reply = self
+            .conn
+            .call(NFS, 3, procedure, &args.into_bytes())
+            .await?;
         let status = Decoder::new(&reply).u32()?;
         if status != 0 {
             return Err(NfsError::Status {
@@ -580,7 +588,12 @@ impl NfsClient {
     ///
     /// # Errors
     /// [`NfsError`]; the temporary file is removed on failure.
-    pub async fn write_atomic(&self, name: &str, contents: &[u8], mode: u32) -> Result<(), NfsError> {
+    pub async fn write_atomic(
+        &self,
+        name: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> Result<(), NfsError> {
         let name = name.to_owned();
         let contents = contents.to_vec();
         let tmp = format!(".{name}.tmp-{:08x}", rand::random::<u32>());

@@ -144,7 +144,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut e = Encoder::new();
-        e.u32(7).u64(1 << 40).bool(true).string("abcde").opaque(&[1, 2, 3, 4]);
+        e.u32(7)
+            .u64(1 << 40)
+            .bool(true)
+            .string("abcde")
+            .opaque(&[1, 2, 3, 4]);
         let bytes = e.into_bytes();
         assert_eq!(bytes.len(), 4 + 8 + 4 + (4 + 8) + (4 + 4));
         let mut d = Decoder::new(&bytes);
