@@ -294,7 +294,8 @@ pub struct FilesGrant {
     /// How they are reached.
     #[serde(default)]
     pub access: ShareAccess,
-    /// Where shares are mounted (`<mount_root>/<md5 of the share>`, as cinder does).
+    /// Where shares are mounted: `<mount_root>/<32 hex digits of the share's SHA-256>` (cinder
+    /// names its mount points by a hash of the share too).
     #[serde(default = "default_mount_root")]
     #[schema(value_type = String)]
     pub mount_root: PathBuf,
