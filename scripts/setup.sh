@@ -16,6 +16,9 @@ PACKAGES=(
     build-essential pkg-config
     libvirt-daemon-system libvirt-dev libvirt-clients
     qemu-system-x86 qemu-utils qemu-block-extra
+    # Volume drivers: LVM tools; a userspace NFS server (the tests run their own ganesha with
+    # rpcbind), libnfs-utils to look at shares, qemu-block-extra for qemu-img's nfs:// driver.
+    # (A production node that mounts shares with the kernel also needs nfs-common.)
     lvm2
     nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind
     busybox-static cpio

@@ -296,7 +296,8 @@ pub struct FilesGrant {
     /// How they are reached.
     #[serde(default)]
     pub access: ShareAccess,
-    /// Where shares are mounted (`<mount_root>/<md5 of the share>`, as cinder does).
+    /// Where shares are mounted: `<mount_root>/<32 hex digits of the share's SHA-256>` (cinder
+    /// names its mount points by a hash of the share too).
     #[serde(default = "default_mount_root")]
     #[schema(value_type = String)]
     pub mount_root: PathBuf,
@@ -1129,6 +1130,120 @@ mod tests {
                 ..NetlinkGrant::default()
             }
         );
+        let (lvm, nfs) = (&config.plugins[1], &config.plugins[2]);
+        assert_eq!(lvm.kind, PluginKind::VolumeDriver);
+        assert_eq!(lvm.lvm.as_ref().unwrap().volume_groups, ["cinder-volumes"]);
+        assert_eq!(nfs.files.as_ref().unwrap().access, ShareAccess::Mount);
+        assert_eq!(nfs.call_timeout_ms, 600_000);
+    }
+
+    #[test]
+    fn volume_drivers_and_their_grants() {
+        let toml = r#"
+            [[plugins]]
+            name = "lvm"
+            kind = "volume-driver"
+            path = "/p/volume_lvm.wasm"
+            grants = ["log", "lvm"]
+            [plugins.lvm]
+            volume_groups = ["cinder-volumes"]
+            lvm_system_dir = "/etc/lvm-test"
+
+            [[plugins]]
+            name = "nfs"
+            kind = "volume-driver"
+            path = "/p/volume_nfs.wasm"
+            grants = ["files", "qemu-img"]
+            call_timeout_ms = 600000
+            [plugins.files]
+            shares = ["127.0.0.1:/srv/nfs/abc"]
+            access = "libnfs"
+        "#;
+        let config = Config::from_toml(toml).unwrap();
+        config.validate().unwrap();
+        let (lvm, nfs) = (&config.plugins[0], &config.plugins[1]);
+        assert_eq!(lvm.kind, PluginKind::VolumeDriver);
+        assert_eq!(
+            lvm.call_timeout_ms, 120_000,
+            "volume drivers default to 120 s"
+        );
+        assert_eq!(nfs.call_timeout_ms, 600_000);
+        let grant = lvm.lvm.clone().unwrap();
+        assert_eq!(grant.command_timeout_secs, 30);
+        assert_eq!(
+            grant.lvm_system_dir.as_deref(),
+            Some(Path::new("/etc/lvm-test"))
+        );
+        let files = nfs.files.clone().unwrap();
+        assert_eq!(files.access, ShareAccess::Libnfs);
+        assert_eq!(files.mount_root, Path::new("/var/lib/hyperlet/mnt"));
+        assert_eq!(files.mode(), Ok(0o660));
+        // Other kinds keep the short default.
+        let filter =
+            Config::from_toml("[[plugins]]\nname = \"f\"\nkind = \"filter\"\npath = \"/p\"")
+                .unwrap();
+        assert_eq!(filter.plugins[0].call_timeout_ms, 2000);
+
+        let refused = |kind: &str, grants: &str, tables: &str| {
+            let text = format!(
+                "[[plugins]]\nname = \"v\"\nkind = \"{kind}\"\npath = \"/p\"\ngrants = {grants}\n{tables}"
+            );
+            Config::from_toml(&text)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let lvm_table = "[plugins.lvm]\nvolume_groups = [\"vg\"]\n";
+        let files_table = "[plugins.files]\nshares = [\"h:/x\"]\n";
+        let err = refused("filter", r#"["lvm"]"#, lvm_table);
+        assert!(err.contains("volume-driver plugins only"), "{err}");
+        let err = refused("volume-driver", r#"["lvm"]"#, "");
+        assert!(err.contains("[plugins.lvm]"), "{err}");
+        let err = refused("volume-driver", r#"["log"]"#, lvm_table);
+        assert!(err.contains("not in grants"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["lvm"]"#,
+            "[plugins.lvm]\nvolume_groups = []\n",
+        );
+        assert!(err.contains("at least one volume group"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["lvm"]"#,
+            "[plugins.lvm]\nvolume_groups = [\"../vg\"]\n",
+        );
+        assert!(err.contains("lvm.volume_groups"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["lvm"]"#,
+            "[plugins.lvm]\nvolume_groups = [\"vg\"]\nlvm_system_dir = \"etc\"\n",
+        );
+        assert!(err.contains("absolute"), "{err}");
+        let err = refused("volume-driver", r#"["qemu-img"]"#, "");
+        assert!(err.contains("[plugins.files]"), "{err}");
+        let err = refused("volume-driver", r#"["log"]"#, files_table);
+        assert!(err.contains("is set but neither"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["files"]"#,
+            "[plugins.files]\nshares = [\"h:/a/../b\"]\n",
+        );
+        assert!(err.contains("files.shares"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["files"]"#,
+            "[plugins.files]\nshares = [\"h:/x\"]\nfile_mode = \"0999\"\n",
+        );
+        assert!(err.contains("files.file_mode"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["files"]"#,
+            "[plugins.files]\nshares = [\"h:/x\"]\nmount_options = \"a b\"\n",
+        );
+        assert!(err.contains("files.mount_options"), "{err}");
+        let err = refused("volume-driver", r#"["files"]"#, "call_timeout_ms = 0\n");
+        assert!(err.contains("call_timeout_ms"), "{err}");
     }
 
     #[test]

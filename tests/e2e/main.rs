@@ -15,3 +15,4 @@ mod openapi;
 mod plugins;
 mod servers;
 mod tls;
+mod volume_plugins;

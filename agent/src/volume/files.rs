@@ -521,3 +521,92 @@ fn read_limited(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     }
     Ok(Some(data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(access: ShareAccess, mount_root: &Path) -> FilesGrant {
+        FilesGrant {
+            shares: vec!["127.0.0.1:/srv/nfs/a".into()],
+            access,
+            mount_root: mount_root.to_path_buf(),
+            mount_options: None,
+            file_mode: "0660".into(),
+            command_timeout_secs: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_come_before_any_mount_or_connection() {
+        let root = tempfile::tempdir().unwrap();
+        for access in [ShareAccess::Mount, ShareAccess::Libnfs] {
+            let files = Files::new(&grant(access, root.path())).unwrap();
+            assert_eq!(files.mode(), 0o660);
+            assert!(files.share("127.0.0.1:/srv/nfs/a/").is_ok());
+            for other in [
+                "127.0.0.1:/srv/nfs/b",
+                "127.0.0.1:/srv/nfs/a/../b",
+                "127.0.0.1:/srv/nfs",
+                "127.0.0.2:/srv/nfs/a",
+                "garbage",
+            ] {
+                let e = files.stat(other, "volume-1").await.unwrap_err();
+                assert!(matches!(e, VolumeError::ShareNotGranted { .. }), "{e}");
+                assert_eq!(e.code(), "denied");
+                assert!(
+                    e.to_string().contains("granted: 127.0.0.1:/srv/nfs/a"),
+                    "{e}"
+                );
+                assert!(files.share_info(other).await.is_err());
+            }
+            let share = "127.0.0.1:/srv/nfs/a";
+            for escape in ["../x", "/etc/passwd", "a/b", ".."] {
+                for e in [
+                    files.create_sparse(share, escape, 1).await.unwrap_err(),
+                    files.remove(share, escape).await.unwrap_err(),
+                    files.stat(share, escape).await.unwrap_err(),
+                    files.location(share, escape).await.unwrap_err(),
+                    files
+                        .write_info_file(share, &format!("{escape}.info"), "{}")
+                        .await
+                        .unwrap_err(),
+                ] {
+                    assert_eq!(e.code(), "denied", "{escape}: {e}");
+                }
+            }
+            for bad in [".hidden", "", "a b"] {
+                let e = files.create_sparse(share, bad, 1).await.unwrap_err();
+                assert_eq!(e.code(), "invalid", "{bad}: {e}");
+            }
+            let e = files
+                .write_info_file(share, "volume-1", "{}")
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("*.info"), "{e}");
+            let big = "x".repeat(MAX_INFO_BYTES + 1);
+            let e = files
+                .write_info_file(share, "volume-1.info", &big)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "invalid", "{e}");
+            assert!(files.read_info_file(share, "volume-1").await.is_err());
+        }
+        // Nothing was mounted or created under the mount root.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bad_grants_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let mut g = grant(ShareAccess::Mount, root.path());
+        g.file_mode = "rw".into();
+        assert!(matches!(Files::new(&g), Err(VolumeError::Invalid(_))));
+        let mut g = grant(ShareAccess::Mount, root.path());
+        g.shares.push("nohost".into());
+        assert!(matches!(
+            Files::new(&g),
+            Err(VolumeError::InvalidShare { .. })
+        ));
+    }
+}

@@ -443,3 +443,98 @@ impl QemuImg {
         .map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FilesGrant;
+
+    fn qemu(access: ShareAccess, root: &std::path::Path) -> QemuImg {
+        let grant = FilesGrant {
+            shares: vec!["127.0.0.1:/srv/nfs/a".into()],
+            access,
+            mount_root: root.to_path_buf(),
+            mount_options: None,
+            file_mode: "0660".into(),
+            command_timeout_secs: 1,
+        };
+        QemuImg::new(Files::new(&grant).unwrap())
+    }
+
+    #[test]
+    fn backing_references_must_stay_in_the_share() {
+        let root = tempfile::tempdir().unwrap();
+        let share = Share::parse("127.0.0.1:/srv/nfs/a").unwrap();
+        for access in [ShareAccess::Mount, ShareAccess::Libnfs] {
+            let q = qemu(access, root.path());
+            let point = q.files().mount_point(&share);
+            let name = |r: &str| q.backing_name(&share, "volume-2", r);
+            assert_eq!(name("volume-1").unwrap(), "volume-1");
+            assert_eq!(
+                name("nfs://127.0.0.1/srv/nfs/a/volume-1").unwrap(),
+                "volume-1"
+            );
+            assert_eq!(
+                name(&point.join("volume-1").display().to_string()).unwrap(),
+                "volume-1"
+            );
+            for outside in [
+                "/etc/passwd",
+                "../volume-1",
+                "nfs://127.0.0.1/srv/nfs/b/volume-1",
+                "nfs://127.0.0.2/srv/nfs/a/volume-1",
+                "nfs://127.0.0.1/srv/nfs/a/../b/volume-1",
+                "nfs://127.0.0.1/srv/nfs/a/sub/volume-1",
+                "json:{\"file.filename\":\"/etc/passwd\"}",
+                ".hidden",
+            ] {
+                let e = name(outside).unwrap_err();
+                assert!(
+                    matches!(e, VolumeError::OutsideShare { .. }),
+                    "{outside}: {e}"
+                );
+                assert_eq!(e.code(), "denied");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_come_before_qemu_img_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let q = qemu(ShareAccess::Libnfs, root.path());
+        let share = "127.0.0.1:/srv/nfs/a";
+        let other = "127.0.0.1:/srv/nfs/b";
+        let raw = DiskFormat::Raw;
+        let qcow2 = DiskFormat::Qcow2;
+        for e in [
+            q.create(other, "v", raw, 1, None).await.unwrap_err(),
+            q.create(share, "../v", raw, 1, None).await.unwrap_err(),
+            q.create(share, "v", qcow2, 1, Some(("../../etc/passwd", raw)))
+                .await
+                .unwrap_err(),
+            q.convert(share, "../secret", raw, "v", raw)
+                .await
+                .unwrap_err(),
+            q.convert(share, "v", raw, "/tmp/x", raw).await.unwrap_err(),
+            q.info(other, "v", None).await.unwrap_err(),
+            q.resize(share, "a/b", raw, 2).await.unwrap_err(),
+            q.commit(other, "v").await.unwrap_err(),
+            q.rebase(share, "v", ("/etc/shadow", raw))
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(e.code(), "denied", "{e}");
+        }
+        for e in [
+            q.create(share, "v", raw, 0, None).await.unwrap_err(),
+            q.create(share, "v", raw, u64::MAX, None).await.unwrap_err(),
+            q.create(share, "v", raw, 1, Some(("b", raw)))
+                .await
+                .unwrap_err(),
+            q.convert(share, "v", raw, "v", raw).await.unwrap_err(),
+            q.rebase(share, "v", ("v", raw)).await.unwrap_err(),
+        ] {
+            assert_eq!(e.code(), "invalid", "{e}");
+        }
+    }
+}

@@ -1,0 +1,1052 @@
+//! Volume drivers in the agent's real plugin registry, against real LVM and a real NFS server
+//! (run as root).
+//!
+//! The built components (`volume_lvm.wasm`, `volume_nfs.wasm`, `hyperlet_fixture_vol_rogue.wasm`)
+//! are loaded through `PluginRegistry` and called from a blocking thread of a tokio runtime,
+//! as the agent calls them; their effect is observed with the LVM tools, `nfs-ls` and
+//! `qemu-img info nfs://…`.
+//!
+//! * LVM: a volume group on a loop device over a sparse file, with an `lvm.conf` that disables
+//!   activation (this machine has no device-mapper), unique per test; a Drop guard removes the
+//!   LVs, the VG, the PV, the loop device (by its path) and the config directory.
+//! * NFS: nfs-ganesha serves two temporary directories on 127.0.0.1:2049 (NFSv3, VFS, no root
+//!   squash). One NFS server per machine fits that port, so the tests share one instance,
+//!   started on first use (with `rpcbind -f -w` when no portmapper answers). Both run as
+//!   children of the test process and are stopped by PID when it exits (an `atexit` hook), and
+//!   the exported directories are removed then; each test uses its own volume ids and removes
+//!   its files.
+
+use hyperlet::config::{Config, FilesGrant, PluginKind, ShareAccess};
+use hyperlet::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PluginStatus};
+use hyperlet::volume::{
+    copy_image_to, CapacityStats, DiskFormat, Files, Share, SnapshotRef, VolumeConnection,
+    VolumeRef,
+};
+use hyperlet_tests::{plugin_wasm, shared_plugin_cache};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const GIB: u64 = 1 << 30;
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "volume driver tests use loop devices, LVM and an NFS server: run them as root"
+    );
+}
+
+/// Runs a tool and returns its stdout; panics with what to install when it is missing.
+fn sh(tool: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} (scripts/setup.sh installs lvm2, qemu-utils, libnfs-utils, nfs-ganesha): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry plumbing.
+
+/// A runtime and a registry loaded from `toml`'s `[[plugins]]`, as the agent builds them.
+fn registry(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginRegistry>) {
+    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    config.validate().unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let plugins = config.plugins.clone();
+    let loading = runtime.spawn_blocking(move || {
+        PluginRegistry::load(
+            PluginEngine::new().unwrap(),
+            shared_plugin_cache(),
+            &plugins,
+            120,
+        )
+    });
+    let registry = runtime.block_on(loading).unwrap();
+    (runtime, Arc::new(registry))
+}
+
+/// The loaded driver `name`, or a panic with the load error.
+fn driver(registry: &PluginRegistry, name: &str) -> Arc<LoadedPlugin> {
+    let view = registry
+        .views()
+        .into_iter()
+        .find(|v| v.name == name)
+        .expect("configured");
+    assert_eq!(view.status, PluginStatus::Loaded, "{:?}", view.error);
+    assert_eq!(view.kind, PluginKind::VolumeDriver);
+    registry.volume_driver(name).unwrap()
+}
+
+/// Calls the plugin on a blocking thread of `runtime`, as the agent's async code does.
+fn call<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    plugin: &Arc<LoadedPlugin>,
+    f: impl FnOnce(&LoadedPlugin) -> Result<T, PluginError> + Send + 'static,
+) -> Result<T, PluginError> {
+    let plugin = plugin.clone();
+    let task = runtime.spawn_blocking(move || f(&plugin));
+    runtime.block_on(task).unwrap()
+}
+
+/// The code and message of a failure the plugin reported.
+fn reported(e: PluginError) -> (String, String) {
+    match e {
+        PluginError::Reported { code, message, .. } => (code, message),
+        other => panic!("expected the plugin to report an error, got {other}"),
+    }
+}
+
+fn stanza(name: &str, krate: &str, grants: &str, settings: &str, tables: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\nkind = \"volume-driver\"\npath = \"{}\"\n\
+         grants = {grants}\ncall_timeout_ms = 120000\nsettings = {{ {settings} }}\n{tables}\n",
+        plugin_wasm(krate).display()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// LVM on a loop device.
+
+/// A throwaway volume group on a loop device over a sparse file, activation disabled.
+struct TestVg {
+    vg: String,
+    conf_dir: PathBuf,
+    loop_dev: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestVg {
+    fn new(gib: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf_dir = dir.path().join("lvm");
+        std::fs::create_dir(&conf_dir).expect("lvm conf dir");
+        std::fs::write(
+            conf_dir.join("lvm.conf"),
+            "global { activation = 0 }\ndevices { filter = [ \"a|^/dev/loop|\", \"r|.*|\" ] }\n",
+        )
+        .expect("lvm.conf");
+        let file = dir.path().join("pv.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(gib * GIB))
+            .expect("sparse backing file");
+        let mut guard = Self {
+            vg: format!("hyperlet-e2e-{}", &unique()[..8]),
+            conf_dir,
+            loop_dev: None,
+            _dir: dir,
+        };
+        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()], &[]);
+        guard.loop_dev = Some(dev.trim().to_owned());
+        let dev = guard.loop_dev.clone().unwrap();
+        let env = [("LVM_SYSTEM_DIR", guard.conf_dir.as_path())];
+        sh("pvcreate", &["-q", &dev], &env);
+        sh("vgcreate", &["-q", &guard.vg, &dev], &env);
+        guard
+    }
+
+    fn env(&self) -> [(&'static str, &Path); 1] {
+        [("LVM_SYSTEM_DIR", self.conf_dir.as_path())]
+    }
+
+    /// `(name, bytes, origin)` of every LV, sorted, read with `lvs`.
+    fn lvs(&self) -> Vec<(String, u64, String)> {
+        let out = sh(
+            "lvs",
+            &[
+                "--noheadings",
+                "--units",
+                "b",
+                "--nosuffix",
+                "--separator",
+                ",",
+                "-o",
+                "lv_name,lv_size,origin",
+                &self.vg,
+            ],
+            &self.env(),
+        );
+        let mut lvs: Vec<_> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.trim().split(',').collect();
+                (f[0].to_owned(), f[1].parse().unwrap(), f[2].to_owned())
+            })
+            .collect();
+        lvs.sort();
+        lvs
+    }
+
+    /// `(vg_size, vg_free)` in bytes, read with `vgs`.
+    fn vgs(&self) -> (u64, u64) {
+        let out = sh(
+            "vgs",
+            &[
+                "--noheadings",
+                "--units",
+                "b",
+                "--nosuffix",
+                "--separator",
+                ",",
+                "-o",
+                "vg_size,vg_free",
+                &self.vg,
+            ],
+            &self.env(),
+        );
+        let f: Vec<u64> = out.trim().split(',').map(|x| x.parse().unwrap()).collect();
+        (f[0], f[1])
+    }
+
+    /// The `[plugins.lvm]` table granting this group.
+    fn grant(&self) -> String {
+        format!(
+            "[plugins.lvm]\nvolume_groups = [\"{}\"]\nlvm_system_dir = \"{}\"\n",
+            self.vg,
+            self.conf_dir.display()
+        )
+    }
+}
+
+impl Drop for TestVg {
+    fn drop(&mut self) {
+        let quiet = |tool: &str, args: &[&str]| {
+            let _ = Command::new(tool)
+                .args(args)
+                .env("LVM_SYSTEM_DIR", &self.conf_dir)
+                .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+                .output();
+        };
+        if let Some(dev) = self.loop_dev.take() {
+            quiet("vgremove", &["-f", &self.vg]);
+            quiet("pvremove", &["-ff", "-y", &dev]);
+            quiet("losetup", &["-d", &dev]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One nfs-ganesha for the whole test binary.
+
+/// Processes this test binary started, stopped by PID at exit.
+static STARTED: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+/// Directories to remove at exit.
+static EXPORT_ROOT: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+extern "C" fn stop_started() {
+    let Ok(mut children) = STARTED.lock() else {
+        return;
+    };
+    // Ganesha first, then the portmapper it registered with.
+    while let Some(mut child) = children.pop() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..50 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(root) = EXPORT_ROOT.lock().ok().and_then(|r| r.clone()) {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// The shared NFS server: two exported directories.
+struct Ganesha {
+    /// Exported directory of share A.
+    a: PathBuf,
+    /// Exported directory of share B.
+    b: PathBuf,
+}
+
+impl Ganesha {
+    fn share_a(&self) -> String {
+        format!("127.0.0.1:{}", self.a.display())
+    }
+    fn share_b(&self) -> String {
+        format!("127.0.0.1:{}", self.b.display())
+    }
+}
+
+fn portmapper_answers() -> bool {
+    Command::new("rpcinfo")
+        .args(["-p", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts a server in the foreground as a child, kept in [`STARTED`]; returns its index.
+fn spawn(tool: &str, args: &[&str], log: &Path) -> usize {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {tool} (scripts/setup.sh installs nfs-ganesha nfs-ganesha-vfs rpcbind): {e}")
+        });
+    let mut started = STARTED.lock().unwrap();
+    started.push(child);
+    started.len() - 1
+}
+
+/// Whether child `index` of [`STARTED`] has exited.
+fn exited(index: usize) -> bool {
+    let mut started = STARTED.lock().unwrap();
+    !matches!(started[index].try_wait(), Ok(None))
+}
+
+fn ganesha() -> &'static Ganesha {
+    static SERVER: OnceLock<Ganesha> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        require_root();
+        // SAFETY: registers a plain `extern "C"` function that only signals and reaps the
+        // children this binary started; it is called once, by `exit`.
+        unsafe {
+            nix::libc::atexit(stop_started);
+        }
+        let root = std::env::temp_dir().join(format!("hyperlet-nfs-{}", std::process::id()));
+        *EXPORT_ROOT.lock().unwrap() = Some(root.clone());
+        let (a, b) = (root.join("a"), root.join("b"));
+        for d in [&root, &a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", 2049)).is_ok() {
+            panic!(
+                "another NFS server already listens on 127.0.0.1:2049; these tests start their \
+                 own nfs-ganesha there: stop the other one"
+            );
+        }
+        if !portmapper_answers() {
+            let rpcbind = spawn("rpcbind", &["-f", "-w"], &root.join("rpcbind.log"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !portmapper_answers() {
+                assert!(
+                    !exited(rpcbind),
+                    "rpcbind exited: {}",
+                    std::fs::read_to_string(root.join("rpcbind.log")).unwrap_or_default()
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "rpcbind did not answer within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let export = |id: u32, path: &Path| {
+            format!(
+                "EXPORT {{\n  Export_Id = {id};\n  Path = {p};\n  Pseudo = {p};\n  \
+                 Protocols = 3, 4;\n  Transports = TCP;\n  Access_Type = RW;\n  \
+                 Squash = No_Root_Squash;\n  SecType = sys;\n  FSAL {{ Name = VFS; }}\n}}\n",
+                p = path.display()
+            )
+        };
+        let config = format!(
+            "NFS_CORE_PARAM {{\n  Bind_Addr = 127.0.0.1;\n  NFS_Port = 2049;\n  \
+             Protocols = 3, 4;\n  Enable_NLM = false;\n  Enable_RQUOTA = false;\n}}\n\
+             NFSV4 {{ Graceless = true; }}\nLOG {{ Default_Log_Level = WARN; }}\n{}{}",
+            export(7101, &a),
+            export(7102, &b)
+        );
+        let conf = root.join("ganesha.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = root.join("ganesha.log");
+        let server = spawn(
+            "ganesha.nfsd",
+            &[
+                "-F",
+                "-f",
+                conf.to_str().unwrap(),
+                "-L",
+                log.to_str().unwrap(),
+                "-p",
+                root.join("ganesha.pid").to_str().unwrap(),
+                "-N",
+                "NIV_WARN",
+            ],
+            &root.join("ganesha.out"),
+        );
+        let url = format!("nfs://127.0.0.1{}/", a.display());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("nfs-ls")
+                .arg(&url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                !exited(server),
+                "ganesha.nfsd exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "nfs-ganesha did not export {} within 30 s: {}",
+                a.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ganesha { a, b }
+    })
+}
+
+/// How a test looks at a share: over NFS (QEMU's client, `nfs-ls`), or through the local
+/// directory when the host worked on a bind mount of it (ganesha caches attributes, so it does
+/// not see at once what was written behind its back).
+#[derive(Clone, Copy)]
+enum Observe {
+    Nfs,
+    Local,
+}
+
+impl Observe {
+    /// `qemu-img info` of a file of the exported directory `dir`.
+    fn image(self, dir: &Path, name: &str) -> serde_json::Value {
+        let target = match self {
+            Self::Nfs => format!("nfs://127.0.0.1{}/{name}", dir.display()),
+            Self::Local => dir.join(name).display().to_string(),
+        };
+        let out = sh("qemu-img", &["info", "-U", "--output=json", &target], &[]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// The names in the exported directory `dir`, sorted.
+    fn ls(self, dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = match self {
+            Self::Nfs => {
+                let url = format!("nfs://127.0.0.1{}/", dir.display());
+                sh("nfs-ls", &[&url], &[])
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+                    .filter(|n| n != "." && n != "..")
+                    .collect()
+            }
+            Self::Local => std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+        };
+        names.sort();
+        names
+    }
+}
+
+fn nfs_ls(dir: &Path) -> Vec<String> {
+    Observe::Nfs.ls(dir)
+}
+
+/// Removes the files of a test (by volume id) from an exported directory on drop.
+struct FileGuard(Vec<(PathBuf, String)>);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        for (dir, id) in &self.0 {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().contains(id.as_str()) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Unmounts a bind mount on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn files_table(shares: &[String], access: &str, mount_root: Option<&Path>) -> String {
+    let list: Vec<String> = shares.iter().map(|s| format!("\"{s}\"")).collect();
+    let mut t = format!(
+        "[plugins.files]\nshares = [{}]\naccess = \"{access}\"\nfile_mode = \"0666\"\n",
+        list.join(", ")
+    );
+    if let Some(root) = mount_root {
+        t.push_str(&format!("mount_root = \"{}\"\n", root.display()));
+    }
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
+    require_root();
+    let t = TestVg::new(8);
+    let toml = stanza(
+        "lvm",
+        "volume-lvm",
+        r#"["log", "lvm"]"#,
+        &format!(
+            "volume_group = \"{}\", volume_backend_name = \"lvm-e2e\"",
+            t.vg
+        ),
+        &t.grant(),
+    );
+    let (rt, registry) = registry(&toml);
+    assert_eq!(registry.volume_driver_names(), ["lvm"]);
+    let view = &registry.views()[0];
+    assert_eq!(view.call_timeout_ms, 120_000);
+    assert_eq!(view.lvm.as_ref().unwrap().volume_groups, [t.vg.as_str()]);
+    assert!(view.needs.contains(&"lvm".to_string()), "{:?}", view.needs);
+    assert!(
+        !view.needs.contains(&"files".to_string()),
+        "{:?}",
+        view.needs
+    );
+    let plugin = driver(&registry, "lvm");
+
+    let v = VolumeRef::new(unique(), 1);
+    let vol = v.clone();
+    call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap();
+    assert_eq!(t.lvs(), [(v.name.clone(), GIB, String::new())]);
+
+    let vol = v.clone();
+    call(&rt, &plugin, move |p| p.volume_extend(&vol, 2)).unwrap();
+    assert_eq!(t.lvs(), [(v.name.clone(), 2 * GIB, String::new())]);
+
+    let s = SnapshotRef::new(unique(), v.clone());
+    let snap = s.clone();
+    call(&rt, &plugin, move |p| p.snapshot_create(&snap)).unwrap();
+    let snap_lv = format!("_{}", s.name);
+    assert!(
+        t.lvs()
+            .contains(&(snap_lv.clone(), 2 * GIB, v.name.clone())),
+        "{:?}",
+        t.lvs()
+    );
+
+    // Deleting a volume with a snapshot is refused; nothing changes.
+    let before = t.lvs();
+    let vol = v.clone();
+    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap_err());
+    assert_eq!(code, "in-use", "{message}");
+    assert!(message.contains(&snap_lv), "{message}");
+    assert_eq!(t.lvs(), before);
+
+    // A block copy needs active LVs: here (no device-mapper) it fails cleanly, leaving nothing.
+    let v2 = VolumeRef::new(unique(), 2);
+    let (vol, snap) = (v2.clone(), s.clone());
+    let (code, message) =
+        reported(call(&rt, &plugin, move |p| p.volume_from_snapshot(&vol, &snap)).unwrap_err());
+    assert_eq!(code, "unsupported", "{message}");
+    assert!(message.contains("not active"), "{message}");
+    assert_eq!(t.lvs(), before);
+
+    let vol = v.clone();
+    assert_eq!(
+        call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap(),
+        VolumeConnection::Block {
+            path: format!("/dev/{}/{}", t.vg, v.name)
+        }
+    );
+
+    // Stats with cinder's thick formulas, checked against vgs.
+    let stats: CapacityStats = call(&rt, &plugin, |p| p.capacity_stats()).unwrap();
+    let (size, free) = t.vgs();
+    assert_eq!(stats.backend_name, "lvm-e2e");
+    assert_eq!((stats.total_gb, stats.free_gb), (size / GIB, free / GIB));
+    assert_eq!(stats.provisioned_gb, 4);
+    assert!(!stats.thin_provisioning);
+    assert_eq!(stats.max_over_subscription_ratio, 1.0);
+
+    // Too big: no-space, naming the backend and its free capacity.
+    let big = VolumeRef::new(unique(), 100);
+    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_create(&big)).unwrap_err());
+    assert_eq!(code, "no-space", "{message}");
+    assert!(
+        message.contains("lvm-e2e") && message.contains("GiB free"),
+        "{message}"
+    );
+
+    // Snapshot first, then the volume; both deletes are idempotent.
+    for _ in 0..2 {
+        let snap = s.clone();
+        call(&rt, &plugin, move |p| p.snapshot_delete(&snap)).unwrap();
+    }
+    assert_eq!(t.lvs(), [(v.name.clone(), 2 * GIB, String::new())]);
+    for _ in 0..2 {
+        let vol = v.clone();
+        call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
+    }
+    assert!(t.lvs().is_empty());
+    let vol = v.clone();
+    let (code, _) = reported(call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap_err());
+    assert_eq!(code, "not-found");
+}
+
+/// Runs the NFS driver's whole lifecycle against share A of the shared server.
+fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
+    let server = ganesha();
+    let observe = if mount_root.is_some() {
+        Observe::Local
+    } else {
+        Observe::Nfs
+    };
+    let nfs_image = |dir: &Path, name: &str| observe.image(dir, name);
+    let nfs_ls = |dir: &Path| observe.ls(dir);
+    let (a, share_a) = (server.a.clone(), server.share_a());
+    let table = files_table(std::slice::from_ref(&share_a), access, mount_root);
+    let settings = format!("nfs_shares = \"{share_a}\", volume_backend_name = \"nfs-e2e\"");
+    let toml = format!(
+        "{}{}",
+        stanza(
+            "nfs",
+            "volume-nfs",
+            r#"["log", "files", "qemu-img"]"#,
+            &settings,
+            &table
+        ),
+        stanza(
+            "nfs-qcow2",
+            "volume-nfs",
+            r#"["log", "files", "qemu-img"]"#,
+            &format!("{settings}, nfs_qcow2_volumes = \"true\""),
+            &table
+        ),
+    );
+    let (rt, registry) = registry(&toml);
+    let plugin = driver(&registry, "nfs");
+    let qcow2 = driver(&registry, "nfs-qcow2");
+    let (v, v2, v3, vq) = (
+        VolumeRef::new(unique(), 1),
+        VolumeRef::new(unique(), 2),
+        VolumeRef::new(unique(), 2),
+        VolumeRef::new(unique(), 1),
+    );
+    let _files = FileGuard(
+        [&v, &v2, &v3, &vq]
+            .iter()
+            .map(|x| (a.clone(), x.id.clone()))
+            .collect(),
+    );
+
+    // Raw, sparse.
+    let vol = v.clone();
+    call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap();
+    assert!(nfs_ls(&a).contains(&v.name));
+    let img = nfs_image(&a, &v.name);
+    assert_eq!(img["format"], "raw");
+    assert_eq!(img["virtual-size"], GIB);
+    assert!(img["actual-size"].as_u64().unwrap() < 1 << 20, "{img}");
+    let meta = std::fs::metadata(a.join(&v.name)).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o666
+    );
+
+    // qcow2 on request.
+    let vol = vq.clone();
+    call(&rt, &qcow2, move |p| p.volume_create(&vol)).unwrap();
+    let img = nfs_image(&a, &vq.name);
+    assert_eq!(img["format"], "qcow2");
+    assert_eq!(img["virtual-size"], GIB);
+    let vol = vq.clone();
+    match call(&rt, &qcow2, move |p| p.connection_info(&vol)).unwrap() {
+        VolumeConnection::Nfs { format, .. } => assert_eq!(format, DiskFormat::Qcow2),
+        other => panic!("{other:?}"),
+    }
+
+    // Extend.
+    let vol = v.clone();
+    call(&rt, &plugin, move |p| p.volume_extend(&vol, 2)).unwrap();
+    assert_eq!(nfs_image(&a, &v.name)["virtual-size"], 2 * GIB);
+
+    // Snapshot: an overlay on the base, recorded in the info file, and now active.
+    let s = SnapshotRef::new(unique(), v.clone());
+    let snap = s.clone();
+    call(&rt, &plugin, move |p| p.snapshot_create(&snap)).unwrap();
+    let overlay = format!("{}.{}", v.name, s.id);
+    let img = nfs_image(&a, &overlay);
+    assert_eq!(img["format"], "qcow2");
+    assert_eq!(img["virtual-size"], 2 * GIB);
+    let backing = img["backing-filename"].as_str().unwrap();
+    assert!(
+        backing.ends_with(&format!("/{}", v.name)) || backing == v.name,
+        "{backing}"
+    );
+    assert_eq!(img["backing-filename-format"], "raw");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join(format!("{}.info", v.name))).unwrap())
+            .unwrap();
+    assert_eq!(info["active"], overlay.as_str());
+    assert_eq!(info[s.id.as_str()], overlay.as_str());
+    let vol = v.clone();
+    assert_eq!(
+        call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap(),
+        VolumeConnection::Nfs {
+            host: "127.0.0.1".into(),
+            path: format!("{}/{overlay}", a.display()),
+            format: DiskFormat::Qcow2,
+        }
+    );
+    let vol = v.clone();
+    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap_err());
+    assert_eq!(code, "in-use", "{message}");
+
+    // A volume from the snapshot and a clone: self-contained files, grown to their size.
+    let (vol, snap) = (v2.clone(), s.clone());
+    call(&rt, &plugin, move |p| p.volume_from_snapshot(&vol, &snap)).unwrap();
+    let img = nfs_image(&a, &v2.name);
+    assert_eq!(
+        (img["format"].as_str(), img.get("backing-filename")),
+        (Some("raw"), None)
+    );
+    assert_eq!(img["virtual-size"], 2 * GIB);
+    let (vol, src) = (v3.clone(), v.clone());
+    call(&rt, &plugin, move |p| p.volume_clone(&vol, &src)).unwrap();
+    let img = nfs_image(&a, &v3.name);
+    assert_eq!(
+        (img["format"].as_str(), img.get("backing-filename")),
+        (Some("raw"), None)
+    );
+
+    // Deleting the snapshot commits the overlay into the base, which becomes active again.
+    for _ in 0..2 {
+        let snap = s.clone();
+        call(&rt, &plugin, move |p| p.snapshot_delete(&snap)).unwrap();
+    }
+    let names = nfs_ls(&a);
+    assert!(!names.contains(&overlay), "{names:?}");
+    assert!(!names.contains(&format!("{}.info", v.name)), "{names:?}");
+    let vol = v.clone();
+    match call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap() {
+        VolumeConnection::Nfs { path, format, .. } => {
+            assert_eq!(path, format!("{}/{}", a.display(), v.name));
+            assert_eq!(format, DiskFormat::Raw);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Stats from the share, checked against its file system.
+    let stats = call(&rt, &plugin, |p| p.capacity_stats()).unwrap();
+    let fs = nix::sys::statvfs::statvfs(&a).unwrap();
+    let total = fs.blocks() * fs.fragment_size();
+    assert_eq!(stats.backend_name, "nfs-e2e");
+    assert_eq!(stats.total_gb, total / GIB);
+    assert!(stats.free_gb <= stats.total_gb);
+    assert!(stats.provisioned_gb > 2 + 2 + 2, "{stats:?}");
+    assert!(stats.thin_provisioning);
+
+    for vol in [&v, &v2, &v3] {
+        let vol = (*vol).clone();
+        call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
+    }
+    let vol = vq.clone();
+    call(&rt, &qcow2, move |p| p.volume_delete(&vol)).unwrap();
+    let names = nfs_ls(&a);
+    for x in [&v, &v2, &v3, &vq] {
+        assert!(names.iter().all(|n| !n.contains(&x.id)), "{names:?}");
+    }
+}
+
+#[test]
+fn nfs_driver_over_userspace_nfs() {
+    require_root();
+    nfs_lifecycle("libnfs", None);
+}
+
+#[test]
+fn nfs_driver_over_a_mount() {
+    require_root();
+    let server = ganesha();
+    // No kernel NFS client here: the share's mount point is a bind mount of the exported
+    // directory, which the host finds mounted and uses as it would a kernel NFS mount.
+    let root = tempfile::tempdir().unwrap();
+    let grant: FilesGrant = toml::from_str(
+        &files_table(&[server.share_a()], "mount", Some(root.path()))
+            .replace("[plugins.files]\n", ""),
+    )
+    .unwrap();
+    assert_eq!(grant.access, ShareAccess::Mount);
+    let point = Files::new(&grant)
+        .unwrap()
+        .mount_point(&Share::parse(&server.share_a()).unwrap());
+    std::fs::create_dir_all(&point).unwrap();
+    let _mount = MountGuard(point.clone());
+    sh(
+        "mount",
+        &[
+            "--bind",
+            server.a.to_str().unwrap(),
+            point.to_str().unwrap(),
+        ],
+        &[],
+    );
+    nfs_lifecycle("mount", Some(root.path()));
+}
+
+#[test]
+fn a_full_nfs_backend_answers_no_space() {
+    require_root();
+    let server = ganesha();
+    let share = server.share_a();
+    let toml = stanza(
+        "nfs-full",
+        "volume-nfs",
+        r#"["files", "qemu-img", "log"]"#,
+        &format!(
+            "nfs_shares = \"{share}\", volume_backend_name = \"nfs-full\", nfs_used_ratio = \"0.0001\""
+        ),
+        &files_table(std::slice::from_ref(&share), "libnfs", None),
+    );
+    let (rt, registry) = registry(&toml);
+    let plugin = driver(&registry, "nfs-full");
+    let v = VolumeRef::new(unique(), 1);
+    let vol = v.clone();
+    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap_err());
+    assert_eq!(code, "no-space", "{message}");
+    assert!(
+        message.contains("nfs-full") && message.contains(&share),
+        "{message}"
+    );
+    assert!(!nfs_ls(&server.a).contains(&v.name));
+}
+
+#[test]
+fn rogue_driver_is_denied_and_changes_nothing() {
+    require_root();
+    let server = ganesha();
+    let t = TestVg::new(4);
+    let toml = stanza(
+        "rogue",
+        "hyperlet-fixture-vol-rogue",
+        r#"["lvm", "files", "qemu-img"]"#,
+        &format!(
+            "volume_group = \"{}\", share = \"{}\", other_vg = \"cinder-volumes\", other_share = \"{}\"",
+            t.vg,
+            server.share_a(),
+            server.share_b()
+        ),
+        &format!(
+            "{}{}",
+            t.grant(),
+            files_table(&[server.share_a()], "libnfs", None)
+        ),
+    );
+    let (rt, registry) = registry(&toml);
+    let plugin = driver(&registry, "rogue");
+    let parent = server.a.parent().unwrap().to_path_buf();
+    let listing = |d: &Path| {
+        let mut n: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let before = (
+        t.lvs(),
+        listing(&server.a),
+        listing(&server.b),
+        listing(&parent),
+    );
+    for (attack, says) in [
+        ("other-vg", "not granted"),
+        ("other-vg-remove", "not granted"),
+        ("dotdot-lv", "would leave its volume group"),
+        ("slash-lv", "would leave its volume group"),
+        ("other-share", "not granted"),
+        ("dotdot-file", "would leave its share"),
+        ("slash-file", "would leave its share"),
+        ("info-escape", "would leave its share"),
+        ("qemu-other-share", "not granted"),
+        ("qemu-backing", "would leave its share"),
+        ("qemu-convert-escape", "would leave its share"),
+    ] {
+        let v = VolumeRef {
+            id: attack.into(),
+            name: attack.into(),
+            size_gb: 1,
+        };
+        let (code, message) = reported(
+            call(&rt, &plugin, move |p| p.volume_create(&v))
+                .expect_err(&format!("{attack} must be refused")),
+        );
+        assert_eq!(code, "denied", "{attack}: {message}");
+        assert!(message.contains(says), "{attack}: {message}");
+    }
+    assert_eq!(
+        (
+            t.lvs(),
+            listing(&server.a),
+            listing(&server.b),
+            listing(&parent)
+        ),
+        before
+    );
+}
+
+#[test]
+fn driver_without_its_grants_is_not_loaded() {
+    let toml = format!(
+        "{}{}",
+        stanza("no-lvm", "volume-lvm", r#"["log"]"#, "", ""),
+        stanza(
+            "no-files",
+            "volume-nfs",
+            r#"["log", "files"]"#,
+            "nfs_shares = \"127.0.0.1:/x\"",
+            "[plugins.files]\nshares = [\"127.0.0.1:/x\"]\n"
+        )
+    );
+    let (_rt, registry) = registry(&toml);
+    let views = registry.views();
+    assert_eq!(views[0].status, PluginStatus::Failed);
+    let error = views[0].error.as_deref().unwrap();
+    assert!(error.contains("not granted: lvm"), "{error}");
+    let error = views[1].error.as_deref().unwrap();
+    assert!(error.contains("not granted: qemu-img"), "{error}");
+    assert!(matches!(
+        registry.volume_driver("no-lvm"),
+        Err(PluginError::NotLoaded { .. })
+    ));
+    match registry.volume_driver("nope") {
+        Err(PluginError::NotLoaded { reason, .. }) => {
+            assert!(
+                reason.contains("volume drivers: no-lvm, no-files"),
+                "{reason}"
+            )
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn an_image_is_copied_into_an_nfs_volume() {
+    require_root();
+    let server = ganesha();
+    let share = server.share_a();
+    let toml = stanza(
+        "nfs-img",
+        "volume-nfs",
+        r#"["log", "files", "qemu-img"]"#,
+        &format!("nfs_shares = \"{share}\""),
+        &files_table(std::slice::from_ref(&share), "libnfs", None),
+    );
+    let (rt, registry) = registry(&toml);
+    let plugin = driver(&registry, "nfs-img");
+    let v = VolumeRef::new(unique(), 1);
+    let _files = FileGuard(vec![(server.a.clone(), v.id.clone())]);
+    let vol = v.clone();
+    call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap();
+    let vol = v.clone();
+    let connection = call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap();
+
+    // An image with recognisable contents: 4 MiB of a pattern, as qcow2.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("image.raw");
+    let pattern: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&raw, &pattern).unwrap();
+    let image = dir.path().join("image.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            raw.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ],
+        &[],
+    );
+    rt.block_on(copy_image_to(&connection, &image, "qcow2"))
+        .unwrap();
+    let url = format!("nfs://127.0.0.1{}/{}", server.a.display(), v.name);
+    // Identical contents (the volume is larger: the rest reads as zeros).
+    sh(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            image.to_str().unwrap(),
+            &url,
+        ],
+        &[],
+    );
+    // A larger image does not fit; an image with a backing file is refused.
+    let big = dir.path().join("big.qcow2");
+    sh(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", big.to_str().unwrap(), "2G"],
+        &[],
+    );
+    let e = rt
+        .block_on(copy_image_to(&connection, &big, "qcow2"))
+        .unwrap_err();
+    assert!(e.to_string().contains("larger than the volume"), "{e}");
+    let overlay = dir.path().join("overlay.qcow2");
+    sh(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            image.to_str().unwrap(),
+            "-F",
+            "qcow2",
+            overlay.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let e = rt
+        .block_on(copy_image_to(&connection, &overlay, "qcow2"))
+        .unwrap_err();
+    assert!(e.to_string().contains("backing"), "{e}");
+    let e = rt
+        .block_on(copy_image_to(&connection, &image, "vmdk"))
+        .unwrap_err();
+    assert!(e.to_string().contains("vmdk"), "{e}");
+    let vol = v.clone();
+    call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
+}
