@@ -1,0 +1,453 @@
+//! Real storage for tests: a throwaway LVM volume group on a loop device (activation
+//! disabled — this machine has no device-mapper) and one nfs-ganesha server on 127.0.0.1:2049
+//! shared by the test binary (stopped by PID when it exits), plus the plugin config stanzas
+//! that grant them to volume drivers.
+
+use crate::plugin_wasm;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One GiB.
+pub const GIB: u64 = 1 << 30;
+
+/// Fails unless the test runs as root (loop devices, LVM, an NFS server).
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "volume driver tests use loop devices, LVM and an NFS server: run them as root"
+    );
+}
+
+/// Runs a tool and returns its stdout; panics with what to install when it is missing.
+pub fn sh(tool: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = Command::new(tool)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {tool} (scripts/setup.sh installs lvm2, qemu-utils, libnfs-utils, nfs-ganesha): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// A fresh UUID.
+pub fn unique() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+
+/// A `[[plugins]]` stanza of a volume driver built from crate `krate`, with its grant tables.
+pub fn stanza(name: &str, krate: &str, grants: &str, settings: &str, tables: &str) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\nkind = \"volume-driver\"\npath = \"{}\"\n\
+         grants = {grants}\ncall_timeout_ms = 120000\nsettings = {{ {settings} }}\n{tables}\n",
+        plugin_wasm(krate).display()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// LVM on a loop device.
+
+/// A throwaway volume group on a loop device over a sparse file, activation disabled.
+pub struct TestVg {
+    /// The volume group's name.
+    pub vg: String,
+    /// The directory of its lvm.conf (LVM_SYSTEM_DIR).
+    pub conf_dir: PathBuf,
+    loop_dev: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestVg {
+    /// A group of `gib` GiB on a fresh loop device.
+    pub fn new(gib: u64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conf_dir = dir.path().join("lvm");
+        std::fs::create_dir(&conf_dir).expect("lvm conf dir");
+        std::fs::write(
+            conf_dir.join("lvm.conf"),
+            "global { activation = 0 }\ndevices { filter = [ \"a|^/dev/loop|\", \"r|.*|\" ] }\n",
+        )
+        .expect("lvm.conf");
+        let file = dir.path().join("pv.img");
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(gib * GIB))
+            .expect("sparse backing file");
+        let mut guard = Self {
+            vg: format!("hyperlet-e2e-{}", &unique()[..8]),
+            conf_dir,
+            loop_dev: None,
+            _dir: dir,
+        };
+        let dev = sh("losetup", &["-f", "--show", file.to_str().unwrap()], &[]);
+        guard.loop_dev = Some(dev.trim().to_owned());
+        let dev = guard.loop_dev.clone().unwrap();
+        let env = [("LVM_SYSTEM_DIR", guard.conf_dir.as_path())];
+        sh("pvcreate", &["-q", &dev], &env);
+        sh("vgcreate", &["-q", &guard.vg, &dev], &env);
+        guard
+    }
+
+    /// The environment the LVM tools need for this group.
+    pub fn env(&self) -> [(&'static str, &Path); 1] {
+        [("LVM_SYSTEM_DIR", self.conf_dir.as_path())]
+    }
+
+    /// `(name, bytes, origin)` of every LV, sorted, read with `lvs`.
+    pub fn lvs(&self) -> Vec<(String, u64, String)> {
+        let out = sh(
+            "lvs",
+            &[
+                "--noheadings",
+                "--units",
+                "b",
+                "--nosuffix",
+                "--separator",
+                ",",
+                "-o",
+                "lv_name,lv_size,origin",
+                &self.vg,
+            ],
+            &self.env(),
+        );
+        let mut lvs: Vec<_> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.trim().split(',').collect();
+                (f[0].to_owned(), f[1].parse().unwrap(), f[2].to_owned())
+            })
+            .collect();
+        lvs.sort();
+        lvs
+    }
+
+    /// `(vg_size, vg_free)` in bytes, read with `vgs`.
+    pub fn vgs(&self) -> (u64, u64) {
+        let out = sh(
+            "vgs",
+            &[
+                "--noheadings",
+                "--units",
+                "b",
+                "--nosuffix",
+                "--separator",
+                ",",
+                "-o",
+                "vg_size,vg_free",
+                &self.vg,
+            ],
+            &self.env(),
+        );
+        let f: Vec<u64> = out.trim().split(',').map(|x| x.parse().unwrap()).collect();
+        (f[0], f[1])
+    }
+
+    /// The `[plugins.lvm]` table granting this group.
+    pub fn grant(&self) -> String {
+        format!(
+            "[plugins.lvm]\nvolume_groups = [\"{}\"]\nlvm_system_dir = \"{}\"\n",
+            self.vg,
+            self.conf_dir.display()
+        )
+    }
+}
+
+impl Drop for TestVg {
+    fn drop(&mut self) {
+        let quiet = |tool: &str, args: &[&str]| {
+            let _ = Command::new(tool)
+                .args(args)
+                .env("LVM_SYSTEM_DIR", &self.conf_dir)
+                .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+                .output();
+        };
+        if let Some(dev) = self.loop_dev.take() {
+            quiet("vgremove", &["-f", &self.vg]);
+            quiet("pvremove", &["-ff", "-y", &dev]);
+            quiet("losetup", &["-d", &dev]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One nfs-ganesha for the whole test binary.
+
+/// Processes this test binary started, stopped by PID at exit.
+static STARTED: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+/// Directories to remove at exit.
+static EXPORT_ROOT: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+extern "C" fn stop_started() {
+    let Ok(mut children) = STARTED.lock() else {
+        return;
+    };
+    // Ganesha first, then the portmapper it registered with.
+    while let Some(mut child) = children.pop() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..50 {
+            if !matches!(child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(root) = EXPORT_ROOT.lock().ok().and_then(|r| r.clone()) {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// The shared NFS server: two exported directories.
+pub struct Ganesha {
+    /// Exported directory of share A.
+    pub a: PathBuf,
+    /// Exported directory of share B.
+    pub b: PathBuf,
+}
+
+impl Ganesha {
+    /// Share A as `host:/path`.
+    pub fn share_a(&self) -> String {
+        format!("127.0.0.1:{}", self.a.display())
+    }
+    /// Share B as `host:/path`.
+    pub fn share_b(&self) -> String {
+        format!("127.0.0.1:{}", self.b.display())
+    }
+}
+
+/// Whether a portmapper answers on 127.0.0.1.
+pub fn portmapper_answers() -> bool {
+    Command::new("rpcinfo")
+        .args(["-p", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts a server in the foreground as a child, kept in [`STARTED`]; returns its index.
+pub fn spawn(tool: &str, args: &[&str], log: &Path) -> usize {
+    let log = std::fs::File::create(log).expect("log file");
+    let child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {tool} (scripts/setup.sh installs nfs-ganesha nfs-ganesha-vfs rpcbind): {e}")
+        });
+    let mut started = STARTED.lock().unwrap();
+    started.push(child);
+    started.len() - 1
+}
+
+/// Whether child `index` of [`STARTED`] has exited.
+pub fn exited(index: usize) -> bool {
+    let mut started = STARTED.lock().unwrap();
+    !matches!(started[index].try_wait(), Ok(None))
+}
+
+/// The shared NFS server, started on first use.
+pub fn ganesha() -> &'static Ganesha {
+    static SERVER: OnceLock<Ganesha> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        require_root();
+        // SAFETY: registers a plain `extern "C"` function that only signals and reaps the
+        // children this binary started; it is called once, by `exit`.
+        unsafe {
+            nix::libc::atexit(stop_started);
+        }
+        let root = std::env::temp_dir().join(format!("hyperlet-nfs-{}", std::process::id()));
+        *EXPORT_ROOT.lock().unwrap() = Some(root.clone());
+        let (a, b) = (root.join("a"), root.join("b"));
+        for d in [&root, &a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", 2049)).is_ok() {
+            panic!(
+                "another NFS server already listens on 127.0.0.1:2049; these tests start their \
+                 own nfs-ganesha there: stop the other one"
+            );
+        }
+        if !portmapper_answers() {
+            let rpcbind = spawn("rpcbind", &["-f", "-w"], &root.join("rpcbind.log"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !portmapper_answers() {
+                assert!(
+                    !exited(rpcbind),
+                    "rpcbind exited: {}",
+                    std::fs::read_to_string(root.join("rpcbind.log")).unwrap_or_default()
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "rpcbind did not answer within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let export = |id: u32, path: &Path| {
+            format!(
+                "EXPORT {{\n  Export_Id = {id};\n  Path = {p};\n  Pseudo = {p};\n  \
+                 Protocols = 3, 4;\n  Transports = TCP;\n  Access_Type = RW;\n  \
+                 Squash = No_Root_Squash;\n  SecType = sys;\n  FSAL {{ Name = VFS; }}\n}}\n",
+                p = path.display()
+            )
+        };
+        let config = format!(
+            "NFS_CORE_PARAM {{\n  Bind_Addr = 127.0.0.1;\n  NFS_Port = 2049;\n  \
+             Protocols = 3, 4;\n  Enable_NLM = false;\n  Enable_RQUOTA = false;\n}}\n\
+             NFSV4 {{ Graceless = true; }}\nLOG {{ Default_Log_Level = WARN; }}\n{}{}",
+            export(7101, &a),
+            export(7102, &b)
+        );
+        let conf = root.join("ganesha.conf");
+        std::fs::write(&conf, config).unwrap();
+        let log = root.join("ganesha.log");
+        let server = spawn(
+            "ganesha.nfsd",
+            &[
+                "-F",
+                "-f",
+                conf.to_str().unwrap(),
+                "-L",
+                log.to_str().unwrap(),
+                "-p",
+                root.join("ganesha.pid").to_str().unwrap(),
+                "-N",
+                "NIV_WARN",
+            ],
+            &root.join("ganesha.out"),
+        );
+        let url = format!("nfs://127.0.0.1{}/", a.display());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("nfs-ls")
+                .arg(&url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            assert!(
+                !exited(server),
+                "ganesha.nfsd exited: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "nfs-ganesha did not export {} within 30 s: {}",
+                a.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ganesha { a, b }
+    })
+}
+
+/// How a test looks at a share: over NFS (QEMU's client, `nfs-ls`), or through the local
+/// directory when the host worked on a bind mount of it (ganesha caches attributes, so it does
+/// not see at once what was written behind its back).
+#[derive(Clone, Copy)]
+pub enum Observe {
+    /// Over NFS.
+    Nfs,
+    /// Through the local directory.
+    Local,
+}
+
+impl Observe {
+    /// `qemu-img info` of a file of the exported directory `dir`.
+    pub fn image(self, dir: &Path, name: &str) -> serde_json::Value {
+        let target = match self {
+            Self::Nfs => format!("nfs://127.0.0.1{}/{name}", dir.display()),
+            Self::Local => dir.join(name).display().to_string(),
+        };
+        let out = sh("qemu-img", &["info", "-U", "--output=json", &target], &[]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// The names in the exported directory `dir`, sorted.
+    pub fn ls(self, dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = match self {
+            Self::Nfs => {
+                let url = format!("nfs://127.0.0.1{}/", dir.display());
+                sh("nfs-ls", &[&url], &[])
+                    .lines()
+                    .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+                    .filter(|n| n != "." && n != "..")
+                    .collect()
+            }
+            Self::Local => std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+        };
+        names.sort();
+        names
+    }
+}
+
+/// The names in an exported directory, read over NFS (`nfs-ls`).
+pub fn nfs_ls(dir: &Path) -> Vec<String> {
+    Observe::Nfs.ls(dir)
+}
+
+/// Removes the files of a test (by volume id) from an exported directory on drop.
+pub struct FileGuard(pub Vec<(PathBuf, String)>);
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        for (dir, id) in &self.0 {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().contains(id.as_str()) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Unmounts a bind mount on drop.
+pub struct MountGuard(pub PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The `[plugins.files]` table granting `shares`, reached by `access` (`libnfs` or `mount`).
+pub fn files_table(shares: &[String], access: &str, mount_root: Option<&Path>) -> String {
+    let list: Vec<String> = shares.iter().map(|s| format!("\"{s}\"")).collect();
+    let mut t = format!(
+        "[plugins.files]\nshares = [{}]\naccess = \"{access}\"\nfile_mode = \"0666\"\n",
+        list.join(", ")
+    );
+    if let Some(root) = mount_root {
+        t.push_str(&format!("mount_root = \"{}\"\n", root.display()));
+    }
+    t
+}
+
