@@ -1,8 +1,9 @@
 //! WebAssembly plugins: the wasmtime component host.
 //!
 //! Plugins are components implementing a world from `wit/`: the scheduler's `filter-plugin`
-//! and `weigher-plugin`, and `network-backend` (neutron's L2 agents). The agent config lists
-//! them with their grants; at start and whenever a file changes, each is loaded:
+//! and `weigher-plugin`, `network-backend` (neutron's L2 agents) and `volume-driver`
+//! (cinder-volume's drivers). The agent config lists them with their grants; at start and
+//! whenever a file changes, each is loaded:
 //!
 //! 1. **compile** — once per content hash and engine, cached precompiled under
 //!    `<state-dir>/plugin-cache/` (`cache.rs`);
@@ -10,7 +11,9 @@
 //!    imports need (`inspect.rs`); a wrong world, an incompatible version or an import that is
 //!    not granted means the plugin is not loaded, and `/v1/plugins` says exactly why;
 //! 3. **link** — the `log` capability, for network backends the `netlink` capability checked
-//!    against the grant's parameters (`net_grant.rs`, `netlink.rs`), and a deny-all WASI (no
+//!    against the grant's parameters (`net_grant.rs`, `netlink.rs`), for volume drivers the
+//!    `lvm`, `files` and `qemu-img` capabilities checked against theirs by [`crate::volume`]
+//!    (`volume_host.rs`; the driver calls are in `volume_driver.rs`), and a deny-all WASI (no
 //!    files, sockets, env or args; stdout/stderr captured into the agent's log, rate-limited)
 //!    (`host.rs`), pre-instantiated once (`InstancePre`);
 //! 4. **configure** — one instance is created and its `configure(settings)` must succeed.
