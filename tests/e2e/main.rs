@@ -16,3 +16,4 @@ mod plugins;
 mod servers;
 mod tls;
 mod volume_plugins;
+mod volumes;

@@ -73,6 +73,12 @@ pub struct Backend {
     pub error: Option<String>,
 }
 
+/// The lock serialising backend work on one volume (snapshots rewrite the volume's info file on
+/// NFS; extend, delete and snapshots must not interleave).
+pub(crate) fn volume_lock(services: &Services, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    services.server_lock(&format!("volume:{id}"))
+}
+
 /// The driver's view of a volume.
 pub fn volume_ref(v: &Volume) -> VolumeRef {
     VolumeRef {
@@ -468,6 +474,8 @@ pub fn register_handlers(services: &Services) {
 /// 400 unless N is larger than the size (and at most the maximum); 409 unless the volume is
 /// available or when the backend cannot hold the growth.
 pub async fn extend(services: &Services, id: &str, new_size_gb: i64) -> Result<Volume, OpError> {
+    let lock = volume_lock(services, id);
+    let _guard = lock.lock().await;
     let volume = get(services, id).await?;
     if new_size_gb <= volume.size_gb as i64 || new_size_gb as u64 > MAX_SIZE_GB {
         return Err(OpError::InvalidInput(format!(
@@ -511,6 +519,8 @@ pub async fn extend(services: &Services, id: &str, new_size_gb: i64) -> Result<V
 /// # Errors
 /// 404 for an unknown volume; 409 when attached, with snapshots, or busy.
 pub async fn delete(services: &Services, id: &str) -> Result<(), OpError> {
+    let lock = volume_lock(services, id);
+    let _guard = lock.lock().await;
     let volume = get(services, id).await?;
     if let Some(server) = &volume.attached_to {
         return Err(OpError::Conflict(format!(

@@ -103,6 +103,8 @@ pub async fn create(services: &Services, req: SnapshotCreate) -> Result<Snapshot
 /// 404 for an unknown snapshot; 409 when the backend refuses (e.g. volumes depend on it).
 pub async fn delete(services: &Services, id: &str) -> Result<(), OpError> {
     let snap = get(services, id).await?;
+    let lock = super::volume_lock(services, &snap.volume_id);
+    let _guard = lock.lock().await;
     let volume = get_volume(services, &snap.volume_id).await?;
     let sref = snapshot_ref(&snap, &volume);
     driver::call(services, &volume.backend, move |p| p.snapshot_delete(&sref)).await?;
