@@ -75,7 +75,7 @@ pub fn print(results: &Results, load: &Load, rounds: usize, nginx_version: &str)
     );
     println!();
     println!(
-        "| path | server | requests/s (mean) | p50 (mean) | p99 (worst round) | failed requests |"
+        "| path | server | successful requests/s (mean) | p50 (mean) | p99 (worst round) | failed requests |"
     );
     println!("|---|---|---:|---:|---:|---:|");
     let mut notes = Vec::new();
@@ -102,7 +102,7 @@ pub fn print(results: &Results, load: &Load, rounds: usize, nginx_version: &str)
     }
     println!();
     println!(
-        "Targets (hyperlet ≥ {TARGET_RATIO}× nginx's requests/s, p99 ≤ {} and no failed \
+        "Targets (hyperlet ≥ {TARGET_RATIO}× nginx's successful requests/s, p99 ≤ {} and no failed \
          requests, on every path): {}",
         ms(TARGET_P99),
         if notes.is_empty() {
