@@ -2,7 +2,9 @@
 # Foundation benchmark: idle RSS of `hyperlet serve` and REST latency under wrk load.
 # The baseline, measured in the same run, is /healthz (the same HTTP stack, auth and
 # middleware skipped, no work) next to /v1/host (token check, /proc, statvfs, store read).
-# Prints a Markdown table for the README's bench section.
+# Then the metadata service against nginx serving the same documents in the same network
+# namespace (agent/benches/metadata.rs; needs root, nginx and wrk).
+# Prints Markdown tables for the README's bench section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,3 +52,10 @@ echo "| memory | KiB | MiB |"
 echo "|---|---|---|"
 echo "| idle RSS (VmRSS, 5 s after start) | $rss_idle | $((rss_idle / 1024)) |"
 echo "| peak RSS under load (VmHWM) | $rss_load | $((rss_load / 1024)) |"
+
+# The metadata service: hyperlet vs nginx in a namespace (the REST agent is stopped first so
+# that it does not share the cores).
+cleanup
+trap - EXIT
+echo
+cargo bench --locked -p hyperlet --bench metadata

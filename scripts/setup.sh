@@ -26,6 +26,9 @@ PACKAGES=(
     sqlite3
     iproute2 nftables
     openssl curl wrk
+    # nginx: the baseline of the metadata bench (agent/benches/metadata.rs), which starts its own
+    # nginx with its own config inside a namespace; the distribution's service is not wanted.
+    nginx
     # cloud-init: a real metadata client for the metadata tests (tests/cloudinit_readers.py);
     # without systemd its units only get enabled as symlinks, nothing runs.
     cloud-init
@@ -62,6 +65,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${filtered[@]}" "${pins[@]}"
 else
     log "all Debian packages present"
+fi
+
+# Installing nginx may start the distribution's nginx on port 80 of the host namespace (where
+# invoke-rc.d's policy allows it; there is no systemd here). Only the one this run installed is
+# stopped, by the PID in its pid file, and only if that PID is an nginx.
+if [[ " ${missing[*]-} " == *" nginx "* ]] && [ -s /run/nginx.pid ]; then
+    pid=$(cat /run/nginx.pid)
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = nginx ]; then
+        log "stopping the nginx service the package started (pid $pid)"
+        kill -TERM "$pid"
+        for _ in $(seq 1 50); do
+            [ -d "/proc/$pid" ] || break
+            sleep 0.1
+        done
+    fi
 fi
 
 # The wasm target for plugins.
