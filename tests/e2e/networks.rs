@@ -100,7 +100,17 @@ fn networks_subnets_ports_and_bad_input() {
     assert!(addrs.contains("198.51.100.2/24"), "{addrs}");
     assert!(addrs.contains("169.254.169.254/32"), "{addrs}");
     let dhcp_ports = agent.get_json(&format!("/v1/ports?network_id={net_id}"));
-    assert_eq!(dhcp_ports["ports"][0]["device_owner"], "network:dhcp");
+    let dhcp_port = &dhcp_ports["ports"][0];
+    assert_eq!(dhcp_port["device_owner"], "network:dhcp");
+    // The namespace end carries the DHCP port's MAC, as neutron's does.
+    let ns_dev = format!("ns-{}", &dhcp_port["id"].as_str().unwrap()[..11]);
+    let (ok, link) = run(&[
+        "ip", "netns", "exec", &ns, "ip", "-o", "link", "show", &ns_dev,
+    ]);
+    assert!(
+        ok && link.contains(dhcp_port["mac_address"].as_str().unwrap()),
+        "{link}"
+    );
 
     let before_nets = agent.get_json("/v1/networks");
     let before_subnets = agent.get_json("/v1/subnets");

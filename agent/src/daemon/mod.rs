@@ -206,6 +206,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = crate::ops::servers::recover_interrupted(&services).await {
         tracing::warn!(error = %crate::api::error::chain(&e), "could not recover interrupted server actions");
     }
+    if let Err(e) = crate::ops::volumes::recover::recover(&services).await {
+        tracing::warn!(error = %crate::api::error::chain(&e), "could not recover interrupted volume work");
+    }
     if let Err(e) = crate::ops::servers::adopt_and_reconcile(&services).await {
         tracing::warn!(error = %crate::api::error::chain(&e), "first sync with libvirt failed; retrying in the background");
     }

@@ -421,6 +421,26 @@ impl Netlink {
         self.set(&format!("set {name} down"), name, msg).await
     }
 
+    /// Sets the Ethernet address of link `name` (e.g. a DHCP port's MAC on its `ns-` device,
+    /// as neutron does, so guests' ARP caches stay right across rebuilds).
+    ///
+    /// # Errors
+    ///
+    /// [`NetError::Netlink`] when the device refuses it, or as [`Netlink::set_up`].
+    pub async fn set_mac(&self, name: &str, mac: [u8; 6]) -> Result<(), NetError> {
+        let index = self.index(name).await?;
+        let msg = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        self.set(
+            &format!("set the address of {name} to {}", text.join(":")),
+            name,
+            msg,
+        )
+        .await
+    }
+
     /// Sets the MTU of link `name`.
     ///
     /// # Errors

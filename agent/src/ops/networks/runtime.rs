@@ -381,6 +381,9 @@ async fn build_namespace(
         .set_mtu(&device, network.mtu)
         .await
         .map_err(net_err)?;
+    if let Some(mac) = mac_bytes(&port.mac_address) {
+        inside.set_mac(&device, mac).await.map_err(net_err)?;
+    }
     let mut first = None;
     for fixed in &port.fixed_ips {
         let prefix = subnets

@@ -9,10 +9,12 @@
 //! change nothing.
 //!
 //! * `types` — volume types; `driver` — calls into the drivers and their error mapping;
-//! * `snapshots` — snapshots; `attach` — attach/detach on servers and the disk XML.
+//! * `snapshots` — snapshots; `attach` — attach/detach on servers and the disk XML;
+//! * `recover` — volumes a crash left mid-way, put right at startup.
 
 pub mod attach;
 pub mod driver;
+pub mod recover;
 pub mod snapshots;
 pub mod types;
 

@@ -1,0 +1,83 @@
+//! Volumes left mid-way by a crash, put right at startup (after the journal's recovery, which
+//! has already rolled back interrupted creates).
+//!
+//! | left as | becomes |
+//! |---|---|
+//! | `creating` with no journal record (the crash came before it) | `error` |
+//! | `attaching`, `detaching`, `in-use` | `in-use` when its server's spec lists it, else `available` |
+//! | `extending` | `available` (the size is the recorded one; extend again) |
+//! | `deleting` | deleted again (drivers delete idempotently), or `error_deleting` |
+
+use super::{set_status, volume_ref};
+use crate::ops::{OpError, Services};
+
+/// Puts every interrupted volume into a state the API can act on.
+///
+/// # Errors
+/// [`OpError::Store`] when the store cannot be read; a failing driver only leaves that volume
+/// in `error_deleting`.
+pub async fn recover(services: &Services) -> Result<(), OpError> {
+    for volume in services.store().list_volumes(None).await? {
+        let id = volume.id.as_str();
+        match volume.status.as_str() {
+            "creating" => {
+                let ops = services.journal().unfinished().await?;
+                if !ops.iter().any(|op| op.resource_id == id) {
+                    tracing::warn!(volume_id = id, "create interrupted before it was journaled");
+                    set_status(
+                        services,
+                        id,
+                        "error",
+                        Some("the create was interrupted by an agent restart".into()),
+                    )
+                    .await?;
+                }
+            }
+            "attaching" | "detaching" | "in-use" => {
+                let attached = match &volume.attached_to {
+                    Some(server) => match crate::ops::servers::spec_of(services, server).await {
+                        Ok(spec) => spec
+                            .boot_volume
+                            .iter()
+                            .chain(spec.volumes.iter())
+                            .any(|v| v.volume_id == id),
+                        Err(_) => false,
+                    },
+                    None => false,
+                };
+                if attached {
+                    if volume.status != "in-use" {
+                        set_status(services, id, "in-use", None).await?;
+                    }
+                } else {
+                    if volume.status == "in-use" || volume.attached_to.is_some() {
+                        tracing::warn!(volume_id = id, "attached to no server: now available");
+                    }
+                    super::attach::release(services, id).await?;
+                }
+            }
+            "extending" => {
+                set_status(services, id, "available", None).await?;
+            }
+            "deleting" => {
+                let v = volume_ref(&volume);
+                match super::driver::call(services, &volume.backend, move |p| p.volume_delete(&v))
+                    .await
+                {
+                    Ok(()) => services.store().delete_volume(id).await?,
+                    Err(e) => {
+                        set_status(
+                            services,
+                            id,
+                            "error_deleting",
+                            Some(crate::api::error::chain(&e)),
+                        )
+                        .await?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
