@@ -388,3 +388,62 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
     }
 }
+
+#[test]
+fn kill_9_during_a_volume_create_leaves_no_backend_object() {
+    let vg = TestVg::new(4);
+    let config = format!(
+        "{}\n{}",
+        CONFIG,
+        stanza(
+            "lvm",
+            "volume-lvm",
+            "[\"log\", \"lvm\"]",
+            &format!("volume_group = \"{}\"", vg.vg),
+            &vg.grant()
+        )
+    );
+    let mut agent = Agent::start_with_config(&config);
+    let (s, t) = post(
+        &agent,
+        "/v1/volume-types",
+        json!({"name": "lvm", "backend": "lvm", "is_default": true}),
+    );
+    assert_eq!(s, 201, "{t}");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(10)).expect("exits");
+    agent.env = vec![(
+        "HYPERLET_FAILPOINT".into(),
+        "volume.create:driver_create".into(),
+    )];
+    agent.restart();
+    let (s, v) = post(&agent, "/v1/volumes", json!({"size_gb": 1}));
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent.log().contains("failpoint reached") {
+        assert!(
+            Instant::now() < deadline,
+            "failpoint not reached:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The LV exists now; the agent dies before the create is finished.
+    assert_eq!(vg.lvs().len(), 1, "{:?}", vg.lvs());
+    agent.kill9();
+    agent.env.clear();
+    agent.restart();
+    let v = agent.get_json(&format!("/v1/volumes/{id}"));
+    assert_eq!(v["status"], "error", "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("interrupted"),
+        "{v}"
+    );
+    assert!(
+        vg.lvs().is_empty(),
+        "the rolled-back create left {:?}",
+        vg.lvs()
+    );
+    assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
+}
