@@ -30,7 +30,10 @@ fn wait_volume(agent: &Agent, id: &str, status: &str) -> Value {
             return v;
         }
         assert!(v["status"] != "error", "volume {id} failed: {v}");
-        assert!(Instant::now() < deadline, "volume {id} never became {status}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "volume {id} never became {status}: {v}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -57,11 +60,23 @@ fn lvm_volumes_through_the_api_and_bad_input() {
         )
     );
     let agent = Agent::start_with_config(&config);
-    let (s, answer) = post(&agent, "/v1/volume-types", json!({"name": "fast", "backend": "nope"}));
+    let (s, answer) = post(
+        &agent,
+        "/v1/volume-types",
+        json!({"name": "fast", "backend": "nope"}),
+    );
     assert_eq!(s, 400, "{answer}");
-    let (s, t) = post(&agent, "/v1/volume-types", json!({"name": "fast", "backend": "lvm", "is_default": true}));
+    let (s, t) = post(
+        &agent,
+        "/v1/volume-types",
+        json!({"name": "fast", "backend": "lvm", "is_default": true}),
+    );
     assert_eq!(s, 201, "{t}");
-    let (s, answer) = post(&agent, "/v1/volume-types", json!({"name": "fast", "backend": "lvm"}));
+    let (s, answer) = post(
+        &agent,
+        "/v1/volume-types",
+        json!({"name": "fast", "backend": "lvm"}),
+    );
     assert_eq!(s, 409, "{answer}");
 
     let backends = agent.get_json("/v1/backends");
@@ -77,7 +92,10 @@ fn lvm_volumes_through_the_api_and_bad_input() {
         (json!({"size_gb": -1}), 400),
         (json!({"size_gb": 1, "volume_type": "nope"}), 400),
         (json!({"size_gb": 1, "snapshot_id": "nope"}), 400),
-        (json!({"size_gb": 1, "image_id": "4e1b0a9c-0000-4000-8000-000000000001"}), 400),
+        (
+            json!({"size_gb": 1, "image_id": "4e1b0a9c-0000-4000-8000-000000000001"}),
+            400,
+        ),
         (json!({"size_gb": 100}), 409),
         (json!({"size_gb": 1, "bogus": true}), 400),
     ] {
@@ -85,7 +103,10 @@ fn lvm_volumes_through_the_api_and_bad_input() {
         assert_eq!(s, want, "{body} → {answer}");
         let message = answer["error"]["message"].as_str().unwrap_or("");
         if want == 409 {
-            assert!(message.contains("lvm") && message.contains("free"), "{answer}");
+            assert!(
+                message.contains("lvm") && message.contains("free"),
+                "{answer}"
+            );
         }
     }
     assert_eq!(agent.get_json("/v1/volumes")["volumes"], json!([]));
@@ -97,9 +118,17 @@ fn lvm_volumes_through_the_api_and_bad_input() {
     assert_eq!(vg.lvs(), vec![(lv.clone(), 1 << 30, String::new())]);
 
     // Extend: larger only.
-    let (s, answer) = post(&agent, &format!("/v1/volumes/{id}/action"), json!({"extend": {"new_size_gb": 1}}));
+    let (s, answer) = post(
+        &agent,
+        &format!("/v1/volumes/{id}/action"),
+        json!({"extend": {"new_size_gb": 1}}),
+    );
     assert_eq!(s, 400, "{answer}");
-    let (s, grown) = post(&agent, &format!("/v1/volumes/{id}/action"), json!({"extend": {"new_size_gb": 2}}));
+    let (s, grown) = post(
+        &agent,
+        &format!("/v1/volumes/{id}/action"),
+        json!({"extend": {"new_size_gb": 2}}),
+    );
     assert_eq!(s, 200, "{grown}");
     assert_eq!(grown["size_gb"], 2);
     assert_eq!(vg.lvs()[0].1, 2 << 30);
@@ -109,7 +138,11 @@ fn lvm_volumes_through_the_api_and_bad_input() {
     assert_eq!(s, 201, "{snap}");
     let snap_id = snap["id"].as_str().unwrap();
     let lvs = vg.lvs();
-    assert!(lvs.iter().any(|(n, _, origin)| n.contains(snap_id) && origin == &lv), "{lvs:?}");
+    assert!(
+        lvs.iter()
+            .any(|(n, _, origin)| n.contains(snap_id) && origin == &lv),
+        "{lvs:?}"
+    );
     let (s, answer) = delete(&agent, &format!("/v1/volumes/{id}"));
     assert_eq!(s, 409, "{answer}");
     assert_eq!(delete(&agent, &format!("/v1/snapshots/{snap_id}")).0, 204);
@@ -136,10 +169,15 @@ fn guest_sh(domain: &str, script: &str) -> String {
         if r["exited"] == true {
             use base64::Engine;
             let data = r["out-data"].as_str().unwrap_or("");
-            let bytes = base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .unwrap_or_default();
             return String::from_utf8_lossy(&bytes).into_owned();
         }
-        assert!(Instant::now() < deadline, "{script:?} did not finish in {domain}");
+        assert!(
+            Instant::now() < deadline,
+            "{script:?} did not finish in {domain}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -153,7 +191,12 @@ fn boot(agent: &Agent, name: &str, source: Value) -> (String, String) {
     assert_eq!(s, 202, "{server}");
     let id = server["id"].as_str().unwrap().to_string();
     let server = agent.wait_server(&id, "ACTIVE", Duration::from_secs(120));
-    agent.wait_console(&id, "HYPERLET-GUEST: qga started", 1, Duration::from_secs(120));
+    agent.wait_console(
+        &id,
+        "HYPERLET-GUEST: qga started",
+        1,
+        Duration::from_secs(120),
+    );
     (id, server["domain_name"].as_str().unwrap().to_string())
 }
 
@@ -174,45 +217,108 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
     );
     let agent = Agent::start_with_config(&config);
     let image = import_guest(&agent, "");
-    let (s, t) = post(&agent, "/v1/volume-types", json!({"name": "shared", "backend": "nfs", "is_default": true}));
+    let (s, t) = post(
+        &agent,
+        "/v1/volume-types",
+        json!({"name": "shared", "backend": "nfs", "is_default": true}),
+    );
     assert_eq!(s, 201, "{t}");
 
     // Boot from a volume made from the image.
-    let root = create_volume(&agent, json!({"size_gb": 1, "image_id": image, "name": "root"}));
+    let root = create_volume(
+        &agent,
+        json!({"size_gb": 1, "image_id": image, "name": "root"}),
+    );
     assert_eq!(root["bootable"], true);
     let root_id = root["id"].as_str().unwrap().to_string();
     let (s1, dom1) = boot(&agent, "from-volume", json!({"boot_volume_id": root_id}));
     let (ok, xml) = virsh(&["dumpxml", &dom1]);
-    assert!(ok && xml.contains("protocol='nfs'") && xml.contains(&format!("volume-{root_id}")), "{xml}");
-    assert_eq!(agent.get_json(&format!("/v1/volumes/{root_id}"))["status"], "in-use");
+    assert!(
+        ok && xml.contains("protocol='nfs'") && xml.contains(&format!("volume-{root_id}")),
+        "{xml}"
+    );
+    assert_eq!(
+        agent.get_json(&format!("/v1/volumes/{root_id}"))["status"],
+        "in-use"
+    );
     let (s, answer) = delete(&agent, &format!("/v1/volumes/{root_id}"));
     assert_eq!(s, 409, "an in-use root volume: {answer}");
 
     // A data volume: attach to server 1, write a marker, detach, attach to server 2, read it.
     let data = create_volume(&agent, json!({"size_gb": 1, "name": "data"}));
     let data_id = data["id"].as_str().unwrap().to_string();
-    let (s, server) = post(&agent, &format!("/v1/servers/{s1}/volumes"), json!({"volume_id": data_id}));
+    let (s, server) = post(
+        &agent,
+        &format!("/v1/servers/{s1}/volumes"),
+        json!({"volume_id": data_id}),
+    );
     assert_eq!(s, 200, "{server}");
     assert_eq!(server["volumes"][0]["device"], "vdb");
-    agent.wait_console(&s1, "HYPERLET-GUEST: disk-added vdb", 1, Duration::from_secs(60));
+    agent.wait_console(
+        &s1,
+        "HYPERLET-GUEST: disk-added vdb",
+        1,
+        Duration::from_secs(60),
+    );
     let marker = format!("HYPERLET-MARK-{}", &data_id[..8]);
-    guest_sh(&dom1, &format!("printf '{marker}' | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null; sync"));
+    guest_sh(
+        &dom1,
+        &format!(
+            "printf '{marker}' | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null; sync"
+        ),
+    );
     let (s, answer) = delete(&agent, &format!("/v1/volumes/{data_id}"));
     assert_eq!(s, 409, "an attached volume: {answer}");
-    let resp = agent.send(Method::DELETE, &format!("/v1/servers/{s1}/volumes/{data_id}"), None);
+    let resp = agent.send(
+        Method::DELETE,
+        &format!("/v1/servers/{s1}/volumes/{data_id}"),
+        None,
+    );
     assert_eq!(resp.status(), 200, "{}", resp.text().unwrap_or_default());
-    agent.wait_console(&s1, "HYPERLET-GUEST: disk-removed vdb", 1, Duration::from_secs(60));
-    assert_eq!(agent.get_json(&format!("/v1/volumes/{data_id}"))["status"], "available");
+    agent.wait_console(
+        &s1,
+        "HYPERLET-GUEST: disk-removed vdb",
+        1,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        agent.get_json(&format!("/v1/volumes/{data_id}"))["status"],
+        "available"
+    );
 
     let (s2, dom2) = boot(&agent, "second", json!({"image_id": image}));
-    let (s, _) = post(&agent, &format!("/v1/servers/{s2}/volumes"), json!({"volume_id": data_id}));
+    let (s, _) = post(
+        &agent,
+        &format!("/v1/servers/{s2}/volumes"),
+        json!({"volume_id": data_id}),
+    );
     assert_eq!(s, 200);
-    agent.wait_console(&s2, "HYPERLET-GUEST: disk-added vdb", 1, Duration::from_secs(60));
-    let read = guest_sh(&dom2, "dd if=/dev/vdb bs=512 count=1 2>/dev/null | tr -d '\\000'");
-    assert!(read.contains(&marker), "server 2 read {read:?}, not {marker}");
-    let resp = agent.send(Method::DELETE, &format!("/v1/servers/{s2}/volumes/{data_id}"), None);
+    agent.wait_console(
+        &s2,
+        "HYPERLET-GUEST: disk-added vdb",
+        1,
+        Duration::from_secs(60),
+    );
+    let read = guest_sh(
+        &dom2,
+        "dd if=/dev/vdb bs=512 count=1 2>/dev/null | tr -d '\\000'",
+    );
+    assert!(
+        read.contains(&marker),
+        "server 2 read {read:?}, not {marker}"
+    );
+    let resp = agent.send(
+        Method::DELETE,
+        &format!("/v1/servers/{s2}/volumes/{data_id}"),
+        None,
+    );
     assert_eq!(resp.status(), 200);
-    agent.wait_console(&s2, "HYPERLET-GUEST: disk-removed vdb", 1, Duration::from_secs(60));
+    agent.wait_console(
+        &s2,
+        "HYPERLET-GUEST: disk-removed vdb",
+        1,
+        Duration::from_secs(60),
+    );
 
     // Snapshot, a volume from it, a clone, extend.
     let (s, snap) = post(&agent, "/v1/snapshots", json!({"volume_id": data_id}));
@@ -221,20 +327,48 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
     let from_snap = create_volume(&agent, json!({"size_gb": 1, "snapshot_id": snap_id}));
     let clone = create_volume(&agent, json!({"size_gb": 2, "source_volid": data_id}));
     let clone_id = clone["id"].as_str().unwrap().to_string();
-    let (s, grown) = post(&agent, &format!("/v1/volumes/{clone_id}/action"), json!({"extend": {"new_size_gb": 3}}));
+    let (s, grown) = post(
+        &agent,
+        &format!("/v1/volumes/{clone_id}/action"),
+        json!({"extend": {"new_size_gb": 3}}),
+    );
     assert_eq!(s, 200, "{grown}");
     let info = Observe::Nfs.image(&nfs.a, &format!("volume-{clone_id}"));
     assert_eq!(info["virtual-size"], 3u64 << 30, "{info}");
     // The clone and the snapshot's volume carry the marker too.
-    for (n, id) in [clone_id.as_str(), from_snap["id"].as_str().unwrap()].into_iter().enumerate() {
-        let (s, _) = post(&agent, &format!("/v1/servers/{s2}/volumes"), json!({"volume_id": id}));
+    for (n, id) in [clone_id.as_str(), from_snap["id"].as_str().unwrap()]
+        .into_iter()
+        .enumerate()
+    {
+        let (s, _) = post(
+            &agent,
+            &format!("/v1/servers/{s2}/volumes"),
+            json!({"volume_id": id}),
+        );
         assert_eq!(s, 200);
-        agent.wait_console(&s2, "HYPERLET-GUEST: disk-added vdb", n + 2, Duration::from_secs(60));
-        let read = guest_sh(&dom2, "dd if=/dev/vdb bs=512 count=1 2>/dev/null | tr -d '\\000'");
+        agent.wait_console(
+            &s2,
+            "HYPERLET-GUEST: disk-added vdb",
+            n + 2,
+            Duration::from_secs(60),
+        );
+        let read = guest_sh(
+            &dom2,
+            "dd if=/dev/vdb bs=512 count=1 2>/dev/null | tr -d '\\000'",
+        );
         assert!(read.contains(&marker), "volume {id}: read {read:?}");
-        let resp = agent.send(Method::DELETE, &format!("/v1/servers/{s2}/volumes/{id}"), None);
+        let resp = agent.send(
+            Method::DELETE,
+            &format!("/v1/servers/{s2}/volumes/{id}"),
+            None,
+        );
         assert_eq!(resp.status(), 200);
-        agent.wait_console(&s2, "HYPERLET-GUEST: disk-removed vdb", n + 2, Duration::from_secs(60));
+        agent.wait_console(
+            &s2,
+            "HYPERLET-GUEST: disk-removed vdb",
+            n + 2,
+            Duration::from_secs(60),
+        );
     }
 
     // Clean up: servers (their volumes become available), then volumes and the snapshot.
@@ -242,7 +376,10 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         assert_eq!(delete(&agent, &format!("/v1/servers/{s}")).0, 202);
         agent.wait_server_gone(s, Duration::from_secs(120));
     }
-    assert_eq!(agent.get_json(&format!("/v1/volumes/{root_id}"))["status"], "available");
+    assert_eq!(
+        agent.get_json(&format!("/v1/volumes/{root_id}"))["status"],
+        "available"
+    );
     for id in [from_snap["id"].as_str().unwrap(), &clone_id] {
         assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
     }

@@ -44,7 +44,6 @@ pub fn unique() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-
 /// A `[[plugins]]` stanza of a volume driver built from crate `krate`, with its grant tables.
 pub fn stanza(name: &str, krate: &str, grants: &str, settings: &str, tables: &str) -> String {
     format!(
@@ -450,4 +449,3 @@ pub fn files_table(shares: &[String], access: &str, mount_root: Option<&Path>) -
     }
     t
 }
-

@@ -57,6 +57,7 @@ use std::net::SocketAddr;
 use crate::net::NetError;
 
 mod app;
+mod documents;
 mod ec2;
 mod limit;
 mod openstack;
