@@ -269,7 +269,8 @@ fn main() {
         requests_per_second: MetadataOptions::MAX_RATE,
         burst: MetadataOptions::MAX_RATE,
     };
-    let source: Arc<dyn MetadataSource> = Arc::new(instance::OneInstance(instance::instance()));
+    let source: Arc<dyn MetadataSource> =
+        Arc::new(instance::OneInstance(Arc::new(instance::instance())));
     let agent = runtime
         .block_on(MetadataServer::start(
             &server_ns.0,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use hyperlet::metadata::{InstanceMetadata, MetadataSource, SetPasswordError};
 use hyperlet::net::neigh::format_mac;
@@ -110,7 +111,7 @@ final_message: "web-01 up after $UPTIME seconds"
 "#;
 
 /// A [`MetadataSource`] that knows one port: ([`NETWORK`], [`CLIENT_IP`], [`CLIENT_MAC`]).
-pub struct OneInstance(pub InstanceMetadata);
+pub struct OneInstance(pub Arc<InstanceMetadata>);
 
 impl MetadataSource for OneInstance {
     fn identify(
@@ -118,7 +119,7 @@ impl MetadataSource for OneInstance {
         network_id: &str,
         ip: Ipv4Addr,
         mac: Option<[u8; 6]>,
-    ) -> Option<InstanceMetadata> {
+    ) -> Option<Arc<InstanceMetadata>> {
         (network_id == NETWORK && ip == CLIENT_IP && mac == Some(CLIENT_MAC))
             .then(|| self.0.clone())
     }

@@ -6,14 +6,18 @@
 //!    the client sends (`X-Forwarded-For`, `Forwarded`, …) is ever consulted;
 //! 2. the per-source-IP token bucket (429 + `Retry-After`), before any lookup;
 //! 3. the peer's MAC ([`PeerMacs`]: the namespace's neighbour table for the real server) —
-//!    none → 404 `No instance for <ip>`;
-//! 4. [`MetadataSource::identify`] on a blocking thread — none → 404 `No instance for <ip>`;
+//!    none → 404 `No instance for <ip>`. The real server looks it up once per TCP connection
+//!    (on its first request, from a neighbour dump taken after the connection was accepted)
+//!    and keeps it in the connection's [`PeerConnection`]: a connection's source address
+//!    cannot change, and the MAC is what the kernel held for it when the connection began;
+//! 4. [`MetadataSource::identify`], inline (it must not block) — none → 404
+//!    `No instance for <ip>`;
 //! 5. the per-server token bucket (429);
 //! 6. the trees: `/` and `/<ec2 version>/…` (session token checked), `PUT /latest/api/token`,
 //!    `/openstack/…`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -23,6 +27,7 @@ use axum::Router;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
+use super::documents::{DocumentCache, Documents};
 use super::limit::{retry_after_secs, RateLimiter};
 use super::reply::Reply;
 use super::source::{InstanceMetadata, MetadataSource, SetPasswordError};
@@ -51,18 +56,45 @@ pub type IdentifyPeer = Arc<dyn Fn(SocketAddr) -> Option<[u8; 6]> + Send + Sync>
 
 /// How the application learns a peer's MAC address.
 pub(crate) trait PeerMacs: Send + Sync + 'static {
-    /// The MAC of `peer`; `Ok(None)` when there is none, `Err` (a reason for the log) when the
-    /// lookup itself failed.
-    fn mac(&self, peer: SocketAddr) -> BoxFuture<'_, Result<Option<[u8; 6]>, String>>;
+    /// The MAC of `peer` as known at `since` or later (when its connection was accepted);
+    /// `Ok(None)` when there is none, `Err` (a reason for the log) when the lookup itself
+    /// failed.
+    fn mac(
+        &self,
+        peer: SocketAddr,
+        since: Instant,
+    ) -> BoxFuture<'_, Result<Option<[u8; 6]>, String>>;
 }
 
 /// [`PeerMacs`] from a plain function.
 pub(crate) struct FnPeerMacs(pub(crate) IdentifyPeer);
 
 impl PeerMacs for FnPeerMacs {
-    fn mac(&self, peer: SocketAddr) -> BoxFuture<'_, Result<Option<[u8; 6]>, String>> {
+    fn mac(
+        &self,
+        peer: SocketAddr,
+        _since: Instant,
+    ) -> BoxFuture<'_, Result<Option<[u8; 6]>, String>> {
         let mac = (self.0)(peer);
         Box::pin(async move { Ok(mac) })
+    }
+}
+
+/// What the server knows about one TCP connection, carried by each of its requests as an
+/// `Arc<PeerConnection>` extension: when it was accepted, and the peer's MAC once found.
+#[derive(Debug)]
+pub(crate) struct PeerConnection {
+    accepted: Instant,
+    mac: OnceLock<[u8; 6]>,
+}
+
+impl PeerConnection {
+    /// A connection accepted at `accepted`, its peer's MAC not looked up yet.
+    pub(crate) fn new(accepted: Instant) -> Self {
+        Self {
+            accepted,
+            mac: OnceLock::new(),
+        }
     }
 }
 
@@ -102,6 +134,7 @@ struct Inner {
     options: MetadataOptions,
     macs: Arc<dyn PeerMacs>,
     timeout: Duration,
+    documents: DocumentCache,
     tokens: TokenStore,
     by_ip: RateLimiter<Ipv4Addr>,
     by_server: RateLimiter<String>,
@@ -123,6 +156,7 @@ impl App {
             options,
             macs,
             timeout,
+            documents: DocumentCache::default(),
             tokens: TokenStore::default(),
             by_ip: RateLimiter::new(rate, burst, MAX_TRACKED),
             by_server: RateLimiter::new(rate, burst, MAX_TRACKED),
@@ -135,7 +169,12 @@ impl App {
     }
 
     /// Steps 1–6 of the module documentation.
-    async fn serve(&self, peer: Option<SocketAddr>, req: Request) -> Reply {
+    async fn serve(
+        &self,
+        peer: Option<SocketAddr>,
+        connection: Option<Arc<PeerConnection>>,
+        req: Request,
+    ) -> Reply {
         let Some(peer) = peer else {
             tracing::error!(
                 network_id = %self.0.network_id,
@@ -153,7 +192,7 @@ impl App {
         if let Err(wait) = self.0.by_ip.check(&ip, Instant::now()) {
             return too_many(wait);
         }
-        let mac = match self.0.macs.mac(peer).await {
+        let mac = match self.peer_mac(peer, connection.as_deref()).await {
             Ok(Some(mac)) => mac,
             Ok(None) => {
                 tracing::info!(
@@ -173,12 +212,9 @@ impl App {
                 );
             }
         };
-        let source = self.0.source.clone();
-        let network = self.0.network_id.clone();
-        let found = blocking(move || source.identify(&network, ip, Some(mac))).await;
-        let md = match found {
-            Ok(Some(md)) => md,
-            Ok(None) => {
+        let md = match self.0.source.identify(&self.0.network_id, ip, Some(mac)) {
+            Some(md) => md,
+            None => {
                 tracing::info!(
                     network_id = %self.0.network_id, %ip,
                     mac = %crate::net::neigh::format_mac(&mac),
@@ -186,28 +222,48 @@ impl App {
                 );
                 return no_instance(ip);
             }
-            Err(reply) => return reply,
         };
         if let Err(wait) = self.0.by_server.check(&md.uuid, Instant::now()) {
             return too_many(wait);
         }
-        self.dispatch(&md, req).await
+        let docs = self.0.documents.get(&md);
+        self.dispatch(&md, &docs, req).await
+    }
+
+    /// Step 3: the peer's MAC, from its connection when that knows it already.
+    async fn peer_mac(
+        &self,
+        peer: SocketAddr,
+        connection: Option<&PeerConnection>,
+    ) -> Result<Option<[u8; 6]>, String> {
+        let Some(connection) = connection else {
+            return self.0.macs.mac(peer, Instant::now()).await;
+        };
+        if let Some(mac) = connection.mac.get() {
+            return Ok(Some(*mac));
+        }
+        let found = self.0.macs.mac(peer, connection.accepted).await?;
+        if let Some(mac) = found {
+            // Only a MAC is kept: a connection without one asks again on its next request.
+            let _ = connection.mac.set(mac);
+        }
+        Ok(found)
     }
 
     /// Step 6: the trees.
-    async fn dispatch(&self, md: &InstanceMetadata, req: Request) -> Reply {
+    async fn dispatch(&self, md: &InstanceMetadata, docs: &Documents, req: Request) -> Reply {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let method = req.method().clone();
         match segments.as_slice() {
-            ["openstack", rest @ ..] => self.openstack(md, &method, rest, req).await,
+            ["openstack", rest @ ..] => self.openstack(md, docs, &method, rest, req).await,
             ["latest", "api", "token"] => self.issue_token(md, &method, req.headers()),
             [] => self
                 .ec2_gate(md, req.headers())
                 .unwrap_or_else(|| read_only(&method, ec2::versions())),
             [version, rest @ ..] if ec2::is_version(version) => self
                 .ec2_gate(md, req.headers())
-                .unwrap_or_else(|| read_only(&method, ec2::get(md, rest))),
+                .unwrap_or_else(|| read_only(&method, ec2::get(md, docs, rest))),
             _ => Reply::no_such_path(),
         }
     }
@@ -258,11 +314,12 @@ impl App {
     async fn openstack(
         &self,
         md: &InstanceMetadata,
+        docs: &Documents,
         method: &Method,
         rest: &[&str],
         req: Request,
     ) -> Reply {
-        match openstack::resolve(md, rest) {
+        match openstack::resolve(md, docs, rest) {
             openstack::Target::Read(reply) => read_only(method, reply),
             openstack::Target::Password => match *method {
                 Method::GET | Method::HEAD => self.read_password(md).await,
@@ -344,8 +401,9 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
+    let connection = req.extensions().get::<Arc<PeerConnection>>().cloned();
     let timeout = app.0.timeout;
-    match tokio::time::timeout(timeout, app.serve(peer, req)).await {
+    match tokio::time::timeout(timeout, app.serve(peer, connection, req)).await {
         Ok(reply) => reply.into_response(),
         Err(_) => {
             tracing::warn!(
@@ -388,7 +446,8 @@ fn too_many(wait: Duration) -> Reply {
     )
 }
 
-/// Runs a call into the [`MetadataSource`] on a blocking thread; a panic becomes a 500.
+/// Runs a call into the [`MetadataSource`] that may block on a blocking thread; a panic
+/// becomes a 500.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Reply> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         tracing::error!(error = %e, "the metadata source failed");

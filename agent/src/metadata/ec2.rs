@@ -14,6 +14,7 @@
 //! `public-keys/` (listed only when the server has keys, as in nova) lists `<index>=<name>`
 //! with keys sorted by name; `public-keys/<index>/openssh-key` is the key plus a newline.
 
+use super::documents::Documents;
 use super::reply::Reply;
 use super::source::InstanceMetadata;
 
@@ -66,8 +67,9 @@ fn meta_data_keys(md: &InstanceMetadata) -> Vec<&'static str> {
     keys
 }
 
-/// Answers `rest`, the path below `/<version>/` (segments without empty ones).
-pub(crate) fn get(md: &InstanceMetadata, rest: &[&str]) -> Reply {
+/// Answers `rest`, the path below `/<version>/` (segments without empty ones); the user data
+/// comes from `docs`, the documents rendered from `md`.
+pub(crate) fn get(md: &InstanceMetadata, docs: &Documents, rest: &[&str]) -> Reply {
     match rest {
         [] => {
             if md.user_data.is_some() {
@@ -76,8 +78,8 @@ pub(crate) fn get(md: &InstanceMetadata, rest: &[&str]) -> Reply {
                 Reply::listing(&["meta-data/"])
             }
         }
-        ["user-data"] => match &md.user_data {
-            Some(data) => Reply::raw(data),
+        ["user-data"] => match &docs.user_data {
+            Some(data) => Reply::raw(data.clone()),
             None => Reply::not_found("No user data for this instance"),
         },
         ["meta-data", rest @ ..] => meta_data(md, rest),

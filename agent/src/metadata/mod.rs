@@ -12,6 +12,11 @@
 //! caller without a neighbour entry, or whose (IP, MAC) matches no port, gets
 //! `404 No instance for <ip>`. (Stopping a guest from answering ARP for another guest's IP is
 //! port security's job; the MAC check narrows what a spoofed source address can reach.)
+//! The MAC is looked up once per TCP connection, on its first request, from a neighbour dump
+//! that started after the connection was accepted (connections arriving together share one
+//! dump; dumps on the namespace's netlink socket run one at a time); `identify` runs inline on
+//! every request and must not block. Each server's documents are rendered once and kept
+//! while its metadata stays the same (`meta_data.json` gets a fresh `random_seed` per answer).
 //!
 //! **Trees** (GET; unknown paths → 404 with a short text body):
 //!
@@ -57,6 +62,7 @@ use std::net::SocketAddr;
 use crate::net::NetError;
 
 mod app;
+mod documents;
 mod ec2;
 mod limit;
 mod openstack;

@@ -6,10 +6,9 @@
 //! `vendor_data2.json` from 2016-10-06; `user_data` only when the server has some. The fields
 //! of `meta_data.json` are the same in every version (older clients ignore the newer ones).
 
-use base64::Engine;
-use rand::RngCore;
-use serde_json::{json, Value};
+use bytes::Bytes;
 
+use super::documents::Documents;
 use super::reply::Reply;
 use super::source::InstanceMetadata;
 
@@ -24,9 +23,6 @@ pub(crate) const VERSIONS: [&str; 8] = [
     "2017-02-22",
     "2018-08-27",
 ];
-
-/// The size of `random_seed` before base64, as nova.
-const RANDOM_SEED_BYTES: usize = 512;
 
 /// The files of the tree with the version that introduced each.
 const FILES: [(&str, &str); 6] = [
@@ -62,8 +58,9 @@ fn is_version(segment: &str) -> bool {
     segment == "latest" || VERSIONS.contains(&segment)
 }
 
-/// Resolves `rest`, the path below `/openstack/` (segments without empty ones).
-pub(crate) fn resolve(md: &InstanceMetadata, rest: &[&str]) -> Target {
+/// Resolves `rest`, the path below `/openstack/` (segments without empty ones); the files
+/// come from `docs`, the documents rendered from `md`.
+pub(crate) fn resolve(md: &InstanceMetadata, docs: &Documents, rest: &[&str]) -> Target {
     let has_user_data = md.user_data.is_some();
     match rest {
         [] => {
@@ -82,11 +79,11 @@ pub(crate) fn resolve(md: &InstanceMetadata, rest: &[&str]) -> Target {
         [version, file] if is_version(version) && has_file(version, file, has_user_data) => {
             match *file {
                 "password" => Target::Password,
-                "meta_data.json" => Target::Read(Reply::json(&meta_data(md))),
-                "network_data.json" => Target::Read(Reply::json(&md.network_data)),
-                "vendor_data.json" => Target::Read(Reply::json(&md.vendor_data)),
-                "vendor_data2.json" => Target::Read(Reply::json(&json!({}))),
-                "user_data" => Target::Read(Reply::raw(md.user_data.as_deref().unwrap_or(&[]))),
+                "meta_data.json" => Target::Read(Reply::json_bytes(docs.meta_data())),
+                "network_data.json" => Target::Read(Reply::json_bytes(docs.network_data.clone())),
+                "vendor_data.json" => Target::Read(Reply::json_bytes(docs.vendor_data.clone())),
+                "vendor_data2.json" => Target::Read(Reply::json_bytes(Bytes::from_static(b"{}"))),
+                "user_data" => Target::Read(Reply::raw(docs.user_data.clone().unwrap_or_default())),
                 _ => Target::Read(Reply::no_such_path()),
             }
         }
@@ -95,28 +92,4 @@ pub(crate) fn resolve(md: &InstanceMetadata, rest: &[&str]) -> Target {
         }
         _ => Target::Read(Reply::no_such_path()),
     }
-}
-
-/// `meta_data.json`, with a fresh `random_seed`.
-fn meta_data(md: &InstanceMetadata) -> Value {
-    let mut seed = vec![0u8; RANDOM_SEED_BYTES];
-    rand::thread_rng().fill_bytes(&mut seed);
-    let keys: Vec<Value> = md
-        .public_keys
-        .iter()
-        .map(|(name, key)| json!({"name": name, "type": "ssh", "data": key}))
-        .collect();
-    json!({
-        "uuid": md.uuid,
-        "name": md.name,
-        "hostname": md.hostname,
-        "public_keys": md.public_keys,
-        "keys": keys,
-        "launch_index": md.launch_index,
-        "availability_zone": md.availability_zone,
-        "project_id": md.project_id,
-        "random_seed": base64::engine::general_purpose::STANDARD.encode(&seed),
-        "meta": md.meta,
-        "devices": [],
-    })
 }

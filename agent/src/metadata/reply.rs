@@ -40,14 +40,14 @@ impl Reply {
         Self::text(lines.join("\n"))
     }
 
-    /// 200 with a JSON document.
-    pub(crate) fn json(value: &serde_json::Value) -> Self {
-        Self::with(StatusCode::OK, JSON, Bytes::from(value.to_string()))
+    /// 200 with a JSON document already serialized.
+    pub(crate) fn json_bytes(body: Bytes) -> Self {
+        Self::with(StatusCode::OK, JSON, body)
     }
 
     /// 200 with raw bytes.
-    pub(crate) fn raw(bytes: &[u8]) -> Self {
-        Self::with(StatusCode::OK, RAW, Bytes::copy_from_slice(bytes))
+    pub(crate) fn raw(bytes: Bytes) -> Self {
+        Self::with(StatusCode::OK, RAW, bytes)
     }
 
     /// An error status with a short message.

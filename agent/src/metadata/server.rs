@@ -1,10 +1,11 @@
 //! The metadata server of one network: a listening socket made inside the network's namespace,
-//! served on the tokio runtime, with the peer's MAC read from that namespace's neighbour table.
+//! served on the tokio runtime, with the peer's MAC read from that namespace's neighbour table
+//! once per connection.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -17,7 +18,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::app::{App, PeerMacs, REQUEST_TIMEOUT};
+use super::app::{App, PeerConnection, PeerMacs, REQUEST_TIMEOUT};
 use super::source::MetadataSource;
 use super::{MetadataError, MetadataOptions};
 use crate::net::neigh::Neighbours;
@@ -35,6 +36,9 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long [`MetadataServer::stop`] lets requests in flight finish.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How many times a failed neighbour lookup is tried in all before the request gets a 503.
+const NEIGHBOUR_ATTEMPTS: usize = 2;
 
 /// The metadata service of one network, listening inside its namespace.
 ///
@@ -207,11 +211,17 @@ async fn bind_in(namespace: &str, listen: SocketAddr) -> Result<TcpListener, Met
     TcpListener::from_std(listener).map_err(bind_error)
 }
 
-/// The peer's MAC from the namespace's neighbour table.
+/// The peer's MAC from the namespace's neighbour table: from a dump that started after the
+/// connection was accepted, shared by the connections that need one at the same time (one
+/// dump at a time on the one socket).
 struct NeighbourMacs(Neighbours);
 
 impl PeerMacs for NeighbourMacs {
-    fn mac(&self, peer: SocketAddr) -> BoxFuture<'_, Result<Option<[u8; 6]>, String>> {
+    fn mac(
+        &self,
+        peer: SocketAddr,
+        since: Instant,
+    ) -> BoxFuture<'_, Result<Option<[u8; 6]>, String>> {
         Box::pin(async move {
             let ip = match peer.ip() {
                 IpAddr::V4(ip) => ip,
@@ -220,7 +230,17 @@ impl PeerMacs for NeighbourMacs {
                     None => return Ok(None),
                 },
             };
-            self.0.ipv4_mac(ip).await.map_err(|e| e.to_string())
+            let mut attempt = 1;
+            loop {
+                match self.0.ipv4_mac_since(ip, since).await {
+                    Ok(mac) => return Ok(mac),
+                    Err(e) if attempt >= NEIGHBOUR_ATTEMPTS => return Err(e.to_string()),
+                    Err(e) => {
+                        tracing::debug!(%ip, error = %e, "neighbour lookup failed; trying again");
+                        attempt += 1;
+                    }
+                }
+            }
         })
     }
 }
@@ -257,12 +277,14 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let connection = Arc::new(PeerConnection::new(Instant::now()));
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(connection.clone());
                 app.clone().oneshot(req)
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);

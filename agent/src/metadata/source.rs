@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 /// Everything the trees are rendered from, for one server.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,23 +41,29 @@ pub struct InstanceMetadata {
 
 /// Where the service finds servers and stores passwords (the agent's store).
 ///
-/// The methods may block (a SQLite query, say): the service calls them on a blocking thread,
-/// under the request's deadline.
+/// [`MetadataSource::identify`] is called on every request, inline on the async runtime: it
+/// must not block (an in-memory lookup, not a query). The password methods may block (a SQLite
+/// query, say): the service calls them on a blocking thread, under the request's deadline.
 pub trait MetadataSource: Send + Sync + 'static {
     /// The server whose port on `network_id` has this address and (when known) MAC; `None`
     /// otherwise. The service always passes the MAC the namespace's neighbour table holds for
     /// the caller: a request whose MAC is unknown is refused before this is called.
+    ///
+    /// It must not block: it runs on the async runtime, once per request. Hand out the same
+    /// `Arc` for as long as the server's metadata does not change: the service keeps the
+    /// documents it renders from it and renders again only for different metadata.
     fn identify(
         &self,
         network_id: &str,
         ip: Ipv4Addr,
         mac: Option<[u8; 6]>,
-    ) -> Option<InstanceMetadata>;
+    ) -> Option<Arc<InstanceMetadata>>;
 
-    /// The password posted by the guest, if any.
+    /// The password posted by the guest, if any. May block.
     fn password(&self, server_id: &str) -> Option<String>;
 
     /// Stores the password once; a second set is refused with [`SetPasswordError::AlreadySet`].
+    /// May block.
     ///
     /// # Errors
     ///

@@ -6,6 +6,13 @@
 //! rtnetlink connection bound to one namespace (the socket is opened on a thread that entered
 //! it); every dump has a deadline ([`DEFAULT_TIMEOUT`], see [`Neighbours::with_timeout`]).
 //!
+//! The kernel runs one dump at a time per netlink socket (a second one fails with `EBUSY`), so
+//! a [`Neighbours`] serialises its dumps. Many callers asking at once share dumps through
+//! [`Neighbours::ipv4_mac_since`]: a caller that needs the table as it was at some instant
+//! (when its TCP connection was accepted, say) takes the newest dump that started at or after
+//! that instant, waiting for the one in flight or starting the next one itself — never an
+//! older answer, so sharing does not weaken what the table says about a caller.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), hyperlet::net::NetError> {
 //! use hyperlet::net::neigh::Neighbours;
@@ -18,7 +25,8 @@
 //! ```
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::neighbour::{
@@ -48,13 +56,26 @@ pub struct NeighbourEntry {
 
 /// One rtnetlink connection for reading the neighbour table of one network namespace.
 ///
-/// Dropping it stops the connection task.
+/// Dropping it stops the connection task. Dumps through one value are serialised (the kernel
+/// allows one per socket), so it can be shared by concurrent tasks.
 #[derive(Debug)]
 pub struct Neighbours {
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
     timeout: Duration,
     namespace: Option<String>,
+    /// Held while a dump runs.
+    dumping: tokio::sync::Mutex<()>,
+    /// The newest successful dump and when it started.
+    latest: Mutex<Option<Snapshot>>,
+}
+
+/// One dump of the table.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    /// When the dump was asked for: it reflects the table at least as of then.
+    started: Instant,
+    entries: Arc<Vec<NeighbourEntry>>,
 }
 
 impl Drop for Neighbours {
@@ -72,12 +93,7 @@ impl Neighbours {
     pub async fn host() -> Result<Self, NetError> {
         let (connection, handle, _) =
             rtnetlink::new_connection().map_err(|e| NetError::sys("open a netlink socket", e))?;
-        Ok(Self {
-            handle,
-            connection: tokio::spawn(connection),
-            timeout: DEFAULT_TIMEOUT,
-            namespace: None,
-        })
+        Ok(Self::new(handle, tokio::spawn(connection), None))
     }
 
     /// Opens a connection inside the named namespace: the socket is created on a thread that
@@ -107,12 +123,26 @@ impl Neighbours {
             reason: e.to_string(),
         })??;
         let (connection, handle, _) = opened.map_err(|e| NetError::sys(op, e))?;
-        Ok(Self {
+        Ok(Self::new(
             handle,
-            connection: tokio::spawn(connection),
+            tokio::spawn(connection),
+            Some(name.to_owned()),
+        ))
+    }
+
+    fn new(
+        handle: Handle,
+        connection: tokio::task::JoinHandle<()>,
+        namespace: Option<String>,
+    ) -> Self {
+        Self {
+            handle,
+            connection,
             timeout: DEFAULT_TIMEOUT,
-            namespace: Some(name.to_owned()),
-        })
+            namespace,
+            dumping: tokio::sync::Mutex::new(()),
+            latest: Mutex::new(None),
+        }
     }
 
     /// Sets the deadline of every later dump.
@@ -127,13 +157,75 @@ impl Neighbours {
         self.namespace.as_deref()
     }
 
-    /// Every IPv4 neighbour entry that carries a link-layer address of 6 bytes.
+    /// Every IPv4 neighbour entry that carries a link-layer address of 6 bytes, from a dump
+    /// started now (after any dump in flight on this connection has finished; the deadline
+    /// covers the wait too).
     ///
     /// # Errors
     ///
     /// [`NetError::Netlink`], [`NetError::PermissionDenied`] or [`NetError::Timeout`].
     pub async fn ipv4_entries(&self) -> Result<Vec<NeighbourEntry>, NetError> {
+        let entries = self.fresh_snapshot(Instant::now()).await?.entries;
+        Ok(Arc::unwrap_or_clone(entries))
+    }
+
+    /// The MAC address of `address` from a dump that started at or after `since`: the newest
+    /// such dump when there is one, else the one in flight if it started late enough, else a
+    /// new one. Concurrent callers share dumps this way instead of each running its own. The
+    /// same rules as [`Neighbours::ipv4_mac`] apply.
+    ///
+    /// # Errors
+    ///
+    /// As [`Neighbours::ipv4_entries`] (the deadline covers waiting for other dumps too).
+    pub async fn ipv4_mac_since(
+        &self,
+        address: Ipv4Addr,
+        since: Instant,
+    ) -> Result<Option<[u8; 6]>, NetError> {
+        let snapshot = self.fresh_snapshot(since).await?;
+        Ok(unique_mac(&snapshot.entries, address))
+    }
+
+    /// The newest snapshot whose dump started at or after `since`, dumping when needed.
+    async fn fresh_snapshot(&self, since: Instant) -> Result<Snapshot, NetError> {
+        if let Some(s) = self.latest_since(since) {
+            return Ok(s);
+        }
         let op = self.describe("dump the IPv4 neighbour table");
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let Ok(_dumping) = tokio::time::timeout_at(deadline, self.dumping.lock()).await else {
+            return Err(NetError::Timeout {
+                op,
+                after: self.timeout,
+            });
+        };
+        // The dump we waited for may be recent enough.
+        if let Some(s) = self.latest_since(since) {
+            return Ok(s);
+        }
+        let started = Instant::now();
+        let entries = Arc::new(self.dump(op, deadline).await?);
+        let snapshot = Snapshot { started, entries };
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// The stored snapshot if its dump started at or after `since`.
+    fn latest_since(&self, since: Instant) -> Option<Snapshot> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|s| s.started >= since)
+            .cloned()
+    }
+
+    /// One dump; the caller holds `dumping`.
+    async fn dump(
+        &self,
+        op: String,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<NeighbourEntry>, NetError> {
         let dump = self
             .handle
             .neighbours()
@@ -142,7 +234,7 @@ impl Neighbours {
             .execute()
             .try_filter_map(|msg| async move { Ok(entry(&msg)) })
             .try_collect::<Vec<_>>();
-        match tokio::time::timeout(self.timeout, dump).await {
+        match tokio::time::timeout_at(deadline, dump).await {
             Err(_) => Err(NetError::Timeout {
                 op,
                 after: self.timeout,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -18,14 +18,14 @@ pub(crate) const NETWORK: &str = "4e1b0a9c-0000-4000-8000-00000000000a";
 #[derive(Default)]
 pub(crate) struct FakeSource {
     /// The servers, found by address and MAC.
-    pub(crate) servers: Vec<InstanceMetadata>,
+    pub(crate) servers: Vec<Arc<InstanceMetadata>>,
     /// Stored passwords by server id.
     pub(crate) passwords: Mutex<HashMap<String, String>>,
     /// How many times `identify` was called.
     pub(crate) identify_calls: AtomicUsize,
     /// `set_password` fails with a store error.
     pub(crate) broken_store: bool,
-    /// `identify` sleeps this long first.
+    /// `password` and `set_password` (the calls that may block) sleep this long first.
     pub(crate) slow: Option<Duration>,
 }
 
@@ -33,7 +33,7 @@ impl FakeSource {
     /// A source serving `servers` (each identified by its `local_ipv4` and `mac`).
     pub(crate) fn new(servers: Vec<InstanceMetadata>) -> Self {
         Self {
-            servers,
+            servers: servers.into_iter().map(Arc::new).collect(),
             ..Self::default()
         }
     }
@@ -45,11 +45,8 @@ impl MetadataSource for FakeSource {
         network_id: &str,
         ip: Ipv4Addr,
         mac: Option<[u8; 6]>,
-    ) -> Option<InstanceMetadata> {
+    ) -> Option<Arc<InstanceMetadata>> {
         self.identify_calls.fetch_add(1, Ordering::SeqCst);
-        if let Some(delay) = self.slow {
-            std::thread::sleep(delay);
-        }
         if network_id != NETWORK {
             return None;
         }
@@ -60,10 +57,16 @@ impl MetadataSource for FakeSource {
     }
 
     fn password(&self, server_id: &str) -> Option<String> {
+        if let Some(delay) = self.slow {
+            std::thread::sleep(delay);
+        }
         self.passwords.lock().unwrap().get(server_id).cloned()
     }
 
     fn set_password(&self, server_id: &str, password: &str) -> Result<(), SetPasswordError> {
+        if let Some(delay) = self.slow {
+            std::thread::sleep(delay);
+        }
         if self.broken_store {
             return Err(SetPasswordError::Store("disk full".into()));
         }

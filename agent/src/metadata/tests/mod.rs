@@ -2,6 +2,6 @@
 //! source (`trees.rs`), and real servers in network namespaces reached by curl and by
 //! cloud-init's own readers (`real.rs`, run as root).
 
-mod fake;
+pub(super) mod fake;
 mod real;
 mod trees;

@@ -476,3 +476,90 @@ async fn cloud_init_reads_both_trees() {
     }
     metadata.stop().await;
 }
+
+/// `curl` from `guest` fetching `path` `times` times in one process; one HTTP status per
+/// line. With `close`, every request uses a new TCP connection.
+fn curl_many(guest: &str, path: &str, times: usize, close: bool) -> Vec<u16> {
+    let url = format!("http://169.254.169.254{path}");
+    let mut args = vec![
+        "netns",
+        "exec",
+        guest,
+        "curl",
+        "-s",
+        "--max-time",
+        "20",
+        "-w",
+        "%{http_code}\\n",
+    ];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    for _ in 0..times {
+        args.extend(["-o", "/dev/null", url.as_str()]);
+    }
+    let out = run("ip", &args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_are_never_refused_for_a_failed_lookup() {
+    let lab = Lab::new().await;
+    let options = MetadataOptions {
+        requests_per_second: MetadataOptions::MAX_RATE,
+        burst: MetadataOptions::MAX_RATE,
+        ..MetadataOptions::default()
+    };
+    let metadata = lab.start(source(), options).await;
+    assert_eq!(lab.curl(0, "/", &[]).0, 200);
+    assert_eq!(lab.curl(1, "/", &[]).0, 200);
+
+    // Many lookups at once on one netlink socket: dumps are serialised and shared.
+    let table = Neighbours::in_namespace(&lab.server.0).await.unwrap();
+    let dumps = futures_util::future::join_all((0..32).map(|_| table.ipv4_entries())).await;
+    for dump in dumps {
+        assert!(
+            dump.unwrap()
+                .iter()
+                .any(|e| e.address == "198.51.100.10".parse::<std::net::Ipv4Addr>().unwrap()),
+            "guest 0 is in every dump"
+        );
+    }
+    let since = std::time::Instant::now();
+    let macs = futures_util::future::join_all((0..32).map(|i| {
+        let ip = if i % 2 == 0 {
+            "198.51.100.10"
+        } else {
+            "198.51.100.11"
+        };
+        table.ipv4_mac_since(ip.parse().unwrap(), since)
+    }))
+    .await;
+    for (i, found) in macs.into_iter().enumerate() {
+        let want = if i % 2 == 0 { mac(1) } else { mac(2) };
+        assert_eq!(found.unwrap(), Some(want));
+    }
+
+    // Both guests, eight clients at once, half of them with a new connection per request:
+    // every answer is a 200.
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let guest = lab.guests[i % 2].0.clone();
+            let path = if i % 4 < 2 {
+                "/latest/meta-data/instance-id"
+            } else {
+                "/openstack/latest/meta_data.json"
+            };
+            tokio::task::spawn_blocking(move || curl_many(&guest, path, 40, i % 2 == 0))
+        })
+        .collect();
+    for client in clients {
+        let statuses = client.await.unwrap();
+        assert_eq!(statuses.len(), 40, "{statuses:?}");
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    metadata.stop().await;
+}

@@ -103,8 +103,11 @@ pub struct NetworkTables {
     network_id: String,
     store: Store,
     leases: RwLock<HashMap<[u8; 6], Lease>>,
-    instances: RwLock<HashMap<Ipv4Addr, ([u8; 6], InstanceMetadata)>>,
+    instances: RwLock<HashMap<Ipv4Addr, PortInstance>>,
 }
+
+/// The MAC of a port and the metadata of the server behind it.
+type PortInstance = ([u8; 6], Arc<InstanceMetadata>);
 
 impl LeaseSource for NetworkTables {
     fn lease_for(&self, mac: [u8; 6]) -> Option<Lease> {
@@ -122,7 +125,7 @@ impl MetadataSource for NetworkTables {
         network_id: &str,
         ip: Ipv4Addr,
         mac: Option<[u8; 6]>,
-    ) -> Option<InstanceMetadata> {
+    ) -> Option<Arc<InstanceMetadata>> {
         if network_id != self.network_id {
             return None;
         }
@@ -517,7 +520,14 @@ async fn fill_tables(
                 fixed.ip_address,
                 (
                     mac,
-                    instance_metadata(network, &server, &spec, port, fixed.ip_address, &subnets),
+                    Arc::new(instance_metadata(
+                        network,
+                        &server,
+                        &spec,
+                        port,
+                        fixed.ip_address,
+                        &subnets,
+                    )),
                 ),
             );
         }
