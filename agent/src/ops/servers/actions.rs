@@ -537,7 +537,8 @@ async fn run(
     })
 }
 
-async fn save_spec(
+/// Stores a server's spec (and its root image id).
+pub(crate) async fn save_spec(
     services: &Services,
     id: &str,
     image_id: &str,

@@ -45,14 +45,7 @@ pub async fn attach(services: &Services, id: &str, req: NetworkRequest) -> Resul
     }
     let mut spec = loaded.spec.clone();
     spec.nics.push(nic.clone());
-    services
-        .store()
-        .set_server_spec(
-            id,
-            &loaded.row.image_id,
-            &serde_json::to_string(&spec).expect("spec serialises"),
-        )
-        .await?;
+    super::save_spec(services, id, &loaded.row.image_id, &spec).await?;
     runtime::refresh(services, &nic.network_id).await;
     let _ = services
         .events()
@@ -95,14 +88,7 @@ pub async fn detach(services: &Services, id: &str, port_id: &str) -> Result<Serv
         .await?;
     let mut spec = loaded.spec.clone();
     spec.nics.retain(|n| n.port_id != port_id);
-    services
-        .store()
-        .set_server_spec(
-            id,
-            &loaded.row.image_id,
-            &serde_json::to_string(&spec).expect("spec serialises"),
-        )
-        .await?;
+    super::save_spec(services, id, &loaded.row.image_id, &spec).await?;
     release_for_server(services, &nic).await?;
     let _ = services
         .events()

@@ -21,6 +21,7 @@ mod model;
 mod stats;
 mod sync;
 
+pub(crate) use actions::save_spec;
 pub use actions::{action, ActionOutput, ServerAction};
 pub use create::create;
 pub use delete::delete;

@@ -131,23 +131,6 @@ fn check_status(status: ServerStatus) -> Result<(), OpError> {
     }
 }
 
-async fn save_spec(
-    services: &Services,
-    id: &str,
-    image_id: &str,
-    spec: &ServerSpec,
-) -> Result<(), OpError> {
-    services
-        .store()
-        .set_server_spec(
-            id,
-            image_id,
-            &serde_json::to_string(spec).expect("spec serialises"),
-        )
-        .await?;
-    Ok(())
-}
-
 /// Attaches an available volume to a server; a running guest sees the disk hot-plugged.
 ///
 /// # Errors
@@ -199,7 +182,7 @@ pub async fn attach(
         device: device.clone(),
         disk,
     });
-    save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
+    crate::ops::servers::save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
     let mut volume = get_volume(services, volume_id).await?;
     volume.status = "in-use".into();
     volume.attached_to = Some(server_id.to_string());
@@ -268,7 +251,7 @@ pub async fn detach(
     }
     let mut spec = loaded.spec.clone();
     spec.volumes.retain(|v| v.volume_id != volume_id);
-    save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
+    crate::ops::servers::save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
     release(services, volume_id).await?;
     let _ = services
         .events()
