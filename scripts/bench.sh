@@ -3,7 +3,9 @@
 # The baseline, measured in the same run, is /healthz (the same HTTP stack, auth and
 # middleware skipped, no work) next to /v1/host (token check, /proc, statvfs, store read).
 # Then the metadata service against nginx serving the same documents in the same network
-# namespace (agent/benches/metadata.rs; needs root, nginx and wrk).
+# namespace (agent/benches/metadata.rs; needs root, nginx and wrk). Last, volume create per
+# backend against `lvcreate` and `qemu-img create` on the share (tests/benches/volumes.rs; needs
+# root, lvm2, qemu-utils, nfs-ganesha and the plugins).
 # Prints Markdown tables for the README's bench section.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,3 +61,9 @@ cleanup
 trap - EXIT
 echo
 cargo bench --locked -p hyperlet --bench metadata
+
+# Volume create: the drivers and the agent against the bare commands (a loop-device VG and an
+# nfs-ganesha of its own on 127.0.0.1:2049; it uses the release `hyperlet` built above).
+echo
+scripts/build-plugins.sh >&2
+cargo bench --locked -p hyperlet-tests --bench volumes
