@@ -38,6 +38,9 @@ pub fn snapshot_lv_name(snapshot_name: &str) -> String {
 /// The driver.
 pub struct LvmDriver {
     settings: LvmSettings,
+    /// Thin or thick, decided once when the driver is configured (as cinder decides at
+    /// setup): a thin pool created later is used after the next reload.
+    thin: bool,
 }
 
 fn gib_up(bytes: u64) -> u64 {
@@ -89,16 +92,23 @@ impl LvmDriver {
         Ok(())
     }
 
+    /// Creates the LV with one LVM command. Only when that fails does a thick allocation ask
+    /// the group for its free space, so a full backend still answers `no-space` with the
+    /// figures (`lvcreate` itself refuses an allocation the group cannot hold).
     fn create_lv(&self, name: &str, size_gb: u64, thin: bool) -> Result<(), PluginError> {
-        if !thin {
-            self.check_room(name, size_gb)?;
-        }
-        lvm::lv_create(&LvCreateRequest {
+        let created = lvm::lv_create(&LvCreateRequest {
             vg: self.vg().to_owned(),
             name: name.to_owned(),
             size_gb,
             thin_pool: thin.then(|| self.settings.thin_pool.clone()),
-        })
+        });
+        match created {
+            Err(e) if !thin => {
+                self.check_room(name, size_gb)?;
+                Err(e)
+            }
+            other => other,
+        }
     }
 
     /// A thin snapshot `name` of `origin`, grown to `size_gb` when that is larger.
@@ -140,12 +150,14 @@ impl LvmDriver {
 
 impl VolumeDriver for LvmDriver {
     fn new(settings: &Settings) -> Result<Self, PluginError> {
-        let driver = Self {
+        let mut driver = Self {
             settings: LvmSettings::from_settings(settings)?,
+            thin: false,
         };
         // The group must be there (and granted); a required pool too.
         lvm::vg_info(driver.vg())?;
         let thin = driver.thin()?;
+        driver.thin = thin;
         log::info!(
             "LVM driver on volume group {} ({})",
             driver.vg(),
@@ -155,8 +167,7 @@ impl VolumeDriver for LvmDriver {
     }
 
     fn create(&self, volume: &Volume) -> Result<(), PluginError> {
-        let thin = self.thin()?;
-        self.create_lv(&volume.name, volume.size_gb, thin)
+        self.create_lv(&volume.name, volume.size_gb, self.thin)
     }
 
     fn delete(&self, volume: &Volume) -> Result<(), PluginError> {
@@ -185,7 +196,7 @@ impl VolumeDriver for LvmDriver {
     fn extend(&self, volume: &Volume, new_size_gb: u64) -> Result<(), PluginError> {
         let lvs = self.list()?;
         let current = self.size_gb_of(&lvs, &volume.name)?;
-        if new_size_gb > current && !self.thin()? {
+        if new_size_gb > current && !self.thin {
             self.check_room(&volume.name, new_size_gb - current)?;
         }
         lvm::lv_extend(self.vg(), &volume.name, new_size_gb)
@@ -195,7 +206,7 @@ impl VolumeDriver for LvmDriver {
         let name = snapshot_lv_name(&snapshot.name);
         let lvs = self.list()?;
         let origin_gb = self.size_gb_of(&lvs, &snapshot.volume.name)?;
-        if self.thin()? {
+        if self.thin {
             lvm::lv_snapshot(self.vg(), &snapshot.volume.name, &name, None)
         } else {
             self.check_room(&name, origin_gb)?;
@@ -221,7 +232,7 @@ impl VolumeDriver for LvmDriver {
         let source_gb = self.size_gb_of(&lvs, &snapshot.volume.name)?;
         self.size_gb_of(&lvs, &source)?;
         let size_gb = volume.size_gb.max(source_gb);
-        if self.thin()? {
+        if self.thin {
             self.thin_copy(&source, &volume.name, size_gb)
         } else {
             self.thick_copy(&source, &volume.name, size_gb)
@@ -232,7 +243,7 @@ impl VolumeDriver for LvmDriver {
         let lvs = self.list()?;
         let source_gb = self.size_gb_of(&lvs, &source.name)?;
         let size_gb = volume.size_gb.max(source_gb);
-        if self.thin()? {
+        if self.thin {
             return self.thin_copy(&source.name, &volume.name, size_gb);
         }
         // As cinder: copy from a temporary snapshot, so a source in use is copied consistently.
@@ -261,7 +272,7 @@ impl VolumeDriver for LvmDriver {
             .filter(|lv| lv.name != self.settings.thin_pool)
             .map(|lv| lv.size_bytes)
             .sum();
-        let thin = self.thin()?;
+        let thin = self.thin;
         let (total, free, ratio) = if thin {
             let pool =
                 lvm::thin_pool_info(self.vg(), &self.settings.thin_pool)?.ok_or_else(|| {
