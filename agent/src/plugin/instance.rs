@@ -441,32 +441,14 @@ impl LoadedPlugin {
             &mut Store<HostState>,
         ) -> wasmtime::Result<Result<T, WitPluginError>>,
     ) -> Result<T, PluginError> {
-        let result = (|| {
-            let mut ready = self.take()?;
-            ready
-                .store
-                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
-            let Bound::Network(b) = &ready.bound else {
-                return Err(PluginError::NotLoaded {
-                    plugin: self.name.to_string(),
-                    reason: format!(
-                        "it is a {} plugin, not a network backend",
-                        self.config.kind.as_str()
-                    ),
-                });
-            };
-            let answer = call(b, &mut ready.store);
-            ready.store.data().flush_output();
-            // A trap drops `ready` here: the instance is discarded.
-            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
-            self.give_back(ready);
-            answer.map_err(|e| PluginError::Reported {
-                plugin: self.name.to_string(),
-                code: e.code,
-                message: e.message,
-            })
-        })();
-        self.record(result)
+        self.call_world(
+            "a network backend",
+            |b| match b {
+                Bound::Network(n) => Some(n),
+                _ => None,
+            },
+            call,
+        )
     }
 
     /// Asks a network backend whether it can serve `net`, without touching the host (blocking;
@@ -532,22 +514,38 @@ impl LoadedPlugin {
             &mut Store<HostState>,
         ) -> wasmtime::Result<Result<T, WitPluginError>>,
     ) -> Result<T, PluginError> {
+        self.call_world(
+            "a volume driver",
+            |b| match b {
+                Bound::Volume(v) => Some(v),
+                _ => None,
+            },
+            call,
+        )
+    }
+
+    /// One call into the world `pick` selects: an idle instance under the call deadline (which
+    /// also bounds the host work the call asks for); a trap discards the instance, an answer
+    /// (even an error) keeps it.
+    fn call_world<W, T>(
+        &self,
+        what: &str,
+        pick: impl Fn(&Bound) -> Option<&W>,
+        call: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<Result<T, WitPluginError>>,
+    ) -> Result<T, PluginError> {
         let result = (|| {
             let mut ready = self.take()?;
             ready
                 .store
                 .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
             ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
-            let Bound::Volume(b) = &ready.bound else {
+            let Some(bound) = pick(&ready.bound) else {
                 return Err(PluginError::NotLoaded {
                     plugin: self.name.to_string(),
-                    reason: format!(
-                        "it is a {} plugin, not a volume driver",
-                        self.config.kind.as_str()
-                    ),
+                    reason: format!("it is a {} plugin, not {what}", self.config.kind.as_str()),
                 });
             };
-            let answer = call(b, &mut ready.store);
+            let answer = call(bound, &mut ready.store);
             ready.store.data().flush_output();
             // A trap drops `ready` here: the instance is discarded.
             let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
