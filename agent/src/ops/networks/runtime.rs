@@ -472,14 +472,15 @@ async fn fill_tables(
             continue;
         };
         let subnet = &subnets[&fixed.subnet_id];
+        // One store read per bound port: the row and its spec together.
         let server = if port.device_id.is_empty() {
             None
         } else {
-            crate::ops::servers::get(services, &port.device_id)
+            crate::ops::servers::load(services, &port.device_id)
                 .await
                 .ok()
         };
-        let hostname = server.as_ref().map(|s| hostname_of(&s.name));
+        let hostname = server.as_ref().map(|s| hostname_of(&s.row.name));
         let mut routes: Vec<DhcpRoute> = subnet
             .host_routes
             .iter()
@@ -514,8 +515,8 @@ async fn fill_tables(
                 lease_time: LEASE_TIME,
             },
         );
-        if let Some(server) = server {
-            let spec = crate::ops::servers::spec_of(services, &server.id).await?;
+        if let Some(loaded) = server {
+            let (server, spec) = (loaded.view(), loaded.spec);
             instances.insert(
                 fixed.ip_address,
                 (

@@ -58,7 +58,7 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    fn view(&self) -> Server {
+    pub(crate) fn view(&self) -> Server {
         Server {
             id: self.row.id.clone(),
             name: self.row.name.clone(),
