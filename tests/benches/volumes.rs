@@ -23,10 +23,10 @@
 //! `HYPERLET_BENCH_ONLY=lvm` or `nfs` for one backend).
 
 use hyperlet::config::{Config, FilesGrant};
-use hyperlet::plugin::{LoadedPlugin, PluginEngine, PluginRegistry, PluginStatus};
+use hyperlet::plugin::{LoadedPlugin, PluginRegistry, PluginStatus};
 use hyperlet::volume::{Files, VolumeRef};
 use hyperlet_tests::storage::{files_table, ganesha, require_root, sh, stanza, unique, TestVg};
-use hyperlet_tests::{shared_plugin_cache, Agent, SseReader};
+use hyperlet_tests::{Agent, SseReader};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::path::Path;
@@ -42,23 +42,7 @@ type Run<'a> = Box<dyn FnMut() -> Duration + 'a>;
 
 /// A runtime and a registry loaded from `toml`'s `[[plugins]]`, as the agent builds them.
 fn registry(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginRegistry>, Config) {
-    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    config.validate().unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let plugins = config.plugins.clone();
-    let loading = runtime.spawn_blocking(move || {
-        PluginRegistry::load(
-            PluginEngine::new().unwrap(),
-            shared_plugin_cache(),
-            &plugins,
-            120,
-        )
-    });
-    let registry = runtime.block_on(loading).unwrap();
+    let (runtime, registry, config) = hyperlet_tests::plugins::registry_with_config(toml);
     for view in registry.views() {
         assert_eq!(
             view.status,
@@ -68,7 +52,7 @@ fn registry(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginRegistry>, Config
             view.error
         );
     }
-    (runtime, Arc::new(registry), config)
+    (runtime, registry, config)
 }
 
 /// `volume_create` on a blocking thread of `runtime`, as the agent calls a driver; timed.

@@ -6,13 +6,13 @@
 //! name stands in for the physical interface; every link a test creates (or the plugin could
 //! have created) is removed by a Drop guard, even when an assertion fails.
 
-use hyperlet::config::{Config, PluginKind};
+use hyperlet::config::PluginKind;
 use hyperlet::net::{BackendNetwork, NetworkType};
-use hyperlet::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PluginStatus};
-use hyperlet_tests::{plugin_wasm, shared_plugin_cache};
+use hyperlet::plugin::{PluginError, PluginStatus};
+use hyperlet_tests::plugin_wasm;
+use hyperlet_tests::plugins::{call, registry};
 use serde_json::Value;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 /// Runs `ip ARGS…`; fails clearly when `ip` is missing.
 fn ip(args: &[&str]) -> std::process::Output {
@@ -131,39 +131,6 @@ fn network(
         segmentation_id: seg,
         mtu: 1450,
     }
-}
-
-/// A runtime and a registry loaded from `toml`'s `[[plugins]]`, as the agent builds them.
-fn registry(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginRegistry>) {
-    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    config.validate().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let plugins = config.plugins.clone();
-    let loading = runtime.spawn_blocking(move || {
-        PluginRegistry::load(
-            PluginEngine::new().unwrap(),
-            shared_plugin_cache(),
-            &plugins,
-            120,
-        )
-    });
-    let registry = runtime.block_on(loading).unwrap();
-    (runtime, Arc::new(registry))
-}
-
-/// Calls the plugin on a blocking thread of `runtime`, as the agent's async code does.
-fn call<T: Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
-    plugin: &Arc<LoadedPlugin>,
-    f: impl FnOnce(&LoadedPlugin) -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, PluginError> {
-    let plugin = plugin.clone();
-    let task = runtime.spawn_blocking(move || f(&plugin));
-    runtime.block_on(task).unwrap()
 }
 
 /// The plugin-error code of a reported failure.

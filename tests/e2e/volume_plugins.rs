@@ -16,41 +16,19 @@
 //!   the exported directories are removed then; each test uses its own volume ids and removes
 //!   its files.
 
-use hyperlet::config::{Config, FilesGrant, PluginKind, ShareAccess};
-use hyperlet::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginRegistry, PluginStatus};
+use hyperlet::config::{FilesGrant, PluginKind, ShareAccess};
+use hyperlet::plugin::{LoadedPlugin, PluginError, PluginRegistry, PluginStatus};
 use hyperlet::volume::{
     copy_image_to, CapacityStats, DiskFormat, Files, Share, SnapshotRef, VolumeConnection,
     VolumeRef,
 };
-use hyperlet_tests::shared_plugin_cache;
+use hyperlet_tests::plugins::{call, registry};
 use hyperlet_tests::storage::*;
 use std::path::Path;
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------------
 // Registry plumbing.
-
-/// A runtime and a registry loaded from `toml`'s `[[plugins]]`, as the agent builds them.
-fn registry(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginRegistry>) {
-    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    config.validate().unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let plugins = config.plugins.clone();
-    let loading = runtime.spawn_blocking(move || {
-        PluginRegistry::load(
-            PluginEngine::new().unwrap(),
-            shared_plugin_cache(),
-            &plugins,
-            120,
-        )
-    });
-    let registry = runtime.block_on(loading).unwrap();
-    (runtime, Arc::new(registry))
-}
 
 /// The loaded driver `name`, or a panic with the load error.
 fn driver(registry: &PluginRegistry, name: &str) -> Arc<LoadedPlugin> {
@@ -62,17 +40,6 @@ fn driver(registry: &PluginRegistry, name: &str) -> Arc<LoadedPlugin> {
     assert_eq!(view.status, PluginStatus::Loaded, "{:?}", view.error);
     assert_eq!(view.kind, PluginKind::VolumeDriver);
     registry.volume_driver(name).unwrap()
-}
-
-/// Calls the plugin on a blocking thread of `runtime`, as the agent's async code does.
-fn call<T: Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
-    plugin: &Arc<LoadedPlugin>,
-    f: impl FnOnce(&LoadedPlugin) -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, PluginError> {
-    let plugin = plugin.clone();
-    let task = runtime.spawn_blocking(move || f(&plugin));
-    runtime.block_on(task).unwrap()
 }
 
 /// The code and message of a failure the plugin reported.
