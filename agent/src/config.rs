@@ -795,13 +795,17 @@ impl Config {
             return invalid("tls", "cert and key must be given together");
         }
         let md = &self.metadata;
-        if md.requests_per_second == 0 || md.requests_per_second > 100_000 {
-            return invalid("metadata.requests_per_second", "must be 1 to 100000");
+        let max = crate::metadata::MetadataOptions::MAX_RATE;
+        if md.requests_per_second == 0 || md.requests_per_second > max {
+            return invalid(
+                "metadata.requests_per_second",
+                &format!("must be 1 to {max}"),
+            );
         }
-        if md.burst < md.requests_per_second || md.burst > 100_000 {
+        if md.burst < md.requests_per_second || md.burst > max {
             return invalid(
                 "metadata.burst",
-                "must be at least requests_per_second and at most 100000",
+                &format!("must be at least requests_per_second and at most {max}"),
             );
         }
         if self.tls.client_ca.is_some() && !self.tls.enabled() {

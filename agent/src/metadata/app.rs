@@ -1,6 +1,9 @@
 //! The HTTP application: who is asking, rate limits, session tokens, and which tree answers.
 //!
-//! Every request goes through the same steps, under one deadline ([`REQUEST_TIMEOUT`]):
+//! Every request goes through the same steps. Only the steps that wait on something outside
+//! the process — the neighbour lookup, the password store, a posted body — can take time, and
+//! each of those has a deadline ([`REQUEST_TIMEOUT`], 503 when it passes); everything else runs
+//! inline on the connection's task and never waits:
 //!
 //! 1. the peer address the connection came from (axum's `ConnectInfo<SocketAddr>`); nothing
 //!    the client sends (`X-Forwarded-For`, `Forwarded`, …) is ever consulted;
@@ -20,12 +23,18 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::pin;
+
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::{http, Router};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
+use http_body::Body;
+use http_body_util::BodyExt;
 
 use super::documents::{DocumentCache, Documents};
 use super::limit::{retry_after_secs, RateLimiter};
@@ -34,7 +43,8 @@ use super::source::{InstanceMetadata, MetadataSource, SetPasswordError};
 use super::tokens::{parse_ttl, TokenStore};
 use super::{ec2, openstack, MetadataOptions};
 
-/// The longest a request may take, from the first middleware step to the response head.
+/// The longest a step that waits (neighbour lookup, password store, reading a posted body) may
+/// take before the request is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest password a guest may post (nova: 4 chunks of 255 bytes).
@@ -141,7 +151,8 @@ struct Inner {
 }
 
 impl App {
-    /// The application of network `network_id`; each request must finish within `timeout`.
+    /// The application of network `network_id`; each step of a request that waits must finish
+    /// within `timeout`.
     pub(crate) fn new(
         network_id: &str,
         source: Arc<dyn MetadataSource>,
@@ -168,13 +179,19 @@ impl App {
         Router::new().fallback(handle).with_state(self)
     }
 
-    /// Steps 1–6 of the module documentation.
-    async fn serve(
+    /// Answers one request: steps 1–6 of the module documentation. `peer` is the TCP peer
+    /// (`None` is refused with 404); `connection` what is known about its connection (`None`:
+    /// the MAC is looked up for this request alone).
+    pub(crate) async fn serve<B>(
         &self,
         peer: Option<SocketAddr>,
-        connection: Option<Arc<PeerConnection>>,
-        req: Request,
-    ) -> Reply {
+        connection: Option<&PeerConnection>,
+        req: http::Request<B>,
+    ) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Display,
+    {
         let Some(peer) = peer else {
             tracing::error!(
                 network_id = %self.0.network_id,
@@ -192,7 +209,7 @@ impl App {
         if let Err(wait) = self.0.by_ip.check(&ip, Instant::now()) {
             return too_many(wait);
         }
-        let mac = match self.peer_mac(peer, connection.as_deref()).await {
+        let mac = match self.peer_mac(peer, connection).await {
             Ok(Some(mac)) => mac,
             Ok(None) => {
                 tracing::info!(
@@ -237,12 +254,14 @@ impl App {
         connection: Option<&PeerConnection>,
     ) -> Result<Option<[u8; 6]>, String> {
         let Some(connection) = connection else {
-            return self.0.macs.mac(peer, Instant::now()).await;
+            return self.deadline(self.0.macs.mac(peer, Instant::now())).await?;
         };
         if let Some(mac) = connection.mac.get() {
             return Ok(Some(*mac));
         }
-        let found = self.0.macs.mac(peer, connection.accepted).await?;
+        let found = self
+            .deadline(self.0.macs.mac(peer, connection.accepted))
+            .await??;
         if let Some(mac) = found {
             // Only a MAC is kept: a connection without one asks again on its next request.
             let _ = connection.mac.set(mac);
@@ -250,20 +269,42 @@ impl App {
         Ok(found)
     }
 
+    /// Runs a step that waits under the request deadline; `Err` (a reason for the log) when
+    /// it did not finish in time.
+    async fn deadline<T>(&self, step: impl Future<Output = T>) -> Result<T, String> {
+        tokio::time::timeout(self.0.timeout, step)
+            .await
+            .map_err(|_| format!("no answer within {} ms", self.0.timeout.as_millis()))
+    }
+
     /// Step 6: the trees.
-    async fn dispatch(&self, md: &InstanceMetadata, docs: &Documents, req: Request) -> Reply {
-        let path = req.uri().path().to_owned();
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let method = req.method().clone();
+    async fn dispatch<B>(
+        &self,
+        md: &InstanceMetadata,
+        docs: &Documents,
+        req: http::Request<B>,
+    ) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Display,
+    {
+        let (head, body) = req.into_parts();
+        let segments: Vec<&str> = head
+            .uri
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let method = &head.method;
         match segments.as_slice() {
-            ["openstack", rest @ ..] => self.openstack(md, docs, &method, rest, req).await,
-            ["latest", "api", "token"] => self.issue_token(md, &method, req.headers()),
+            ["openstack", rest @ ..] => self.openstack(md, docs, &head, rest, body).await,
+            ["latest", "api", "token"] => self.issue_token(md, method, &head.headers),
             [] => self
-                .ec2_gate(md, req.headers())
-                .unwrap_or_else(|| read_only(&method, ec2::versions())),
+                .ec2_gate(md, &head.headers)
+                .unwrap_or_else(|| read_only(method, ec2::versions())),
             [version, rest @ ..] if ec2::is_version(version) => self
-                .ec2_gate(md, req.headers())
-                .unwrap_or_else(|| read_only(&method, ec2::get(md, docs, rest))),
+                .ec2_gate(md, &head.headers)
+                .unwrap_or_else(|| read_only(method, ec2::get(md, docs, rest))),
             _ => Reply::no_such_path(),
         }
     }
@@ -311,19 +352,23 @@ impl App {
     }
 
     /// `/openstack/…`.
-    async fn openstack(
+    async fn openstack<B>(
         &self,
         md: &InstanceMetadata,
         docs: &Documents,
-        method: &Method,
+        head: &http::request::Parts,
         rest: &[&str],
-        req: Request,
-    ) -> Reply {
+        body: B,
+    ) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Display,
+    {
         match openstack::resolve(md, docs, rest) {
-            openstack::Target::Read(reply) => read_only(method, reply),
-            openstack::Target::Password => match *method {
+            openstack::Target::Read(reply) => read_only(&head.method, reply),
+            openstack::Target::Password => match head.method {
                 Method::GET | Method::HEAD => self.read_password(md).await,
-                Method::POST => self.set_password(md, req).await,
+                Method::POST => self.set_password(md, &head.headers, body).await,
                 _ => Reply::method_not_allowed("GET, HEAD, POST"),
             },
         }
@@ -333,39 +378,40 @@ impl App {
     async fn read_password(&self, md: &InstanceMetadata) -> Reply {
         let source = self.0.source.clone();
         let id = md.uuid.clone();
-        match blocking(move || source.password(&id)).await {
+        match self.blocking(move || source.password(&id)).await {
             Ok(password) => Reply::text(password.unwrap_or_default()),
             Err(reply) => reply,
         }
     }
 
     /// `POST /openstack/<v>/password`: stores the body once.
-    async fn set_password(&self, md: &InstanceMetadata, req: Request) -> Reply {
+    async fn set_password<B>(&self, md: &InstanceMetadata, headers: &HeaderMap, body: B) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Display,
+    {
         let too_large = || {
             Reply::error(
                 StatusCode::BAD_REQUEST,
                 format!("The password is larger than {MAX_PASSWORD_BYTES} bytes"),
             )
         };
-        let declared = req
-            .headers()
+        let declared = headers
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_PASSWORD_BYTES as u64) {
             return too_large();
         }
-        let mut body = Vec::new();
-        let mut stream = req.into_body().into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
+        let body = match self.deadline(read_limited(body)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(BodyError::TooLarge)) => return too_large(),
+            Ok(Err(BodyError::Read(reason))) => {
+                tracing::info!(network_id = %self.0.network_id, server_id = %md.uuid, %reason, "cannot read a posted password");
                 return Reply::error(StatusCode::BAD_REQUEST, "Cannot read the request body");
-            };
-            if body.len() + chunk.len() > MAX_PASSWORD_BYTES {
-                return too_large();
             }
-            body.extend_from_slice(&chunk);
-        }
+            Err(reason) => return late(&self.0.network_id, &reason),
+        };
         let Ok(password) = String::from_utf8(body) else {
             return Reply::error(StatusCode::BAD_REQUEST, "The password is not UTF-8 text");
         };
@@ -374,7 +420,10 @@ impl App {
         }
         let source = self.0.source.clone();
         let id = md.uuid.clone();
-        match blocking(move || source.set_password(&id, &password)).await {
+        match self
+            .blocking(move || source.set_password(&id, &password))
+            .await
+        {
             Ok(Ok(())) => Reply::text(""),
             Ok(Err(SetPasswordError::AlreadySet)) => Reply::error(
                 StatusCode::CONFLICT,
@@ -393,31 +442,38 @@ impl App {
             Err(reply) => reply,
         }
     }
+
+    /// Runs a call into the [`MetadataSource`] that may block on a blocking thread, under
+    /// the deadline; a panic becomes a 500, a late answer a 503.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Reply> {
+        match self.deadline(tokio::task::spawn_blocking(f)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the metadata source failed");
+                Err(Reply::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                ))
+            }
+            Err(reason) => Err(late(&self.0.network_id, &reason)),
+        }
+    }
 }
 
-/// The one axum handler: the whole request under the deadline.
+/// The one axum handler (the [`router`] for tests and benchmarks; the real server calls
+/// [`App::serve`] from hyper directly).
 async fn handle(State(app): State<App>, req: Request) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let connection = req.extensions().get::<Arc<PeerConnection>>().cloned();
-    let timeout = app.0.timeout;
-    match tokio::time::timeout(timeout, app.serve(peer, connection, req)).await {
-        Ok(reply) => reply.into_response(),
-        Err(_) => {
-            tracing::warn!(
-                network_id = %app.0.network_id, ?peer,
-                timeout_ms = timeout.as_millis(),
-                "metadata request did not finish in time"
-            );
-            Reply::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The metadata service did not answer in time; retry",
-            )
-            .into_response()
-        }
-    }
+    app.serve(peer, connection.as_deref(), req)
+        .await
+        .into_response()
 }
 
 /// `reply` for GET and HEAD; 405 for other methods on an existing path (404 stays 404).
@@ -446,11 +502,39 @@ fn too_many(wait: Duration) -> Reply {
     )
 }
 
-/// Runs a call into the [`MetadataSource`] that may block on a blocking thread; a panic
-/// becomes a 500.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Reply> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        tracing::error!(error = %e, "the metadata source failed");
-        Reply::error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
-    })
+/// Why a posted body could not be read.
+enum BodyError {
+    /// More than [`MAX_PASSWORD_BYTES`].
+    TooLarge,
+    /// The client's stream failed (the reason, for the log).
+    Read(String),
+}
+
+/// Reads a posted body of at most [`MAX_PASSWORD_BYTES`].
+async fn read_limited<B>(body: B) -> Result<Vec<u8>, BodyError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Display,
+{
+    let mut body = pin!(body);
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(chunk) = frame.into_data() {
+            if bytes.len() + chunk.len() > MAX_PASSWORD_BYTES {
+                return Err(BodyError::TooLarge);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    Ok(bytes)
+}
+
+/// 503 for a step that passed its deadline.
+fn late(network_id: &str, reason: &str) -> Reply {
+    tracing::warn!(%network_id, %reason, "metadata request did not finish in time");
+    Reply::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The metadata service did not answer in time; retry",
+    )
 }

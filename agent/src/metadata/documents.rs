@@ -88,10 +88,13 @@ impl Documents {
     }
 }
 
-/// Rendered documents per port (server id and address), with the metadata they came from.
+/// Rendered documents per port, with the metadata they came from. A cache belongs to one
+/// network, where an address is one port's: entries are keyed by the address alone (no
+/// allocation per lookup), and an entry whose metadata differs (another server now holds the
+/// address, or its metadata changed) is rendered again.
 #[derive(Debug, Default)]
 pub(crate) struct DocumentCache {
-    entries: RwLock<HashMap<(String, Ipv4Addr), Cached>>,
+    entries: RwLock<HashMap<Ipv4Addr, Cached>>,
 }
 
 /// One cache entry.
@@ -112,7 +115,7 @@ impl Cached {
 impl DocumentCache {
     /// The documents of `md`, rendered now unless the cache holds them already.
     pub(crate) fn get(&self, md: &Arc<InstanceMetadata>) -> Arc<Documents> {
-        let key = (md.uuid.clone(), md.local_ipv4);
+        let key = md.local_ipv4;
         let same = |cached: &Cached| Arc::ptr_eq(&cached.from, md);
         {
             let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());

@@ -41,17 +41,26 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     /// Takes one token for `key` at `now`; `Err(wait)` says how long until one is available.
     pub(crate) fn check(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !buckets.contains_key(key) && buckets.len() >= self.cap {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| refilled(*b, rate, burst, now) < burst);
+        if !buckets.contains_key(key) {
             if buckets.len() >= self.cap {
-                return Err(Duration::from_secs(1));
+                let (rate, burst) = (self.rate, self.burst);
+                buckets.retain(|_, b| refilled(*b, rate, burst, now) < burst);
+                if buckets.len() >= self.cap {
+                    return Err(Duration::from_secs(1));
+                }
             }
+            // The key is cloned only for a new bucket, not on every request.
+            buckets.insert(
+                key.clone(),
+                Bucket {
+                    tokens: self.burst,
+                    updated: now,
+                },
+            );
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
+        let Some(bucket) = buckets.get_mut(key) else {
+            unreachable!("the bucket was inserted above under the same lock");
+        };
         bucket.tokens = refilled(*bucket, self.rate, self.burst, now);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {

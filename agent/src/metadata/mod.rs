@@ -101,10 +101,11 @@ impl Default for MetadataOptions {
 }
 
 impl MetadataOptions {
-    /// The largest accepted rate or burst.
-    pub const MAX_RATE: u32 = 100_000;
+    /// The largest accepted rate or burst: a million requests per second, more than one
+    /// node serves, so this value means "no limit".
+    pub const MAX_RATE: u32 = 1_000_000;
 
-    /// Checks that the rate and the burst are in 1..=100000.
+    /// Checks that the rate and the burst are in 1..=[`Self::MAX_RATE`].
     ///
     /// # Errors
     ///

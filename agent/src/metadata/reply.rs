@@ -4,9 +4,10 @@
 //! agent's REST API: guests parse these responses, operators do not.
 
 use axum::body::Body;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{self, header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http_body_util::Full;
 
 /// `text/plain` for listings, values and messages.
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -90,9 +91,10 @@ impl Reply {
     }
 }
 
-impl IntoResponse for Reply {
-    fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.body));
+impl Reply {
+    /// The HTTP response hyper sends: the body in one buffer, its length known.
+    pub(crate) fn into_http(self) -> http::Response<Full<Bytes>> {
+        let mut response = http::Response::new(Full::new(self.body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(
@@ -103,5 +105,11 @@ impl IntoResponse for Reply {
             headers.insert(name, value);
         }
         response
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        self.into_http().map(Body::new)
     }
 }

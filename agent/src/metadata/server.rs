@@ -7,16 +7,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
-use axum::Router;
+use std::convert::Infallible;
+
+use axum::http::Request;
 use futures_util::future::BoxFuture;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
 use super::app::{App, PeerConnection, PeerMacs, REQUEST_TIMEOUT};
 use super::source::MetadataSource;
@@ -111,7 +113,7 @@ impl MetadataServer {
                 source,
             })?;
         let macs = Arc::new(NeighbourMacs(neighbours));
-        let app = App::new(network_id, source, options, macs, REQUEST_TIMEOUT).into_router();
+        let app = App::new(network_id, source, options, macs, REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
@@ -248,21 +250,14 @@ impl PeerMacs for NeighbourMacs {
 /// Accepts connections until `stop` is cancelled, then drains them for [`STOP_GRACE`] and
 /// closes whatever is left. Connection tasks live in a `JoinSet`, so aborting this task (on
 /// drop) closes every connection too.
-async fn accept_loop(
-    listener: TcpListener,
-    app: Router,
-    stop: CancellationToken,
-    network_id: String,
-) {
+async fn accept_loop(listener: TcpListener, app: App, stop: CancellationToken, network_id: String) {
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
-    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
-    let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -279,16 +274,18 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let connection = Arc::new(PeerConnection::new(Instant::now()));
         let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            let connection = connection.clone();
+            async move {
+                let reply = app.serve(Some(peer), Some(&connection), req).await;
+                Ok::<_, Infallible>(reply.into_http())
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let watched = graceful.watch(conn);
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.extensions_mut().insert(connection.clone());
-                app.clone().oneshot(req)
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
+            if let Err(e) = watched.await {
                 tracing::debug!(%peer, error = %e, "metadata connection ended with an error");
             }
         });

@@ -859,7 +859,7 @@ async fn options_and_arguments_are_validated_before_anything() {
             ..MetadataOptions::default()
         },
         MetadataOptions {
-            burst: 100_001,
+            burst: MetadataOptions::MAX_RATE + 1,
             ..MetadataOptions::default()
         },
     ] {
