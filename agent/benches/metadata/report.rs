@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::wrk::{Load, Measured};
-use super::{Server, PATHS, TARGET_P99, TARGET_RATIO, WORKERS, WRK_THREADS};
+use super::{Server, PATHS, TARGET_P99, TARGET_RATIO, WORKERS};
 
 /// Per (path index, server): the runs of every round.
 pub type Results = BTreeMap<(usize, Server), Vec<Measured>>;
@@ -14,10 +14,11 @@ fn ms(d: Duration) -> String {
 }
 
 /// One line of progress on stderr.
-pub fn progress(round: usize, path: &str, server: Server, m: &Measured) {
+pub fn progress(round: usize, path: &str, server: Server, load: &Load, m: &Measured) {
     eprintln!(
-        "round {round} {path} {}: {:.0} req/s, p50 {}, p99 {}, {} errors of {}",
+        "round {round} {path} {} (-c{}): {:.0} req/s, p50 {}, p99 {}, {} errors of {}",
         server.label(),
+        load.connections,
         m.rps,
         ms(m.p50),
         ms(m.p99),
@@ -63,15 +64,22 @@ fn row(path: &str, server: &str, m: Measured) {
     );
 }
 
-/// The main table (hyperlet vs nginx, with ratios), the verdict on the targets, and — when
-/// diagnostic servers ran — a second table.
-pub fn print(results: &Results, load: &Load, rounds: usize, nginx_version: &str) {
+/// The throughput table (hyperlet vs nginx under `saturation`, with ratios), the latency
+/// table (one guest: `one_guest`), the verdict on the targets, and — when diagnostic servers
+/// ran — a third table.
+pub fn print(
+    throughput: &Results,
+    latency: &Results,
+    saturation: &Load,
+    one_guest: &Load,
+    rounds: usize,
+    nginx_version: &str,
+) {
     println!(
-        "Metadata service under wrk (-t{WRK_THREADS} -c{} -d{} --latency; {rounds} rounds per \
-         server and path, alternating) from a guest namespace over a veth; hyperlet on a \
-         {WORKERS}-worker tokio runtime, {nginx_version} with {WORKERS} worker processes serving \
-         the same bodies:",
-        load.connections, load.duration
+        "Throughput: wrk -t{} -c{} -d{} --latency ({rounds} rounds per server and path, \
+         alternating) from a guest namespace over a veth; hyperlet on a {WORKERS}-worker tokio \
+         runtime, {nginx_version} with {WORKERS} worker processes serving the same bodies:",
+        saturation.threads, saturation.connections, saturation.duration
     );
     println!();
     println!(
@@ -80,8 +88,8 @@ pub fn print(results: &Results, load: &Load, rounds: usize, nginx_version: &str)
     println!("|---|---|---:|---:|---:|---:|");
     let mut notes = Vec::new();
     for (i, path) in PATHS.iter().enumerate() {
-        let a = summarize(&results[&(i, Server::Agent)]);
-        let b = summarize(&results[&(i, Server::Nginx)]);
+        let a = summarize(&throughput[&(i, Server::Agent)]);
+        let b = summarize(&throughput[&(i, Server::Nginx)]);
         row(path, Server::Agent.label(), a);
         row(path, Server::Nginx.label(), b);
         let ratio = a.rps / b.rps;
@@ -93,17 +101,49 @@ pub fn print(results: &Results, load: &Load, rounds: usize, nginx_version: &str)
         if ratio < TARGET_RATIO {
             notes.push(format!("`{path}` {ratio:.2}× nginx's requests/s"));
         }
-        if a.p99 > TARGET_P99 {
-            notes.push(format!("`{path}` p99 {}", ms(a.p99)));
-        }
         if a.errors > 0 {
             notes.push(format!("`{path}` {} failed requests", a.errors));
         }
     }
     println!();
     println!(
-        "Targets (hyperlet ≥ {TARGET_RATIO}× nginx's successful requests/s, p99 ≤ {} and no failed \
-         requests, on every path): {}",
+        "Latency of one guest: wrk -t{} -c{} -d{} --latency (one connection, one request at a \
+         time, as cloud-init asks), same rounds and order:",
+        one_guest.threads, one_guest.connections, one_guest.duration
+    );
+    println!();
+    println!(
+        "| path | server | p50 (mean) | p99 (worst round) | requests/s (mean) | failed requests |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (i, path) in PATHS.iter().enumerate() {
+        for server in [Server::Agent, Server::Nginx] {
+            let m = summarize(&latency[&(i, server)]);
+            println!(
+                "| `{path}` | {} | {} | {} | {:.0} | {} |",
+                server.label(),
+                ms(m.p50),
+                ms(m.p99),
+                m.rps,
+                error_cell(m)
+            );
+            if server == Server::Agent {
+                if m.p99 > TARGET_P99 {
+                    notes.push(format!("`{path}` p99 {} for one guest", ms(m.p99)));
+                }
+                if m.errors > 0 {
+                    notes.push(format!(
+                        "`{path}` {} failed requests for one guest",
+                        m.errors
+                    ));
+                }
+            }
+        }
+    }
+    println!();
+    println!(
+        "Targets (hyperlet ≥ {TARGET_RATIO}× nginx's successful requests/s under load, p99 ≤ {} \
+         for one guest, no failed requests, on every path): {}",
         ms(TARGET_P99),
         if notes.is_empty() {
             "met".to_owned()
@@ -114,26 +154,28 @@ pub fn print(results: &Results, load: &Load, rounds: usize, nginx_version: &str)
 
     let diagnostic: Vec<_> = Server::DIAGNOSTIC
         .iter()
-        .filter(|s| results.keys().any(|(_, k)| k == *s))
+        .filter(|s| throughput.keys().any(|(_, k)| k == *s))
         .collect();
     if diagnostic.is_empty() {
         return;
     }
     println!();
-    println!("Where the time goes (same run, same load; successful requests/s relative to nginx):");
+    println!(
+        "Where the time goes (throughput load, same run; successful requests/s relative to nginx):"
+    );
     println!();
     println!(
         "| path | server | successful requests/s (mean) | p50 (mean) | p99 (worst round) | failed requests | vs nginx |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
     for (i, path) in PATHS.iter().enumerate() {
-        let b = summarize(&results[&(i, Server::Nginx)]);
+        let b = summarize(&throughput[&(i, Server::Nginx)]);
         for server in [Server::Agent]
             .iter()
             .chain(diagnostic.iter().copied())
             .chain([Server::Nginx].iter())
         {
-            let Some(runs) = results.get(&(i, *server)) else {
+            let Some(runs) = throughput.get(&(i, *server)) else {
                 continue;
             };
             let m = summarize(runs);

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use super::procs::{in_ns, run_within};
-use super::WRK_THREADS;
 
 /// One wrk run (or the summary of several).
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +20,8 @@ pub struct Measured {
 pub struct Load {
     /// wrk's `-d`, e.g. `10s`.
     pub duration: String,
+    /// wrk's `-t`.
+    pub threads: usize,
     /// wrk's `-c`.
     pub connections: usize,
 }
@@ -92,7 +93,7 @@ pub fn run(ns: &str, url: &str, duration: &str, load: &Load) -> Measured {
         .unwrap_or_else(|| panic!("bad wrk duration {duration:?}: use e.g. 10s"));
     let mut cmd = in_ns(ns, "wrk");
     cmd.args([
-        &format!("-t{WRK_THREADS}"),
+        &format!("-t{}", load.threads),
         &format!("-c{}", load.connections),
         &format!("-d{duration}"),
         "--timeout",
@@ -108,7 +109,17 @@ pub fn run(ns: &str, url: &str, duration: &str, load: &Load) -> Measured {
         ran.status,
         ran.stderr
     );
-    parse(&text).unwrap_or_else(|e| panic!("{e} against {url}:\n{text}"))
+    let measured = parse(&text).unwrap_or_else(|e| panic!("{e} against {url}:\n{text}"));
+    if measured.errors > 0 {
+        // Which kind of failure it was (status codes or socket errors), for the reader.
+        for line in text
+            .lines()
+            .filter(|l| l.contains("errors:") || l.contains("Non-2xx"))
+        {
+            eprintln!("wrk against {url}: {}", line.trim());
+        }
+    }
+    measured
 }
 
 /// The parser checks itself on a sample report at start (a bench has no test harness).
