@@ -17,7 +17,7 @@ cargo build --release --locked -p hyperlet >&2
 
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/release/hyperlet serve --state-dir "$work/state" --listen "127.0.0.1:$port" 2>"$work/log" &
+"${CARGO_TARGET_DIR:-target}/release/hyperlet" serve --state-dir "$work/state" --listen "127.0.0.1:$port" 2>"$work/log" &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
