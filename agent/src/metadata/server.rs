@@ -2,12 +2,11 @@
 //! served on the tokio runtime, with the peer's MAC read from that namespace's neighbour table
 //! once per connection.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::convert::Infallible;
 
 use axum::http::Request;
 use futures_util::future::BoxFuture;
