@@ -1,12 +1,17 @@
-//! Prometheus metrics: request counts and latency histograms by route, method and status.
+//! Prometheus metrics: REST request counts and latency histograms by route, method and
+//! status ([`HttpMetrics`]), and the per-network DHCP and metadata counters
+//! ([`render_networks`]).
 //!
-//! Rendered in the Prometheus text exposition format by [`HttpMetrics::render`] for
-//! `GET /metrics`.
+//! Rendered in the Prometheus text exposition format for `GET /metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::dhcp::DhcpStats;
+use crate::metadata::{MetadataStats, STATUS_CODES};
+use crate::ops::networks::runtime::NetworkCounters;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -95,6 +100,84 @@ impl HttpMetrics {
     }
 }
 
+/// The counters of every network's DHCP and metadata servers in Prometheus text format:
+/// `hyperlet_dhcp_received_total` and `hyperlet_dhcp_sent_total` by message type,
+/// `hyperlet_dhcp_ignored_total`, `hyperlet_metadata_answers_total` by status code and
+/// `hyperlet_metadata_unknown_callers_total`, each labelled with the network id.
+pub fn render_networks(networks: &[NetworkCounters]) -> String {
+    let mut out = String::new();
+    let dhcp: Vec<(&str, DhcpStats)> = networks
+        .iter()
+        .filter_map(|n| n.dhcp.map(|d| (n.network_id.as_str(), d)))
+        .collect();
+    let metadata: Vec<(&str, MetadataStats)> = networks
+        .iter()
+        .filter_map(|n| n.metadata.map(|m| (n.network_id.as_str(), m)))
+        .collect();
+    let mut family = |name: &str, help: &str, rows: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
+    let net = |id: &str| format!("network=\"{}\"", escape(id));
+    family(
+        "hyperlet_dhcp_received_total",
+        "DHCP requests received, by network and message type.",
+        dhcp.iter()
+            .flat_map(|(id, d)| {
+                [
+                    ("discover", d.discovers),
+                    ("request", d.requests),
+                    ("release", d.releases),
+                    ("decline", d.declines),
+                    ("inform", d.informs),
+                ]
+                .map(|(kind, n)| (format!("{},type=\"{kind}\"", net(id)), n))
+            })
+            .collect(),
+    );
+    family(
+        "hyperlet_dhcp_sent_total",
+        "DHCP replies sent, by network and message type.",
+        dhcp.iter()
+            .flat_map(|(id, d)| {
+                [("offer", d.offers), ("ack", d.acks), ("nak", d.naks)]
+                    .map(|(kind, n)| (format!("{},type=\"{kind}\"", net(id)), n))
+            })
+            .collect(),
+    );
+    family(
+        "hyperlet_dhcp_ignored_total",
+        "DHCP datagrams ignored (unknown MAC, another server's request, malformed), by network.",
+        dhcp.iter().map(|(id, d)| (net(id), d.ignored)).collect(),
+    );
+    family(
+        "hyperlet_metadata_answers_total",
+        "Metadata service answers, by network and status code.",
+        metadata
+            .iter()
+            .flat_map(|(id, m)| {
+                let codes = STATUS_CODES
+                    .iter()
+                    .zip(m.answers)
+                    .map(|(code, n)| (format!("{},code=\"{code}\"", net(id)), n));
+                codes.chain([(format!("{},code=\"other\"", net(id)), m.other_answers)])
+            })
+            .collect(),
+    );
+    family(
+        "hyperlet_metadata_unknown_callers_total",
+        "Metadata requests refused because the caller is no port of the network, by network.",
+        metadata
+            .iter()
+            .map(|(id, m)| (net(id), m.unknown_callers))
+            .collect(),
+    );
+    out
+}
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
@@ -118,5 +201,45 @@ mod tests {
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    #[test]
+    fn network_counters_are_rendered_per_network() {
+        let mut metadata = MetadataStats::default();
+        metadata.answers[0] = 7; // 200
+        metadata.unknown_callers = 2;
+        let networks = [
+            NetworkCounters {
+                network_id: "net-a".into(),
+                dhcp: Some(DhcpStats {
+                    discovers: 3,
+                    acks: 2,
+                    ignored: 1,
+                    ..DhcpStats::default()
+                }),
+                metadata: Some(metadata),
+            },
+            NetworkCounters {
+                network_id: "net-b".into(),
+                dhcp: None,
+                metadata: None,
+            },
+        ];
+        let text = render_networks(&networks);
+        for line in [
+            "hyperlet_dhcp_received_total{network=\"net-a\",type=\"discover\"} 3",
+            "hyperlet_dhcp_sent_total{network=\"net-a\",type=\"ack\"} 2",
+            "hyperlet_dhcp_ignored_total{network=\"net-a\"} 1",
+            "hyperlet_metadata_answers_total{network=\"net-a\",code=\"200\"} 7",
+            "hyperlet_metadata_answers_total{network=\"net-a\",code=\"other\"} 0",
+            "hyperlet_metadata_unknown_callers_total{network=\"net-a\"} 2",
+            "# TYPE hyperlet_metadata_answers_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(!text.contains("net-b"), "{text}");
     }
 }

@@ -435,6 +435,28 @@ fn guests_get_dhcp_and_their_own_metadata() {
     let a_console = agent.console(&a);
     assert!(!a_console.contains(&b), "guest A saw guest B's id");
 
+    // What the two guests did shows in the network's counters on /metrics.
+    let metrics = agent.get("/metrics").text().unwrap();
+    let counter = |family: &str, labels: &str| -> u64 {
+        let prefix = format!("{family}{{network=\"{net_id}\"{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix}in /metrics:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        counter("hyperlet_dhcp_sent_total", ",type=\"ack\"") >= 2,
+        "{metrics}"
+    );
+    // Each guest read instance-id, hostname, its key and its user data.
+    assert!(
+        counter("hyperlet_metadata_answers_total", ",code=\"200\"") >= 8,
+        "{metrics}"
+    );
+    assert_eq!(counter("hyperlet_metadata_unknown_callers_total", ""), 0);
+
     // Hot attach and detach a second NIC on A.
     let domain = agent.get_json(&format!("/v1/servers/{a}"))["domain_name"]
         .as_str()

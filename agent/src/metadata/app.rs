@@ -40,6 +40,7 @@ use super::documents::{DocumentCache, Documents};
 use super::limit::{retry_after_secs, RateLimiter};
 use super::reply::Reply;
 use super::source::{InstanceMetadata, MetadataSource, SetPasswordError};
+use super::stats::Counters;
 use super::tokens::{parse_ttl, TokenStore};
 use super::{ec2, openstack, MetadataOptions};
 
@@ -148,6 +149,7 @@ struct Inner {
     tokens: TokenStore,
     by_ip: RateLimiter<Ipv4Addr>,
     by_server: RateLimiter<String>,
+    counters: Arc<Counters>,
 }
 
 impl App {
@@ -171,6 +173,7 @@ impl App {
             tokens: TokenStore::default(),
             by_ip: RateLimiter::new(rate, burst, MAX_TRACKED),
             by_server: RateLimiter::new(rate, burst, MAX_TRACKED),
+            counters: Arc::default(),
         }))
     }
 
@@ -179,10 +182,37 @@ impl App {
         Router::new().fallback(handle).with_state(self)
     }
 
-    /// Answers one request: steps 1–6 of the module documentation. `peer` is the TCP peer
-    /// (`None` is refused with 404); `connection` what is known about its connection (`None`:
-    /// the MAC is looked up for this request alone).
+    /// Answers one request: steps 1–6 of the module documentation, counted in the server's
+    /// [`Counters`]. `peer` is the TCP peer (`None` is refused with 404); `connection` what is
+    /// known about its connection (`None`: the MAC is looked up for this request alone).
     pub(crate) async fn serve<B>(
+        &self,
+        peer: Option<SocketAddr>,
+        connection: Option<&PeerConnection>,
+        req: http::Request<B>,
+    ) -> Reply
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Display,
+    {
+        let reply = self.answer(peer, connection, req).await;
+        self.0.counters.answered(reply.status.as_u16());
+        reply
+    }
+
+    /// The live counters of this application's answers.
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.0.counters.clone()
+    }
+
+    /// 404 for a caller that is no port of the network, counted.
+    fn unknown_caller(&self, ip: Ipv4Addr) -> Reply {
+        self.0.counters.unknown_caller();
+        Reply::not_found(format!("No instance for {ip}"))
+    }
+
+    /// [`App::serve`] without the counting.
+    async fn answer<B>(
         &self,
         peer: Option<SocketAddr>,
         connection: Option<&PeerConnection>,
@@ -197,13 +227,17 @@ impl App {
                 network_id = %self.0.network_id,
                 "request without a peer address: serve the metadata router with connect info"
             );
+            self.0.counters.unknown_caller();
             return Reply::not_found("No instance for an unknown peer");
         };
         let ip = match peer.ip() {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(ip) => ip,
-                None => return Reply::not_found(format!("No instance for {v6}")),
+                None => {
+                    self.0.counters.unknown_caller();
+                    return Reply::not_found(format!("No instance for {v6}"));
+                }
             },
         };
         if let Err(wait) = self.0.by_ip.check(&ip, Instant::now()) {
@@ -216,7 +250,7 @@ impl App {
                     network_id = %self.0.network_id, %ip,
                     "refused: the namespace's neighbour table has no usable MAC for this address"
                 );
-                return no_instance(ip);
+                return self.unknown_caller(ip);
             }
             Err(reason) => {
                 tracing::warn!(
@@ -237,7 +271,7 @@ impl App {
                     mac = %crate::net::neigh::format_mac(&mac),
                     "refused: no port on this network has this address and MAC"
                 );
-                return no_instance(ip);
+                return self.unknown_caller(ip);
             }
         };
         if let Err(wait) = self.0.by_server.check(&md.uuid, Instant::now()) {
@@ -483,11 +517,6 @@ fn read_only(method: &Method, reply: Reply) -> Reply {
     } else {
         Reply::method_not_allowed("GET, HEAD")
     }
-}
-
-/// 404 for a caller that is not a known server.
-fn no_instance(ip: Ipv4Addr) -> Reply {
-    Reply::not_found(format!("No instance for {ip}"))
 }
 
 /// 429 with `Retry-After`.

@@ -69,11 +69,13 @@ mod openstack;
 mod reply;
 mod server;
 mod source;
+mod stats;
 mod tokens;
 
 pub use app::{router, IdentifyPeer, MAX_PASSWORD_BYTES, REQUEST_TIMEOUT};
 pub use server::MetadataServer;
 pub use source::{InstanceMetadata, MetadataSource, SetPasswordError};
+pub use stats::{MetadataStats, STATUS_CODES};
 
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::app::{App, PeerConnection, PeerMacs, REQUEST_TIMEOUT};
 use super::source::MetadataSource;
-use super::{MetadataError, MetadataOptions};
+use super::stats::Counters;
+use super::{MetadataError, MetadataOptions, MetadataStats};
 use crate::net::neigh::Neighbours;
 use crate::net::{netns, NetError};
 
@@ -70,6 +71,7 @@ pub struct MetadataServer {
     local_addr: SocketAddr,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
 }
 
 impl MetadataServer {
@@ -113,6 +115,7 @@ impl MetadataServer {
             })?;
         let macs = Arc::new(NeighbourMacs(neighbours));
         let app = App::new(network_id, source, options, macs, REQUEST_TIMEOUT);
+        let counters = app.counters();
         let stop = CancellationToken::new();
         let task = tokio::spawn(accept_loop(
             listener,
@@ -127,6 +130,7 @@ impl MetadataServer {
             local_addr,
             stop,
             task: Some(task),
+            counters,
         })
     }
 
@@ -143,6 +147,11 @@ impl MetadataServer {
     /// The network whose servers it answers.
     pub fn network_id(&self) -> &str {
         &self.network_id
+    }
+
+    /// Its answers by status code and the callers it could not identify, since it started.
+    pub fn stats(&self) -> MetadataStats {
+        self.counters.snapshot()
     }
 
     /// Stops accepting, lets requests in flight finish for up to 2 s, then closes every

@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
-/// Request counts and latencies by route, method and status.
+/// REST request counts and latencies by route, method and status; DHCP and metadata counters
+/// by network.
 #[utoipa::path(get, path = "/metrics", tag = "agent",
     security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text exposition format", body = String,
@@ -16,6 +17,7 @@ pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        services.metrics().render(),
+        services.metrics().render()
+            + &crate::metrics::render_networks(&services.net_runtime().counters().await),
     )
 }

@@ -930,3 +930,34 @@ async fn options_and_arguments_are_validated_before_anything() {
         })
     ));
 }
+
+#[tokio::test]
+async fn answers_and_unknown_callers_are_counted() {
+    let app = App::new(
+        NETWORK,
+        Arc::new(FakeSource::new(servers())),
+        MetadataOptions::default(),
+        Arc::new(FnPeerMacs(neighbours())),
+        Duration::from_secs(5),
+    );
+    let counters = app.counters();
+    let app = app.into_router();
+    get(&app, 10, "/latest/meta-data/instance-id").await.ok();
+    get(&app, 11, "/openstack/latest/meta_data.json")
+        .await
+        .json();
+    // A path that does not exist: a 404, but the caller is known.
+    assert_eq!(
+        get(&app, 10, "/no/such/tree").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // A spoofed address (.12's MAC is no port's) and an address without a neighbour entry.
+    for last in [12, 13] {
+        assert_eq!(get(&app, last, "/").await.status, StatusCode::NOT_FOUND);
+    }
+    let stats = counters.snapshot();
+    assert_eq!(stats.answers_with(200), 2, "{stats:?}");
+    assert_eq!(stats.answers_with(404), 3, "{stats:?}");
+    assert_eq!(stats.unknown_callers, 2, "{stats:?}");
+    assert_eq!(stats.other_answers, 0, "{stats:?}");
+}

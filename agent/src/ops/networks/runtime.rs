@@ -10,9 +10,10 @@
 
 use super::backend;
 use super::model::mac_bytes;
-use crate::dhcp::{DhcpServer, HostRoute as DhcpRoute, Lease, LeaseSource};
+use crate::dhcp::{DhcpServer, DhcpStats, HostRoute as DhcpRoute, Lease, LeaseSource};
 use crate::metadata::{
-    InstanceMetadata, MetadataOptions, MetadataServer, MetadataSource, SetPasswordError,
+    InstanceMetadata, MetadataOptions, MetadataServer, MetadataSource, MetadataStats,
+    SetPasswordError,
 };
 use crate::net::links::Netlink;
 use crate::net::model::{
@@ -63,6 +64,35 @@ impl NetRuntime {
             .remove(id)
     }
 
+    /// The counters of every network's running DHCP and metadata servers, by network id
+    /// (for `GET /metrics`; a server restarted by a sync starts again from zero).
+    pub async fn counters(&self) -> Vec<NetworkCounters> {
+        let mut all: Vec<(String, Arc<Running>)> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(all.len());
+        for (network_id, running) in all {
+            let dhcp = running.dhcp.lock().await.as_ref().map(DhcpServer::stats);
+            let metadata = running
+                .metadata
+                .lock()
+                .await
+                .as_ref()
+                .map(MetadataServer::stats);
+            out.push(NetworkCounters {
+                network_id,
+                dhcp,
+                metadata,
+            });
+        }
+        out
+    }
+
     /// Stops every server (agent shutdown).
     pub async fn stop_all(&self) {
         let all: Vec<Arc<Running>> = self
@@ -76,6 +106,17 @@ impl NetRuntime {
             running.stop().await;
         }
     }
+}
+
+/// The counters of one network's DHCP and metadata servers (`None`: not running).
+#[derive(Debug, Clone)]
+pub struct NetworkCounters {
+    /// The network.
+    pub network_id: String,
+    /// Its DHCP server's counters.
+    pub dhcp: Option<DhcpStats>,
+    /// Its metadata server's counters.
+    pub metadata: Option<MetadataStats>,
 }
 
 /// The DHCP and metadata servers of one network, and what they were set up for.
