@@ -18,6 +18,6 @@ pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         services.metrics().render()
-            + &crate::metrics::render_networks(&services.net_runtime().counters().await),
+            + &crate::metrics::render_networks(&services.net_runtime().counters()),
     )
 }

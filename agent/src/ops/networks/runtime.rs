@@ -65,8 +65,9 @@ impl NetRuntime {
     }
 
     /// The counters of every network's running DHCP and metadata servers, by network id
-    /// (for `GET /metrics`; a server restarted by a sync starts again from zero).
-    pub async fn counters(&self) -> Vec<NetworkCounters> {
+    /// (for `GET /metrics`; a server restarted by a sync starts again from zero). Never waits:
+    /// a server that a sync is starting or stopping right now is left out of this snapshot.
+    pub fn counters(&self) -> Vec<NetworkCounters> {
         let mut all: Vec<(String, Arc<Running>)> = self
             .running
             .lock()
@@ -77,13 +78,16 @@ impl NetRuntime {
         all.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::with_capacity(all.len());
         for (network_id, running) in all {
-            let dhcp = running.dhcp.lock().await.as_ref().map(DhcpServer::stats);
+            let dhcp = running
+                .dhcp
+                .try_lock()
+                .ok()
+                .and_then(|d| d.as_ref().map(DhcpServer::stats));
             let metadata = running
                 .metadata
-                .lock()
-                .await
-                .as_ref()
-                .map(MetadataServer::stats);
+                .try_lock()
+                .ok()
+                .and_then(|m| m.as_ref().map(MetadataServer::stats));
             out.push(NetworkCounters {
                 network_id,
                 dhcp,
