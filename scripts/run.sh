@@ -11,4 +11,4 @@ bash scripts/setup.sh
 cargo build --release --locked -p hyperlet
 bash scripts/build-plugins.sh
 export HYPERLET_CONFIG="${HYPERLET_CONFIG:-contrib/single-node.toml}"
-exec ./target/release/hyperlet serve "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/hyperlet" serve "$@"
