@@ -23,8 +23,8 @@ pub struct NetworkCreate {
     /// Name.
     #[serde(default)]
     pub name: String,
-    /// flat, vlan, vxlan or local [default: local].
-    #[serde(default)]
+    /// flat, vlan, vxlan or local [default: local]. Also accepted as `type`.
+    #[serde(default, alias = "type")]
     pub network_type: Option<NetworkType>,
     /// Physical network label (flat and vlan; mapped to an interface by the backend).
     #[serde(default)]
@@ -442,6 +442,15 @@ mod tests {
         );
         assert!(net(serde_json::json!({"network_type": "local", "segmentation_id": 5})).is_err());
         assert!(net(serde_json::json!({"mtu": 20})).is_err());
+        // `type` is the same field.
+        let aliased: NetworkCreate =
+            serde_json::from_value(serde_json::json!({"type": "vxlan", "segmentation_id": 7}))
+                .unwrap();
+        assert_eq!(aliased.network_type, Some(NetworkType::Vxlan));
+        assert!(serde_json::from_value::<NetworkCreate>(
+            serde_json::json!({"type": "vxlan", "network_type": "local"})
+        )
+        .is_err());
     }
 
     #[test]
