@@ -147,8 +147,9 @@ pub struct SubnetCreate {
     pub name: String,
     /// The IPv4 prefix, e.g. `198.51.100.0/24`.
     pub cidr: String,
-    /// The gateway: absent → the first address; `null` → no gateway.
-    #[serde(default, deserialize_with = "double_option")]
+    /// The gateway: absent → the first address; `null` → no gateway. Also accepted as
+    /// `gateway`.
+    #[serde(default, alias = "gateway", deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub gateway_ip: Option<Option<Ipv4Addr>>,
     /// Address ranges to allocate from [default: every host address but the gateway].
@@ -311,8 +312,8 @@ pub struct PortCreate {
     /// Name.
     #[serde(default)]
     pub name: String,
-    /// MAC address [default: generated in fa:16:3e:xx:xx:xx].
-    #[serde(default)]
+    /// MAC address [default: generated in fa:16:3e:xx:xx:xx]. Also accepted as `mac`.
+    #[serde(default, alias = "mac")]
     pub mac_address: Option<String>,
     /// Addresses [default: one free address].
     #[serde(default)]
@@ -442,7 +443,17 @@ mod tests {
         );
         assert!(net(serde_json::json!({"network_type": "local", "segmentation_id": 5})).is_err());
         assert!(net(serde_json::json!({"mtu": 20})).is_err());
-        // `type` is the same field.
+        // The shorter names are the same fields.
+        let subnet: SubnetCreate = serde_json::from_value(
+            serde_json::json!({"network_id": "n", "cidr": "198.51.100.0/24", "gateway": null}),
+        )
+        .unwrap();
+        assert_eq!(subnet.gateway_ip, Some(None));
+        let port: PortCreate = serde_json::from_value(
+            serde_json::json!({"network_id": "n", "mac": "fa:16:3e:00:00:01"}),
+        )
+        .unwrap();
+        assert_eq!(port.mac_address.as_deref(), Some("fa:16:3e:00:00:01"));
         let aliased: NetworkCreate =
             serde_json::from_value(serde_json::json!({"type": "vxlan", "segmentation_id": 7}))
                 .unwrap();
