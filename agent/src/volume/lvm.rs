@@ -553,10 +553,7 @@ fn check_name(what: &'static str, name: &str) -> Result<(), VolumeError> {
         Some("must not start with '-'")
     } else if name == "." {
         Some("must not be '.'")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-'))
-    {
+    } else if !super::names::has_portable_chars(name) {
         Some("only letters, digits and _ + . - are allowed")
     } else {
         None

@@ -150,10 +150,7 @@ pub fn check_file_name(name: &str) -> Result<(), VolumeError> {
         Some("must be at most 255 bytes")
     } else if name.starts_with('.') || name.starts_with('-') {
         Some("must not start with '.' or '-'")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-'))
-    {
+    } else if !has_portable_chars(name) {
         Some("only letters, digits and _ + . - are allowed")
     } else {
         None
@@ -166,6 +163,12 @@ pub fn check_file_name(name: &str) -> Result<(), VolumeError> {
             reason,
         }),
     }
+}
+
+/// Whether `name` uses only `[A-Za-z0-9_+.-]`, the characters file and LVM names share.
+pub(crate) fn has_portable_chars(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'.' | b'-'))
 }
 
 #[cfg(test)]
