@@ -45,10 +45,9 @@ fn create_volume(agent: &Agent, body: Value) -> Value {
     wait_volume(agent, v["id"].as_str().unwrap(), "available")
 }
 
-#[test]
-fn lvm_volumes_through_the_api_and_bad_input() {
-    let vg = TestVg::new(6);
-    let config = format!(
+/// The agent's configuration with one LVM backend on `vg`.
+fn lvm_config(vg: &TestVg) -> String {
+    format!(
         "{}\n{}",
         CONFIG,
         stanza(
@@ -58,7 +57,13 @@ fn lvm_volumes_through_the_api_and_bad_input() {
             &format!("volume_group = \"{}\"", vg.vg),
             &vg.grant()
         )
-    );
+    )
+}
+
+#[test]
+fn lvm_volumes_through_the_api_and_bad_input() {
+    let vg = TestVg::new(6);
+    let config = lvm_config(&vg);
     let agent = Agent::start_with_config(&config);
     let (s, answer) = post(
         &agent,
@@ -392,17 +397,7 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
 #[test]
 fn kill_9_during_a_volume_create_leaves_no_backend_object() {
     let vg = TestVg::new(4);
-    let config = format!(
-        "{}\n{}",
-        CONFIG,
-        stanza(
-            "lvm",
-            "volume-lvm",
-            "[\"log\", \"lvm\"]",
-            &format!("volume_group = \"{}\"", vg.vg),
-            &vg.grant()
-        )
-    );
+    let config = lvm_config(&vg);
     let mut agent = Agent::start_with_config(&config);
     let (s, t) = post(
         &agent,
