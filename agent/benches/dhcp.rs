@@ -8,15 +8,13 @@
 //! sending the DISCOVER to receiving the ACK, so it includes two round trips.
 
 use std::collections::HashMap;
-use std::io;
-use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType};
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dhcproto::v4::{DhcpOption, Message, MessageType};
+use dhcproto::{Decodable, Decoder};
+use hyperlet::dhcp::client::{open_socket, request};
 use hyperlet::dhcp::{DhcpServer, HostRoute, Lease, LeaseSource};
 use hyperlet::net::links::Netlink;
 use hyperlet::net::netns;
@@ -57,75 +55,6 @@ impl LeaseSource for OnePort {
     }
 }
 
-/// A UDP socket on 0.0.0.0:68 bound to `ifname`, opened in the calling thread's namespace.
-fn client_socket(ifname: &str) -> io::Result<UdpSocket> {
-    let check = |rc: libc::c_int| {
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(rc)
-        }
-    };
-    // SAFETY: plain socket(2); the descriptor is owned right below.
-    let raw =
-        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `raw` is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let one: libc::c_int = 1;
-    for option in [libc::SO_REUSEADDR, libc::SO_BROADCAST] {
-        // SAFETY: `fd` is open; the value is a live c_int of the given size.
-        check(unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&raw const one).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
-    }
-    // SAFETY: the value is the interface name's bytes with their exact length.
-    check(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            ifname.as_ptr().cast(),
-            ifname.len() as libc::socklen_t,
-        )
-    })?;
-    let socket = UdpSocket::from(fd);
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 68u16.to_be(),
-        sin_addr: libc::in_addr { s_addr: 0 },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `addr` is a valid sockaddr_in and the length is its size.
-    check(unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const addr).cast(),
-            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })?;
-    Ok(socket)
-}
-
-/// An encoded client message.
-fn request(kind: MessageType, mac: [u8; 6], xid: u32, opts: Vec<DhcpOption>) -> Vec<u8> {
-    let z = Ipv4Addr::UNSPECIFIED;
-    let mut msg = Message::new_with_id(xid, z, z, z, z, &mac);
-    msg.set_flags(Flags::default().set_broadcast());
-    msg.opts_mut().insert(DhcpOption::MessageType(kind));
-    for opt in opts {
-        msg.opts_mut().insert(opt);
-    }
-    let mut buf = Vec::new();
-    msg.encode(&mut Encoder::new(&mut buf)).expect("encode");
-    buf
-}
-
 /// Sends `datagram` to the broadcast address and waits for the reply with `xid`.
 async fn round_trip(client: &tokio::net::UdpSocket, datagram: &[u8], xid: u32) -> Message {
     let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
@@ -149,7 +78,13 @@ async fn exchange(client: &tokio::net::UdpSocket, mac: [u8; 6], xid: u32) -> Dur
     let start = Instant::now();
     let offer = round_trip(
         client,
-        &request(MessageType::Discover, mac, xid, vec![]),
+        &request(
+            MessageType::Discover,
+            mac,
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            vec![],
+        ),
         xid,
     )
     .await;
@@ -158,6 +93,7 @@ async fn exchange(client: &tokio::net::UdpSocket, mac: [u8; 6], xid: u32) -> Dur
         MessageType::Request,
         mac,
         xid,
+        Ipv4Addr::UNSPECIFIED,
         vec![
             DhcpOption::ServerIdentifier(SERVER_IP),
             DhcpOption::RequestedIpAddress(offer.yiaddr()),
@@ -219,12 +155,11 @@ async fn run(n: usize) {
 
     let ns = client_ns.0.clone();
     let std_client =
-        tokio::task::spawn_blocking(move || netns::run_in(&ns, || client_socket(CLIENT_IF)))
+        tokio::task::spawn_blocking(move || netns::run_in(&ns, || open_socket(CLIENT_IF, 68)))
             .await
             .expect("join")
             .expect("enter the client namespace")
             .expect("client socket");
-    std_client.set_nonblocking(true).expect("nonblocking");
     let client = tokio::net::UdpSocket::from_std(std_client).expect("tokio socket");
 
     // The veth may drop the very first frames while it comes up.

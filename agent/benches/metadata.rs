@@ -66,7 +66,6 @@ use std::time::{Duration, Instant};
 
 use hyperlet::metadata::{MetadataOptions, MetadataServer, MetadataSource};
 use hyperlet::net::links::Netlink;
-use hyperlet::net::neigh::format_mac;
 
 use nginx::Nginx;
 use procs::{curl_to, ip, make_readable, require, run_within, NsGuard};
@@ -110,7 +109,7 @@ enum Server {
     Agent,
     /// The baseline.
     Nginx,
-    /// Diagnostic: the agent's application with the MAC given.
+    /// Diagnostic: the agent's application through the axum router, with the MAC given.
     AppWithoutNeighbours,
     /// Diagnostic: axum + hyper with the bodies in memory.
     StaticAxum,
@@ -133,7 +132,7 @@ impl Server {
         match self {
             Server::Agent => "hyperlet `MetadataServer`",
             Server::Nginx => "nginx (baseline)",
-            Server::AppWithoutNeighbours => "hyperlet app, MAC given (no neighbour dump)",
+            Server::AppWithoutNeighbours => "hyperlet app via the axum router, MAC given",
             Server::StaticAxum => "axum + hyper, bodies from memory",
         }
     }
@@ -165,15 +164,9 @@ async fn build_topology(server: &str, client: &str) {
     let cli = Netlink::in_namespace(client)
         .await
         .expect("netlink in the client namespace");
-    ip(&[
-        "-n",
-        client,
-        "link",
-        "set",
-        "eth0",
-        "address",
-        &format_mac(&CLIENT_MAC),
-    ]);
+    cli.set_mac("eth0", CLIENT_MAC)
+        .await
+        .expect("set the guest's MAC on eth0");
     cli.add_ipv4("eth0", CLIENT_IP, 24)
         .await
         .expect("add 198.51.100.10/24");

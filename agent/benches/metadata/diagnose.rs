@@ -1,8 +1,9 @@
 //! Diagnostic servers (`HYPERLET_BENCH_DIAGNOSE=1`), each in the same namespace and runtime as
 //! the agent, to split its cost:
 //!
-//! * the agent's own application ([`hyperlet::metadata::router`]) with the caller's MAC given
-//!   instead of read from the neighbour table — everything but the neighbour dump;
+//! * the agent's own application through the axum router ([`hyperlet::metadata::router`],
+//!   served by `axum::serve`) with the caller's MAC given instead of read from the neighbour
+//!   table: the application behind a heavier HTTP stack than the real server's;
 //! * axum + hyper answering the mirrored bodies from memory — the HTTP stack alone.
 
 use std::collections::HashMap;

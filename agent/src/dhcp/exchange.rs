@@ -186,8 +186,7 @@ fn destination(req: &Request, kind: MessageType) -> SocketAddrV4 {
 }
 
 /// Builds a client request — used by the tests and the benchmark's raw client.
-#[cfg(test)]
-pub(crate) fn client_request(
+pub fn client_request(
     kind: MessageType,
     mac: [u8; 6],
     xid: u32,

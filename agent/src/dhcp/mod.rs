@@ -73,6 +73,14 @@ mod server;
 mod socket;
 
 pub use lease::{HostRoute, Lease, LeaseSource};
+
+/// A raw DHCP client's pieces, for the tests and the benchmark (not the agent's API): the
+/// request encoder and the device-bound socket the server uses too.
+#[doc(hidden)]
+pub mod client {
+    pub use super::exchange::client_request as request;
+    pub use super::socket::{open as open_socket, SocketError};
+}
 pub use server::{DhcpServer, DhcpStats};
 
 #[cfg(test)]

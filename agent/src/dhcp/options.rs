@@ -15,11 +15,7 @@ const INFINITE: u32 = u32::MAX;
 
 /// The netmask of a prefix length (`24` → `255.255.255.0`); `None` above 32.
 pub(crate) fn netmask(prefix_len: u8) -> Option<Ipv4Addr> {
-    match prefix_len {
-        0 => Some(Ipv4Addr::UNSPECIFIED),
-        1..=32 => Some(Ipv4Addr::from(u32::MAX << (32 - u32::from(prefix_len)))),
-        _ => None,
-    }
+    (prefix_len <= 32).then(|| Ipv4Addr::from(crate::net::cidr::mask(prefix_len)))
 }
 
 /// The lease time in whole seconds as sent in option 51: at least 1, [`INFINITE`] at or above

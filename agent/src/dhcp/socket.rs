@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Which step of opening the socket failed, and why.
 #[derive(Debug)]
-pub(crate) struct SocketError {
+pub struct SocketError {
     /// The step, e.g. `set SO_BINDTODEVICE`.
     pub step: &'static str,
     /// The OS error.
@@ -39,8 +39,8 @@ fn set_int(fd: &OwnedFd, name: libc::c_int, value: libc::c_int) -> io::Result<()
 
 /// Opens a non-blocking UDP socket on 0.0.0.0:`port` with `SO_REUSEADDR`, `SO_BROADCAST` and
 /// `SO_BINDTODEVICE(ifname)`, in the calling thread's network namespace. The server uses port
-/// 67; the tests' raw client uses 68.
-pub(crate) fn open(ifname: &str, port: u16) -> Result<UdpSocket, SocketError> {
+/// 67; the tests' and the benchmark's raw client use 68.
+pub fn open(ifname: &str, port: u16) -> Result<UdpSocket, SocketError> {
     let fail = |step| move |source| SocketError { step, source };
     // SAFETY: plain socket(2) call; the returned descriptor is owned right below.
     let raw = unsafe {

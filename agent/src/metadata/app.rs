@@ -91,8 +91,8 @@ impl PeerMacs for FnPeerMacs {
     }
 }
 
-/// What the server knows about one TCP connection, carried by each of its requests as an
-/// `Arc<PeerConnection>` extension: when it was accepted, and the peer's MAC once found.
+/// What the server knows about one TCP connection, handed to [`App::serve`] with each of its
+/// requests: when it was accepted, and the peer's MAC once found.
 #[derive(Debug)]
 pub(crate) struct PeerConnection {
     accepted: Instant,
@@ -504,10 +504,8 @@ async fn handle(State(app): State<App>, req: Request) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    let connection = req.extensions().get::<Arc<PeerConnection>>().cloned();
-    app.serve(peer, connection.as_deref(), req)
-        .await
-        .into_response()
+    // Through the router every request looks its caller's MAC up on its own.
+    app.serve(peer, None, req).await.into_response()
 }
 
 /// `reply` for GET and HEAD; 405 for other methods on an existing path (404 stays 404).

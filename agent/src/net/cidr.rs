@@ -81,7 +81,8 @@ impl Ipv4Cidr {
     }
 }
 
-fn mask(prefix_len: u8) -> u32 {
+/// The netmask of a prefix length (at most 32) as a number: `24` → `0xffffff00`.
+pub(crate) fn mask(prefix_len: u8) -> u32 {
     if prefix_len == 0 {
         0
     } else {

@@ -432,9 +432,11 @@ impl Netlink {
         let msg = LinkUnspec::new_with_index(index)
             .address(mac.to_vec())
             .build();
-        let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
         self.set(
-            &format!("set the address of {name} to {}", text.join(":")),
+            &format!(
+                "set the address of {name} to {}",
+                super::neigh::format_mac(&mac)
+            ),
             name,
             msg,
         )

@@ -262,7 +262,7 @@ impl Neighbours {
     ///
     /// As [`Neighbours::ipv4_entries`].
     pub async fn ipv4_mac(&self, address: Ipv4Addr) -> Result<Option<[u8; 6]>, NetError> {
-        Ok(unique_mac(&self.ipv4_entries().await?, address))
+        self.ipv4_mac_since(address, Instant::now()).await
     }
 
     /// `op`, with the namespace it ran in.
