@@ -376,7 +376,8 @@ impl Store {
     }
 
     /// The network using a segment, if any (flat: per physical network; vlan: per physical
-    /// network and VLAN id; vxlan: per VNI).
+    /// network and VLAN id; vxlan: per VNI). Local networks have no segment: always `None`,
+    /// as the unique index on segments leaves them out too.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be read.
@@ -390,6 +391,7 @@ impl Store {
             Ok(conn
                 .query_row(
                     "SELECT id FROM networks WHERE network_type = ?1
+                       AND network_type IN ('vlan', 'vxlan', 'flat')
                        AND COALESCE(physical_network, '') = ?2 AND COALESCE(segmentation_id, -1) = ?3",
                     params![kind, phys, seg],
                     |r| r.get(0),
