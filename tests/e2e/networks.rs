@@ -112,6 +112,16 @@ fn networks_subnets_ports_and_bad_input() {
         "{link}"
     );
 
+    // Local networks have no segment: a second one is no conflict (issue's `type` name).
+    let (s, second) = post(
+        &agent,
+        "/v1/networks",
+        json!({"name": "second", "type": "local"}),
+    );
+    assert_eq!(s, 201, "{second}");
+    let second_id = second["id"].as_str().unwrap();
+    assert_eq!(delete(&agent, &format!("/v1/networks/{second_id}")), 204);
+
     let before_nets = agent.get_json("/v1/networks");
     let before_subnets = agent.get_json("/v1/subnets");
     for (path, body, want) in [
@@ -216,6 +226,22 @@ fn networks_subnets_ports_and_bad_input() {
         json!({"network_id": net_id, "mac_address": port["mac_address"]}),
     );
     assert_eq!(s, 409, "{answer}");
+    // A subnet alone picks the subnet; one of no network here is refused.
+    let (s, in_subnet) = post(
+        &agent,
+        "/v1/ports",
+        json!({"network_id": net_id, "fixed_ips": [{"subnet_id": subnet["id"]}]}),
+    );
+    assert_eq!(s, 201, "{in_subnet}");
+    assert_eq!(in_subnet["fixed_ips"][0]["subnet_id"], subnet["id"]);
+    let (s, answer) = post(
+        &agent,
+        "/v1/ports",
+        json!({"network_id": net_id, "fixed_ips": [{"subnet_id": "no-such-subnet"}]}),
+    );
+    assert_eq!(s, 400, "{answer}");
+    let in_subnet_id = in_subnet["id"].as_str().unwrap();
+    assert_eq!(delete(&agent, &format!("/v1/ports/{in_subnet_id}")), 204);
 
     // Concurrent allocation never hands out one address twice.
     let ips: Vec<String> = std::thread::scope(|scope| {

@@ -76,24 +76,36 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
     let mac = req.validate()?;
     let mut ips = Vec::new();
     for want in req.fixed_ips.clone().unwrap_or_default() {
-        match (want.ip_address, want.subnet_id) {
-            (Some(ip), Some(subnet_id)) => {
-                let subnet = super::subnets::get(services, &subnet_id)
+        let subnet = match &want.subnet_id {
+            Some(subnet_id) => {
+                let subnet = super::subnets::get(services, subnet_id)
                     .await
-                    .map_err(|_| {
-                        OpError::InvalidInput(format!("subnet_id {subnet_id:?} is not a subnet"))
+                    .ok()
+                    .filter(|s| s.network_id == req.network_id)
+                    .ok_or_else(|| {
+                        OpError::InvalidInput(format!(
+                            "subnet_id {subnet_id:?} is not a subnet of network {}",
+                            req.network_id
+                        ))
                     })?;
+                Some(subnet)
+            }
+            None => None,
+        };
+        ips.push(match (want.ip_address, subnet) {
+            (Some(ip), Some(subnet)) => {
                 if !subnet.prefix().contains(ip) {
                     return Err(OpError::InvalidInput(format!(
-                        "ip_address {ip} is outside subnet {subnet_id} ({})",
-                        subnet.cidr
+                        "ip_address {ip} is outside subnet {} ({})",
+                        subnet.id, subnet.cidr
                     )));
                 }
-                ips.push(IpRequest::Fixed(ip));
+                IpRequest::Fixed(ip)
             }
-            (Some(ip), None) => ips.push(IpRequest::Fixed(ip)),
-            (None, _) => ips.push(IpRequest::Any),
-        }
+            (Some(ip), None) => IpRequest::Fixed(ip),
+            (None, Some(subnet)) => IpRequest::InSubnet(subnet.id),
+            (None, None) => IpRequest::Any,
+        });
     }
     if req.fixed_ips.is_none() {
         ips.push(IpRequest::Any);
