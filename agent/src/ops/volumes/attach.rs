@@ -143,6 +143,11 @@ pub async fn attach(
 ) -> Result<Server, OpError> {
     let lock = services.server_lock(server_id);
     let _guard = lock.lock().await;
+    // Then the volume's: no other server attaches it, and no snapshot, extend or delete
+    // runs on it, in between the status check and the new status (server before volume,
+    // always in that order).
+    let volume_lock = super::volume_lock(services, volume_id);
+    let _volume_guard = volume_lock.lock().await;
     let loaded = crate::ops::servers::load(services, server_id).await?;
     check_status(loaded.status)?;
     let volume = get_volume(services, volume_id)
@@ -213,6 +218,11 @@ pub async fn detach(
 ) -> Result<Server, OpError> {
     let lock = services.server_lock(server_id);
     let _guard = lock.lock().await;
+    // Then the volume's: no other server attaches it, and no snapshot, extend or delete
+    // runs on it, in between the status check and the new status (server before volume,
+    // always in that order).
+    let volume_lock = super::volume_lock(services, volume_id);
+    let _volume_guard = volume_lock.lock().await;
     let loaded = crate::ops::servers::load(services, server_id).await?;
     check_status(loaded.status)?;
     if loaded
@@ -316,6 +326,8 @@ pub async fn reserve_boot(
     server_id: &str,
     volume_id: &str,
 ) -> Result<AttachedVolume, OpError> {
+    let lock = super::volume_lock(services, volume_id);
+    let _guard = lock.lock().await;
     let volume = get_volume(services, volume_id).await?;
     if volume.status != "available" {
         return Err(OpError::Conflict(format!(

@@ -51,6 +51,8 @@ pub async fn create(services: &Services, req: SnapshotCreate) -> Result<Snapshot
             "name must have at most 255 characters and no control characters".into(),
         ));
     }
+    let lock = super::volume_lock(services, &req.volume_id);
+    let _guard = lock.lock().await;
     let volume = get_volume(services, &req.volume_id).await.map_err(|_| {
         OpError::InvalidInput(format!("volume_id {} is not a volume", req.volume_id))
     })?;
