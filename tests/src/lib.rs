@@ -264,11 +264,13 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         // The networks this agent made: their namespaces and bridges go too (a failed test
-        // may leave them; the kernel objects outlive the process).
-        let networks: Vec<String> = if self.child.is_some() {
+        // may leave them; the kernel objects outlive the process). An agent that died before
+        // writing its token made none (and `token()` would panic again while unwinding).
+        let token = std::fs::read_to_string(self.state_dir().join("admin.token")).ok();
+        let networks: Vec<String> = if let (Some(_), Some(token)) = (&self.child, token) {
             self.client()
                 .get(format!("{}/v1/networks", self.url()))
-                .bearer_auth(self.token())
+                .bearer_auth(token.trim())
                 .timeout(Duration::from_secs(5))
                 .send()
                 .ok()
@@ -298,11 +300,14 @@ impl Drop for Agent {
         }
         for id in networks {
             let _ = Command::new("ip")
-                .args(["netns", "delete", &format!("qdhcp-{id}")])
+                .args([
+                    "netns",
+                    "delete",
+                    &hyperlet::net::model::dhcp_namespace(&id),
+                ])
                 .output();
-            let bridge: String = format!("brq{}", id.chars().take(11).collect::<String>());
             let _ = Command::new("ip")
-                .args(["link", "delete", &bridge])
+                .args(["link", "delete", &hyperlet::net::model::bridge_name(&id)])
                 .output();
         }
     }
