@@ -480,13 +480,9 @@ impl LoadedPlugin {
         })?;
         if crate::net::validate_ifname(&bridge).is_err() {
             // The call itself was counted as a success by `call_backend`.
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            let e = PluginError::BadAnswer {
-                plugin: self.name.to_string(),
-                reason: format!("the bridge name {bridge:?} is not an interface name"),
-            };
-            tracing::warn!(plugin = %self.name, error = %e, "plugin call failed");
-            return Err(e);
+            return Err(self.refuse_answer(format!(
+                "the bridge name {bridge:?} is not an interface name"
+            )));
         }
         Ok(bridge)
     }

@@ -33,7 +33,7 @@ pub struct VolumeHost {
 fn plugin_error(e: &VolumeError) -> WitPluginError {
     WitPluginError {
         code: e.code().into(),
-        message: e.chain(),
+        message: crate::api::error::chain(e),
     }
 }
 

@@ -285,18 +285,6 @@ impl VolumeError {
             _ => "failed",
         }
     }
-
-    /// The message with every wrapped cause, for a plugin-error.
-    pub fn chain(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        message
-    }
 }
 
 /// Whether a tool's message says the backend is full.

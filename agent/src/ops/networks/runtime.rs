@@ -624,7 +624,7 @@ fn network_data(
     port: &Port,
     subnets: &HashMap<String, Subnet>,
 ) -> serde_json::Value {
-    let link_id = format!("tap{}", &port.id.chars().take(11).collect::<String>());
+    let link_id = port.device_name.clone();
     let mut networks = Vec::new();
     let mut dns = Vec::new();
     for (i, fixed) in port.fixed_ips.iter().enumerate() {

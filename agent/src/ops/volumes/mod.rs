@@ -83,23 +83,12 @@ pub(crate) fn volume_lock(services: &Services, id: &str) -> Arc<tokio::sync::Mut
 
 /// The driver's view of a volume.
 pub fn volume_ref(v: &Volume) -> VolumeRef {
-    VolumeRef {
-        id: v.id.clone(),
-        name: format!("volume-{}", v.id),
-        size_gb: v.size_gb,
-    }
+    VolumeRef::new(&v.id, v.size_gb)
 }
 
 /// The driver's view of a snapshot.
 pub fn snapshot_ref(s: &crate::state::Snapshot, v: &Volume) -> SnapshotRef {
-    SnapshotRef {
-        id: s.id.clone(),
-        name: format!("snapshot-{}", s.id),
-        volume: VolumeRef {
-            size_gb: s.size_gb,
-            ..volume_ref(v)
-        },
-    }
+    SnapshotRef::new(&s.id, VolumeRef::new(&v.id, s.size_gb))
 }
 
 /// A volume, or 404.
@@ -437,11 +426,7 @@ impl OperationHandler for CreateHandler {
                         .as_str()
                         .unwrap_or_default()
                         .to_string();
-                    let v = VolumeRef {
-                        id: id.to_string(),
-                        name: format!("volume-{id}"),
-                        size_gb: step.data["size_gb"].as_u64().unwrap_or(0),
-                    };
+                    let v = VolumeRef::new(id, step.data["size_gb"].as_u64().unwrap_or(0));
                     driver::call(services, &backend, move |p| p.volume_delete(&v))
                         .await
                         .map_err(|e| e.to_string())

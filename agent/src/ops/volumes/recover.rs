@@ -17,21 +17,26 @@ use crate::ops::{OpError, Services};
 /// [`OpError::Store`] when the store cannot be read; a failing driver only leaves that volume
 /// in `error_deleting`.
 pub async fn recover(services: &Services) -> Result<(), OpError> {
+    let journaled: std::collections::HashSet<String> = services
+        .journal()
+        .unfinished()
+        .await?
+        .into_iter()
+        .map(|op| op.resource_id)
+        .collect();
     for volume in services.store().list_volumes(None).await? {
         let id = volume.id.as_str();
         match volume.status.as_str() {
-            "creating" => {
-                let ops = services.journal().unfinished().await?;
-                if !ops.iter().any(|op| op.resource_id == id) {
-                    tracing::warn!(volume_id = id, "create interrupted before it was journaled");
-                    set_status(
-                        services,
-                        id,
-                        "error",
-                        Some("the create was interrupted by an agent restart".into()),
-                    )
-                    .await?;
-                }
+            // A journaled create is finished or undone by the journal's own recovery.
+            "creating" if !journaled.contains(id) => {
+                tracing::warn!(volume_id = id, "create interrupted before it was journaled");
+                set_status(
+                    services,
+                    id,
+                    "error",
+                    Some("the create was interrupted by an agent restart".into()),
+                )
+                .await?;
             }
             "attaching" | "detaching" | "in-use" => {
                 let attached = match &volume.attached_to {
