@@ -6,9 +6,11 @@
 # Extra arguments go to `hyperlet serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Everything is built into ./target: contrib/single-node.toml names the plugins there.
+unset CARGO_TARGET_DIR
 
 bash scripts/setup.sh
 cargo build --release --locked -p hyperlet
 bash scripts/build-plugins.sh
 export HYPERLET_CONFIG="${HYPERLET_CONFIG:-contrib/single-node.toml}"
-exec "${CARGO_TARGET_DIR:-target}/release/hyperlet" serve "$@"
+exec ./target/release/hyperlet serve "$@"

@@ -18,14 +18,16 @@ PACKAGES=(
     qemu-system-x86 qemu-utils qemu-block-extra
     # Volume drivers: LVM tools; a userspace NFS server (the tests run their own ganesha with
     # rpcbind), libnfs-utils to look at shares, qemu-block-extra for qemu-img's nfs:// driver.
-    # (A production node that mounts shares with the kernel also needs nfs-common.)
+    # nfs-common: mount.nfs for a volume-nfs backend with `access = "mount"`.
     lvm2
-    nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind
+    nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind nfs-common
     busybox-static cpio
     etcd-server
     sqlite3
     iproute2 nftables
     openssl curl wrk
+    # python3: cloud-init's readers in the e2e test and scripts/bench.sh.
+    python3
     # nginx: the baseline of the metadata bench (agent/benches/metadata.rs), which starts its own
     # nginx with its own config inside a namespace; the distribution's service is not wanted.
     nginx
