@@ -9,8 +9,7 @@
 use hyperlet::config::PluginKind;
 use hyperlet::net::{BackendNetwork, NetworkType};
 use hyperlet::plugin::{PluginError, PluginStatus};
-use hyperlet_tests::plugin_wasm;
-use hyperlet_tests::plugins::{call, registry};
+use hyperlet_tests::plugins::{call, registry, reported};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 
@@ -134,18 +133,15 @@ fn network(
 }
 
 /// The plugin-error code of a reported failure.
-fn reported(e: PluginError) -> (String, String) {
-    match e {
-        PluginError::Reported { code, message, .. } => (code, message),
-        other => panic!("expected the plugin to report an error, got {other}"),
-    }
-}
-
 fn stanza(name: &str, krate: &str, grants: &str, settings: &str, netlink: &str) -> String {
-    format!(
-        "[[plugins]]\nname = \"{name}\"\nkind = \"network-backend\"\npath = \"{}\"\n\
-         grants = {grants}\ncall_timeout_ms = 20000\nsettings = {{ {settings} }}\n{netlink}\n",
-        plugin_wasm(krate).display()
+    hyperlet_tests::plugins::stanza(
+        "network-backend",
+        20_000,
+        name,
+        krate,
+        grants,
+        settings,
+        netlink,
     )
 }
 

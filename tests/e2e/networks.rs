@@ -544,14 +544,17 @@ fn guests_get_dhcp_and_their_own_metadata() {
         summary["openstack"]["network_data"]["links"][0]["ethernet_mac_address"] == mac.as_str(),
         "{summary}"
     );
-    // Headers cannot impersonate another guest.
+    // Headers cannot impersonate another guest (A's real address).
+    let a_ip = nic(&agent.get_json(&format!("/v1/servers/{a}"))).1;
+    assert_ne!(a_ip, ip);
+    let forwarded = format!("X-Forwarded-For: {a_ip}");
     let (ok, out) = guest.exec(&[
         "curl",
         "-s",
         "--max-time",
         "5",
         "-H",
-        "X-Forwarded-For: 198.51.100.3",
+        &forwarded,
         "http://169.254.169.254/latest/meta-data/instance-id",
     ]);
     assert!(ok && out.trim() == b, "{out}");

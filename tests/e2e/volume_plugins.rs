@@ -22,7 +22,7 @@ use hyperlet::volume::{
     copy_image_to, CapacityStats, DiskFormat, Files, Share, SnapshotRef, VolumeConnection,
     VolumeRef,
 };
-use hyperlet_tests::plugins::{call, registry};
+use hyperlet_tests::plugins::{call, registry, reported};
 use hyperlet_tests::storage::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,13 +43,6 @@ fn driver(registry: &PluginRegistry, name: &str) -> Arc<LoadedPlugin> {
 }
 
 /// The code and message of a failure the plugin reported.
-fn reported(e: PluginError) -> (String, String) {
-    match e {
-        PluginError::Reported { code, message, .. } => (code, message),
-        other => panic!("expected the plugin to report an error, got {other}"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tests.
 

@@ -3,18 +3,13 @@
 //! types, create (empty, from an image, snapshot, clone), extend, snapshots, capacity, bad
 //! input, boot from volume, and a volume moved between two running guests with its data.
 
+use crate::networks::post;
 use crate::servers::{import_guest, CONFIG};
 use hyperlet_tests::storage::{files_table, ganesha, stanza, Observe, TestVg};
 use hyperlet_tests::{virsh, Agent};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn post(agent: &Agent, path: &str, body: Value) -> (u16, Value) {
-    let resp = agent.send(Method::POST, path, Some(&body));
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
 
 fn delete(agent: &Agent, path: &str) -> (u16, String) {
     let resp = agent.send(Method::DELETE, path, None);

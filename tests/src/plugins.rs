@@ -2,7 +2,7 @@
 //! `[[plugins]]` as the daemon loads it, and called from a blocking thread as the agent's
 //! async code calls it.
 
-use crate::shared_plugin_cache;
+use crate::{plugin_wasm, shared_plugin_cache};
 use hyperlet::config::Config;
 use hyperlet::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginRegistry};
 use std::sync::Arc;
@@ -53,4 +53,30 @@ pub fn call<T: Send + 'static>(
     let plugin = plugin.clone();
     let task = runtime.spawn_blocking(move || f(&plugin));
     runtime.block_on(task).expect("plugin call task")
+}
+
+/// The code and message of an error the plugin reported itself; panics on any other error.
+pub fn reported(e: PluginError) -> (String, String) {
+    match e {
+        PluginError::Reported { code, message, .. } => (code, message),
+        other => panic!("expected the plugin to report an error, got {other}"),
+    }
+}
+
+/// A `[[plugins]]` stanza for the first-party plugin built from crate `krate`: `grants` as a
+/// TOML array, `settings` as the inside of an inline table, `tables` (grant tables) appended.
+pub fn stanza(
+    kind: &str,
+    call_timeout_ms: u64,
+    name: &str,
+    krate: &str,
+    grants: &str,
+    settings: &str,
+    tables: &str,
+) -> String {
+    format!(
+        "[[plugins]]\nname = \"{name}\"\nkind = \"{kind}\"\npath = \"{}\"\n\
+         grants = {grants}\ncall_timeout_ms = {call_timeout_ms}\nsettings = {{ {settings} }}\n{tables}\n",
+        plugin_wasm(krate).display()
+    )
 }

@@ -3,7 +3,6 @@
 //! shared by the test binary (stopped by PID when it exits), plus the plugin config stanzas
 //! that grant them to volume drivers.
 
-use crate::plugin_wasm;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -46,10 +45,14 @@ pub fn unique() -> String {
 
 /// A `[[plugins]]` stanza of a volume driver built from crate `krate`, with its grant tables.
 pub fn stanza(name: &str, krate: &str, grants: &str, settings: &str, tables: &str) -> String {
-    format!(
-        "[[plugins]]\nname = \"{name}\"\nkind = \"volume-driver\"\npath = \"{}\"\n\
-         grants = {grants}\ncall_timeout_ms = 120000\nsettings = {{ {settings} }}\n{tables}\n",
-        plugin_wasm(krate).display()
+    crate::plugins::stanza(
+        "volume-driver",
+        120_000,
+        name,
+        krate,
+        grants,
+        settings,
+        tables,
     )
 }
 
@@ -229,12 +232,15 @@ impl Ganesha {
 
 /// Whether a portmapper answers on 127.0.0.1.
 pub fn portmapper_answers() -> bool {
-    Command::new("rpcinfo")
+    match Command::new("rpcinfo")
         .args(["-p", "127.0.0.1"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+    {
+        Ok(status) => status.success(),
+        Err(e) => panic!("cannot run rpcinfo ({e}): install rpcbind (scripts/setup.sh)"),
+    }
 }
 
 /// Starts a server in the foreground as a child, kept in [`STARTED`]; returns its index.
@@ -336,12 +342,17 @@ pub fn ganesha() -> &'static Ganesha {
         let url = format!("nfs://127.0.0.1{}/", a.display());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = Command::new("nfs-ls")
+            let ok = match Command::new("nfs-ls")
                 .arg(&url)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
-                .is_ok_and(|s| s.success());
+            {
+                Ok(status) => status.success(),
+                Err(e) => {
+                    panic!("cannot run nfs-ls ({e}): install libnfs-utils (scripts/setup.sh)")
+                }
+            };
             if ok {
                 break;
             }
