@@ -362,16 +362,6 @@ pub fn normalise_mac(mac: &str) -> Result<String, OpError> {
     Ok(mac.to_ascii_lowercase())
 }
 
-/// Parses a MAC in `aa:bb:cc:dd:ee:ff` form.
-pub fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = mac.split(':');
-    for byte in &mut out {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,7 +463,7 @@ mod tests {
         assert!(normalise_mac("01:00:5e:00:00:01").is_err());
         assert!(normalise_mac("fa:16:3e:00:00").is_err());
         assert_eq!(
-            mac_bytes("fa:16:3e:00:00:01"),
+            crate::net::neigh::parse_mac("fa:16:3e:00:00:01"),
             Some([0xfa, 0x16, 0x3e, 0, 0, 1])
         );
     }

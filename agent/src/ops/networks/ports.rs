@@ -345,9 +345,7 @@ pub async fn bind_for_server(
 /// # Errors
 /// [`OpError::Store`] when the store cannot be written.
 pub async fn release_for_server(services: &Services, nic: &ServerNic) -> Result<(), OpError> {
-    let Some(port) = services.store().get_port(&nic.port_id).await? else {
-        return Ok(());
-    };
+    // Both store calls do nothing for a port that is gone.
     if nic.created {
         services.store().delete_port(&nic.port_id).await?;
     } else {
@@ -356,6 +354,6 @@ pub async fn release_for_server(services: &Services, nic: &ServerNic) -> Result<
             .bind_port(&nic.port_id, "", "", NetStatus::Build)
             .await?;
     }
-    runtime::refresh(services, &port.network_id).await;
+    runtime::refresh(services, &nic.network_id).await;
     Ok(())
 }

@@ -9,7 +9,6 @@
 //! port of the network changes, so a DHCP packet or metadata request never waits on the store.
 
 use super::backend;
-use super::model::mac_bytes;
 use crate::dhcp::{DhcpServer, DhcpStats, HostRoute as DhcpRoute, Lease, LeaseSource};
 use crate::metadata::{
     InstanceMetadata, MetadataOptions, MetadataServer, MetadataSource, MetadataStats,
@@ -19,6 +18,7 @@ use crate::net::links::Netlink;
 use crate::net::model::{
     dhcp_namespace, ns_device_name, tap_name, NetStatus, Network, Port, Subnet, DHCP_OWNER,
 };
+use crate::net::neigh::parse_mac;
 use crate::net::{netns, Ipv4Cidr, NetError};
 use crate::ops::{OpError, Services};
 use crate::state::{IpRequest, NewPort, PortFilter, Store};
@@ -429,7 +429,7 @@ async fn build_namespace(
         .set_mtu(&device, network.mtu)
         .await
         .map_err(net_err)?;
-    if let Some(mac) = mac_bytes(&port.mac_address) {
+    if let Some(mac) = parse_mac(&port.mac_address) {
         inside.set_mac(&device, mac).await.map_err(net_err)?;
     }
     let mut first = None;
@@ -506,7 +506,7 @@ async fn fill_tables(
     let mut leases = HashMap::new();
     let mut instances = HashMap::new();
     for port in ports.iter().filter(|p| p.device_owner != DHCP_OWNER) {
-        let Some(mac) = mac_bytes(&port.mac_address) else {
+        let Some(mac) = parse_mac(&port.mac_address) else {
             continue;
         };
         let Some(fixed) = port
