@@ -484,6 +484,11 @@ impl LoadedPlugin {
                 "the bridge name {bridge:?} is not an interface name"
             )));
         }
+        let checked = match &self.netlink {
+            Some(host) => host.check_bridge_answer(&bridge),
+            None => Err(format!("bridge {bridge:?}: the plugin has no netlink grant")),
+        };
+        checked.map_err(|reason| self.refuse_answer(reason))?;
         Ok(bridge)
     }
 
@@ -553,6 +558,11 @@ impl LoadedPlugin {
             })
         })();
         self.record(result)
+    }
+
+    /// The host access of a volume driver (its grants), to check its answers against.
+    pub(super) fn volume_host(&self) -> Option<&Arc<VolumeHost>> {
+        self.volume.as_ref()
     }
 
     /// Counts a call that answered but whose answer was refused.

@@ -312,6 +312,24 @@ impl NetGrant {
     }
 }
 
+impl NetGrant {
+    /// Checks the bridge a backend answered from `ensure-network` (guests and the DHCP port
+    /// are plugged into it) with the rule of a bridge it may create: a granted prefix, never a
+    /// granted physical interface.
+    ///
+    /// # Errors
+    /// [`NetGrantError::Denied`] naming `netlink.name_prefixes`, [`NetGrantError::Invalid`]
+    /// for a malformed name.
+    pub fn check_bridge_answer(&self, name: &str) -> Result<(), NetGrantError> {
+        let op = format!("answer bridge {name:?}");
+        self.check(&NetlinkOp::CreateBridge(name.to_owned()))
+            .map_err(|e| match e {
+                NetGrantError::Denied { reason, .. } => NetGrantError::Denied { op, reason },
+                NetGrantError::Invalid { reason, .. } => NetGrantError::Invalid { op, reason },
+            })
+    }
+}
+
 /// The interface names an operation mentions.
 fn op_names(op: &NetlinkOp) -> Vec<&str> {
     match op {
@@ -346,6 +364,21 @@ mod tests {
 
     fn s(x: &str) -> String {
         x.to_owned()
+    }
+
+    #[test]
+    fn answered_bridges_follow_the_create_rule() {
+        assert_eq!(grant().check_bridge_answer("brq4e1b0a9c-12"), Ok(()));
+        for bad in ["virbr0", "eth1", "docker0", "eth1.150"] {
+            let e = grant().check_bridge_answer(bad).unwrap_err();
+            assert_eq!(e.code(), "denied", "{bad}");
+            assert!(e.to_string().contains("answer bridge"), "{e}");
+            assert!(e.to_string().contains("netlink.name_prefixes"), "{e}");
+        }
+        assert_eq!(
+            grant().check_bridge_answer("a b").unwrap_err().code(),
+            "invalid"
+        );
     }
 
     #[test]

@@ -84,6 +84,31 @@ impl NetlinkHost {
     }
 }
 
+impl NetlinkHost {
+    /// Checks the bridge the backend answered from `ensure-network` before the agent plugs
+    /// anything into it: allowed by the grant ([`NetGrant::check_bridge_answer`]), present,
+    /// and a bridge (so never a physical interface or any other kind of link). Whether it is
+    /// another network's bridge is for the caller, which knows the networks.
+    ///
+    /// # Errors
+    /// Why the answer is refused.
+    pub fn check_bridge_answer(&self, name: &str) -> Result<(), String> {
+        self.grant
+            .check_bridge_answer(name)
+            .map_err(|e| e.to_string())?;
+        match self.call(NetlinkOp::LinkInfo(name.to_owned())) {
+            Ok(NetlinkReply::Info(Some(link))) if link.kind.as_deref() == Some("bridge") => Ok(()),
+            Ok(NetlinkReply::Info(Some(link))) => Err(format!(
+                "{name:?} is a {} link, not a bridge",
+                link.kind.as_deref().unwrap_or("plain")
+            )),
+            Ok(NetlinkReply::Info(None)) => Err(format!("bridge {name:?} does not exist")),
+            Ok(other) => Err(format!("unexpected netlink answer {other:?}")),
+            Err(e) => Err(format!("cannot read link {name:?}: {}", e.message)),
+        }
+    }
+}
+
 fn failed(message: String) -> WitPluginError {
     WitPluginError {
         code: "failed".into(),

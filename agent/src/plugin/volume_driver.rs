@@ -169,16 +169,27 @@ impl LoadedPlugin {
         self.call_driver(|b, store| b.hyperlet_volume_driver().call_clone(store, &v, &source))
     }
 
-    /// How a hypervisor on this node reaches `v`.
+    /// How a hypervisor on this node reaches `v`. The answer is checked against the driver's
+    /// grants before anyone uses it ([`crate::volume::check_connection`]): a block device must
+    /// be an LV of a granted volume group, a file `v`'s own file in a granted share.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`]; [`PluginError::BadAnswer`] for a path that is not
-    /// absolute (or a block device outside `/dev`) or a malformed NFS server.
+    /// absolute (or a block device outside `/dev`), a malformed NFS server, or a connection
+    /// outside the grants.
     pub fn connection_info(&self, v: &VolumeRef) -> Result<VolumeConnection, PluginError> {
-        let v = wit_volume(v);
-        let info = self
-            .call_driver(|b, store| b.hyperlet_volume_driver().call_connection_info(store, &v))?;
-        connection(info).map_err(|reason| self.refuse_answer(reason))
+        let wit = wit_volume(v);
+        let info = self.call_driver(|b, store| {
+            b.hyperlet_volume_driver()
+                .call_connection_info(store, &wit)
+        })?;
+        let answer = connection(info).map_err(|reason| self.refuse_answer(reason))?;
+        let checked = match self.volume_host() {
+            Some(host) => host.check_connection(v, &answer),
+            None => Err(format!("{answer}: the plugin has no volume grants")),
+        };
+        checked.map_err(|reason| self.refuse_answer(reason))?;
+        Ok(answer)
     }
 
     /// The backend's capacity.

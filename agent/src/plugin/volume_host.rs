@@ -12,13 +12,18 @@ use super::bindings::volume::hyperlet::volume as wit;
 use super::bindings::WitPluginError;
 use super::host::HostState;
 use crate::config::PluginConfig;
-use crate::volume::{DiskFormat, Files, Lvm, QemuImg, VolumeError};
+use crate::volume::{
+    check_connection, DiskFormat, Files, Lvm, QemuImg, VolumeConnection, VolumeError, VolumeRef,
+};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Extra time a blocking caller waits beyond a request's own deadline.
 const MARGIN: Duration = Duration::from_secs(5);
+
+/// How long checking a driver's answer may take (an `lvs`, an NFS lookup).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A volume driver's access to the host, as its grants allow.
 #[derive(Debug)]
@@ -96,6 +101,34 @@ impl VolumeHost {
             qemu_img: granted("qemu-img"),
             runtime,
         })
+    }
+
+    /// Checks a connection the driver answered for `volume` against its grants
+    /// ([`check_connection`]: LVs of its volume groups, its volume's files in its shares),
+    /// under a deadline of its own.
+    ///
+    /// # Errors
+    /// Why the answer is refused (the error chain).
+    pub fn check_connection(
+        &self,
+        volume: &VolumeRef,
+        answer: &VolumeConnection,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + ANSWER_DEADLINE;
+        let lvm = self.lvm.clone().map(|l| {
+            let limit = l.deadline().min(ANSWER_DEADLINE);
+            l.with_deadline(limit)
+        });
+        let files = self.files.clone().map(|f| {
+            let limit = f.deadline().min(ANSWER_DEADLINE);
+            f.with_deadline(limit)
+        });
+        let (volume, answer) = (volume.clone(), answer.clone());
+        self.run("check the connection", deadline, async move {
+            check_connection(lvm.as_ref(), files.as_ref(), &volume, &answer).await
+        })
+        .map(drop)
+        .map_err(|e| e.message)
     }
 
     /// Runs `work` on the runtime and waits for it at most until `deadline` (+ a margin).

@@ -118,6 +118,11 @@ impl Files {
         self.mode
     }
 
+    /// The granted shares.
+    pub fn shares(&self) -> &[Share] {
+        &self.shares
+    }
+
     /// The granted share `share` names.
     ///
     /// # Errors

@@ -456,6 +456,96 @@ impl Lvm {
             .collect()
     }
 
+    /// Checks a block device a driver answered as a volume's connection against the grant:
+    /// it must be spelled `/dev/<vg>/<lv>` with `<vg>` granted and `<lv>` an LV that `lvs`
+    /// reports in it (names checked as when asked for). When the path exists, it is resolved
+    /// (symbolic links followed by the kernel, the spelling above leaves no room for `..`) and
+    /// must be a block device whose device number is the LV's kernel major:minor as `lvs`
+    /// reports it — so a planted link `/dev/<vg>/<lv>` → `/dev/sda` is refused. A missing path
+    /// is accepted: the LV is not active here, which whoever opens it reports.
+    ///
+    /// # Errors
+    /// [`VolumeError::RefusedConnection`] for another spelling or a device that is not the LV;
+    /// [`VolumeError::NotGranted`], [`VolumeError::Escape`] or [`VolumeError::InvalidName`] for
+    /// the names; [`VolumeError::LvNotFound`]; errors of `lvs`.
+    pub async fn check_device(&self, path: &str) -> Result<(), VolumeError> {
+        let refuse = |reason: String| VolumeError::RefusedConnection {
+            answer: format!("block device {path:?}"),
+            reason,
+        };
+        let (vg, lv) = path
+            .strip_prefix("/dev/")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| {
+                refuse("a block device must be /dev/<granted volume group>/<logical volume>".into())
+            })?;
+        self.check_vg(vg)?;
+        check_name("logical volume", lv)?;
+        let out = self
+            .run(
+                "lvs",
+                &report_args("lv_name,lv_kernel_major,lv_kernel_minor", vg.to_owned()),
+            )
+            .await?;
+        let mut device = None;
+        for line in out.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let fields: Vec<&str> = line.split('|').map(str::trim).collect();
+            let [name, major, minor] = fields.as_slice() else {
+                return Err(parse_error("lvs", line));
+            };
+            if *name == lv {
+                let number = |n: &str| n.parse::<i64>().map_err(|_| parse_error("lvs", line));
+                device = Some((number(major)?, number(minor)?));
+            }
+        }
+        let (major, minor) = device.ok_or_else(|| not_found(vg, lv))?;
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(VolumeError::Io {
+                    op: "inspect",
+                    path: path.into(),
+                    source,
+                })
+            }
+            Ok(_) => {}
+        }
+        let real = std::fs::canonicalize(path).map_err(|source| VolumeError::Io {
+            op: "resolve",
+            path: path.into(),
+            source,
+        })?;
+        let meta = std::fs::metadata(&real).map_err(|source| VolumeError::Io {
+            op: "inspect",
+            path: real.clone(),
+            source,
+        })?;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if !meta.file_type().is_block_device() {
+            return Err(refuse(format!(
+                "it resolves to {}, which is not a block device",
+                real.display()
+            )));
+        }
+        let (found_major, found_minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+        let lv_device = u32::try_from(major)
+            .ok()
+            .zip(u32::try_from(minor).ok());
+        match lv_device {
+            Some(lv_device) if lv_device == (found_major, found_minor) => Ok(()),
+            Some((lv_major, lv_minor)) => Err(refuse(format!(
+                "it resolves to {} (device {found_major}:{found_minor}), not to LV {vg}/{lv} \
+                 (device {lv_major}:{lv_minor})",
+                real.display()
+            ))),
+            None => Err(refuse(format!(
+                "it resolves to {} (device {found_major}:{found_minor}), but LV {vg}/{lv} is not \
+                 active on this host",
+                real.display()
+            ))),
+        }
+    }
+
     /// Refuses a volume group outside the grant.
     fn check_vg(&self, vg: &str) -> Result<(), VolumeError> {
         if self.granted.contains(vg) {

@@ -40,6 +40,7 @@
 use std::io;
 use std::path::PathBuf;
 
+mod answer;
 mod command;
 mod copy;
 mod files;
@@ -50,6 +51,7 @@ mod names;
 pub mod nfs;
 mod qemu_img;
 
+pub use answer::check_connection;
 pub use copy::{copy_image_to, copy_image_to_with_deadline, COPY_DEADLINE};
 pub use files::{FileStat, Files, ShareStats};
 pub use lvm::{LvInfo, Lvm, ThinPoolInfo, VgInfo};
@@ -182,6 +184,16 @@ pub enum VolumeError {
         /// The backing or data file it names.
         reference: String,
     },
+    /// A driver answered a connection to something outside its grants (another volume group,
+    /// a device that is not the LV it names, a file outside its shares or not its volume's);
+    /// nothing was attached or written.
+    #[error("Refused connection {answer}: {reason}")]
+    RefusedConnection {
+        /// The connection as the driver answered it.
+        answer: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A logical volume's device node is missing: LVM has not activated it on this host.
     #[error("Logical volume device {path} does not exist: the LV is not active on this host")]
     NotActive {
@@ -266,7 +278,8 @@ impl VolumeError {
             Self::NotGranted { .. }
             | Self::ShareNotGranted { .. }
             | Self::Escape { .. }
-            | Self::OutsideShare { .. } => "denied",
+            | Self::OutsideShare { .. }
+            | Self::RefusedConnection { .. } => "denied",
             Self::InvalidName { .. }
             | Self::InvalidShare { .. }
             | Self::InvalidSize { .. }

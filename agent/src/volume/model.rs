@@ -104,6 +104,16 @@ pub enum VolumeConnection {
     },
 }
 
+impl std::fmt::Display for VolumeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Block { path } => write!(f, "block device {path:?}"),
+            Self::Nfs { host, path, format } => write!(f, "{format} NFS file {host}:{path:?}"),
+            Self::File { path, format } => write!(f, "{format} file {path:?}"),
+        }
+    }
+}
+
 /// Capacity of a backend, for the scheduler (cinder's `get_volume_stats`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CapacityStats {

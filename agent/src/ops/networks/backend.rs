@@ -79,18 +79,36 @@ pub async fn validate(
     }
 }
 
-/// Sets the network up on the host; returns the bridge guests plug into.
+/// Sets the network up on the host; returns the bridge guests plug into. The backend's
+/// answer is checked against its grant by the plugin host (a granted prefix, an existing
+/// bridge); here, that it is no other network's bridge.
 ///
 /// # Errors
-/// [`OpError::Plugin`] when the backend fails.
+/// [`OpError::Plugin`] when the backend fails or answers another network's bridge.
 pub async fn ensure(
     services: &Services,
     backend: &str,
     net: &BackendNetwork,
 ) -> Result<String, OpError> {
     let plugin = plugin(services, backend)?;
-    let net = net.clone();
-    blocking(move || plugin.ensure_network(&net)).await
+    let request = net.clone();
+    let bridge = blocking(move || plugin.ensure_network(&request)).await?;
+    let networks = services.store().list_networks().await?;
+    if let Some(other) = networks
+        .iter()
+        .find(|n| n.id != net.id && n.bridge.as_deref() == Some(bridge.as_str()))
+    {
+        let e = PluginError::BadAnswer {
+            plugin: backend.to_owned(),
+            reason: format!(
+                "bridge {bridge:?} belongs to network {}, not to network {}",
+                other.id, net.id
+            ),
+        };
+        tracing::warn!(plugin = %backend, error = %e, "plugin answer refused");
+        return Err(OpError::Plugin(Box::new(e)));
+    }
+    Ok(bridge)
 }
 
 /// Removes the network from the host.
