@@ -6,11 +6,14 @@
 //! name stands in for the physical interface; every link a test creates (or the plugin could
 //! have created) is removed by a Drop guard, even when an assertion fails.
 
+use crate::networks::post;
+use crate::servers::CONFIG;
 use hyperlet::config::PluginKind;
 use hyperlet::net::{BackendNetwork, NetworkType};
 use hyperlet::plugin::{PluginError, PluginStatus};
 use hyperlet_tests::plugins::{call, registry, reported};
-use serde_json::Value;
+use hyperlet_tests::{shared_plugin_cache, Agent};
+use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 
 /// Runs `ip ARGS…`; fails clearly when `ip` is missing.
@@ -354,4 +357,168 @@ fn backend_without_the_netlink_grant_is_not_loaded() {
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+#[test]
+fn rogue_bridge_answers_are_refused() {
+    require_root();
+    let pid = std::process::id();
+    let base = format!("hlt{pid}x");
+    let phys = format!("{base}a");
+    // Links that carry the default `brq` prefix: a real bridge (the answer that is accepted)
+    // and a veth end (granted-looking, but not a bridge).
+    let (good, not_bridge, not_bridge_peer, missing) = (
+        format!("brq{pid:x}g"),
+        format!("brq{pid:x}v"),
+        format!("brq{pid:x}w"),
+        format!("brq{pid:x}m"),
+    );
+    let _guard = LinkGuard(vec![
+        good.clone(),
+        not_bridge.clone(),
+        not_bridge_peer.clone(),
+        phys.clone(),
+    ]);
+    let (phys, _peer) = veth(&base);
+    assert!(ip(&["link", "add", &good, "type", "bridge"])
+        .status
+        .success());
+    assert!(ip(&[
+        "link",
+        "add",
+        &not_bridge,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &not_bridge_peer
+    ])
+    .status
+    .success());
+    let toml = stanza(
+        "rogue",
+        "hyperlet-fixture-net-rogue",
+        r#"["netlink"]"#,
+        &format!("physical_interface = \"{phys}\""),
+        &format!("[plugins.netlink]\nphysical_interfaces = [\"{phys}\"]"),
+    );
+    let (rt, registry) = registry(&toml);
+    let plugin = registry.network_backend("rogue").unwrap();
+    let masters_before: Vec<Option<String>> = [&phys, &not_bridge]
+        .iter()
+        .map(|l| link(l).and_then(|v| master(&v).map(str::to_owned)))
+        .collect();
+    for (answer, says) in [
+        ("virbr0", "netlink.name_prefixes"),
+        ("docker0", "netlink.name_prefixes"),
+        (phys.as_str(), "netlink.name_prefixes"),
+        ("lo", "netlink.name_prefixes"),
+        (not_bridge.as_str(), "is a veth link, not a bridge"),
+        (missing.as_str(), "does not exist"),
+    ] {
+        let net = network(&format!("answer={answer}"), NetworkType::Local, None, None);
+        let e = call(&rt, &plugin, move |p| p.ensure_network(&net))
+            .expect_err(&format!("answering {answer} must be refused"));
+        match e {
+            PluginError::BadAnswer { plugin, reason } => {
+                assert_eq!(plugin, "rogue");
+                assert!(reason.contains(says), "{answer}: {reason}");
+            }
+            other => panic!("{answer}: expected a refused answer, got {other}"),
+        }
+    }
+    // Nothing was enslaved or created by the refused answers.
+    let masters_after: Vec<Option<String>> = [&phys, &not_bridge]
+        .iter()
+        .map(|l| link(l).and_then(|v| master(&v).map(str::to_owned)))
+        .collect();
+    assert_eq!(masters_after, masters_before);
+    assert!(link(&missing).is_none());
+    // A granted, existing bridge is accepted.
+    let net = network(&format!("answer={good}"), NetworkType::Local, None, None);
+    assert_eq!(
+        call(&rt, &plugin, move |p| p.ensure_network(&net)).unwrap(),
+        good
+    );
+    let (_, failures) = plugin.counters();
+    assert_eq!(failures, 6);
+}
+
+/// The links enslaved to `bridge`.
+fn ports_of(bridge: &str) -> Vec<String> {
+    let out = ip(&["-j", "link", "show", "master", bridge]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()));
+    list.as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| x["ifname"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn another_network_s_bridge_is_refused_through_the_api() {
+    require_root();
+    let pid = std::process::id();
+    let shared = format!("brq{pid:x}s");
+    let _guard = LinkGuard(vec![shared.clone()]);
+    // The rogue makes `shared` and answers it for every network it is asked to set up.
+    let config = format!(
+        "{CONFIG}\n[plugin_runtime]\ncache_dir = {:?}\n\n{}",
+        shared_plugin_cache().display().to_string(),
+        stanza(
+            "rogue",
+            "hyperlet-fixture-net-rogue",
+            r#"["netlink"]"#,
+            &format!("physical_interface = \"unused0\", answer = \"{shared}\""),
+            "",
+        )
+    );
+    let agent = Agent::start_with_config(&config);
+    let (s, a) = post(
+        &agent,
+        "/v1/networks",
+        json!({"name": "a", "network_type": "local", "backend": "rogue"}),
+    );
+    assert_eq!(s, 201, "{a}");
+    assert_eq!(a["status"], "ACTIVE", "{a}");
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    let (s, subnet) = post(
+        &agent,
+        "/v1/subnets",
+        json!({"network_id": a_id, "cidr": "192.0.2.0/24"}),
+    );
+    assert_eq!(s, 201, "{subnet}");
+    // Network a's DHCP port is on its bridge.
+    let ports = ports_of(&shared);
+    assert_eq!(ports.len(), 1, "{ports:?}");
+
+    // Network b is answered a's bridge: refused, nothing of b is left, nothing more is on it.
+    let (s, b) = post(
+        &agent,
+        "/v1/networks",
+        json!({"name": "b", "network_type": "local", "backend": "rogue"}),
+    );
+    assert_eq!(s, 502, "{b}");
+    let message = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("rogue") && message.contains(&format!("belongs to network {a_id}")),
+        "{b}"
+    );
+    let networks = agent.get_json("/v1/networks");
+    let names: Vec<&str> = networks["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a"], "{networks}");
+    assert_eq!(ports_of(&shared), ports);
+    let resp = agent.send(
+        reqwest::Method::DELETE,
+        &format!("/v1/networks/{a_id}"),
+        None,
+    );
+    assert_eq!(resp.status().as_u16(), 204);
 }

@@ -587,3 +587,243 @@ fn an_image_is_copied_into_an_nfs_volume() {
     let vol = v.clone();
     call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
 }
+
+/// Removes a path (file, link or directory tree) on drop.
+struct PathGuard(Vec<std::path::PathBuf>);
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if p.is_dir() && !p.is_symlink() {
+                let _ = std::fs::remove_dir_all(p);
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// The reason of a refused answer; panics on any other outcome.
+fn refused(plugin: &str, r: Result<VolumeConnection, PluginError>) -> String {
+    match r {
+        Err(PluginError::BadAnswer { plugin: p, reason }) => {
+            assert_eq!(p, plugin);
+            reason
+        }
+        other => panic!("expected {plugin}'s answer to be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn rogue_connection_answers_are_refused() {
+    require_root();
+    let server = ganesha();
+    let t = TestVg::new(4);
+    let share_a = server.share_a();
+    // The rogue answers what the volume id says: once over libnfs, once over a mount (a bind
+    // mount of the export, as this machine has no kernel NFS client).
+    let root = tempfile::tempdir().unwrap();
+    let settings = format!("volume_group = \"{}\", share = \"{share_a}\"", t.vg);
+    let grants = r#"["lvm", "files", "qemu-img"]"#;
+    let toml = format!(
+        "{}{}",
+        stanza(
+            "rogue",
+            "hyperlet-fixture-vol-rogue",
+            grants,
+            &settings,
+            &format!(
+                "{}{}",
+                t.grant(),
+                files_table(std::slice::from_ref(&share_a), "libnfs", None)
+            ),
+        ),
+        stanza(
+            "rogue-mount",
+            "hyperlet-fixture-vol-rogue",
+            grants,
+            &settings,
+            &format!(
+                "{}{}",
+                t.grant(),
+                files_table(std::slice::from_ref(&share_a), "mount", Some(root.path()))
+            ),
+        ),
+    );
+    let grant: FilesGrant = toml::from_str(
+        &files_table(std::slice::from_ref(&share_a), "mount", Some(root.path()))
+            .replace("[plugins.files]\n", ""),
+    )
+    .unwrap();
+    let point = Files::new(&grant)
+        .unwrap()
+        .mount_point(&Share::parse(&share_a).unwrap());
+    std::fs::create_dir_all(&point).unwrap();
+    let _mount = MountGuard(point.clone());
+    sh(
+        "mount",
+        &[
+            "--bind",
+            server.a.to_str().unwrap(),
+            point.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let (rt, registry) = registry(&toml);
+    let (rogue, rogue_mount) = (driver(&registry, "rogue"), driver(&registry, "rogue-mount"));
+
+    // What the attacks point at: an LV of the granted group with a planted device node, a
+    // victim file outside any share, another volume's file and a symbolic link in share A.
+    let id = unique();
+    let own = format!("volume-{id}");
+    let lv = format!("volume-{}", unique());
+    sh("lvcreate", &["-q", "-L", "4m", "-n", &lv, &t.vg], &t.env());
+    let dev_dir = std::path::PathBuf::from(format!("/dev/{}", t.vg));
+    let disk_link = std::path::PathBuf::from(format!("/dev/disk/hyperlet-e2e-{id}"));
+    let _paths = PathGuard(vec![dev_dir.clone(), disk_link.clone()]);
+    std::fs::create_dir_all(&dev_dir).unwrap();
+    let node = dev_dir.join(&lv);
+    std::os::unix::fs::symlink(t.loop_device(), &node).unwrap();
+    std::fs::create_dir_all("/dev/disk").unwrap();
+    std::os::unix::fs::symlink(&node, &disk_link).unwrap();
+    let victims = tempfile::tempdir().unwrap();
+    let victim = victims.path().join("hyperlet.db");
+    std::fs::write(&victim, b"precious state").unwrap();
+    let other = format!("volume-{}", unique());
+    let _files = FileGuard(vec![
+        (server.a.clone(), id.clone()),
+        (server.a.clone(), other.clone()),
+    ]);
+    std::fs::write(server.a.join(&other), b"another volume").unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", server.a.join(&own)).unwrap();
+    let (a, b) = (server.a.display(), server.b.display());
+    let mp = point.display();
+    let vg = &t.vg;
+
+    let attacks: Vec<(&Arc<LoadedPlugin>, String, String)> = vec![
+        (
+            &rogue,
+            "block=/dev/sda".into(),
+            "/dev/<granted volume group>".into(),
+        ),
+        (
+            &rogue,
+            "block=/dev/cinder-volumes/volume-1".into(),
+            "VG cinder-volumes is not granted".into(),
+        ),
+        (
+            &rogue,
+            format!("block=/dev/{vg}/../sda"),
+            "not an absolute path under /dev".into(),
+        ),
+        (
+            &rogue,
+            format!("block=/dev/{vg}/volume-missing"),
+            "does not exist".into(),
+        ),
+        // A granted-looking name that is a link to another device (here the group's own PV).
+        (
+            &rogue,
+            format!("block={}", node.display()),
+            "is not active on this host".into(),
+        ),
+        // A link elsewhere in /dev to the granted-looking name.
+        (
+            &rogue,
+            format!("block={}", disk_link.display()),
+            "VG disk is not granted".into(),
+        ),
+        (
+            &rogue,
+            format!("file={}", victim.display()),
+            "files.access = \"mount\"".into(),
+        ),
+        (
+            &rogue_mount,
+            format!("file={}", victim.display()),
+            "not the mount point of a granted share".into(),
+        ),
+        (
+            &rogue_mount,
+            "file=/var/lib/hyperlet/hyperlet.db".into(),
+            "not the mount point of a granted share".into(),
+        ),
+        (
+            &rogue_mount,
+            format!("file={mp}/{other}"),
+            "is not a file of volume".into(),
+        ),
+        (
+            &rogue_mount,
+            format!("file={mp}/{own}"),
+            "symbolic link".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.2:{a}/{own}"),
+            "not a granted share".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.1:{b}/{own}"),
+            "not a granted share".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.1:{a}x/{own}"),
+            "not a granted share".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.1:{a}/sub/{own}"),
+            "not a granted share".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.1:{a}/../b/{own}"),
+            "not an absolute path".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.1:{a}/{other}"),
+            "is not a file of volume".into(),
+        ),
+        (
+            &rogue,
+            format!("nfs=127.0.0.1:{a}/{own}"),
+            "not a regular file".into(),
+        ),
+        (
+            &rogue_mount,
+            format!("nfs=127.0.0.1:{a}/{own}"),
+            "symbolic link".into(),
+        ),
+    ];
+    for (plugin, spec, says) in attacks {
+        let v = VolumeRef {
+            id: spec.clone(),
+            name: own.clone(),
+            size_gb: 1,
+        };
+        let name = plugin.config.name.clone();
+        let reason = refused(&name, call(&rt, plugin, move |p| p.connection_info(&v)));
+        assert!(reason.contains(&says), "{name} {spec}: {reason}");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious state");
+
+    // The volume's own regular file is accepted, over NFS and through the mount.
+    std::fs::remove_file(server.a.join(&own)).unwrap();
+    std::fs::write(server.a.join(&own), b"").unwrap();
+    for (plugin, spec) in [
+        (&rogue, format!("nfs=127.0.0.1:{a}/{own}")),
+        (&rogue_mount, format!("nfs=127.0.0.1:{a}/{own}")),
+        (&rogue_mount, format!("file={mp}/{own}")),
+    ] {
+        let v = VolumeRef {
+            id: spec.clone(),
+            name: own.clone(),
+            size_gb: 1,
+        };
+        call(&rt, plugin, move |p| p.connection_info(&v)).unwrap_or_else(|e| panic!("{spec}: {e}"));
+    }
+}

@@ -437,3 +437,103 @@ fn kill_9_during_a_volume_create_leaves_no_backend_object() {
     );
     assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
 }
+
+/// A rogue volume driver answers a connection to a file outside its shares (standing in for
+/// the agent's own database) and absurd capacity figures: the image is never written there,
+/// the volume ends in `error` naming the driver and the reason, and the figures give clear
+/// answers (no panic, no null).
+#[test]
+fn rogue_driver_answers_change_nothing() {
+    let victims = tempfile::tempdir().unwrap();
+    let victim = victims.path().join("hyperlet.db");
+    std::fs::write(&victim, b"precious state").unwrap();
+    let tables = "[plugins.lvm]\nvolume_groups = [\"hyperlet-none\"]\n[plugins.files]\n\
+                  shares = [\"127.0.0.1:/nonexistent\"]\naccess = \"mount\"\n";
+    let settings = "volume_group = \"hyperlet-none\", share = \"127.0.0.1:/nonexistent\"";
+    let grants = "[\"lvm\", \"files\", \"qemu-img\"]";
+    let max = u64::MAX;
+    let config = format!(
+        "{CONFIG}\n{}{}",
+        stanza(
+            "rogue",
+            "hyperlet-fixture-vol-rogue",
+            grants,
+            &format!("{settings}, answer = \"file={}\"", victim.display()),
+            tables
+        ),
+        stanza(
+            "rogue-stats",
+            "hyperlet-fixture-vol-rogue",
+            grants,
+            &format!(
+                "{settings}, stats = \"{max},{max},{max},true,{:e}\"",
+                f64::MAX
+            ),
+            tables
+        ),
+    );
+    let agent = Agent::start_with_config(&config);
+    for (name, backend) in [("rogue", "rogue"), ("huge", "rogue-stats")] {
+        let (s, t) = post(
+            &agent,
+            "/v1/volume-types",
+            json!({"name": name, "backend": backend}),
+        );
+        assert_eq!(s, 201, "{t}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("image.raw");
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&raw, &pattern).unwrap();
+    let (s, image) = agent.import_image("pattern", "raw", "bare", json!({}), &raw);
+    assert_eq!(s, 200, "{image}");
+
+    let (s, v) = post(
+        &agent,
+        "/v1/volumes",
+        json!({"size_gb": 1, "volume_type": "rogue", "image_id": image["id"]}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let v = loop {
+        let v = agent.get_json(&format!("/v1/volumes/{id}"));
+        if v["status"] == "error" {
+            break v;
+        }
+        assert_eq!(v["status"], "creating", "{v}");
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("rogue") && error.contains("not the mount point of a granted share"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious state");
+
+    // Capacity figures at the limits: shown as numbers, and a volume that cannot be summed in
+    // is a 409 naming the backend, not a panic.
+    let backends = agent.get_json("/v1/backends");
+    let huge = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "rogue-stats")
+        .unwrap_or_else(|| panic!("{backends}"));
+    assert_eq!(huge["provisioned_gb"], max, "{backends}");
+    assert_eq!(huge["max_over_subscription_ratio"], f64::MAX, "{backends}");
+    let (s, answer) = post(
+        &agent,
+        "/v1/volumes",
+        json!({"size_gb": 1, "volume_type": "huge"}),
+    );
+    assert_eq!(s, 409, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rogue-stats"),
+        "{answer}"
+    );
+}

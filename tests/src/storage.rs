@@ -99,6 +99,11 @@ impl TestVg {
         guard
     }
 
+    /// The loop device holding the group's physical volume.
+    pub fn loop_device(&self) -> &str {
+        self.loop_dev.as_deref().expect("loop device")
+    }
+
     /// The environment the LVM tools need for this group.
     pub fn env(&self) -> [(&'static str, &Path); 1] {
         [("LVM_SYSTEM_DIR", self.conf_dir.as_path())]

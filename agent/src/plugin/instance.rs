@@ -486,7 +486,9 @@ impl LoadedPlugin {
         }
         let checked = match &self.netlink {
             Some(host) => host.check_bridge_answer(&bridge),
-            None => Err(format!("bridge {bridge:?}: the plugin has no netlink grant")),
+            None => Err(format!(
+                "bridge {bridge:?}: the plugin has no netlink grant"
+            )),
         };
         checked.map_err(|reason| self.refuse_answer(reason))?;
         Ok(bridge)

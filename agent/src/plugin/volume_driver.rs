@@ -179,10 +179,8 @@ impl LoadedPlugin {
     /// outside the grants.
     pub fn connection_info(&self, v: &VolumeRef) -> Result<VolumeConnection, PluginError> {
         let wit = wit_volume(v);
-        let info = self.call_driver(|b, store| {
-            b.hyperlet_volume_driver()
-                .call_connection_info(store, &wit)
-        })?;
+        let info = self
+            .call_driver(|b, store| b.hyperlet_volume_driver().call_connection_info(store, &wit))?;
         let answer = connection(info).map_err(|reason| self.refuse_answer(reason))?;
         let checked = match self.volume_host() {
             Some(host) => host.check_connection(v, &answer),

@@ -94,8 +94,8 @@ pub fn evaluate(
             let raw = plugin.weigh(&wit_spec, &batch)?;
             let normalised = normalise(&raw);
             for (index, w) in standing.iter().zip(normalised) {
-                let weighted = w * plugin.config.multiplier;
-                results[*index].weight += weighted;
+                let weighted = bounded(w * plugin.config.multiplier);
+                results[*index].weight = bounded(results[*index].weight + weighted);
                 results[*index].weights.insert(name.clone(), weighted);
             }
         }
@@ -137,14 +137,43 @@ pub async fn evaluate_async(
     }
 }
 
-/// Min–max normalisation to 0..1; all-equal weights become 0.
+/// Min–max normalisation to 0..1; all-equal weights become 0. Defined for every finite
+/// input, extremes included: when `max - min` overflows (weights near ±`f64::MAX`), the
+/// halves are subtracted instead, so no weight becomes infinite or NaN.
 pub fn normalise(raw: &[f64]) -> Vec<f64> {
     let min = raw.iter().copied().fold(f64::INFINITY, f64::min);
     let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
+    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater)
+        || !min.is_finite()
+        || !max.is_finite()
+    {
         return vec![0.0; raw.len()];
     }
-    raw.iter().map(|w| (w - min) / (max - min)).collect()
+    let span = max - min;
+    raw.iter()
+        .map(|w| {
+            let x = if span.is_finite() {
+                (w - min) / span
+            } else {
+                (w / 2.0 - min / 2.0) / (max / 2.0 - min / 2.0)
+            };
+            if x.is_nan() {
+                0.0
+            } else {
+                x.clamp(0.0, 1.0)
+            }
+        })
+        .collect()
+}
+
+/// A weight kept finite: sums of weights × multipliers saturate at ±`f64::MAX` instead of
+/// becoming infinite (which JSON cannot carry).
+fn bounded(w: f64) -> f64 {
+    if w.is_nan() {
+        0.0
+    } else {
+        w.clamp(-f64::MAX, f64::MAX)
+    }
 }
 
 /// The hosts of `full` at `indexes` (a copy of every column; all of it when all stand).
@@ -246,5 +275,24 @@ mod tests {
         assert_eq!(normalise(&[1.0, 3.0, 2.0]), vec![0.0, 1.0, 0.5]);
         assert_eq!(normalise(&[5.0, 5.0]), vec![0.0, 0.0]);
         assert!(normalise(&[]).is_empty());
+    }
+
+    #[test]
+    fn extreme_weights_stay_defined() {
+        let m = f64::MAX;
+        assert_eq!(normalise(&[-m, m, 0.0]), vec![0.0, 1.0, 0.5]);
+        assert_eq!(normalise(&[-m, m]), vec![0.0, 1.0]);
+        assert_eq!(normalise(&[m, m]), vec![0.0, 0.0]);
+        let tiny = f64::from_bits(1);
+        assert_eq!(normalise(&[0.0, tiny]), vec![0.0, 1.0]);
+        for w in normalise(&[-m, 1.0, m, -1.0, 1e300, -1e-300]) {
+            assert!(w.is_finite() && (0.0..=1.0).contains(&w), "{w}");
+        }
+        assert_eq!(bounded(m + m), m);
+        assert_eq!(bounded(-m - m), -m);
+        assert_eq!(bounded(f64::NAN), 0.0);
+        // A weight × multiplier is serialised as a number, never null.
+        let json = serde_json::to_string(&bounded(m * 2.0)).unwrap();
+        assert_ne!(json, "null");
     }
 }

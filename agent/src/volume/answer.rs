@@ -57,7 +57,10 @@ pub async fn check_connection(
         }
         VolumeConnection::File { path, .. } => {
             let files = files.ok_or_else(|| {
-                refuse("files are accepted only in granted shares, and the driver has no files grant".into())
+                refuse(
+                    "files are accepted only in granted shares, and the driver has no files grant"
+                        .into(),
+                )
             })?;
             if files.access() != ShareAccess::Mount {
                 return Err(refuse(
@@ -198,7 +201,10 @@ mod tests {
 
     #[test]
     fn paths_split_only_when_clean() {
-        assert_eq!(split("/srv/nfs/a/volume-1"), Some(("/srv/nfs/a", "volume-1")));
+        assert_eq!(
+            split("/srv/nfs/a/volume-1"),
+            Some(("/srv/nfs/a", "volume-1"))
+        );
         assert_eq!(split("/volume-1"), Some(("/", "volume-1")));
         for bad in ["relative/x", "/a/../b", "/a//b", "/a/./b", "/a/"] {
             assert_eq!(split(bad), None, "{bad}");
@@ -211,7 +217,13 @@ mod tests {
         for ok in ["volume-1", "volume-1.snap-2"] {
             assert!(check_name(&v, ok).is_ok(), "{ok}");
         }
-        for bad in ["volume-2", "volume-10", "volume-1.info", "hyperlet.db", "volume-1-x"] {
+        for bad in [
+            "volume-2",
+            "volume-10",
+            "volume-1.info",
+            "hyperlet.db",
+            "volume-1-x",
+        ] {
             assert!(check_name(&v, bad).is_err(), "{bad}");
         }
     }

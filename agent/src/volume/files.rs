@@ -436,12 +436,12 @@ impl Files {
                     for entry in std::fs::read_dir(&dir)? {
                         let meta = entry?.metadata()?;
                         if meta.is_file() {
-                            allocated += meta.len();
+                            allocated = allocated.saturating_add(meta.len());
                         }
                     }
                     Ok(ShareStats {
-                        total_bytes: fs.blocks() * frag,
-                        available_bytes: fs.blocks_available() * frag,
+                        total_bytes: fs.blocks().saturating_mul(frag),
+                        available_bytes: fs.blocks_available().saturating_mul(frag),
                         allocated_bytes: allocated,
                     })
                 })
@@ -461,7 +461,9 @@ impl Files {
                 Ok(ShareStats {
                     total_bytes: fs.total,
                     available_bytes: fs.available,
-                    allocated_bytes: files.iter().map(|(_, a)| a.size).sum(),
+                    allocated_bytes: files
+                        .iter()
+                        .fold(0u64, |sum, (_, a)| sum.saturating_add(a.size)),
                 })
             }
         }

@@ -528,9 +528,7 @@ impl Lvm {
             )));
         }
         let (found_major, found_minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
-        let lv_device = u32::try_from(major)
-            .ok()
-            .zip(u32::try_from(minor).ok());
+        let lv_device = u32::try_from(major).ok().zip(u32::try_from(minor).ok());
         match lv_device {
             Some(lv_device) if lv_device == (found_major, found_minor) => Ok(()),
             Some((lv_major, lv_minor)) => Err(refuse(format!(

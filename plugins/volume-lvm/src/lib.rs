@@ -270,8 +270,7 @@ impl VolumeDriver for LvmDriver {
         let provisioned: u64 = lvs
             .iter()
             .filter(|lv| lv.name != self.settings.thin_pool)
-            .map(|lv| lv.size_bytes)
-            .sum();
+            .fold(0u64, |sum, lv| sum.saturating_add(lv.size_bytes));
         let thin = self.thin;
         let (total, free, ratio) = if thin {
             let pool =

@@ -464,9 +464,9 @@ impl VolumeDriver for NfsDriver {
         let (mut total, mut free, mut allocated) = (0u64, 0u64, 0u64);
         for share in &self.settings.shares {
             let stats = files::share_info(&share.text)?;
-            total += stats.total_bytes;
-            free += stats.available_bytes.min(stats.total_bytes);
-            allocated += stats.allocated_bytes;
+            total = total.saturating_add(stats.total_bytes);
+            free = free.saturating_add(stats.available_bytes.min(stats.total_bytes));
+            allocated = allocated.saturating_add(stats.allocated_bytes);
         }
         Ok(CapacityStats {
             backend_name: self.settings.backend_name.clone(),

@@ -147,10 +147,16 @@ pub async fn backends(services: &Services) -> Result<Vec<Backend>, OpError> {
 }
 
 /// Refuses a volume the backend cannot hold (409 naming the backend and its free capacity).
+///
+/// The driver's figures are untrusted: a sum that overflows does not fit, and the thin limit
+/// (total × ratio, both checked finite by the plugin host) saturates at `f64::MAX`.
 fn check_capacity(backend: &str, stats: &CapacityStats, size_gb: u64) -> Result<(), OpError> {
     let fits = if stats.thin_provisioning {
-        let limit = stats.total_gb as f64 * stats.max_over_subscription_ratio;
-        (stats.provisioned_gb + size_gb) as f64 <= limit && stats.free_gb > 0
+        let limit = (stats.total_gb as f64 * stats.max_over_subscription_ratio).min(f64::MAX);
+        match stats.provisioned_gb.checked_add(size_gb) {
+            Some(wanted) => wanted as f64 <= limit && stats.free_gb > 0,
+            None => false,
+        }
     } else {
         size_gb <= stats.free_gb
     };
@@ -582,5 +588,17 @@ mod tests {
         assert!(check_capacity("nfs", &stats(10, 8, 15, true, 2.0), 5).is_ok());
         assert!(check_capacity("nfs", &stats(10, 8, 16, true, 2.0), 5).is_err());
         assert!(check_capacity("nfs", &stats(10, 0, 1, true, 20.0), 1).is_err());
+    }
+
+    #[test]
+    fn extreme_figures_give_an_answer_not_a_panic() {
+        let max = u64::MAX;
+        // provisioned + size overflows: it does not fit (409), no panic.
+        let err = check_capacity("rogue", &stats(max, max, max, true, f64::MAX), 1).unwrap_err();
+        assert!(matches!(err, OpError::Conflict(_)), "{err}");
+        assert!(err.to_string().contains(&max.to_string()), "{err}");
+        // total × ratio beyond f64: saturates, a small volume fits.
+        assert!(check_capacity("rogue", &stats(max, 1, 0, true, f64::MAX), 1).is_ok());
+        assert!(check_capacity("rogue", &stats(max, max, 0, false, 1.0), max).is_ok());
     }
 }
