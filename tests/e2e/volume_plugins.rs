@@ -811,13 +811,14 @@ fn rogue_connection_answers_are_refused() {
     }
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious state");
 
-    // The volume's own regular file is accepted, over NFS and through the mount.
-    std::fs::remove_file(server.a.join(&own)).unwrap();
-    std::fs::write(server.a.join(&own), b"").unwrap();
+    // The volume's own regular file (here a snapshot overlay's name: the NFS server caches
+    // what `own` was) is accepted, over NFS and through the mount.
+    let overlay = format!("{own}.{}", unique());
+    std::fs::write(server.a.join(&overlay), b"").unwrap();
     for (plugin, spec) in [
-        (&rogue, format!("nfs=127.0.0.1:{a}/{own}")),
-        (&rogue_mount, format!("nfs=127.0.0.1:{a}/{own}")),
-        (&rogue_mount, format!("file={mp}/{own}")),
+        (&rogue, format!("nfs=127.0.0.1:{a}/{overlay}")),
+        (&rogue_mount, format!("nfs=127.0.0.1:{a}/{overlay}")),
+        (&rogue_mount, format!("file={mp}/{overlay}")),
     ] {
         let v = VolumeRef {
             id: spec.clone(),
