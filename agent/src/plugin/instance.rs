@@ -5,13 +5,16 @@
 //! call ends at its deadline: a guest computing is trapped by the epoch callback (it yields to
 //! the runtime every [`SLICE_TICKS`] ticks meanwhile), and a guest waiting in a host import (a
 //! WASI clock sleep, a netlink request, an LVM tool) is dropped with its future — the instance
-//! is discarded and no thread stays behind. The answer is then read under bounds
-//! (`answer.rs`): an error, a trap or an unusable answer discards the instance as well; an
-//! answer (even a reported error) keeps it for the next call.
+//! is discarded and no thread stays behind. The answer is copied out within the instance's
+//! answer budget (`memory.rs`) and then checked and cut (`answer.rs`): a trap or an unusable
+//! answer discards the instance as well; an answer (even a reported error) keeps it for the
+//! next call.
 
-use super::answer::{cap, LazyCapacity, LazyConnection, LazyError, LazyVerdicts, Reader};
+use super::answer::{self, cap};
+use super::bindings::volume::hyperlet::volume::types as volume_wit;
 use super::bindings::{
-    filter, network, volume, weigher, WitHostBatch, WitNetwork, WitNetworkType, WitRequestSpec,
+    filter, network, volume, weigher, WitHostBatch, WitNetwork, WitNetworkType, WitPluginError,
+    WitRequestSpec, WitVerdicts,
 };
 use super::engine::{PluginEngine, SLICE_TICKS};
 use super::host::{HostState, LogBudget};
@@ -26,7 +29,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{ComponentNamedList, Func, HasSelf, Lift, Linker, Lower, WasmList};
+use wasmtime::component::{ComponentNamedList, Func, HasSelf, Lift, Linker, Lower};
 use wasmtime::{Store, UpdateDeadline};
 
 /// Ready instances kept per plugin.
@@ -87,15 +90,9 @@ fn wit_network(net: &BackendNetwork) -> WitNetwork {
     }
 }
 
-fn trap_error(plugin: &str, timeout: Duration, e: &wasmtime::Error) -> PluginError {
-    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-        return timed_out(plugin, timeout);
-    }
-    PluginError::Trap {
-        plugin: plugin.to_string(),
-        reason: cap(&format!("{e:#}")),
-    }
-}
+/// What wasmtime says when a copy from the guest runs out of hostcall fuel (its error type is
+/// private; `answers_over_the_budget_are_refused` checks the words).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
 
 fn timed_out(plugin: &str, timeout: Duration) -> PluginError {
     PluginError::Timeout {
@@ -117,7 +114,7 @@ impl Bound {
 }
 
 /// Reads an answer that carries nothing.
-fn nothing(_: &mut Reader<'_>, _: &()) -> Result<(), String> {
+fn nothing(_: ()) -> Result<(), String> {
     Ok(())
 }
 
@@ -236,16 +233,19 @@ impl LoadedPlugin {
         Duration::from_millis(self.config.call_timeout_ms)
     }
 
-    /// A store for a new instance: the memory budget, the host capabilities, and the epoch
-    /// callback that yields every [`SLICE_TICKS`] and traps once the call's deadline passed.
+    /// A store for a new instance: the memory budget (linear memories, and the answer budget
+    /// as hostcall fuel), the host capabilities, and the epoch callback that yields every
+    /// [`SLICE_TICKS`] and traps once the call's deadline passed.
     fn store(&self) -> Store<HostState> {
         let memory = (self.config.memory_limit_mb * 1024 * 1024) as usize;
         let mut state = HostState::new(self.name.clone(), self.budget.clone(), memory);
         state.netlink = self.netlink.clone();
         state.volume = self.volume.clone();
         state.call_deadline = Some(Instant::now() + self.timeout());
+        let answers = state.memory.answers();
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| &mut s.memory);
+        store.set_hostcall_fuel(answers);
         store.epoch_deadline_callback(|ctx| {
             Ok(match ctx.data().call_deadline {
                 Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
@@ -274,7 +274,7 @@ impl LoadedPlugin {
             };
             let configure = bound
                 .configure()
-                .typed::<(&Vec<(String, String)>,), (Result<(), LazyError>,)>(&store)?;
+                .typed::<(&Vec<(String, String)>,), (Result<(), WitPluginError>,)>(&store)?;
             let (answer,) = configure.call_async(&mut store, (&settings,)).await?;
             wasmtime::Result::Ok((bound, answer))
         };
@@ -282,13 +282,11 @@ impl LoadedPlugin {
         store.data().flush_output();
         let (bound, answer) = match outcome {
             Err(_) => return Err(timed_out(&self.name, self.timeout())),
-            Ok(Err(e)) => return Err(trap_error(&self.name, self.timeout(), &e)),
+            Ok(Err(e)) => return Err(self.failed(&e)),
             Ok(Ok(done)) => done,
         };
         if let Err(e) = answer {
-            let (code, message) = Reader::new(&mut store)
-                .error(&e)
-                .map_err(|reason| self.bad(reason))?;
+            let (code, message) = answer::error(&e);
             return Err(PluginError::Reported {
                 plugin: self.name.to_string(),
                 code,
@@ -322,10 +320,31 @@ impl LoadedPlugin {
         }
     }
 
+    /// An unusable answer; the reason is cut ([`cap`]), as it may quote the plugin.
     fn bad(&self, reason: String) -> PluginError {
         PluginError::BadAnswer {
             plugin: self.name.to_string(),
-            reason,
+            reason: cap(&reason),
+        }
+    }
+
+    /// Why a call failed in wasmtime: the deadline, a copy over the answer budget, or a trap.
+    fn failed(&self, e: &wasmtime::Error) -> PluginError {
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return timed_out(&self.name, self.timeout());
+        }
+        if e.chain()
+            .any(|c| c.to_string().contains(HOSTCALL_FUEL_EXHAUSTED))
+        {
+            let budget = (self.config.memory_limit_mb << 20) / 8;
+            return self.bad(format!(
+                "it passed the host more than {budget} bytes of strings and lists at once \
+                 (its answer budget, an eighth of memory_limit_mb)"
+            ));
+        }
+        PluginError::Trap {
+            plugin: self.name.to_string(),
+            reason: cap(&format!("{e:#}")),
         }
     }
 
@@ -346,14 +365,14 @@ impl LoadedPlugin {
     }
 
     /// One call of the export `pick` selects, with `params`, under the call deadline; the
-    /// answer `L` (lifted lazily) is read by `read` within the answer bounds. A reported error
-    /// or a good answer keeps the instance; a trap, timeout or unusable answer discards it.
+    /// answer `L` (copied within the answer budget) is checked by `read`. A reported error or
+    /// a good answer keeps the instance; a trap, timeout or unusable answer discards it.
     async fn call<P, L, T>(
         &self,
         what: &str,
         pick: impl FnOnce(&Bound) -> Option<Func>,
         params: P,
-        read: impl FnOnce(&mut Reader<'_>, &L) -> Result<T, String>,
+        read: impl FnOnce(L) -> Result<T, String>,
     ) -> Result<T, PluginError>
     where
         P: ComponentNamedList + Lower + Send + Sync,
@@ -368,7 +387,7 @@ impl LoadedPlugin {
                 });
             };
             let typed = func
-                .typed::<P, (Result<L, LazyError>,)>(&ready.store)
+                .typed::<P, (Result<L, WitPluginError>,)>(&ready.store)
                 .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
             ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
             ready.store.set_epoch_deadline(SLICE_TICKS);
@@ -379,15 +398,13 @@ impl LoadedPlugin {
             // A timeout or a trap drops `ready` here: the instance is discarded.
             let (answer,) = match outcome {
                 Err(_) => return Err(timed_out(&self.name, self.timeout())),
-                Ok(Err(e)) => return Err(trap_error(&self.name, self.timeout(), &e)),
+                Ok(Err(e)) => return Err(self.failed(&e)),
                 Ok(Ok(answer)) => answer,
             };
-            let mut reader = Reader::new(&mut ready.store);
-            let read = match &answer {
-                Ok(lazy) => read(&mut reader, lazy).map(Ok),
-                Err(e) => reader.error(e).map(Err),
+            let read = match answer {
+                Ok(value) => read(value).map(Ok),
+                Err(e) => Ok(Err(answer::error(&e))),
             };
-            drop(reader);
             match read {
                 Err(reason) => Err(self.bad(reason)),
                 Ok(Ok(value)) => {
@@ -426,7 +443,7 @@ impl LoadedPlugin {
                 _ => None,
             },
             (spec, batch),
-            |r, v: &LazyVerdicts| r.verdicts(v, hosts),
+            |v: WitVerdicts| answer::verdicts(v, hosts),
         )
         .await
     }
@@ -450,7 +467,7 @@ impl LoadedPlugin {
                 _ => None,
             },
             (spec, batch),
-            |r, w: &WasmList<f64>| r.weights(w, hosts),
+            |w: Vec<f64>| answer::weights(w, hosts),
         )
         .await
     }
@@ -460,7 +477,7 @@ impl LoadedPlugin {
         &self,
         pick: impl FnOnce(&network::exports::hyperlet::network::backend::Guest) -> Func,
         params: P,
-        read: impl FnOnce(&mut Reader<'_>, &L) -> Result<T, String>,
+        read: impl FnOnce(L) -> Result<T, String>,
     ) -> Result<T, PluginError>
     where
         P: ComponentNamedList + Lower + Send + Sync,
@@ -502,7 +519,7 @@ impl LoadedPlugin {
             .call_backend(
                 |b| *b.func_ensure_network().func(),
                 (&wit,),
-                |r, name| r.name("bridge name", name),
+                |name: String| answer::name("bridge name", name),
             )
             .await?;
         if crate::net::validate_ifname(&bridge).is_err() {
@@ -531,7 +548,7 @@ impl LoadedPlugin {
         &self,
         pick: impl FnOnce(&volume::exports::hyperlet::volume::driver::Guest) -> Func,
         params: P,
-        read: impl FnOnce(&mut Reader<'_>, &L) -> Result<T, String>,
+        read: impl FnOnce(L) -> Result<T, String>,
     ) -> Result<T, PluginError>
     where
         P: ComponentNamedList + Lower + Send + Sync,
@@ -566,24 +583,19 @@ impl LoadedPlugin {
         &self,
         pick: impl FnOnce(&volume::exports::hyperlet::volume::driver::Guest) -> Func,
         params: P,
-    ) -> Result<super::bindings::volume::hyperlet::volume::types::ConnectionInfo, PluginError>
+    ) -> Result<volume_wit::ConnectionInfo, PluginError>
     where
         P: ComponentNamedList + Lower + Send + Sync,
     {
-        self.call_driver(pick, params, |r, c: &LazyConnection| r.connection(c))
-            .await
+        self.call_driver(pick, params, answer::connection).await
     }
 
     /// A driver's capacity report, its backend name read within bounds.
     pub(super) async fn call_driver_capacity(
         &self,
-    ) -> Result<super::bindings::volume::hyperlet::volume::types::CapacityStats, PluginError> {
-        self.call_driver(
-            |d| *d.func_capacity_stats().func(),
-            (),
-            |r, c: &LazyCapacity| r.capacity(c),
-        )
-        .await
+    ) -> Result<volume_wit::CapacityStats, PluginError> {
+        self.call_driver(|d| *d.func_capacity_stats().func(), (), answer::capacity)
+            .await
     }
 
     /// Counts a call that answered but whose answer was refused.
