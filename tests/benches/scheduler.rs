@@ -108,12 +108,12 @@ fn registry(cache: &std::path::Path) -> PluginRegistry {
             .iter()
             .map(|(n, k)| config(n, k, PluginKind::Weigher)),
     );
-    let registry = PluginRegistry::load(
+    let registry = block(PluginRegistry::load(
         PluginEngine::new().unwrap(),
         cache.to_path_buf(),
         &configs,
         10,
-    );
+    ));
     for view in registry.views() {
         assert!(view.error.is_none(), "{}: {:?}", view.name, view.error);
     }
@@ -205,6 +205,20 @@ fn native_weigh<W: Weigher>(
     }
 }
 
+/// Runs a plugin call to completion on the bench's runtime (one thread, as a call runs in the
+/// agent: on one executor thread).
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        })
+        .block_on(f)
+}
+
 /// The chain with the components, driven like [`native_chain`] (no result assembly).
 fn wasm_chain(
     registry: &PluginRegistry,
@@ -215,10 +229,8 @@ fn wasm_chain(
     let full = sched::batch_of(hosts, &(0..hosts.len()).collect::<Vec<_>>());
     let mut standing: Vec<usize> = (0..hosts.len()).collect();
     for (_, plugin) in registry.chain(PluginKind::Filter) {
-        let verdicts = plugin
-            .unwrap()
-            .filter(&wit_spec, &sched::subset(&full, &standing))
-            .unwrap();
+        let batch = sched::subset(&full, &standing);
+        let verdicts = block(plugin.unwrap().filter(&wit_spec, &batch)).unwrap();
         standing = standing
             .into_iter()
             .zip(verdicts)
@@ -229,7 +241,7 @@ fn wasm_chain(
     let batch = sched::subset(&full, &standing);
     let mut total = vec![0.0; standing.len()];
     for (_, plugin) in registry.chain(PluginKind::Weigher) {
-        let raw = plugin.unwrap().weigh(&wit_spec, &batch).unwrap();
+        let raw = block(plugin.unwrap().weigh(&wit_spec, &batch)).unwrap();
         for (t, w) in total.iter_mut().zip(sched::normalise(&raw)) {
             *t += w;
         }
@@ -290,7 +302,7 @@ fn main() {
     let spec = spec();
 
     // Same answer both ways.
-    let wasm = sched::evaluate(&registry, &spec, &hosts).unwrap();
+    let wasm = block(sched::evaluate(&registry, &spec, &hosts)).unwrap();
     let (native_passed, _) = native_chain(&spec, &hosts);
     assert_eq!(
         wasm.passed, native_passed,
@@ -309,7 +321,7 @@ fn main() {
         native_t.push(t.elapsed());
         assert_eq!(passed, native_passed);
         let t = Instant::now();
-        let r = sched::evaluate(&registry, &spec, &hosts).unwrap();
+        let r = block(sched::evaluate(&registry, &spec, &hosts)).unwrap();
         api_t.push(t.elapsed());
         assert_eq!(r.passed, native_passed);
     }
@@ -328,14 +340,14 @@ fn main() {
     let mut inst = Vec::new();
     for _ in 0..200 {
         let t = Instant::now();
-        ram.instantiate_once().unwrap();
+        block(ram.instantiate_once()).unwrap();
         inst.push(t.elapsed());
     }
     let one = [hosts[1].clone()];
     let mut call = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        sched::evaluate(&registry, &RequestSpec::default(), &one).unwrap();
+        block(sched::evaluate(&registry, &RequestSpec::default(), &one)).unwrap();
         call.push(t.elapsed());
     }
     let (i50, i90, _) = stats(inst);

@@ -200,8 +200,12 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
 
     // validate-network is pure and explains itself.
     let bad = network(&flat_id, NetworkType::Flat, Some("physnet9"), None);
-    let (code, message) =
-        reported(call(&rt, &plugin, move |p| p.validate_network(&bad)).unwrap_err());
+    let (code, message) = reported(
+        call(&rt, &plugin, move |p| async move {
+            p.validate_network(&bad).await
+        })
+        .unwrap_err(),
+    );
     assert_eq!(code, "invalid");
     assert!(message.contains("physnet9"), "{message}");
     assert!(link(&bridge_of(&flat_id)).is_none());
@@ -209,10 +213,16 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
     // flat: the bridge with the physical interface enslaved.
     let flat = network(&flat_id, NetworkType::Flat, Some("physnet1"), None);
     let net = flat.clone();
-    call(&rt, &plugin, move |p| p.validate_network(&net)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.validate_network(&net).await
+    })
+    .unwrap();
     for _ in 0..2 {
         let net = flat.clone();
-        let bridge = call(&rt, &plugin, move |p| p.ensure_network(&net)).unwrap();
+        let bridge = call(&rt, &plugin, move |p| async move {
+            p.ensure_network(&net).await
+        })
+        .unwrap();
         assert_eq!(bridge, bridge_of(&flat_id));
         let b = link(&bridge).expect("bridge");
         assert_eq!(b["linkinfo"]["info_kind"], "bridge", "{b}");
@@ -225,7 +235,10 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
     }
     for _ in 0..2 {
         let net = flat.clone();
-        call(&rt, &plugin, move |p| p.delete_network(&net)).unwrap();
+        call(&rt, &plugin, move |p| async move {
+            p.delete_network(&net).await
+        })
+        .unwrap();
         assert!(link(&bridge_of(&flat_id)).is_none());
         let p = link(&phys).expect("the physical interface stays");
         assert_eq!(master(&p), None);
@@ -234,18 +247,27 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
     // local: a bare bridge.
     let local = network(&local_id, NetworkType::Local, None, None);
     let net = local.clone();
-    let bridge = call(&rt, &plugin, move |p| p.ensure_network(&net)).unwrap();
+    let bridge = call(&rt, &plugin, move |p| async move {
+        p.ensure_network(&net).await
+    })
+    .unwrap();
     let b = link(&bridge).expect("bridge");
     assert_eq!((mtu(&b), is_up(&b)), (1450, true));
     let net = local.clone();
-    call(&rt, &plugin, move |p| p.delete_network(&net)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.delete_network(&net).await
+    })
+    .unwrap();
     assert!(link(&bridge).is_none());
 
     // vxlan: vxlan-<vni> on lo from 127.0.0.1, enslaved.
     let vxlan = network(&vxlan_id, NetworkType::Vxlan, None, Some(vni));
     for _ in 0..2 {
         let net = vxlan.clone();
-        let bridge = call(&rt, &plugin, move |p| p.ensure_network(&net)).unwrap();
+        let bridge = call(&rt, &plugin, move |p| async move {
+            p.ensure_network(&net).await
+        })
+        .unwrap();
         let b = link(&bridge).expect("bridge");
         assert_eq!((mtu(&b), is_up(&b)), (1450, true));
         let v = link(&format!("vxlan-{vni}")).expect("vxlan link");
@@ -258,14 +280,19 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
         assert_eq!((mtu(&v), is_up(&v)), (1450, true));
     }
     let net = vxlan.clone();
-    call(&rt, &plugin, move |p| p.delete_network(&net)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.delete_network(&net).await
+    })
+    .unwrap();
     assert!(link(&bridge_of(&vxlan_id)).is_none());
     assert!(link(&format!("vxlan-{vni}")).is_none());
 
     // vlan: depends on the kernel, decided up front.
     let vlan = network(&vlan_id, NetworkType::Vlan, Some("physnet1"), Some(100));
     let net = vlan.clone();
-    let result = call(&rt, &plugin, move |p| p.ensure_network(&net));
+    let result = call(&rt, &plugin, move |p| async move {
+        p.ensure_network(&net).await
+    });
     let vlan_link = format!("{phys}.100");
     if kernel_has_8021q() {
         let bridge = result.expect("8021q is available, so VLAN networks must work");
@@ -274,7 +301,10 @@ fn linux_bridge_builds_and_removes_flat_local_vxlan_and_vlan_networks() {
         assert_eq!(master(&v), Some(bridge.as_str()));
         assert_eq!((mtu(&v), is_up(&v)), (1450, true));
         let net = vlan.clone();
-        call(&rt, &plugin, move |p| p.delete_network(&net)).unwrap();
+        call(&rt, &plugin, move |p| async move {
+            p.delete_network(&net).await
+        })
+        .unwrap();
         assert!(link(&vlan_link).is_none());
         assert!(link(&phys).is_some());
     } else {
@@ -328,8 +358,10 @@ fn rogue_backend_is_denied_and_changes_nothing() {
     ] {
         let net = network(attack, NetworkType::Local, None, None);
         let (code, message) = reported(
-            call(&rt, &plugin, move |p| p.ensure_network(&net))
-                .expect_err(&format!("{attack} must be refused")),
+            call(&rt, &plugin, move |p| async move {
+                p.ensure_network(&net).await
+            })
+            .expect_err(&format!("{attack} must be refused")),
         );
         assert_eq!(code, "denied", "{attack}: {message}");
         assert!(message.contains(grant), "{attack}: {message}");

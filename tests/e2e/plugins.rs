@@ -538,3 +538,175 @@ fn calls_in_flight_finish_on_the_old_version_during_a_reload() {
         assert_eq!(plugin_view(&agent, "swappable")["calls"], 1);
     });
 }
+
+/// A field of `/proc/<pid>/status` as a number (`VmRSS`, `VmHWM` in KiB; `Threads`).
+fn proc_status(agent: &Agent, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc status:\n{status}"))
+}
+
+/// Runs `evaluate` on another thread while checking that `/healthz` answers within 1 s the
+/// whole time; returns the evaluation's status and body.
+fn evaluate_while_healthy(agent: &Agent, body: Value) -> (u16, String) {
+    std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            let resp = agent.send(Method::POST, "/v1/scheduler/evaluate", Some(&body));
+            let status = resp.status().as_u16();
+            (status, resp.text().unwrap())
+        });
+        while !call.is_finished() {
+            let started = Instant::now();
+            assert_eq!(agent.get("/healthz").status(), 200);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "/healthz took {:?} during the call",
+                started.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        call.join().unwrap()
+    })
+}
+
+/// The hostile fixture as the only plugin.
+fn hostile_agent(extra: &str) -> Agent {
+    let mut config = runtime();
+    config.push_str(
+        &stanza(
+            "fixture",
+            "filter",
+            &plugin_wasm("hyperlet-fixture-hostile"),
+            extra,
+        )
+        .replace("grants = [\"log\"]", "grants = [\"log\", \"clocks\"]"),
+    );
+    Agent::start_with_config(&config)
+}
+
+#[test]
+fn hostile_answers_cost_the_host_little() {
+    let hosts = json!({"spec": {"ram_mb": 10}, "hosts": [host("h", 1024, 0)]});
+    for (settings, status, needle) in [
+        // 40 MiB of error message: copied once within the answer budget, then cut to 1 KiB.
+        ("mode = \"error\", mb = \"40\"", 502, "bytes cut)"),
+        // 100 MiB: more than the answer budget (64 MiB of 512): refused while copying.
+        ("mode = \"error\"", 502, "passed the host more than"),
+        // Four million one-byte reasons for one host: refused before they are copied.
+        (
+            "mode = \"many\", count = \"4000000\"",
+            502,
+            "passed the host more than",
+        ),
+        // A 4 MiB log line: the agent's log gets 1 KiB of it.
+        ("mode = \"log\"", 200, ""),
+    ] {
+        let agent = hostile_agent(&format!(
+            "settings = {{ {settings} }}\nmemory_limit_mb = 512\ncall_timeout_ms = 20000"
+        ));
+        assert_eq!(plugin_view(&agent, "fixture")["status"], "loaded");
+        let (rss, peak) = (proc_status(&agent, "VmRSS"), proc_status(&agent, "VmHWM"));
+        let (got, body) = evaluate_while_healthy(&agent, hosts.clone());
+        assert_eq!(got, status, "{settings}: {}", &body[..body.len().min(2000)]);
+        assert!(
+            body.len() < 4096,
+            "{settings}: a {} byte answer",
+            body.len()
+        );
+        assert!(body.contains(needle), "{settings}: {body}");
+        // What the host spent receiving the answer stayed far below the guest's own memory.
+        let (rss_after, peak_after) = (proc_status(&agent, "VmRSS"), proc_status(&agent, "VmHWM"));
+        assert!(
+            rss_after < rss + 300 * 1024 && peak_after < peak + 300 * 1024,
+            "{settings}: RSS {rss} → {rss_after} KiB, peak {peak} → {peak_after} KiB"
+        );
+        // The log holds no more than a cut version of what the plugin said.
+        let log = agent.log();
+        let longest = log.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 4096, "{settings}: a log line of {longest} bytes");
+        if settings.contains("log") {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("\"plugin\":\"fixture\"") && l.contains("bytes cut)")),
+                "the plugin's line is not in the log:\n{log}"
+            );
+        }
+        assert_eq!(agent.get("/healthz").status(), 200);
+    }
+}
+
+#[test]
+fn a_call_sleeping_in_a_host_import_ends_at_its_deadline() {
+    let agent =
+        hostile_agent("settings = { mode = \"sleep\", ms = \"60000\" }\ncall_timeout_ms = 500");
+    let body = json!({"spec": {"ram_mb": 10}, "hosts": [host("h", 1024, 0)]});
+    // Warm up, then count threads: a call must leave none behind.
+    let threads = proc_status(&agent, "Threads");
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (status, text) = evaluate_while_healthy(&agent, body.clone());
+        assert_eq!(status, 502, "{text}");
+        assert!(text.contains("did not answer within 500 ms"), "{text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the call ended after {:?}",
+            started.elapsed()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = proc_status(&agent, "Threads");
+        if now <= threads {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent has {now} threads, {threads} before the calls"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(plugin_view(&agent, "fixture")["failures"], 2);
+}
+
+#[test]
+fn an_agent_starts_when_a_plugin_sleeps_in_configure() {
+    let started = Instant::now();
+    let mut config = runtime();
+    config.push_str(&stanza(
+        "good",
+        "filter",
+        &plugin_wasm("hyperlet-filter-ram"),
+        "",
+    ));
+    config.push_str(
+        &stanza(
+            "fixture",
+            "filter",
+            &plugin_wasm("hyperlet-fixture-hostile"),
+            "settings = { mode = \"sleep-configure\", ms = \"60000\" }\ncall_timeout_ms = 1000",
+        )
+        .replace("grants = [\"log\"]", "grants = [\"log\", \"clocks\"]"),
+    );
+    let agent = Agent::start_with_config(&config);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the agent took {:?} to start",
+        started.elapsed()
+    );
+    let view = plugin_view(&agent, "fixture");
+    assert_eq!(view["status"], "failed", "{view}");
+    assert!(
+        view["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 1000 ms"),
+        "{view}"
+    );
+    assert_eq!(plugin_view(&agent, "good")["status"], "loaded");
+    let (status, _) = evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]}));
+    assert_eq!(status, 200);
+}

@@ -75,16 +75,27 @@ fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
 
     let v = VolumeRef::new(unique(), 1);
     let vol = v.clone();
-    call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap();
+    call(
+        &rt,
+        &plugin,
+        move |p| async move { p.volume_create(&vol).await },
+    )
+    .unwrap();
     assert_eq!(t.lvs(), [(v.name.clone(), GIB, String::new())]);
 
     let vol = v.clone();
-    call(&rt, &plugin, move |p| p.volume_extend(&vol, 2)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.volume_extend(&vol, 2).await
+    })
+    .unwrap();
     assert_eq!(t.lvs(), [(v.name.clone(), 2 * GIB, String::new())]);
 
     let s = SnapshotRef::new(unique(), v.clone());
     let snap = s.clone();
-    call(&rt, &plugin, move |p| p.snapshot_create(&snap)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.snapshot_create(&snap).await
+    })
+    .unwrap();
     let snap_lv = format!("_{}", s.name);
     assert!(
         t.lvs()
@@ -96,7 +107,14 @@ fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
     // Deleting a volume with a snapshot is refused; nothing changes.
     let before = t.lvs();
     let vol = v.clone();
-    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap_err());
+    let (code, message) = reported(
+        call(
+            &rt,
+            &plugin,
+            move |p| async move { p.volume_delete(&vol).await },
+        )
+        .unwrap_err(),
+    );
     assert_eq!(code, "in-use", "{message}");
     assert!(message.contains(&snap_lv), "{message}");
     assert_eq!(t.lvs(), before);
@@ -104,22 +122,34 @@ fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
     // A block copy needs active LVs: here (no device-mapper) it fails cleanly, leaving nothing.
     let v2 = VolumeRef::new(unique(), 2);
     let (vol, snap) = (v2.clone(), s.clone());
-    let (code, message) =
-        reported(call(&rt, &plugin, move |p| p.volume_from_snapshot(&vol, &snap)).unwrap_err());
+    let (code, message) = reported(
+        call(&rt, &plugin, move |p| async move {
+            p.volume_from_snapshot(&vol, &snap).await
+        })
+        .unwrap_err(),
+    );
     assert_eq!(code, "unsupported", "{message}");
     assert!(message.contains("not active"), "{message}");
     assert_eq!(t.lvs(), before);
 
     let vol = v.clone();
     assert_eq!(
-        call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap(),
+        call(&rt, &plugin, move |p| async move {
+            p.connection_info(&vol).await
+        })
+        .unwrap(),
         VolumeConnection::Block {
             path: format!("/dev/{}/{}", t.vg, v.name)
         }
     );
 
     // Stats with cinder's thick formulas, checked against vgs.
-    let stats: CapacityStats = call(&rt, &plugin, |p| p.capacity_stats()).unwrap();
+    let stats: CapacityStats = call(
+        &rt,
+        &plugin,
+        move |p| async move { p.capacity_stats().await },
+    )
+    .unwrap();
     let (size, free) = t.vgs();
     assert_eq!(stats.backend_name, "lvm-e2e");
     assert_eq!((stats.total_gb, stats.free_gb), (size / GIB, free / GIB));
@@ -129,7 +159,14 @@ fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
 
     // Too big: no-space, naming the backend and its free capacity.
     let big = VolumeRef::new(unique(), 100);
-    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_create(&big)).unwrap_err());
+    let (code, message) = reported(
+        call(
+            &rt,
+            &plugin,
+            move |p| async move { p.volume_create(&big).await },
+        )
+        .unwrap_err(),
+    );
     assert_eq!(code, "no-space", "{message}");
     assert!(
         message.contains("lvm-e2e") && message.contains("GiB free"),
@@ -139,16 +176,29 @@ fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
     // Snapshot first, then the volume; both deletes are idempotent.
     for _ in 0..2 {
         let snap = s.clone();
-        call(&rt, &plugin, move |p| p.snapshot_delete(&snap)).unwrap();
+        call(&rt, &plugin, move |p| async move {
+            p.snapshot_delete(&snap).await
+        })
+        .unwrap();
     }
     assert_eq!(t.lvs(), [(v.name.clone(), 2 * GIB, String::new())]);
     for _ in 0..2 {
         let vol = v.clone();
-        call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
+        call(
+            &rt,
+            &plugin,
+            move |p| async move { p.volume_delete(&vol).await },
+        )
+        .unwrap();
     }
     assert!(t.lvs().is_empty());
     let vol = v.clone();
-    let (code, _) = reported(call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap_err());
+    let (code, _) = reported(
+        call(&rt, &plugin, move |p| async move {
+            p.connection_info(&vol).await
+        })
+        .unwrap_err(),
+    );
     assert_eq!(code, "not-found");
 }
 
@@ -200,7 +250,12 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
 
     // Raw, sparse.
     let vol = v.clone();
-    call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap();
+    call(
+        &rt,
+        &plugin,
+        move |p| async move { p.volume_create(&vol).await },
+    )
+    .unwrap();
     assert!(nfs_ls(&a).contains(&v.name));
     let img = nfs_image(&a, &v.name);
     assert_eq!(img["format"], "raw");
@@ -214,25 +269,40 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
 
     // qcow2 on request.
     let vol = vq.clone();
-    call(&rt, &qcow2, move |p| p.volume_create(&vol)).unwrap();
+    call(
+        &rt,
+        &qcow2,
+        move |p| async move { p.volume_create(&vol).await },
+    )
+    .unwrap();
     let img = nfs_image(&a, &vq.name);
     assert_eq!(img["format"], "qcow2");
     assert_eq!(img["virtual-size"], GIB);
     let vol = vq.clone();
-    match call(&rt, &qcow2, move |p| p.connection_info(&vol)).unwrap() {
+    match call(&rt, &qcow2, move |p| async move {
+        p.connection_info(&vol).await
+    })
+    .unwrap()
+    {
         VolumeConnection::Nfs { format, .. } => assert_eq!(format, DiskFormat::Qcow2),
         other => panic!("{other:?}"),
     }
 
     // Extend.
     let vol = v.clone();
-    call(&rt, &plugin, move |p| p.volume_extend(&vol, 2)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.volume_extend(&vol, 2).await
+    })
+    .unwrap();
     assert_eq!(nfs_image(&a, &v.name)["virtual-size"], 2 * GIB);
 
     // Snapshot: an overlay on the base, recorded in the info file, and now active.
     let s = SnapshotRef::new(unique(), v.clone());
     let snap = s.clone();
-    call(&rt, &plugin, move |p| p.snapshot_create(&snap)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.snapshot_create(&snap).await
+    })
+    .unwrap();
     let overlay = format!("{}.{}", v.name, s.id);
     let img = nfs_image(&a, &overlay);
     assert_eq!(img["format"], "qcow2");
@@ -250,7 +320,10 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
     assert_eq!(info[s.id.as_str()], overlay.as_str());
     let vol = v.clone();
     assert_eq!(
-        call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap(),
+        call(&rt, &plugin, move |p| async move {
+            p.connection_info(&vol).await
+        })
+        .unwrap(),
         VolumeConnection::Nfs {
             host: "127.0.0.1".into(),
             path: format!("{}/{overlay}", a.display()),
@@ -258,12 +331,22 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
         }
     );
     let vol = v.clone();
-    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap_err());
+    let (code, message) = reported(
+        call(
+            &rt,
+            &plugin,
+            move |p| async move { p.volume_delete(&vol).await },
+        )
+        .unwrap_err(),
+    );
     assert_eq!(code, "in-use", "{message}");
 
     // A volume from the snapshot and a clone: self-contained files, grown to their size.
     let (vol, snap) = (v2.clone(), s.clone());
-    call(&rt, &plugin, move |p| p.volume_from_snapshot(&vol, &snap)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.volume_from_snapshot(&vol, &snap).await
+    })
+    .unwrap();
     let img = nfs_image(&a, &v2.name);
     assert_eq!(
         (img["format"].as_str(), img.get("backing-filename")),
@@ -271,7 +354,10 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
     );
     assert_eq!(img["virtual-size"], 2 * GIB);
     let (vol, src) = (v3.clone(), v.clone());
-    call(&rt, &plugin, move |p| p.volume_clone(&vol, &src)).unwrap();
+    call(&rt, &plugin, move |p| async move {
+        p.volume_clone(&vol, &src).await
+    })
+    .unwrap();
     let img = nfs_image(&a, &v3.name);
     assert_eq!(
         (img["format"].as_str(), img.get("backing-filename")),
@@ -281,13 +367,20 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
     // Deleting the snapshot commits the overlay into the base, which becomes active again.
     for _ in 0..2 {
         let snap = s.clone();
-        call(&rt, &plugin, move |p| p.snapshot_delete(&snap)).unwrap();
+        call(&rt, &plugin, move |p| async move {
+            p.snapshot_delete(&snap).await
+        })
+        .unwrap();
     }
     let names = nfs_ls(&a);
     assert!(!names.contains(&overlay), "{names:?}");
     assert!(!names.contains(&format!("{}.info", v.name)), "{names:?}");
     let vol = v.clone();
-    match call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap() {
+    match call(&rt, &plugin, move |p| async move {
+        p.connection_info(&vol).await
+    })
+    .unwrap()
+    {
         VolumeConnection::Nfs { path, format, .. } => {
             assert_eq!(path, format!("{}/{}", a.display(), v.name));
             assert_eq!(format, DiskFormat::Raw);
@@ -296,7 +389,12 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
     }
 
     // Stats from the share, checked against its file system.
-    let stats = call(&rt, &plugin, |p| p.capacity_stats()).unwrap();
+    let stats = call(
+        &rt,
+        &plugin,
+        move |p| async move { p.capacity_stats().await },
+    )
+    .unwrap();
     let fs = nix::sys::statvfs::statvfs(&a).unwrap();
     let total = fs.blocks() * fs.fragment_size();
     assert_eq!(stats.backend_name, "nfs-e2e");
@@ -307,10 +405,20 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
 
     for vol in [&v, &v2, &v3] {
         let vol = (*vol).clone();
-        call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
+        call(
+            &rt,
+            &plugin,
+            move |p| async move { p.volume_delete(&vol).await },
+        )
+        .unwrap();
     }
     let vol = vq.clone();
-    call(&rt, &qcow2, move |p| p.volume_delete(&vol)).unwrap();
+    call(
+        &rt,
+        &qcow2,
+        move |p| async move { p.volume_delete(&vol).await },
+    )
+    .unwrap();
     let names = nfs_ls(&a);
     for x in [&v, &v2, &v3, &vq] {
         assert!(names.iter().all(|n| !n.contains(&x.id)), "{names:?}");
@@ -371,7 +479,14 @@ fn a_full_nfs_backend_answers_no_space() {
     let plugin = driver(&registry, "nfs-full");
     let v = VolumeRef::new(unique(), 1);
     let vol = v.clone();
-    let (code, message) = reported(call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap_err());
+    let (code, message) = reported(
+        call(
+            &rt,
+            &plugin,
+            move |p| async move { p.volume_create(&vol).await },
+        )
+        .unwrap_err(),
+    );
     assert_eq!(code, "no-space", "{message}");
     assert!(
         message.contains("nfs-full") && message.contains(&share),
@@ -440,8 +555,12 @@ fn rogue_driver_is_denied_and_changes_nothing() {
             size_gb: 1,
         };
         let (code, message) = reported(
-            call(&rt, &plugin, move |p| p.volume_create(&v))
-                .expect_err(&format!("{attack} must be refused")),
+            call(
+                &rt,
+                &plugin,
+                move |p| async move { p.volume_create(&v).await },
+            )
+            .expect_err(&format!("{attack} must be refused")),
         );
         assert_eq!(code, "denied", "{attack}: {message}");
         assert!(message.contains(says), "{attack}: {message}");
@@ -509,9 +628,17 @@ fn an_image_is_copied_into_an_nfs_volume() {
     let v = VolumeRef::new(unique(), 1);
     let _files = FileGuard(vec![(server.a.clone(), v.id.clone())]);
     let vol = v.clone();
-    call(&rt, &plugin, move |p| p.volume_create(&vol)).unwrap();
+    call(
+        &rt,
+        &plugin,
+        move |p| async move { p.volume_create(&vol).await },
+    )
+    .unwrap();
     let vol = v.clone();
-    let connection = call(&rt, &plugin, move |p| p.connection_info(&vol)).unwrap();
+    let connection = call(&rt, &plugin, move |p| async move {
+        p.connection_info(&vol).await
+    })
+    .unwrap();
 
     // An image with recognisable contents: 4 MiB of a pattern, as qcow2.
     let dir = tempfile::tempdir().unwrap();
@@ -585,7 +712,12 @@ fn an_image_is_copied_into_an_nfs_volume() {
         .unwrap_err();
     assert!(e.to_string().contains("vmdk"), "{e}");
     let vol = v.clone();
-    call(&rt, &plugin, move |p| p.volume_delete(&vol)).unwrap();
+    call(
+        &rt,
+        &plugin,
+        move |p| async move { p.volume_delete(&vol).await },
+    )
+    .unwrap();
 }
 
 /// Removes a path (file, link or directory tree) on drop.

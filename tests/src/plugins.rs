@@ -1,6 +1,6 @@
 //! The agent's real plugin registry for tests and benches: loaded from a config's
-//! `[[plugins]]` as the daemon loads it, and called from a blocking thread as the agent's
-//! async code calls it.
+//! `[[plugins]]` as the daemon loads it, and called on a runtime as the agent's async code
+//! calls it.
 
 use crate::{plugin_wasm, shared_plugin_cache};
 use hyperlet::config::Config;
@@ -20,15 +20,12 @@ pub fn registry_with_config(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginR
         .build()
         .expect("tokio runtime");
     let plugins = config.plugins.clone();
-    let loading = runtime.spawn_blocking(move || {
-        PluginRegistry::load(
-            PluginEngine::new().expect("plugin engine"),
-            shared_plugin_cache(),
-            &plugins,
-            120,
-        )
-    });
-    let registry = runtime.block_on(loading).expect("registry loads");
+    let registry = runtime.block_on(PluginRegistry::load(
+        PluginEngine::new().expect("plugin engine"),
+        shared_plugin_cache(),
+        &plugins,
+        120,
+    ));
     (runtime, Arc::new(registry), config)
 }
 
@@ -41,18 +38,16 @@ pub fn registry(toml: &str) -> (tokio::runtime::Runtime, Arc<PluginRegistry>) {
     (runtime, registry)
 }
 
-/// Calls the plugin on a blocking thread of `runtime`, as the agent's async code does.
-///
-/// # Panics
-/// When the blocking task panics.
-pub fn call<T: Send + 'static>(
+/// Runs the plugin call `f` on `runtime`, as the agent's async code does.
+pub fn call<T, F>(
     runtime: &tokio::runtime::Runtime,
     plugin: &Arc<LoadedPlugin>,
-    f: impl FnOnce(&LoadedPlugin) -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, PluginError> {
-    let plugin = plugin.clone();
-    let task = runtime.spawn_blocking(move || f(&plugin));
-    runtime.block_on(task).expect("plugin call task")
+    f: impl FnOnce(Arc<LoadedPlugin>) -> F,
+) -> Result<T, PluginError>
+where
+    F: std::future::Future<Output = Result<T, PluginError>>,
+{
+    runtime.block_on(f(plugin.clone()))
 }
 
 /// The code and message of an error the plugin reported itself; panics on any other error.

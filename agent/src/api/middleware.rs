@@ -194,12 +194,16 @@ mod tests {
             )
             .unwrap(),
             node_id: "test-node".into(),
-            plugins: std::sync::Arc::new(crate::plugin::PluginRegistry::load(
-                crate::plugin::PluginEngine::new().unwrap(),
-                dir.join("plugin-cache"),
-                &[],
-                10,
-            )),
+            // No plugins: loading completes without waiting.
+            plugins: std::sync::Arc::new(
+                futures_util::FutureExt::now_or_never(crate::plugin::PluginRegistry::load(
+                    crate::plugin::PluginEngine::new().unwrap(),
+                    dir.join("plugin-cache"),
+                    &[],
+                    10,
+                ))
+                .expect("an empty registry loads at once"),
+            ),
         })
     }
 

@@ -160,11 +160,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             config.plugins.clone(),
             config.plugin_runtime.log_lines_per_minute,
         );
-        Arc::new(
-            tokio::task::spawn_blocking(move || PluginRegistry::load(engine, dir, &configs, lines))
-                .await
-                .map_err(|e| DaemonError::Plugin(e.to_string()))?,
-        )
+        Arc::new(PluginRegistry::load(engine, dir, &configs, lines).await)
     };
     let stop = CancellationToken::new();
     let services = Services::new(ServicesParts {

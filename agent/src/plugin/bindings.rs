@@ -1,10 +1,14 @@
-//! Host bindings of the plugin worlds, generated from `wit/` at build time.
+//! Host bindings of the plugin worlds, generated from `wit/` at build time. Every import is an
+//! `async` host function and every export is called with `call_async`: a call's deadline can
+//! then end it wherever the guest is, even inside a host import (see `instance.rs`).
 
 /// `hyperlet:scheduler/filter-plugin`.
 pub mod filter {
     wasmtime::component::bindgen!({
         path: "../wit/scheduler",
         world: "hyperlet:scheduler/filter-plugin",
+        imports: { default: async },
+        exports: { default: async },
     });
 }
 
@@ -14,6 +18,8 @@ pub mod weigher {
     wasmtime::component::bindgen!({
         path: "../wit/scheduler",
         world: "hyperlet:scheduler/weigher-plugin",
+        imports: { default: async },
+        exports: { default: async },
         with: {
             "hyperlet:common/types": super::filter::hyperlet::common::types,
             "hyperlet:common/log": super::filter::hyperlet::common::log,
@@ -33,6 +39,8 @@ pub mod network {
     wasmtime::component::bindgen!({
         path: "../wit/network",
         world: "hyperlet:network/network-backend",
+        imports: { default: async },
+        exports: { default: async },
         with: {
             "hyperlet:common/types": super::filter::hyperlet::common::types,
             "hyperlet:common/log": super::filter::hyperlet::common::log,
@@ -51,6 +59,8 @@ pub mod volume {
     wasmtime::component::bindgen!({
         path: "../wit/volume",
         world: "hyperlet:volume/volume-driver",
+        imports: { default: async },
+        exports: { default: async },
         with: {
             "hyperlet:common/types": super::filter::hyperlet::common::types,
             "hyperlet:common/log": super::filter::hyperlet::common::log,

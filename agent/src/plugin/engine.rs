@@ -1,5 +1,7 @@
 //! The wasmtime engine shared by every plugin: component model, Cranelift, the pooling
-//! allocator, and epoch interruption driven by a ticker thread.
+//! allocator, and epoch interruption driven by a ticker thread. Calls run on fibers
+//! (`call_async`): a guest that computes yields to the tokio runtime every [`SLICE_TICKS`]
+//! ticks, so one plugin never holds an executor thread for long.
 
 use super::PluginError;
 use crate::config::MAX_PLUGIN_MEMORY_MB;
@@ -10,6 +12,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 /// One epoch tick. Deadlines are counted in ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Epoch ticks a guest may compute before it yields to the async runtime (about 10 ms).
+pub const SLICE_TICKS: u64 = 5;
 
 /// Instances the pool can hold at once, across all plugins.
 const POOL_INSTANCES: u32 = 256;
@@ -35,7 +40,8 @@ impl PluginEngine {
             .max_memory_size((MAX_PLUGIN_MEMORY_MB * 1024 * 1024) as usize)
             .max_memories_per_component(4)
             .max_core_instances_per_component(16)
-            .max_tables_per_component(8);
+            .max_tables_per_component(8)
+            .total_stacks(POOL_INSTANCES);
         let mut config = Config::new();
         config
             .wasm_component_model(true)

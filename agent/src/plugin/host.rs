@@ -3,19 +3,21 @@
 //! capability of network backends is in `netlink.rs`, the `lvm`, `files` and `qemu-img`
 //! capabilities of volume drivers in `volume_host.rs`.)
 
+use super::answer::cap;
 use super::bindings::{filter, LogLevel};
+use super::memory::MemoryBudget;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Most bytes of guest stdout/stderr kept between two flushes; the rest is dropped.
 const OUTPUT_CAP: usize = 64 * 1024;
 
-/// A per-plugin budget of log lines per minute, shared by all its instances.
+/// A per-plugin budget of log lines per minute, shared by all its instances. Lines over the
+/// budget are dropped and counted; the first line of the next minute says how many.
 #[derive(Debug)]
 pub struct LogBudget {
     per_minute: u32,
@@ -31,28 +33,37 @@ impl LogBudget {
         }
     }
 
-    /// Whether one more line may be written now; counts dropped lines.
-    fn take(&self) -> bool {
+    /// Whether one more line may be written now, and how many were dropped before it (in the
+    /// minutes since the last line written).
+    pub fn take(&self) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.0.elapsed() >= Duration::from_secs(60) {
             *state = (Instant::now(), 0, state.2);
         }
         if state.1 < self.per_minute {
             state.1 += 1;
-            true
+            Some(std::mem::take(&mut state.2))
         } else {
             state.2 += 1;
-            false
+            None
         }
     }
 }
 
-/// Writes one plugin log line into the agent's log, within the budget.
+/// Writes one plugin log line into the agent's log, cut to 1 KiB ([`cap`]) and within the
+/// budget.
 pub fn emit(plugin: &str, budget: &LogBudget, level: LogLevel, message: &str) {
-    if !budget.take() {
+    let Some(dropped) = budget.take() else {
         return;
+    };
+    if dropped > 0 {
+        tracing::warn!(
+            plugin,
+            dropped,
+            "plugin log lines dropped: over the budget of log_lines_per_minute"
+        );
     }
-    let message: String = message.chars().take(2000).collect();
+    let message = cap(message);
     match level {
         LogLevel::Trace | LogLevel::Debug => tracing::debug!(plugin, "{message}"),
         LogLevel::Info => tracing::info!(plugin, "{message}"),
@@ -123,8 +134,8 @@ pub struct HostState {
     pub plugin: Arc<str>,
     /// Shared log budget of the plugin.
     pub budget: Arc<LogBudget>,
-    /// Memory cap.
-    pub limits: StoreLimits,
+    /// Memory cap of the instance: its memories and what the host keeps of its answers.
+    pub memory: MemoryBudget,
     /// Deny-all WASI context.
     pub wasi: WasiCtx,
     /// WASI resources.
@@ -135,7 +146,8 @@ pub struct HostState {
     pub netlink: Option<Arc<super::netlink::NetlinkHost>>,
     /// The `lvm`, `files` and `qemu-img` capabilities of a volume driver granted them.
     pub volume: Option<Arc<super::volume_host::VolumeHost>>,
-    /// When the call in progress must be over (host work gets at most what is left).
+    /// When the call in progress must be over: the epoch callback traps a computing guest
+    /// then, and host work gets at most what is left.
     pub call_deadline: Option<Instant>,
 }
 
@@ -154,13 +166,7 @@ impl HostState {
         Self {
             plugin,
             budget,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
-                .instances(32)
-                .tables(32)
-                .memories(8)
-                .trap_on_grow_failure(true)
-                .build(),
+            memory: MemoryBudget::new(memory_bytes),
             wasi,
             table: ResourceTable::new(),
             output,
@@ -193,7 +199,7 @@ impl WasiView for HostState {
 }
 
 impl filter::hyperlet::common::log::Host for HostState {
-    fn log(&mut self, level: LogLevel, message: String) {
+    async fn log(&mut self, level: LogLevel, message: String) {
         emit(&self.plugin, &self.budget, level, &message);
     }
 }

@@ -1,10 +1,22 @@
 //! A loaded plugin: its pre-linked component, a few ready instances, and calls under limits.
+//!
+//! A call takes an idle instance (or instantiates and configures one) and runs the export with
+//! `call_async` under `tokio::time::timeout(call_timeout_ms)`. Whatever the guest does, the
+//! call ends at its deadline: a guest computing is trapped by the epoch callback (it yields to
+//! the runtime every [`SLICE_TICKS`] ticks meanwhile), and a guest waiting in a host import (a
+//! WASI clock sleep, a netlink request, an LVM tool) is dropped with its future — the instance
+//! is discarded and no thread stays behind. The answer is copied out within the instance's
+//! answer budget (`memory.rs`) and then checked and cut (`answer.rs`): a trap or an unusable
+//! answer discards the instance as well; an answer (even a reported error) keeps it for the
+//! next call.
 
+use super::answer::{self, cap};
+use super::bindings::volume::hyperlet::volume::types as volume_wit;
 use super::bindings::{
     filter, network, volume, weigher, WitHostBatch, WitNetwork, WitNetworkType, WitPluginError,
     WitRequestSpec, WitVerdicts,
 };
-use super::engine::PluginEngine;
+use super::engine::{PluginEngine, SLICE_TICKS};
 use super::host::{HostState, LogBudget};
 use super::inspect::{inspect_component, Compatibility, ComponentInfo};
 use super::net_grant::NetGrant;
@@ -17,11 +29,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{HasSelf, Linker};
-use wasmtime::Store;
+use wasmtime::component::{ComponentNamedList, Func, HasSelf, Lift, Linker, Lower};
+use wasmtime::{Store, UpdateDeadline};
 
-/// Largest total size of the reason strings one filter call may return.
-pub const MAX_REASON_BYTES: usize = 4 * 1024 * 1024;
 /// Ready instances kept per plugin.
 const IDLE_INSTANCES: usize = 4;
 
@@ -56,6 +66,8 @@ pub struct LoadedPlugin {
     pre: Pre,
     idle: Mutex<Vec<Ready>>,
     budget: Arc<LogBudget>,
+    /// Budget of the agent's own warnings about this plugin's failed calls.
+    failure_log: LogBudget,
     netlink: Option<Arc<NetlinkHost>>,
     volume: Option<Arc<VolumeHost>>,
     calls: AtomicU64,
@@ -78,69 +90,42 @@ fn wit_network(net: &BackendNetwork) -> WitNetwork {
     }
 }
 
-fn trap_error(plugin: &str, timeout: Duration, e: &wasmtime::Error) -> PluginError {
-    if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
-        return PluginError::Timeout {
-            plugin: plugin.to_string(),
-            ms: timeout.as_millis() as u64,
-        };
-    }
-    let mut reason = format!("{e:#}");
-    if let Some(cut) = reason.char_indices().nth(1000).map(|(i, _)| i) {
-        reason.truncate(cut);
-    }
-    PluginError::Trap {
+/// What wasmtime says when a copy from the guest runs out of hostcall fuel (its error type is
+/// private; `answers_over_the_budget_are_refused` checks the words).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+fn timed_out(plugin: &str, timeout: Duration) -> PluginError {
+    PluginError::Timeout {
         plugin: plugin.to_string(),
-        reason,
+        ms: timeout.as_millis() as u64,
     }
 }
 
-/// Checks a filter's answer and turns it into one optional reason per host.
-fn check_verdicts(
-    plugin: &str,
-    verdicts: WitVerdicts,
-    hosts: usize,
-) -> Result<Vec<Option<String>>, PluginError> {
-    let bad = |reason: String| PluginError::BadAnswer {
-        plugin: plugin.to_string(),
-        reason,
-    };
-    if verdicts.pass.len() != hosts {
-        return Err(bad(format!(
-            "{} verdicts for {hosts} hosts",
-            verdicts.pass.len()
-        )));
-    }
-    let bytes: usize = verdicts.reasons.iter().map(|(_, r)| r.len()).sum();
-    if bytes > MAX_REASON_BYTES {
-        return Err(bad(format!(
-            "{bytes} bytes of reasons (the limit is {MAX_REASON_BYTES})"
-        )));
-    }
-    let mut out: Vec<Option<String>> = vec![None; hosts];
-    for (index, reason) in verdicts.reasons {
-        let i = index as usize;
-        if i >= hosts || verdicts.pass[i] {
-            return Err(bad(format!(
-                "a reason for host {index}, which did not fail"
-            )));
-        }
-        out[i] = Some(reason);
-    }
-    for (i, pass) in verdicts.pass.iter().enumerate() {
-        if !pass && out[i].is_none() {
-            out[i] = Some("no reason given".into());
+impl Bound {
+    /// The instance's `configure` export.
+    fn configure(&self) -> Func {
+        match self {
+            Self::Filter(b) => *b.hyperlet_scheduler_filter().func_configure().func(),
+            Self::Weigher(b) => *b.hyperlet_scheduler_weigher().func_configure().func(),
+            Self::Network(b) => *b.hyperlet_network_backend().func_configure().func(),
+            Self::Volume(b) => *b.hyperlet_volume_driver().func_configure().func(),
         }
     }
-    Ok(out)
+}
+
+/// Reads an answer that carries nothing.
+fn nothing(_: ()) -> Result<(), String> {
+    Ok(())
 }
 
 impl LoadedPlugin {
     /// Reads, compiles (or loads from the cache), inspects, links and configures a plugin.
+    /// Compiling runs on a blocking thread; instantiating and `configure` run under the call
+    /// deadline, so a plugin that hangs there is refused instead of holding up the agent.
     ///
     /// # Errors
     /// [`PluginError::NotLoaded`] with the exact reason.
-    pub fn load(
+    pub async fn load(
         engine: &PluginEngine,
         cache_dir: &Path,
         config: &PluginConfig,
@@ -150,16 +135,27 @@ impl LoadedPlugin {
             plugin: config.name.clone(),
             reason,
         };
-        let bytes = std::fs::read(&config.path)
-            .map_err(|e| not_loaded(format!("cannot read {}: {e}", config.path.display())))?;
-        let (component, sha256) = cache::load(engine.engine(), cache_dir, &bytes)
-            .map_err(|e| not_loaded(e.to_string()))?;
+        let compiled = {
+            let (wasm, path, dir) = (
+                engine.engine().clone(),
+                config.path.clone(),
+                cache_dir.to_path_buf(),
+            );
+            tokio::task::spawn_blocking(move || {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                cache::load(&wasm, &dir, &bytes).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| not_loaded(format!("compiling failed: {e}")))?
+        };
+        let (component, sha256) = compiled.map_err(not_loaded)?;
         let info = inspect_component(engine.engine(), &component);
         if let Compatibility::Incompatible(reason) = info.check(config.kind, &config.grants) {
             return Err(not_loaded(reason));
         }
         let mut linker = Linker::<HostState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| not_loaded(format!("cannot link WASI: {e:#}")))?;
         let link_err = |e: wasmtime::Error| not_loaded(format!("cannot link: {e:#}"));
         let pre = match config.kind {
@@ -189,26 +185,19 @@ impl LoadedPlugin {
             }
         };
         let name: Arc<str> = Arc::from(config.name.as_str());
-        // Only a backend granted `netlink` gets it; the runtime that loads the plugin runs its
-        // netlink requests when a call comes from outside any runtime.
+        // Only a backend granted `netlink` gets it.
         let netlink = (config.kind == PluginKind::NetworkBackend
             && config.grants.iter().any(|g| g == "netlink"))
         .then(|| {
             Arc::new(NetlinkHost::new(
                 name.clone(),
                 NetGrant::new(config.netlink.clone().unwrap_or_default()),
-                tokio::runtime::Handle::try_current().ok(),
             ))
         });
         // A volume driver gets the lvm/files/qemu-img access its grants give.
         let volume = if config.kind == PluginKind::VolumeDriver {
             Some(Arc::new(
-                VolumeHost::new(
-                    name.clone(),
-                    config,
-                    tokio::runtime::Handle::try_current().ok(),
-                )
-                .map_err(not_loaded)?,
+                VolumeHost::new(name.clone(), config).map_err(not_loaded)?,
             ))
         } else {
             None
@@ -221,6 +210,7 @@ impl LoadedPlugin {
             pre,
             idle: Mutex::new(Vec::new()),
             budget: Arc::new(LogBudget::new(log_lines_per_minute)),
+            failure_log: LogBudget::new(log_lines_per_minute),
             netlink,
             volume,
             calls: AtomicU64::new(0),
@@ -229,6 +219,7 @@ impl LoadedPlugin {
         // One configured instance proves the plugin works and is kept for the first call.
         let ready = plugin
             .instantiate()
+            .await
             .map_err(|e| not_loaded(e.to_string()))?;
         plugin
             .idle
@@ -242,63 +233,66 @@ impl LoadedPlugin {
         Duration::from_millis(self.config.call_timeout_ms)
     }
 
-    /// A new instance, configured with the plugin's settings.
-    fn instantiate(&self) -> Result<Ready, PluginError> {
+    /// A store for a new instance: the memory budget (linear memories, and the answer budget
+    /// as hostcall fuel), the host capabilities, and the epoch callback that yields every
+    /// [`SLICE_TICKS`] and traps once the call's deadline passed.
+    fn store(&self) -> Store<HostState> {
         let memory = (self.config.memory_limit_mb * 1024 * 1024) as usize;
         let mut state = HostState::new(self.name.clone(), self.budget.clone(), memory);
         state.netlink = self.netlink.clone();
         state.volume = self.volume.clone();
         state.call_deadline = Some(Instant::now() + self.timeout());
+        let answers = state.memory.answers();
         let mut store = Store::new(self.pre_engine(), state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(PluginEngine::ticks(self.timeout()));
+        store.limiter(|s| &mut s.memory);
+        store.set_hostcall_fuel(answers);
+        store.epoch_deadline_callback(|ctx| {
+            Ok(match ctx.data().call_deadline {
+                Some(deadline) if Instant::now() >= deadline => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Yield(SLICE_TICKS),
+            })
+        });
+        store.set_epoch_deadline(SLICE_TICKS);
+        store
+    }
+
+    /// A new instance, configured with the plugin's settings, within the call deadline.
+    async fn instantiate(&self) -> Result<Ready, PluginError> {
+        let mut store = self.store();
         let settings: Vec<(String, String)> = self
             .config
             .settings
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let trap = |e: wasmtime::Error| trap_error(&self.name, self.timeout(), &e);
-        let (bound, configured) = match &self.pre {
-            Pre::Filter(pre) => {
-                let b = pre.instantiate(&mut store).map_err(trap)?;
-                let r = b
-                    .hyperlet_scheduler_filter()
-                    .call_configure(&mut store, &settings)
-                    .map_err(trap)?;
-                (Bound::Filter(b), r)
-            }
-            Pre::Weigher(pre) => {
-                let b = pre.instantiate(&mut store).map_err(trap)?;
-                let r = b
-                    .hyperlet_scheduler_weigher()
-                    .call_configure(&mut store, &settings)
-                    .map_err(trap)?;
-                (Bound::Weigher(b), r)
-            }
-            Pre::Network(pre) => {
-                let b = pre.instantiate(&mut store).map_err(trap)?;
-                let r = b
-                    .hyperlet_network_backend()
-                    .call_configure(&mut store, &settings)
-                    .map_err(trap)?;
-                (Bound::Network(b), r)
-            }
-            Pre::Volume(pre) => {
-                let b = pre.instantiate(&mut store).map_err(trap)?;
-                let r = b
-                    .hyperlet_volume_driver()
-                    .call_configure(&mut store, &settings)
-                    .map_err(trap)?;
-                (Bound::Volume(b), r)
-            }
+        let work = async {
+            let bound = match &self.pre {
+                Pre::Filter(pre) => Bound::Filter(pre.instantiate_async(&mut store).await?),
+                Pre::Weigher(pre) => Bound::Weigher(pre.instantiate_async(&mut store).await?),
+                Pre::Network(pre) => Bound::Network(pre.instantiate_async(&mut store).await?),
+                Pre::Volume(pre) => Bound::Volume(pre.instantiate_async(&mut store).await?),
+            };
+            let configure = bound
+                .configure()
+                .typed::<(&Vec<(String, String)>,), (Result<(), WitPluginError>,)>(&store)?;
+            let (answer,) = configure.call_async(&mut store, (&settings,)).await?;
+            wasmtime::Result::Ok((bound, answer))
         };
+        let outcome = tokio::time::timeout(self.timeout(), work).await;
         store.data().flush_output();
-        configured.map_err(|e| PluginError::Reported {
-            plugin: self.name.to_string(),
-            code: e.code,
-            message: e.message,
-        })?;
+        let (bound, answer) = match outcome {
+            Err(_) => return Err(timed_out(&self.name, self.timeout())),
+            Ok(Err(e)) => return Err(self.failed(&e)),
+            Ok(Ok(done)) => done,
+        };
+        if let Err(e) = answer {
+            let (code, message) = answer::error(&e);
+            return Err(PluginError::Reported {
+                plugin: self.name.to_string(),
+                code,
+                message,
+            });
+        }
         Ok(Ready { store, bound })
     }
 
@@ -311,11 +305,11 @@ impl LoadedPlugin {
         }
     }
 
-    fn take(&self) -> Result<Ready, PluginError> {
+    async fn take(&self) -> Result<Ready, PluginError> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match idle {
             Some(ready) => Ok(ready),
-            None => self.instantiate(),
+            None => self.instantiate().await,
         }
     }
 
@@ -326,158 +320,208 @@ impl LoadedPlugin {
         }
     }
 
+    /// An unusable answer; the reason is cut ([`cap`]), as it may quote the plugin.
+    fn bad(&self, reason: String) -> PluginError {
+        PluginError::BadAnswer {
+            plugin: self.name.to_string(),
+            reason: cap(&reason),
+        }
+    }
+
+    /// Why a call failed in wasmtime: the deadline, a copy over the answer budget, or a trap.
+    fn failed(&self, e: &wasmtime::Error) -> PluginError {
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return timed_out(&self.name, self.timeout());
+        }
+        if e.chain()
+            .any(|c| c.to_string().contains(HOSTCALL_FUEL_EXHAUSTED))
+        {
+            let budget = (self.config.memory_limit_mb << 20) / 8;
+            return self.bad(format!(
+                "it passed the host more than {budget} bytes of strings and lists at once \
+                 (its answer budget, an eighth of memory_limit_mb)"
+            ));
+        }
+        PluginError::Trap {
+            plugin: self.name.to_string(),
+            reason: cap(&format!("{e:#}")),
+        }
+    }
+
+    /// Logs a failed call, within the plugin's budget of lines.
+    fn warn_failed(&self, e: &PluginError) {
+        if let Some(dropped) = self.failure_log.take() {
+            tracing::warn!(plugin = %self.name, error = %e, dropped, "plugin call failed");
+        }
+    }
+
     fn record<T>(&self, result: Result<T, PluginError>) -> Result<T, PluginError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &result {
             self.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = %self.name, error = %e, "plugin call failed");
+            self.warn_failed(e);
         }
         result
     }
 
-    /// Runs the filter over a batch (blocking; run it on a blocking thread). Returns one
-    /// `None` (pass) or `Some(reason)` (fail) per host.
+    /// One call of the export `pick` selects, with `params`, under the call deadline; the
+    /// answer `L` (copied within the answer budget) is checked by `read`. A reported error or
+    /// a good answer keeps the instance; a trap, timeout or unusable answer discards it.
+    async fn call<P, L, T>(
+        &self,
+        what: &str,
+        pick: impl FnOnce(&Bound) -> Option<Func>,
+        params: P,
+        read: impl FnOnce(L) -> Result<T, String>,
+    ) -> Result<T, PluginError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        L: Lift + Send + Sync + 'static,
+    {
+        let result = async {
+            let mut ready = self.take().await?;
+            let Some(func) = pick(&ready.bound) else {
+                return Err(PluginError::NotLoaded {
+                    plugin: self.name.to_string(),
+                    reason: format!("it is a {} plugin, not {what}", self.config.kind.as_str()),
+                });
+            };
+            let typed = func
+                .typed::<P, (Result<L, WitPluginError>,)>(&ready.store)
+                .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
+            ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
+            ready.store.set_epoch_deadline(SLICE_TICKS);
+            let outcome =
+                tokio::time::timeout(self.timeout(), typed.call_async(&mut ready.store, params))
+                    .await;
+            ready.store.data().flush_output();
+            // A timeout or a trap drops `ready` here: the instance is discarded.
+            let (answer,) = match outcome {
+                Err(_) => return Err(timed_out(&self.name, self.timeout())),
+                Ok(Err(e)) => return Err(self.failed(&e)),
+                Ok(Ok(answer)) => answer,
+            };
+            let read = match answer {
+                Ok(value) => read(value).map(Ok),
+                Err(e) => Ok(Err(answer::error(&e))),
+            };
+            match read {
+                Err(reason) => Err(self.bad(reason)),
+                Ok(Ok(value)) => {
+                    self.give_back(ready);
+                    Ok(value)
+                }
+                Ok(Err((code, message))) => {
+                    self.give_back(ready);
+                    Err(PluginError::Reported {
+                        plugin: self.name.to_string(),
+                        code,
+                        message,
+                    })
+                }
+            }
+        }
+        .await;
+        self.record(result)
+    }
+
+    /// Runs the filter over a batch. Returns one `None` (pass) or `Some(reason)` (fail) per
+    /// host.
     ///
     /// # Errors
     /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
-    pub fn filter(
+    pub async fn filter(
         &self,
         spec: &WitRequestSpec,
         batch: &WitHostBatch,
     ) -> Result<Vec<Option<String>>, PluginError> {
-        let result = (|| {
-            let mut ready = self.take()?;
-            ready
-                .store
-                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
-            let Bound::Filter(b) = &ready.bound else {
-                return Err(PluginError::Runtime("not a filter".into()));
-            };
-            let answer =
-                b.hyperlet_scheduler_filter()
-                    .call_filter_hosts(&mut ready.store, spec, batch);
-            ready.store.data().flush_output();
-            // A trap drops `ready` here: the instance is discarded.
-            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
-            let verdicts = match answer {
-                Ok(v) => v,
-                Err(e) => {
-                    self.give_back(ready);
-                    return Err(PluginError::Reported {
-                        plugin: self.name.to_string(),
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-            };
-            let verdicts = check_verdicts(&self.name, verdicts, batch.enabled.len())?;
-            self.give_back(ready);
-            Ok(verdicts)
-        })();
-        self.record(result)
+        let hosts = batch.enabled.len();
+        self.call(
+            "a filter",
+            |b| match b {
+                Bound::Filter(f) => Some(*f.hyperlet_scheduler_filter().func_filter_hosts().func()),
+                _ => None,
+            },
+            (spec, batch),
+            |v: WitVerdicts| answer::verdicts(v, hosts),
+        )
+        .await
     }
 
-    /// Runs the weigher over a batch (blocking; run it on a blocking thread).
+    /// Runs the weigher over a batch.
     ///
     /// # Errors
     /// [`PluginError`] for traps, timeouts, reported errors and unusable answers.
-    pub fn weigh(
+    pub async fn weigh(
         &self,
         spec: &WitRequestSpec,
         batch: &WitHostBatch,
     ) -> Result<Vec<f64>, PluginError> {
-        let result = (|| {
-            let mut ready = self.take()?;
-            ready
-                .store
-                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
-            let Bound::Weigher(b) = &ready.bound else {
-                return Err(PluginError::Runtime("not a weigher".into()));
-            };
-            let answer =
-                b.hyperlet_scheduler_weigher()
-                    .call_weigh_hosts(&mut ready.store, spec, batch);
-            ready.store.data().flush_output();
-            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
-            let weights = match answer {
-                Ok(w) => w,
-                Err(e) => {
-                    self.give_back(ready);
-                    return Err(PluginError::Reported {
-                        plugin: self.name.to_string(),
-                        code: e.code,
-                        message: e.message,
-                    });
-                }
-            };
-            if weights.len() != batch.enabled.len() {
-                return Err(PluginError::BadAnswer {
-                    plugin: self.name.to_string(),
-                    reason: format!(
-                        "{} weights for {} hosts",
-                        weights.len(),
-                        batch.enabled.len()
-                    ),
-                });
-            }
-            if let Some(bad) = weights.iter().find(|w| !w.is_finite()) {
-                return Err(PluginError::BadAnswer {
-                    plugin: self.name.to_string(),
-                    reason: format!("weight {bad} is not a finite number"),
-                });
-            }
-            self.give_back(ready);
-            Ok(weights)
-        })();
-        self.record(result)
-    }
-
-    /// Runs one call of the `backend` interface (blocking): an idle instance under the call
-    /// deadline; a trap discards it, an answer (even an error) keeps it.
-    fn call_backend<T>(
-        &self,
-        call: impl FnOnce(
-            &network::NetworkBackend,
-            &mut Store<HostState>,
-        ) -> wasmtime::Result<Result<T, WitPluginError>>,
-    ) -> Result<T, PluginError> {
-        self.call_world(
-            "a network backend",
+        let hosts = batch.enabled.len();
+        self.call(
+            "a weigher",
             |b| match b {
-                Bound::Network(n) => Some(n),
+                Bound::Weigher(w) => {
+                    Some(*w.hyperlet_scheduler_weigher().func_weigh_hosts().func())
+                }
                 _ => None,
             },
-            call,
+            (spec, batch),
+            |w: Vec<f64>| answer::weights(w, hosts),
         )
+        .await
     }
 
-    /// Asks a network backend whether it can serve `net`, without touching the host (blocking;
-    /// run it on a blocking thread). Call it before storing a network: a
-    /// [`PluginError::Reported`] message is meant for the user.
+    /// Runs one call of the `backend` interface: the export `pick` selects, read by `read`.
+    async fn call_backend<P, L, T>(
+        &self,
+        pick: impl FnOnce(&network::exports::hyperlet::network::backend::Guest) -> Func,
+        params: P,
+        read: impl FnOnce(L) -> Result<T, String>,
+    ) -> Result<T, PluginError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        L: Lift + Send + Sync + 'static,
+    {
+        self.call(
+            "a network backend",
+            |b| match b {
+                Bound::Network(n) => Some(pick(n.hyperlet_network_backend())),
+                _ => None,
+            },
+            params,
+            read,
+        )
+        .await
+    }
+
+    /// Asks a network backend whether it can serve `net`, without touching the host. Call it
+    /// before storing a network: a [`PluginError::Reported`] message is meant for the user.
     ///
     /// # Errors
     /// [`PluginError::Reported`] with the backend's reason, or a trap, timeout or
     /// [`PluginError::NotLoaded`] when this plugin is not a network backend.
-    pub fn validate_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
+    pub async fn validate_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
         let net = wit_network(net);
-        self.call_backend(|b, store| {
-            b.hyperlet_network_backend()
-                .call_validate_network(store, &net)
-        })
+        self.call_backend(|b| *b.func_validate_network().func(), (&net,), nothing)
+            .await
     }
 
-    /// Makes a network backend create whatever of `net`'s plumbing is missing (blocking; run it
-    /// on a blocking thread). Returns the bridge's name. Idempotent.
+    /// Makes a network backend create whatever of `net`'s plumbing is missing. Returns the
+    /// bridge's name. Idempotent.
     ///
     /// # Errors
     /// As [`LoadedPlugin::validate_network`]; host failures come back as the backend reports
     /// them (codes `denied`, `unsupported`, `exists`, `not-found`, `failed`, …).
-    pub fn ensure_network(&self, net: &BackendNetwork) -> Result<String, PluginError> {
+    pub async fn ensure_network(&self, net: &BackendNetwork) -> Result<String, PluginError> {
         let wit = wit_network(net);
-        let bridge = self.call_backend(|b, store| {
-            b.hyperlet_network_backend()
-                .call_ensure_network(store, &wit)
-        })?;
+        let bridge = self
+            .call_backend(
+                |b| *b.func_ensure_network().func(),
+                (&wit,),
+                |name: String| answer::name("bridge name", name),
+            )
+            .await?;
         if crate::net::validate_ifname(&bridge).is_err() {
             // The call itself was counted as a success by `call_backend`.
             return Err(self.refuse_answer(format!(
@@ -494,72 +538,71 @@ impl LoadedPlugin {
         Ok(bridge)
     }
 
-    /// Makes a network backend remove `net`'s bridge and the VLAN/VXLAN link it created
-    /// (blocking; run it on a blocking thread). Idempotent.
+    /// Makes a network backend remove `net`'s bridge and the VLAN/VXLAN link it created.
+    /// Idempotent.
     ///
     /// # Errors
     /// As [`LoadedPlugin::ensure_network`].
-    pub fn delete_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
+    pub async fn delete_network(&self, net: &BackendNetwork) -> Result<(), PluginError> {
         let net = wit_network(net);
-        self.call_backend(|b, store| {
-            b.hyperlet_network_backend()
-                .call_delete_network(store, &net)
-        })
+        self.call_backend(|b| *b.func_delete_network().func(), (&net,), nothing)
+            .await
     }
 
-    /// Runs one call of a volume driver's `driver` interface (blocking): an idle instance
-    /// under the call deadline, which also bounds the host work the call asks for; a trap
-    /// discards the instance, an answer (even an error) keeps it.
-    pub(super) fn call_driver<T>(
+    /// Runs one call of a volume driver's `driver` interface: the export `pick` selects, read
+    /// by `read`, under the call deadline, which also bounds the host work the call asks for.
+    pub(super) async fn call_driver<P, L, T>(
         &self,
-        call: impl FnOnce(
-            &volume::VolumeDriver,
-            &mut Store<HostState>,
-        ) -> wasmtime::Result<Result<T, WitPluginError>>,
-    ) -> Result<T, PluginError> {
-        self.call_world(
+        pick: impl FnOnce(&volume::exports::hyperlet::volume::driver::Guest) -> Func,
+        params: P,
+        read: impl FnOnce(L) -> Result<T, String>,
+    ) -> Result<T, PluginError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        L: Lift + Send + Sync + 'static,
+    {
+        self.call(
             "a volume driver",
             |b| match b {
-                Bound::Volume(v) => Some(v),
+                Bound::Volume(v) => Some(pick(v.hyperlet_volume_driver())),
                 _ => None,
             },
-            call,
+            params,
+            read,
         )
+        .await
     }
 
-    /// One call into the world `pick` selects: an idle instance under the call deadline (which
-    /// also bounds the host work the call asks for); a trap discards the instance, an answer
-    /// (even an error) keeps it.
-    fn call_world<W, T>(
+    /// A driver call whose answer carries nothing.
+    pub(super) async fn call_driver_unit<P>(
         &self,
-        what: &str,
-        pick: impl Fn(&Bound) -> Option<&W>,
-        call: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<Result<T, WitPluginError>>,
-    ) -> Result<T, PluginError> {
-        let result = (|| {
-            let mut ready = self.take()?;
-            ready
-                .store
-                .set_epoch_deadline(PluginEngine::ticks(self.timeout()));
-            ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
-            let Some(bound) = pick(&ready.bound) else {
-                return Err(PluginError::NotLoaded {
-                    plugin: self.name.to_string(),
-                    reason: format!("it is a {} plugin, not {what}", self.config.kind.as_str()),
-                });
-            };
-            let answer = call(bound, &mut ready.store);
-            ready.store.data().flush_output();
-            // A trap drops `ready` here: the instance is discarded.
-            let answer = answer.map_err(|e| trap_error(&self.name, self.timeout(), &e))?;
-            self.give_back(ready);
-            answer.map_err(|e| PluginError::Reported {
-                plugin: self.name.to_string(),
-                code: e.code,
-                message: e.message,
-            })
-        })();
-        self.record(result)
+        pick: impl FnOnce(&volume::exports::hyperlet::volume::driver::Guest) -> Func,
+        params: P,
+    ) -> Result<(), PluginError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+    {
+        self.call_driver(pick, params, nothing).await
+    }
+
+    /// A driver's connection info, its strings read within bounds.
+    pub(super) async fn call_driver_connection<P>(
+        &self,
+        pick: impl FnOnce(&volume::exports::hyperlet::volume::driver::Guest) -> Func,
+        params: P,
+    ) -> Result<volume_wit::ConnectionInfo, PluginError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+    {
+        self.call_driver(pick, params, answer::connection).await
+    }
+
+    /// A driver's capacity report, its backend name read within bounds.
+    pub(super) async fn call_driver_capacity(
+        &self,
+    ) -> Result<volume_wit::CapacityStats, PluginError> {
+        self.call_driver(|d| *d.func_capacity_stats().func(), (), answer::capacity)
+            .await
     }
 
     /// The host access of a volume driver (its grants), to check its answers against.
@@ -570,11 +613,8 @@ impl LoadedPlugin {
     /// Counts a call that answered but whose answer was refused.
     pub(super) fn refuse_answer(&self, reason: String) -> PluginError {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let e = PluginError::BadAnswer {
-            plugin: self.name.to_string(),
-            reason,
-        };
-        tracing::warn!(plugin = %self.name, error = %e, "plugin call failed");
+        let e = self.bad(reason);
+        self.warn_failed(&e);
         e
     }
 
@@ -590,7 +630,7 @@ impl LoadedPlugin {
     ///
     /// # Errors
     /// As a call.
-    pub fn instantiate_once(&self) -> Result<(), PluginError> {
-        self.instantiate().map(drop)
+    pub async fn instantiate_once(&self) -> Result<(), PluginError> {
+        self.instantiate().await.map(drop)
     }
 }

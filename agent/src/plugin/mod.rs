@@ -16,26 +16,37 @@
 //!    (`volume_host.rs`; the driver calls are in `volume_driver.rs`), and a deny-all WASI (no
 //!    files, sockets, env or args; stdout/stderr captured into the agent's log, rate-limited)
 //!    (`host.rs`), pre-instantiated once (`InstancePre`);
-//! 4. **configure** — one instance is created and its `configure(settings)` must succeed.
+//! 4. **configure** — one instance is created and its `configure(settings)` must succeed
+//!    within the call deadline (a plugin that hangs there is refused; the agent starts).
 //!
-//! Calls run on a blocking thread with a memory cap (`StoreLimits`), an epoch deadline and an
-//! outer timeout (`instance.rs`). A trap, timeout, panic or oversized answer discards that
-//! instance and returns a [`PluginError`] naming the plugin; the agent keeps serving and other
-//! plugins are untouched. Instances that answered well are kept for the next call. A reload
-//! swaps the plugin atomically: calls in flight finish on the old version (`registry.rs`).
+//! Calls are `async` (`instance.rs`): the export runs on a fiber under
+//! `tokio::time::timeout(call_timeout_ms)`, yielding to the runtime every few milliseconds of
+//! computing and trapped by the epoch callback at its deadline; a guest waiting in a host
+//! import (a clock sleep, a netlink request, a tool) is dropped at the deadline with its
+//! instance, and no thread stays behind. Host imports are `async` too (no thread blocks on
+//! them). One budget per instance (`memory.rs`) covers its linear memories and what the host
+//! keeps of its answers, which are read lazily and within bounds (`answer.rs`): a message is
+//! cut to 1 KiB, a list longer than what was asked is refused before it is copied. A trap,
+//! timeout, panic or unusable answer discards that instance and returns a [`PluginError`]
+//! naming the plugin; the agent keeps serving and other plugins are untouched. Instances that
+//! answered well are kept for the next call. A reload swaps the plugin atomically: calls in
+//! flight finish on the old version (`registry.rs`).
 
+mod answer;
 mod bindings;
 mod cache;
 mod engine;
 mod host;
 mod inspect;
 mod instance;
+mod memory;
 mod net_grant;
 mod netlink;
 mod registry;
 mod volume_driver;
 mod volume_host;
 
+pub use answer::{cap, MAX_REASONS_BYTES, MAX_TEXT_BYTES};
 pub use bindings::{
     WitHostBatch, WitLinkInfo, WitNetwork, WitNetworkType, WitPluginError, WitRequestSpec,
     WitVerdicts,

@@ -2,21 +2,22 @@
 //! `netlink` grant ([`NetGrant`]) and only then run natively over rtnetlink
 //! ([`crate::net::links::Netlink`], host namespace, no `ip` forks).
 //!
-//! Plugin calls run on blocking threads while the netlink requests are async: each request is
-//! spawned on the tokio runtime (the caller's, or the one that loaded the plugin) and waited
-//! for with a deadline. Every request has the links deadline
-//! ([`crate::net::links::DEFAULT_TIMEOUT`]).
+//! The imports are `async` host functions: a request runs on the runtime that drives the call,
+//! under the links deadline ([`crate::net::links::DEFAULT_TIMEOUT`]) and the call's own (when
+//! the call runs out of time it is dropped, and the request with it).
 
+use super::answer::cap;
 use super::bindings::{network, WitLinkInfo, WitPluginError};
 use super::host::HostState;
 use super::net_grant::{NetGrant, NetlinkOp};
 use crate::net::links::{LinkInfo, Netlink, VxlanOptions, DEFAULT_TIMEOUT};
 use crate::net::NetError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a blocking caller waits for one host call: a call makes at most three netlink
-/// requests, each under the links deadline.
+/// How long one host call may take: it makes at most three netlink requests, each under the
+/// links deadline.
 const CALL_DEADLINE: Duration = Duration::from_secs(3 * DEFAULT_TIMEOUT.as_secs() + 5);
 
 /// What a host call answers.
@@ -35,18 +36,12 @@ pub enum NetlinkReply {
 pub struct NetlinkHost {
     plugin: Arc<str>,
     grant: NetGrant,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl NetlinkHost {
-    /// Access for `plugin` within `grant`; `runtime` runs the requests when the calling thread
-    /// is not inside a tokio runtime.
-    pub fn new(plugin: Arc<str>, grant: NetGrant, runtime: Option<tokio::runtime::Handle>) -> Self {
-        Self {
-            plugin,
-            grant,
-            runtime,
-        }
+    /// Access for `plugin` within `grant`.
+    pub fn new(plugin: Arc<str>, grant: NetGrant) -> Self {
+        Self { plugin, grant }
     }
 
     /// Checks `op` against the grant, then runs it.
@@ -54,25 +49,17 @@ impl NetlinkHost {
     /// # Errors
     /// A plugin-error with code `denied`/`invalid` (refused before any request), or the
     /// request's failure mapped by [`net_error`].
-    pub fn call(&self, op: NetlinkOp) -> Result<NetlinkReply, WitPluginError> {
+    pub async fn call(&self, op: NetlinkOp) -> Result<NetlinkReply, WitPluginError> {
         if let Err(e) = self.grant.check(&op) {
-            tracing::warn!(plugin = %self.plugin, error = %e, "netlink request refused");
+            tracing::warn!(plugin = %self.plugin, error = %cap(&e.to_string()), "netlink request refused");
             return Err(WitPluginError {
                 code: e.code().into(),
                 message: e.to_string(),
             });
         }
         let what = op.describe();
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone())
-            .ok_or_else(|| failed(format!("Cannot {what}: no tokio runtime to run netlink on")))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(execute(op).await);
-        });
-        let reply = rx
-            .recv_timeout(CALL_DEADLINE)
+        let reply = tokio::time::timeout(CALL_DEADLINE, execute(op))
+            .await
             .map_err(|_| failed(format!("Cannot {what}: no answer within {CALL_DEADLINE:?}")))?;
         match reply {
             Ok(reply) => {
@@ -191,28 +178,45 @@ fn wit_info(info: LinkInfo) -> WitLinkInfo {
 }
 
 impl HostState {
-    fn netlink_call(&self, op: NetlinkOp) -> Result<NetlinkReply, WitPluginError> {
-        match &self.netlink {
-            Some(host) => host.call(op),
-            None => Err(WitPluginError {
-                code: "denied".into(),
-                message: format!(
-                    "Denied: {}: plugin {} has no netlink grant",
-                    op.describe(),
-                    self.plugin
-                ),
-            }),
+    /// The request under the plugin's grant; the future holds no borrow of the store's data.
+    fn netlink_call(
+        &self,
+        op: NetlinkOp,
+    ) -> impl Future<Output = Result<NetlinkReply, WitPluginError>> + Send + 'static {
+        let host = self.netlink.clone();
+        let plugin = self.plugin.clone();
+        async move {
+            match host {
+                Some(host) => host.call(op).await,
+                None => Err(WitPluginError {
+                    code: "denied".into(),
+                    message: format!(
+                        "Denied: {}: plugin {plugin} has no netlink grant",
+                        op.describe(),
+                    ),
+                }),
+            }
         }
     }
 
-    fn netlink_done(&self, op: NetlinkOp) -> Result<(), WitPluginError> {
-        self.netlink_call(op).map(drop)
+    fn netlink_done(
+        &self,
+        op: NetlinkOp,
+    ) -> impl Future<Output = Result<(), WitPluginError>> + Send + 'static {
+        let call = self.netlink_call(op);
+        async move { call.await.map(drop) }
     }
 
-    fn netlink_name(&self, op: NetlinkOp) -> Result<String, WitPluginError> {
-        match self.netlink_call(op)? {
-            NetlinkReply::Name(name) => Ok(name),
-            other => Err(failed(format!("Unexpected netlink answer {other:?}"))),
+    fn netlink_name(
+        &self,
+        op: NetlinkOp,
+    ) -> impl Future<Output = Result<String, WitPluginError>> + Send + 'static {
+        let call = self.netlink_call(op);
+        async move {
+            match call.await? {
+                NetlinkReply::Name(name) => Ok(name),
+                other => Err(failed(format!("Unexpected netlink answer {other:?}"))),
+            }
         }
     }
 }
@@ -220,15 +224,16 @@ impl HostState {
 impl network::hyperlet::network::types::Host for HostState {}
 
 impl network::hyperlet::network::netlink::Host for HostState {
-    fn create_bridge(&mut self, name: String) -> Result<(), WitPluginError> {
-        self.netlink_done(NetlinkOp::CreateBridge(name))
+    async fn create_bridge(&mut self, name: String) -> Result<(), WitPluginError> {
+        self.netlink_done(NetlinkOp::CreateBridge(name)).await
     }
 
-    fn create_vlan(&mut self, parent: String, vid: u16) -> Result<String, WitPluginError> {
+    async fn create_vlan(&mut self, parent: String, vid: u16) -> Result<String, WitPluginError> {
         self.netlink_name(NetlinkOp::CreateVlan { parent, vid })
+            .await
     }
 
-    fn create_vxlan(
+    async fn create_vxlan(
         &mut self,
         vni: u32,
         local: Option<String>,
@@ -251,30 +256,32 @@ impl network::hyperlet::network::netlink::Host for HostState {
             learning: true,
         };
         self.netlink_name(NetlinkOp::CreateVxlan { vni, options })
+            .await
     }
 
-    fn set_master(&mut self, link: String, bridge: String) -> Result<(), WitPluginError> {
+    async fn set_master(&mut self, link: String, bridge: String) -> Result<(), WitPluginError> {
         self.netlink_done(NetlinkOp::SetMaster { link, bridge })
+            .await
     }
 
-    fn set_up(&mut self, link: String) -> Result<(), WitPluginError> {
-        self.netlink_done(NetlinkOp::SetUp(link))
+    async fn set_up(&mut self, link: String) -> Result<(), WitPluginError> {
+        self.netlink_done(NetlinkOp::SetUp(link)).await
     }
 
-    fn set_down(&mut self, link: String) -> Result<(), WitPluginError> {
-        self.netlink_done(NetlinkOp::SetDown(link))
+    async fn set_down(&mut self, link: String) -> Result<(), WitPluginError> {
+        self.netlink_done(NetlinkOp::SetDown(link)).await
     }
 
-    fn set_mtu(&mut self, link: String, mtu: u32) -> Result<(), WitPluginError> {
-        self.netlink_done(NetlinkOp::SetMtu { link, mtu })
+    async fn set_mtu(&mut self, link: String, mtu: u32) -> Result<(), WitPluginError> {
+        self.netlink_done(NetlinkOp::SetMtu { link, mtu }).await
     }
 
-    fn delete_link(&mut self, link: String) -> Result<(), WitPluginError> {
-        self.netlink_done(NetlinkOp::Delete(link))
+    async fn delete_link(&mut self, link: String) -> Result<(), WitPluginError> {
+        self.netlink_done(NetlinkOp::Delete(link)).await
     }
 
-    fn link_info(&mut self, link: String) -> Result<Option<WitLinkInfo>, WitPluginError> {
-        match self.netlink_call(NetlinkOp::LinkInfo(link))? {
+    async fn link_info(&mut self, link: String) -> Result<Option<WitLinkInfo>, WitPluginError> {
+        match self.netlink_call(NetlinkOp::LinkInfo(link)).await? {
             NetlinkReply::Info(info) => Ok(info.map(wit_info)),
             other => Err(failed(format!("Unexpected netlink answer {other:?}"))),
         }
@@ -311,17 +318,14 @@ mod tests {
         assert_eq!(e.code, "failed");
     }
 
-    #[test]
-    fn refused_calls_never_reach_the_runtime() {
-        // No runtime at all: a refused call still answers `denied` at once.
-        let host = NetlinkHost::new(Arc::from("p"), NetGrant::new(NetlinkGrant::default()), None);
-        let e = host.call(NetlinkOp::Delete("eth0".into())).unwrap_err();
+    #[tokio::test]
+    async fn refused_calls_never_reach_netlink() {
+        let host = NetlinkHost::new(Arc::from("p"), NetGrant::new(NetlinkGrant::default()));
+        let e = host
+            .call(NetlinkOp::Delete("eth0".into()))
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "denied");
         assert!(e.message.contains("netlink.name_prefixes"), "{}", e.message);
-        let e = host
-            .call(NetlinkOp::CreateBridge("brqok".into()))
-            .unwrap_err();
-        assert_eq!(e.code, "failed");
-        assert!(e.message.contains("no tokio runtime"), "{}", e.message);
     }
 }

@@ -88,8 +88,9 @@ fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
 }
 
 impl PluginRegistry {
-    /// Loads every configured plugin (blocking: compiles). Failures are recorded, not fatal.
-    pub fn load(
+    /// Loads every configured plugin (compiling on blocking threads; `configure` under each
+    /// plugin's call deadline). Failures are recorded, not fatal.
+    pub async fn load(
         engine: PluginEngine,
         cache_dir: PathBuf,
         configs: &[PluginConfig],
@@ -110,12 +111,12 @@ impl PluginRegistry {
                 .collect(),
         };
         for slot in &registry.slots {
-            registry.load_slot(slot);
+            registry.load_slot(slot).await;
         }
         registry
     }
 
-    fn load_slot(&self, slot: &Slot) -> bool {
+    async fn load_slot(&self, slot: &Slot) -> bool {
         let before = stamp(&slot.config.path);
         *slot.stamp.lock().unwrap_or_else(|p| p.into_inner()) = before;
         match LoadedPlugin::load(
@@ -123,7 +124,9 @@ impl PluginRegistry {
             &self.cache_dir,
             &slot.config,
             self.log_lines_per_minute,
-        ) {
+        )
+        .await
+        {
             Ok(plugin) => {
                 tracing::info!(
                     plugin = %slot.config.name,
@@ -312,14 +315,14 @@ impl PluginRegistry {
     /// Reloads plugins whose file changed; returns their names. New calls use the new version;
     /// calls in flight finish on the old one (they hold its `Arc`). A version that fails to
     /// load leaves the old one serving, with the error shown.
-    pub fn reload_changed(&self) -> Vec<String> {
+    pub async fn reload_changed(&self) -> Vec<String> {
         let mut reloaded = Vec::new();
         for slot in &self.slots {
             let now = stamp(&slot.config.path);
             let before = *slot.stamp.lock().unwrap_or_else(|p| p.into_inner());
             if now.is_some() && now != before {
                 tracing::info!(plugin = %slot.config.name, "plugin file changed; reloading");
-                if self.load_slot(slot) {
+                if self.load_slot(slot).await {
                     reloaded.push(slot.config.name.clone());
                 }
             }
@@ -334,8 +337,7 @@ impl PluginRegistry {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            let registry = self.clone();
-            let _ = tokio::task::spawn_blocking(move || registry.reload_changed()).await;
+            self.reload_changed().await;
         }
     }
 

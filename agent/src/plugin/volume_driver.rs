@@ -1,5 +1,5 @@
 //! The calls of a volume driver (`hyperlet:volume/driver`) in the agent's own types
-//! ([`crate::volume::model`]). All are blocking: run them on a blocking thread.
+//! ([`crate::volume::model`]). Each runs under the plugin's call deadline.
 //!
 //! Codes of [`PluginError::Reported`] a driver answers with: `in-use`, `no-space`, `invalid`,
 //! `not-found`, `denied`, `failed`, `unsupported` (see `wit/volume/volume.wit`).
@@ -104,69 +104,74 @@ impl LoadedPlugin {
     /// # Errors
     /// [`PluginError::Reported`] with the driver's code (`no-space`, `invalid`, …), a trap or
     /// timeout, or [`PluginError::NotLoaded`] when this plugin is not a volume driver.
-    pub fn volume_create(&self, v: &VolumeRef) -> Result<(), PluginError> {
+    pub async fn volume_create(&self, v: &VolumeRef) -> Result<(), PluginError> {
         let v = wit_volume(v);
-        self.call_driver(|b, store| b.hyperlet_volume_driver().call_create(store, &v))
+        self.call_driver_unit(|d| *d.func_create().func(), (&v,))
+            .await
     }
 
     /// Deletes a volume; one that does not exist is not an error.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`]; code `in-use` while it has snapshots.
-    pub fn volume_delete(&self, v: &VolumeRef) -> Result<(), PluginError> {
+    pub async fn volume_delete(&self, v: &VolumeRef) -> Result<(), PluginError> {
         let v = wit_volume(v);
-        self.call_driver(|b, store| b.hyperlet_volume_driver().call_delete(store, &v))
+        self.call_driver_unit(|d| *d.func_delete().func(), (&v,))
+            .await
     }
 
     /// Grows a volume to `new_size_gb` GiB.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`].
-    pub fn volume_extend(&self, v: &VolumeRef, new_size_gb: u64) -> Result<(), PluginError> {
+    pub async fn volume_extend(&self, v: &VolumeRef, new_size_gb: u64) -> Result<(), PluginError> {
         let v = wit_volume(v);
-        self.call_driver(|b, store| {
-            b.hyperlet_volume_driver()
-                .call_extend(store, &v, new_size_gb)
-        })
+        self.call_driver_unit(|d| *d.func_extend().func(), (&v, new_size_gb))
+            .await
     }
 
     /// Takes a snapshot of `s.volume`.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`].
-    pub fn snapshot_create(&self, s: &SnapshotRef) -> Result<(), PluginError> {
+    pub async fn snapshot_create(&self, s: &SnapshotRef) -> Result<(), PluginError> {
         let s = wit_snapshot(s);
-        self.call_driver(|b, store| b.hyperlet_volume_driver().call_create_snapshot(store, &s))
+        self.call_driver_unit(|d| *d.func_create_snapshot().func(), (&s,))
+            .await
     }
 
     /// Deletes a snapshot; one that does not exist is not an error.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`].
-    pub fn snapshot_delete(&self, s: &SnapshotRef) -> Result<(), PluginError> {
+    pub async fn snapshot_delete(&self, s: &SnapshotRef) -> Result<(), PluginError> {
         let s = wit_snapshot(s);
-        self.call_driver(|b, store| b.hyperlet_volume_driver().call_delete_snapshot(store, &s))
+        self.call_driver_unit(|d| *d.func_delete_snapshot().func(), (&s,))
+            .await
     }
 
     /// Creates volume `v` with the contents of snapshot `s`.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`].
-    pub fn volume_from_snapshot(&self, v: &VolumeRef, s: &SnapshotRef) -> Result<(), PluginError> {
+    pub async fn volume_from_snapshot(
+        &self,
+        v: &VolumeRef,
+        s: &SnapshotRef,
+    ) -> Result<(), PluginError> {
         let (v, s) = (wit_volume(v), wit_snapshot(s));
-        self.call_driver(|b, store| {
-            b.hyperlet_volume_driver()
-                .call_create_from_snapshot(store, &v, &s)
-        })
+        self.call_driver_unit(|d| *d.func_create_from_snapshot().func(), (&v, &s))
+            .await
     }
 
     /// Creates volume `v` as a copy of `source`.
     ///
     /// # Errors
     /// As [`LoadedPlugin::volume_create`].
-    pub fn volume_clone(&self, v: &VolumeRef, source: &VolumeRef) -> Result<(), PluginError> {
+    pub async fn volume_clone(&self, v: &VolumeRef, source: &VolumeRef) -> Result<(), PluginError> {
         let (v, source) = (wit_volume(v), wit_volume(source));
-        self.call_driver(|b, store| b.hyperlet_volume_driver().call_clone(store, &v, &source))
+        self.call_driver_unit(|d| *d.func_clone().func(), (&v, &source))
+            .await
     }
 
     /// How a hypervisor on this node reaches `v`. The answer is checked against the driver's
@@ -177,13 +182,14 @@ impl LoadedPlugin {
     /// As [`LoadedPlugin::volume_create`]; [`PluginError::BadAnswer`] for a path that is not
     /// absolute (or a block device outside `/dev`), a malformed NFS server, or a connection
     /// outside the grants.
-    pub fn connection_info(&self, v: &VolumeRef) -> Result<VolumeConnection, PluginError> {
+    pub async fn connection_info(&self, v: &VolumeRef) -> Result<VolumeConnection, PluginError> {
         let wit = wit_volume(v);
         let info = self
-            .call_driver(|b, store| b.hyperlet_volume_driver().call_connection_info(store, &wit))?;
+            .call_driver_connection(|d| *d.func_connection_info().func(), (&wit,))
+            .await?;
         let answer = connection(info).map_err(|reason| self.refuse_answer(reason))?;
         let checked = match self.volume_host() {
-            Some(host) => host.check_connection(v, &answer),
+            Some(host) => host.check_connection(v, &answer).await,
             None => Err(format!("{answer}: the plugin has no volume grants")),
         };
         checked.map_err(|reason| self.refuse_answer(reason))?;
@@ -195,9 +201,8 @@ impl LoadedPlugin {
     /// # Errors
     /// As [`LoadedPlugin::volume_create`]; [`PluginError::BadAnswer`] for a ratio below 1 or
     /// not finite, more free than total capacity, or no backend name.
-    pub fn capacity_stats(&self) -> Result<CapacityStats, PluginError> {
-        let stats =
-            self.call_driver(|b, store| b.hyperlet_volume_driver().call_capacity_stats(store))?;
+    pub async fn capacity_stats(&self) -> Result<CapacityStats, PluginError> {
+        let stats = self.call_driver_capacity().await?;
         capacity(stats).map_err(|reason| self.refuse_answer(reason))
     }
 }

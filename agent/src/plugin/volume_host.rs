@@ -2,12 +2,12 @@
 //! checked and run by [`crate::volume`] ([`Lvm`], [`Files`], [`QemuImg`]) within the plugin's
 //! grants (`[plugins.lvm]`, `[plugins.files]`).
 //!
-//! Plugin calls run on blocking threads while the host work is async (tools under tokio with
-//! deadlines, the NFS client): each request is spawned on the tokio runtime (the caller's, or
-//! the one that loaded the plugin) and waited for. Every tool and NFS operation of a call gets
-//! at most what is left of the call's deadline, so a call never outlives `call_timeout_ms` by
-//! more than a few seconds.
+//! The imports are `async` host functions: the host work (tools under tokio with deadlines, the
+//! NFS client) runs on the runtime that drives the call. Every tool and NFS operation of a call
+//! gets at most what is left of the call's deadline, and when the call runs out of time it is
+//! dropped, and the host work with it (a tool is killed when its handle is dropped).
 
+use super::answer::cap;
 use super::bindings::volume::hyperlet::volume as wit;
 use super::bindings::WitPluginError;
 use super::host::HostState;
@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Extra time a blocking caller waits beyond a request's own deadline.
+/// Extra time a request may take beyond what is left of the call's deadline.
 const MARGIN: Duration = Duration::from_secs(5);
 
 /// How long checking a driver's answer may take (an `lvs`, an NFS lookup).
@@ -32,7 +32,6 @@ pub struct VolumeHost {
     lvm: Option<Lvm>,
     files: Option<Files>,
     qemu_img: bool,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 fn plugin_error(e: &VolumeError) -> WitPluginError {
@@ -65,16 +64,11 @@ fn format_of(f: wit::types::DiskFormat) -> DiskFormat {
 
 impl VolumeHost {
     /// The host access of a volume driver configured as `config`: `lvm` when granted (with its
-    /// table), `files` and `qemu-img` when granted (with `[plugins.files]`). `runtime` runs the
-    /// requests when the calling thread is not inside a tokio runtime.
+    /// table), `files` and `qemu-img` when granted (with `[plugins.files]`).
     ///
     /// # Errors
     /// A message naming the grant parameter that cannot be used.
-    pub fn new(
-        plugin: Arc<str>,
-        config: &PluginConfig,
-        runtime: Option<tokio::runtime::Handle>,
-    ) -> Result<Self, String> {
+    pub fn new(plugin: Arc<str>, config: &PluginConfig) -> Result<Self, String> {
         let granted = |g: &str| config.grants.iter().any(|x| x == g);
         let lvm = match (&config.lvm, granted("lvm")) {
             (Some(grant), true) => {
@@ -99,7 +93,6 @@ impl VolumeHost {
             lvm,
             files,
             qemu_img: granted("qemu-img"),
-            runtime,
         })
     }
 
@@ -109,7 +102,7 @@ impl VolumeHost {
     ///
     /// # Errors
     /// Why the answer is refused (the error chain).
-    pub fn check_connection(
+    pub async fn check_connection(
         &self,
         volume: &VolumeRef,
         answer: &VolumeConnection,
@@ -127,32 +120,25 @@ impl VolumeHost {
         self.run("check the connection", deadline, async move {
             check_connection(lvm.as_ref(), files.as_ref(), &volume, &answer).await
         })
+        .await
         .map(drop)
         .map_err(|e| e.message)
     }
 
-    /// Runs `work` on the runtime and waits for it at most until `deadline` (+ a margin).
-    fn run<T: Send + 'static>(
+    /// Runs `work` until `deadline` (+ a margin) at most.
+    async fn run<T>(
         &self,
         what: &str,
         deadline: Instant,
-        work: impl Future<Output = Result<T, VolumeError>> + Send + 'static,
+        work: impl Future<Output = Result<T, VolumeError>>,
     ) -> Result<T, WitPluginError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .ok()
-            .or_else(|| self.runtime.clone())
-            .ok_or_else(|| failed(format!("Cannot {what}: no tokio runtime to run it on")))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(work.await);
-        });
         let wait = deadline.saturating_duration_since(Instant::now()) + MARGIN;
-        let answer = rx
-            .recv_timeout(wait)
+        let answer = tokio::time::timeout(wait, work)
+            .await
             .map_err(|_| failed(format!("Cannot {what}: no answer within {wait:?}")))?;
         answer.map_err(|e| {
             if e.code() == "denied" {
-                tracing::warn!(plugin = %self.plugin, error = %e, "volume host call refused");
+                tracing::warn!(plugin = %self.plugin, error = %cap(&e.to_string()), "volume host call refused");
             }
             plugin_error(&e)
         })
@@ -205,11 +191,13 @@ impl HostState {
 impl wit::types::Host for HostState {}
 
 impl wit::lvm::Host for HostState {
-    fn vg_info(&mut self, vg: String) -> Result<wit::lvm::VgStats, WitPluginError> {
+    async fn vg_info(&mut self, vg: String) -> Result<wit::lvm::VgStats, WitPluginError> {
         let what = format!("read VG {vg}");
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
-        let info = host.run(&what, deadline, async move { lvm.vg_info(&vg).await })?;
+        let info = host
+            .run(&what, deadline, async move { lvm.vg_info(&vg).await })
+            .await?;
         Ok(wit::lvm::VgStats {
             size_bytes: info.size_bytes,
             free_bytes: info.free_bytes,
@@ -217,7 +205,7 @@ impl wit::lvm::Host for HostState {
         })
     }
 
-    fn thin_pool_info(
+    async fn thin_pool_info(
         &mut self,
         vg: String,
         pool: String,
@@ -225,16 +213,21 @@ impl wit::lvm::Host for HostState {
         let what = format!("read thin pool {vg}/{pool}");
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
-        let info = host.run(&what, deadline, async move {
-            lvm.thin_pool_info(&vg, &pool).await
-        })?;
+        let info = host
+            .run(&what, deadline, async move {
+                lvm.thin_pool_info(&vg, &pool).await
+            })
+            .await?;
         Ok(info.map(|i| wit::lvm::ThinPoolStats {
             size_bytes: i.size_bytes,
             used_bytes: i.used_bytes,
         }))
     }
 
-    fn lv_create(&mut self, request: wit::lvm::LvCreateRequest) -> Result<(), WitPluginError> {
+    async fn lv_create(
+        &mut self,
+        request: wit::lvm::LvCreateRequest,
+    ) -> Result<(), WitPluginError> {
         let what = format!("create LV {}/{}", request.vg, request.name);
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
@@ -247,9 +240,10 @@ impl wit::lvm::Host for HostState {
             )
             .await
         })
+        .await
     }
 
-    fn lv_extend(
+    async fn lv_extend(
         &mut self,
         vg: String,
         name: String,
@@ -261,9 +255,10 @@ impl wit::lvm::Host for HostState {
         host.run(&what, deadline, async move {
             lvm.lv_extend(&vg, &name, new_size_gb).await
         })
+        .await
     }
 
-    fn lv_remove(&mut self, vg: String, name: String) -> Result<(), WitPluginError> {
+    async fn lv_remove(&mut self, vg: String, name: String) -> Result<(), WitPluginError> {
         let what = format!("remove LV {vg}/{name}");
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
@@ -272,9 +267,10 @@ impl wit::lvm::Host for HostState {
             deadline,
             async move { lvm.lv_remove(&vg, &name).await },
         )
+        .await
     }
 
-    fn lv_snapshot(
+    async fn lv_snapshot(
         &mut self,
         vg: String,
         origin: String,
@@ -287,9 +283,10 @@ impl wit::lvm::Host for HostState {
         host.run(&what, deadline, async move {
             lvm.lv_snapshot(&vg, &origin, &snapshot_name, size_gb).await
         })
+        .await
     }
 
-    fn lv_copy(
+    async fn lv_copy(
         &mut self,
         vg: String,
         source: String,
@@ -301,13 +298,16 @@ impl wit::lvm::Host for HostState {
         host.run(&what, deadline, async move {
             lvm.lv_copy(&vg, &source, &target).await
         })
+        .await
     }
 
-    fn lv_list(&mut self, vg: String) -> Result<Vec<wit::lvm::Lv>, WitPluginError> {
+    async fn lv_list(&mut self, vg: String) -> Result<Vec<wit::lvm::Lv>, WitPluginError> {
         let what = format!("list LVs of {vg}");
         let (host, deadline) = self.volume(&what)?;
         let lvm = host.lvm(deadline, &what)?;
-        let lvs = host.run(&what, deadline, async move { lvm.lv_list(&vg).await })?;
+        let lvs = host
+            .run(&what, deadline, async move { lvm.lv_list(&vg).await })
+            .await?;
         Ok(lvs
             .into_iter()
             .map(|lv| wit::lvm::Lv {
@@ -320,7 +320,7 @@ impl wit::lvm::Host for HostState {
 }
 
 impl wit::files::Host for HostState {
-    fn create_sparse(
+    async fn create_sparse(
         &mut self,
         share: String,
         name: String,
@@ -332,9 +332,10 @@ impl wit::files::Host for HostState {
         host.run(&what, deadline, async move {
             files.create_sparse(&share, &name, size_bytes).await
         })
+        .await
     }
 
-    fn remove(&mut self, share: String, name: String) -> Result<(), WitPluginError> {
+    async fn remove(&mut self, share: String, name: String) -> Result<(), WitPluginError> {
         let what = format!("remove {name} from {share}");
         let (host, deadline) = self.volume(&what)?;
         let files = host.files(deadline, &what)?;
@@ -343,9 +344,10 @@ impl wit::files::Host for HostState {
             deadline,
             async move { files.remove(&share, &name).await },
         )
+        .await
     }
 
-    fn stat(
+    async fn stat(
         &mut self,
         share: String,
         name: String,
@@ -353,18 +355,20 @@ impl wit::files::Host for HostState {
         let what = format!("stat {name} on {share}");
         let (host, deadline) = self.volume(&what)?;
         let files = host.files(deadline, &what)?;
-        let stat = host.run(
-            &what,
-            deadline,
-            async move { files.stat(&share, &name).await },
-        )?;
+        let stat = host
+            .run(
+                &what,
+                deadline,
+                async move { files.stat(&share, &name).await },
+            )
+            .await?;
         Ok(stat.map(|s| wit::files::FileStat {
             size_bytes: s.size_bytes,
             allocated_bytes: s.allocated_bytes,
         }))
     }
 
-    fn write_info_file(
+    async fn write_info_file(
         &mut self,
         share: String,
         name: String,
@@ -376,9 +380,10 @@ impl wit::files::Host for HostState {
         host.run(&what, deadline, async move {
             files.write_info_file(&share, &name, &contents).await
         })
+        .await
     }
 
-    fn read_info_file(
+    async fn read_info_file(
         &mut self,
         share: String,
         name: String,
@@ -389,17 +394,23 @@ impl wit::files::Host for HostState {
         host.run(&what, deadline, async move {
             files.read_info_file(&share, &name).await
         })
+        .await
     }
 
-    fn share_info(&mut self, share: String) -> Result<wit::files::ShareStats, WitPluginError> {
+    async fn share_info(
+        &mut self,
+        share: String,
+    ) -> Result<wit::files::ShareStats, WitPluginError> {
         let what = format!("measure share {share}");
         let (host, deadline) = self.volume(&what)?;
         let files = host.files(deadline, &what)?;
-        let stats = host.run(
-            &what,
-            deadline,
-            async move { files.share_info(&share).await },
-        )?;
+        let stats = host
+            .run(
+                &what,
+                deadline,
+                async move { files.share_info(&share).await },
+            )
+            .await?;
         Ok(wit::files::ShareStats {
             total_bytes: stats.total_bytes,
             available_bytes: stats.available_bytes,
@@ -409,7 +420,7 @@ impl wit::files::Host for HostState {
 }
 
 impl wit::qemu_img::Host for HostState {
-    fn create(
+    async fn create(
         &mut self,
         share: String,
         name: String,
@@ -431,9 +442,10 @@ impl wit::qemu_img::Host for HostState {
             )
             .await
         })
+        .await
     }
 
-    fn convert(
+    async fn convert(
         &mut self,
         share: String,
         source: String,
@@ -454,9 +466,10 @@ impl wit::qemu_img::Host for HostState {
             )
             .await
         })
+        .await
     }
 
-    fn info(
+    async fn info(
         &mut self,
         share: String,
         name: String,
@@ -465,9 +478,11 @@ impl wit::qemu_img::Host for HostState {
         let what = format!("inspect {name} on {share}");
         let (host, deadline) = self.volume(&what)?;
         let q = host.qemu(deadline, &what)?;
-        let info = host.run(&what, deadline, async move {
-            q.info(&share, &name, format.map(format_of)).await
-        })?;
+        let info = host
+            .run(&what, deadline, async move {
+                q.info(&share, &name, format.map(format_of)).await
+            })
+            .await?;
         Ok(wit::qemu_img::ImageInfo {
             format: info.format,
             virtual_size_bytes: info.virtual_size_bytes,
@@ -477,7 +492,7 @@ impl wit::qemu_img::Host for HostState {
         })
     }
 
-    fn resize(
+    async fn resize(
         &mut self,
         share: String,
         name: String,
@@ -491,9 +506,10 @@ impl wit::qemu_img::Host for HostState {
             q.resize(&share, &name, format_of(format), new_size_gb)
                 .await
         })
+        .await
     }
 
-    fn commit(&mut self, share: String, name: String) -> Result<(), WitPluginError> {
+    async fn commit(&mut self, share: String, name: String) -> Result<(), WitPluginError> {
         let what = format!("commit {name} on {share}");
         let (host, deadline) = self.volume(&what)?;
         let q = host.qemu(deadline, &what)?;
@@ -502,9 +518,10 @@ impl wit::qemu_img::Host for HostState {
             deadline,
             async move { q.commit(&share, &name).await },
         )
+        .await
     }
 
-    fn rebase(
+    async fn rebase(
         &mut self,
         share: String,
         name: String,
@@ -517,5 +534,6 @@ impl wit::qemu_img::Host for HostState {
             q.rebase(&share, &name, (&backing.name, format_of(backing.format)))
                 .await
         })
+        .await
     }
 }

@@ -28,11 +28,11 @@ pub enum SchedError {
     Invalid(String),
 }
 
-/// Runs the chain. Blocking: call it on a blocking thread.
+/// Runs the chain. Each plugin call runs under its own deadline.
 ///
 /// # Errors
 /// [`SchedError::Plugin`] when a plugin fails, naming it.
-pub fn evaluate(
+pub async fn evaluate(
     registry: &PluginRegistry,
     spec: &RequestSpec,
     hosts: &[HostState],
@@ -66,7 +66,7 @@ pub fn evaluate(
             break;
         }
         let batch = subset(&full, &standing);
-        let verdicts = plugin.filter(&wit_spec, &batch)?;
+        let verdicts = plugin.filter(&wit_spec, &batch).await?;
         let mut still = Vec::with_capacity(standing.len());
         for (index, verdict) in standing.iter().zip(verdicts) {
             match verdict {
@@ -91,7 +91,7 @@ pub fn evaluate(
                     continue;
                 }
             };
-            let raw = plugin.weigh(&wit_spec, &batch)?;
+            let raw = plugin.weigh(&wit_spec, &batch).await?;
             let normalised = normalise(&raw);
             for (index, w) in standing.iter().zip(normalised) {
                 let weighted = bounded(w * plugin.config.multiplier);
@@ -116,20 +116,18 @@ pub fn evaluate(
     })
 }
 
-/// Runs [`evaluate`] on a blocking thread with an overall deadline.
+/// Runs [`evaluate`] with an overall deadline.
 ///
 /// # Errors
-/// As [`evaluate`]; [`SchedError::Invalid`] when the worker is lost.
+/// As [`evaluate`].
 pub async fn evaluate_async(
     registry: Arc<PluginRegistry>,
     spec: RequestSpec,
     hosts: Vec<HostState>,
     deadline: Duration,
 ) -> Result<Evaluation, SchedError> {
-    let task = tokio::task::spawn_blocking(move || evaluate(&registry, &spec, &hosts));
-    match tokio::time::timeout(deadline, task).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(SchedError::Invalid(format!("scheduler worker failed: {e}"))),
+    match tokio::time::timeout(deadline, evaluate(&registry, &spec, &hosts)).await {
+        Ok(result) => result,
         Err(_) => Err(SchedError::Plugin(PluginError::Timeout {
             plugin: "scheduler chain".into(),
             ms: deadline.as_millis() as u64,

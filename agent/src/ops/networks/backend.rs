@@ -1,4 +1,4 @@
-//! Calls into the network backend plugins, off the async runtime.
+//! Calls into the network backend plugins, each under the plugin's call deadline.
 
 use crate::net::BackendNetwork;
 use crate::ops::{OpError, Services};
@@ -46,13 +46,8 @@ fn plugin(services: &Services, name: &str) -> Result<Arc<LoadedPlugin>, OpError>
         .map_err(|e| OpError::Plugin(Box::new(e)))
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, OpError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| OpError::Plugin(Box::new(PluginError::Runtime(e.to_string()))))?
-        .map_err(|e| OpError::Plugin(Box::new(e)))
+fn failed(e: PluginError) -> OpError {
+    OpError::Plugin(Box::new(e))
 }
 
 /// Asks the backend whether it can serve the network; its refusal becomes a 400.
@@ -65,17 +60,13 @@ pub async fn validate(
     net: &BackendNetwork,
 ) -> Result<(), OpError> {
     let plugin = plugin(services, backend)?;
-    let net = net.clone();
-    match blocking(move || plugin.validate_network(&net)).await {
-        Err(OpError::Plugin(e)) => match *e {
-            PluginError::Reported {
-                plugin, message, ..
-            } => Err(OpError::InvalidInput(format!(
-                "network backend {plugin} refuses the network: {message}"
-            ))),
-            other => Err(OpError::Plugin(Box::new(other))),
-        },
-        other => other,
+    match plugin.validate_network(net).await {
+        Err(PluginError::Reported {
+            plugin, message, ..
+        }) => Err(OpError::InvalidInput(format!(
+            "network backend {plugin} refuses the network: {message}"
+        ))),
+        other => other.map_err(failed),
     }
 }
 
@@ -91,8 +82,7 @@ pub async fn ensure(
     net: &BackendNetwork,
 ) -> Result<String, OpError> {
     let plugin = plugin(services, backend)?;
-    let request = net.clone();
-    let bridge = blocking(move || plugin.ensure_network(&request)).await?;
+    let bridge = plugin.ensure_network(net).await.map_err(failed)?;
     let networks = services.store().list_networks().await?;
     if let Some(other) = networks
         .iter()
@@ -121,6 +111,5 @@ pub async fn delete(
     net: &BackendNetwork,
 ) -> Result<(), OpError> {
     let plugin = plugin(services, backend)?;
-    let net = net.clone();
-    blocking(move || plugin.delete_network(&net)).await
+    plugin.delete_network(net).await.map_err(failed)
 }

@@ -166,8 +166,10 @@ pub async fn attach(
     }
     let device = free_device(&loaded.spec)?;
     let v = volume_ref(&volume);
-    let connection =
-        driver::call(services, &volume.backend, move |p| p.connection_info(&v)).await?;
+    let connection = driver::call(services, &volume.backend, move |p| async move {
+        p.connection_info(&v).await
+    })
+    .await?;
     let disk = VolumeDisk::from_connection(&connection);
     set_status(services, volume_id, "attaching", None).await?;
     if let Err(e) = services
@@ -336,8 +338,10 @@ pub async fn reserve_boot(
         )));
     }
     let v = volume_ref(&volume);
-    let connection =
-        driver::call(services, &volume.backend, move |p| p.connection_info(&v)).await?;
+    let connection = driver::call(services, &volume.backend, move |p| async move {
+        p.connection_info(&v).await
+    })
+    .await?;
     let mut volume = volume;
     volume.status = "in-use".into();
     volume.attached_to = Some(server_id.to_string());

@@ -1,8 +1,9 @@
-//! Calls into the volume driver plugins, off the async runtime, with their errors mapped to
-//! what the caller did wrong (400/409) or what failed (502).
+//! Calls into the volume driver plugins, each under the plugin's call deadline, with their
+//! errors mapped to what the caller did wrong (400/409) or what failed (502).
 
 use crate::ops::{OpError, Services};
 use crate::plugin::{LoadedPlugin, PluginError};
+use std::future::Future;
 use std::sync::Arc;
 
 /// The loaded driver of `backend`.
@@ -16,20 +17,21 @@ pub fn plugin(services: &Services, backend: &str) -> Result<Arc<LoadedPlugin>, O
         .map_err(|e| OpError::Plugin(Box::new(e)))
 }
 
-/// Runs a blocking driver call; `in-use` and `no-space` become 409, `invalid` 400.
+/// Runs a driver call `f` on the backend's driver; `in-use` and `no-space` become 409,
+/// `invalid` 400.
 ///
 /// # Errors
 /// As described; anything else is [`OpError::Plugin`].
-pub async fn call<T: Send + 'static>(
+pub async fn call<T, F>(
     services: &Services,
     backend: &str,
-    f: impl FnOnce(&LoadedPlugin) -> Result<T, PluginError> + Send + 'static,
-) -> Result<T, OpError> {
+    f: impl FnOnce(Arc<LoadedPlugin>) -> F,
+) -> Result<T, OpError>
+where
+    F: Future<Output = Result<T, PluginError>>,
+{
     let plugin = plugin(services, backend)?;
-    let answer = tokio::task::spawn_blocking(move || f(&plugin))
-        .await
-        .map_err(|e| OpError::Plugin(Box::new(PluginError::Runtime(e.to_string()))))?;
-    answer.map_err(map_error)
+    f(plugin).await.map_err(map_error)
 }
 
 /// Maps a driver's error to the API's.

@@ -121,7 +121,12 @@ pub async fn list(services: &Services) -> Result<Vec<Volume>, OpError> {
 pub async fn backends(services: &Services) -> Result<Vec<Backend>, OpError> {
     let mut out = Vec::new();
     for name in services.plugins().volume_driver_names() {
-        let stats = driver::call(services, &name, |p| p.capacity_stats()).await;
+        let stats = driver::call(
+            services,
+            &name,
+            move |p| async move { p.capacity_stats().await },
+        )
+        .await;
         out.push(match stats {
             Ok(s) => Backend {
                 name,
@@ -289,7 +294,10 @@ pub async fn create(services: &Services, req: VolumeCreate) -> Result<Volume, Op
         (VolumeSource::Blank, None)
     };
     let backend = vtype.backend.clone();
-    let stats = driver::call(services, &backend, |p| p.capacity_stats()).await?;
+    let stats = driver::call(services, &backend, move |p| async move {
+        p.capacity_stats().await
+    })
+    .await?;
     check_capacity(&backend, &stats, size_gb)?;
     let now = crate::state::now_rfc3339();
     let volume = Volume {
@@ -361,19 +369,27 @@ async fn build(services: &Services, volume: Volume) -> Result<(), OpError> {
                 match &volume.source {
                     VolumeSource::Blank | VolumeSource::Image { .. } => {
                         let v = vref.clone();
-                        driver::call(services, &backend, move |p| p.volume_create(&v)).await
+                        driver::call(services, &backend, move |p| async move {
+                            p.volume_create(&v).await
+                        })
+                        .await
                     }
                     VolumeSource::Snapshot { snapshot_id } => {
                         let snap = snapshots::get(services, snapshot_id).await?;
                         let origin = get(services, &snap.volume_id).await?;
                         let (v, s) = (vref.clone(), snapshot_ref(&snap, &origin));
-                        driver::call(services, &backend, move |p| p.volume_from_snapshot(&v, &s))
-                            .await
+                        driver::call(services, &backend, move |p| async move {
+                            p.volume_from_snapshot(&v, &s).await
+                        })
+                        .await
                     }
                     VolumeSource::Volume { volume_id } => {
                         let src = volume_ref(&get(services, volume_id).await?);
                         let v = vref.clone();
-                        driver::call(services, &backend, move |p| p.volume_clone(&v, &src)).await
+                        driver::call(services, &backend, move |p| async move {
+                            p.volume_clone(&v, &src).await
+                        })
+                        .await
                     }
                 }
             },
@@ -386,8 +402,10 @@ async fn build(services: &Services, volume: Volume) -> Result<(), OpError> {
                 let blob = crate::ops::servers::build::blob_of(services, &image)?;
                 let format = image.stored_format.clone().unwrap_or_else(|| "raw".into());
                 let v = vref.clone();
-                let connection =
-                    driver::call(services, &backend, move |p| p.connection_info(&v)).await?;
+                let connection = driver::call(services, &backend, move |p| async move {
+                    p.connection_info(&v).await
+                })
+                .await?;
                 Ok::<_, OpError>(crate::volume::copy_image_to(&connection, &blob, &format).await?)
             })
             .await?;
@@ -433,9 +451,11 @@ impl OperationHandler for CreateHandler {
                         .unwrap_or_default()
                         .to_string();
                     let v = VolumeRef::new(id, step.data["size_gb"].as_u64().unwrap_or(0));
-                    driver::call(services, &backend, move |p| p.volume_delete(&v))
-                        .await
-                        .map_err(|e| e.to_string())
+                    driver::call(services, &backend, move |p| async move {
+                        p.volume_delete(&v).await
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
                 }
                 "copy_image" => Ok(()),
                 "record" => {
@@ -483,12 +503,15 @@ pub async fn extend(services: &Services, id: &str, new_size_gb: i64) -> Result<V
         )));
     }
     let new_size = new_size_gb as u64;
-    let stats = driver::call(services, &volume.backend, |p| p.capacity_stats()).await?;
+    let stats = driver::call(services, &volume.backend, move |p| async move {
+        p.capacity_stats().await
+    })
+    .await?;
     check_capacity(&volume.backend, &stats, new_size - volume.size_gb)?;
     set_status(services, id, "extending", None).await?;
     let v = volume_ref(&volume);
-    match driver::call(services, &volume.backend, move |p| {
-        p.volume_extend(&v, new_size)
+    match driver::call(services, &volume.backend, move |p| async move {
+        p.volume_extend(&v, new_size).await
     })
     .await
     {
@@ -538,7 +561,11 @@ pub async fn delete(services: &Services, id: &str) -> Result<(), OpError> {
     }
     set_status(services, id, "deleting", None).await?;
     let v = volume_ref(&volume);
-    if let Err(e) = driver::call(services, &volume.backend, move |p| p.volume_delete(&v)).await {
+    if let Err(e) = driver::call(services, &volume.backend, move |p| async move {
+        p.volume_delete(&v).await
+    })
+    .await
+    {
         set_status(
             services,
             id,

@@ -66,8 +66,10 @@ pub async fn recover(services: &Services) -> Result<(), OpError> {
             }
             "deleting" => {
                 let v = volume_ref(&volume);
-                match super::driver::call(services, &volume.backend, move |p| p.volume_delete(&v))
-                    .await
+                match super::driver::call(services, &volume.backend, move |p| async move {
+                    p.volume_delete(&v).await
+                })
+                .await
                 {
                     Ok(()) => services.store().delete_volume(id).await?,
                     Err(e) => {

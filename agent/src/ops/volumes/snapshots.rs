@@ -75,7 +75,11 @@ pub async fn create(services: &Services, req: SnapshotCreate) -> Result<Snapshot
     };
     services.store().put_snapshot(snap.clone()).await?;
     let sref = snapshot_ref(&snap, &volume);
-    match driver::call(services, &volume.backend, move |p| p.snapshot_create(&sref)).await {
+    match driver::call(services, &volume.backend, move |p| async move {
+        p.snapshot_create(&sref).await
+    })
+    .await
+    {
         Ok(()) => {
             snap.status = "available".into();
             snap.updated_at = crate::state::now_rfc3339();
@@ -109,7 +113,10 @@ pub async fn delete(services: &Services, id: &str) -> Result<(), OpError> {
     let _guard = lock.lock().await;
     let volume = get_volume(services, &snap.volume_id).await?;
     let sref = snapshot_ref(&snap, &volume);
-    driver::call(services, &volume.backend, move |p| p.snapshot_delete(&sref)).await?;
+    driver::call(services, &volume.backend, move |p| async move {
+        p.snapshot_delete(&sref).await
+    })
+    .await?;
     services.store().delete_snapshot(id).await?;
     let _ = services
         .events()
