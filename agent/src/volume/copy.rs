@@ -4,6 +4,7 @@
 
 use super::command::{plain_stderr, Tool};
 use super::{DiskFormat, VolumeConnection, VolumeError};
+use crate::tool::Limits;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -68,8 +69,10 @@ pub async fn copy_image_to_with_deadline(
         }
     };
     let tool = Tool::new("qemu-img", "qemu-utils", deadline);
+    // The volume's file may have been written by anyone with access to the backend.
+    let inspector = Tool::new("qemu-img", "qemu-utils", deadline).with_limits(Limits::QEMU_IMG);
     let info = |path: String, format: DiskFormat| {
-        let tool = &tool;
+        let tool = &inspector;
         async move {
             let out = tool
                 .run(

@@ -47,8 +47,11 @@ mod lvm;
 pub mod model;
 mod mount;
 mod names;
+mod owner;
 pub mod nfs;
 mod qemu_img;
+mod share_dir;
+mod workers;
 
 pub use copy::{copy_image_to, copy_image_to_with_deadline, COPY_DEADLINE};
 pub use files::{FileStat, Files, ShareStats};
@@ -182,6 +185,27 @@ pub enum VolumeError {
         /// The backing or data file it names.
         reference: String,
     },
+    /// A file of the share is not a plain file the host may use (a symbolic link, a hard link,
+    /// a directory, a device); nothing was done to it or to what it points at.
+    #[error("File {name} on share {share} is {what}; only regular files with a single link are used")]
+    NotPlainFile {
+        /// The share.
+        share: String,
+        /// The file.
+        name: String,
+        /// What it is instead, e.g. `a symbolic link`.
+        what: String,
+    },
+    /// Every worker for calls on mounted shares is busy (a share may be hung); nothing was
+    /// started.
+    #[error("All {workers} workers for mounted shares are busy (a share may be hung); try again later")]
+    WorkersBusy {
+        /// How many workers there are.
+        workers: usize,
+    },
+    /// A tool reading an untrusted file was stopped at its resource limits.
+    #[error(transparent)]
+    OverLimit(crate::tool::ToolError),
     /// A logical volume's device node is missing: LVM has not activated it on this host.
     #[error("Logical volume device {path} does not exist: the LV is not active on this host")]
     NotActive {
@@ -266,13 +290,15 @@ impl VolumeError {
             Self::NotGranted { .. }
             | Self::ShareNotGranted { .. }
             | Self::Escape { .. }
-            | Self::OutsideShare { .. } => "denied",
+            | Self::OutsideShare { .. }
+            | Self::NotPlainFile { .. } => "denied",
             Self::InvalidName { .. }
             | Self::InvalidShare { .. }
             | Self::InvalidSize { .. }
             | Self::Invalid(_)
             | Self::Shrink { .. }
-            | Self::ShrinkImage { .. } => "invalid",
+            | Self::ShrinkImage { .. }
+            | Self::OverLimit(_) => "invalid",
             Self::LvNotFound { .. } | Self::FileNotFound { .. } => "not-found",
             Self::FileExists { .. } => "exists",
             Self::InUse { .. } => "in-use",

@@ -16,6 +16,7 @@ use super::command::{plain_stderr, Tool};
 use super::files::{Files, Location};
 use super::{check_file_name, DiskFormat, Share, VolumeError};
 use crate::config::ShareAccess;
+use crate::tool::Limits;
 use serde_json::Value;
 
 /// Deepest backing chain accepted.
@@ -87,6 +88,14 @@ impl QemuImg {
         self.tool().run(&args, plain_stderr).await
     }
 
+    /// Runs `qemu-img info` on a file someone else may have written: under [`Limits::QEMU_IMG`].
+    async fn run_info(&self, args: Vec<String>) -> Result<String, VolumeError> {
+        self.tool()
+            .with_limits(Limits::QEMU_IMG)
+            .run(&args, plain_stderr)
+            .await
+    }
+
     /// How an overlay in `share` refers to backing file `name`.
     fn backing_ref(&self, share: &Share, location: &Location, name: &str) -> String {
         match (self.files.access(), location) {
@@ -142,7 +151,7 @@ impl QemuImg {
             args.extend(["-f".into(), f.as_str().into()]);
         }
         args.push(location.arg());
-        let out = self.run(args).await?;
+        let out = self.run_info(args).await?;
         let json: Value = serde_json::from_str(&out).map_err(|_| VolumeError::Parse {
             tool: "qemu-img",
             line: out.chars().take(200).collect(),
@@ -456,6 +465,8 @@ mod tests {
             mount_root: root.to_path_buf(),
             mount_options: None,
             file_mode: "0660".into(),
+            file_owner: None,
+            file_group: None,
             command_timeout_secs: 1,
         };
         QemuImg::new(Files::new(&grant).unwrap())
