@@ -157,7 +157,11 @@ impl Tool {
         }
         if let Some(limits) = self.limits {
             let rlimits = [
-                (libc::RLIMIT_AS, limits.address_space_bytes, limits.address_space_bytes),
+                (
+                    libc::RLIMIT_AS,
+                    limits.address_space_bytes,
+                    limits.address_space_bytes,
+                ),
                 // SIGXCPU at the soft limit, SIGKILL a second later.
                 (libc::RLIMIT_CPU, limits.cpu_secs, limits.cpu_secs + 1),
                 (libc::RLIMIT_CORE, 0, 0),
@@ -227,9 +231,10 @@ fn over_limit(status: std::process::ExitStatus, stderr: &str) -> Option<String> 
     };
     match status.signal() {
         Some(libc::SIGXCPU) | Some(libc::SIGKILL) => Some("out of CPU time".into()),
-        Some(libc::SIGABRT) | Some(libc::SIGSEGV) | Some(libc::SIGBUS) => {
-            Some(format!("out of memory (killed by signal {})", status.signal()?))
-        }
+        Some(libc::SIGABRT) | Some(libc::SIGSEGV) | Some(libc::SIGBUS) => Some(format!(
+            "out of memory (killed by signal {})",
+            status.signal()?
+        )),
         _ if memory() => Some(format!("out of memory: {}", plain(stderr))),
         _ => None,
     }
@@ -273,14 +278,20 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ToolError::OverLimit { .. }), "{e}");
         let text = e.to_string();
-        assert!(text.contains("1 s of CPU") && text.contains("CPU time"), "{text}");
+        assert!(
+            text.contains("1 s of CPU") && text.contains("CPU time"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn qemu_img_is_stopped_at_its_memory_limit() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("x.raw");
-        std::fs::File::create(&image).unwrap().set_len(1 << 20).unwrap();
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
         let args = [
             "info".to_owned(),
             "--output=json".into(),
@@ -306,7 +317,10 @@ mod tests {
             .run(&["-c".into(), "echo bad >&2; exit 3".into()])
             .await
             .unwrap_err();
-        assert!(matches!(&e, ToolError::Failed { stderr, .. } if stderr.trim() == "bad"), "{e}");
+        assert!(
+            matches!(&e, ToolError::Failed { stderr, .. } if stderr.trim() == "bad"),
+            "{e}"
+        );
         let e = Tool::new("sh", "dash", Duration::from_millis(200))
             .run(&["-c".into(), "sleep 5".into()])
             .await

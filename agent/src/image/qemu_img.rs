@@ -30,10 +30,9 @@ pub async fn run_with(
     let argv: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let what = format!("qemu-img {}", args.first().copied().unwrap_or_default());
     tool.run(&argv).await.map(drop).map_err(|e| match e {
-        ToolError::Failed { stderr, .. } => ImageError::Convert(format!(
-            "{what} failed: {}",
-            crate::tool::plain(&stderr)
-        )),
+        ToolError::Failed { stderr, .. } => {
+            ImageError::Convert(format!("{what} failed: {}", crate::tool::plain(&stderr)))
+        }
         other => ImageError::Convert(other.to_string()),
     })
 }

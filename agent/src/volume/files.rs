@@ -21,7 +21,7 @@
 //! files are written atomically (temporary file + rename) and must be named `*.info`.
 
 use super::mount::{ensure_mounted, mount_point};
-use super::nfs::NfsClient;
+use super::nfs::{NfsClient, NfsError};
 use super::share_dir::{Ownership, ShareDir};
 use super::{check_file_name, workers, Share, VolumeError};
 use crate::config::{FilesGrant, ShareAccess};
@@ -166,7 +166,12 @@ impl Files {
 
     fn nfs_error(share: &Share, op: String) -> impl FnOnce(super::nfs::NfsError) -> VolumeError {
         let share = share.to_string();
-        move |source| VolumeError::Nfs { share, op, source }
+        move |source| match source {
+            NfsError::NotPlainFile { name, what } => {
+                VolumeError::NotPlainFile { share, name, what }
+            }
+            source => VolumeError::Nfs { share, op, source },
+        }
     }
 
     /// Checks the share and the name; returns the share.

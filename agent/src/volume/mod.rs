@@ -47,8 +47,8 @@ mod lvm;
 pub mod model;
 mod mount;
 mod names;
-mod owner;
 pub mod nfs;
+mod owner;
 mod qemu_img;
 mod share_dir;
 mod workers;
@@ -187,7 +187,9 @@ pub enum VolumeError {
     },
     /// A file of the share is not a plain file the host may use (a symbolic link, a hard link,
     /// a directory, a device); nothing was done to it or to what it points at.
-    #[error("File {name} on share {share} is {what}; only regular files with a single link are used")]
+    #[error(
+        "File {name} on share {share} is {what}; only regular files with a single link are used"
+    )]
     NotPlainFile {
         /// The share.
         share: String,
@@ -198,7 +200,9 @@ pub enum VolumeError {
     },
     /// Every worker for calls on mounted shares is busy (a share may be hung); nothing was
     /// started.
-    #[error("All {workers} workers for mounted shares are busy (a share may be hung); try again later")]
+    #[error(
+        "All {workers} workers for mounted shares are busy (a share may be hung); try again later"
+    )]
     WorkersBusy {
         /// How many workers there are.
         workers: usize,

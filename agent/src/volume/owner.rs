@@ -115,7 +115,13 @@ mod tests {
         assert_eq!(resolve(Some("root"), None, "", conf).unwrap(), root_ids);
         assert_eq!(resolve(Some("+0"), Some("0"), "", conf).unwrap(), (0, 0));
         assert_eq!(
-            resolve(None, None, "# user = \"x\"\nuser = \"root\"\ngroup = \"+7\"\n", conf).unwrap(),
+            resolve(
+                None,
+                None,
+                "# user = \"x\"\nuser = \"root\"\ngroup = \"+7\"\n",
+                conf
+            )
+            .unwrap(),
             (0, 7)
         );
         let e = resolve(Some("no-such-user-hyperlet"), None, "", conf).unwrap_err();

@@ -37,7 +37,12 @@ pub fn plain_file(is_symlink: bool, is_dir: bool, is_regular: bool, links: u64) 
 fn describe(meta: &Metadata) -> Option<String> {
     let t = meta.file_type();
     let special = t.is_block_device() || t.is_char_device() || t.is_fifo() || t.is_socket();
-    plain_file(t.is_symlink(), t.is_dir(), t.is_file() && !special, meta.nlink())
+    plain_file(
+        t.is_symlink(),
+        t.is_dir(),
+        t.is_file() && !special,
+        meta.nlink(),
+    )
 }
 
 /// Who owns the files the host creates, and their permissions.

@@ -113,27 +113,40 @@ mod tests {
         let release = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
         for _ in 0..WORKERS {
             let release = Arc::clone(&release);
-            let stuck = run("stat", "/hung".into(), Duration::from_millis(50), move || {
-                let (lock, cv) = &*release;
-                let mut go = lock.lock().unwrap();
-                while !*go {
-                    go = cv.wait(go).unwrap();
-                }
-                Ok(())
-            });
+            let stuck = run(
+                "stat",
+                "/hung".into(),
+                Duration::from_millis(50),
+                move || {
+                    let (lock, cv) = &*release;
+                    let mut go = lock.lock().unwrap();
+                    while !*go {
+                        go = cv.wait(go).unwrap();
+                    }
+                    Ok(())
+                },
+            );
             let e = stuck.await.unwrap_err();
             assert!(e.to_string().contains("stat"), "{e}");
         }
         // … a new call times out, and does not run once they are free again …
         let ran = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&ran);
-        let e = run("chmod", "/hung".into(), Duration::from_millis(50), move || {
-            flag.store(true, Ordering::SeqCst);
-            Ok(())
-        })
+        let e = run(
+            "chmod",
+            "/hung".into(),
+            Duration::from_millis(50),
+            move || {
+                flag.store(true, Ordering::SeqCst);
+                Ok(())
+            },
+        )
         .await
         .unwrap_err();
-        assert!(matches!(&e, VolumeError::Io { source, .. } if source.kind() == ErrorKind::TimedOut), "{e}");
+        assert!(
+            matches!(&e, VolumeError::Io { source, .. } if source.kind() == ErrorKind::TimedOut),
+            "{e}"
+        );
         // … while tokio's blocking pool stays free.
         tokio::task::spawn_blocking(|| ())
             .await
@@ -147,6 +160,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer, 7);
-        assert!(!ran.load(Ordering::SeqCst), "a call its caller gave up on was started");
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "a call its caller gave up on was started"
+        );
     }
 }

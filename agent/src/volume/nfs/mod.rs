@@ -640,11 +640,14 @@ impl NfsClient {
         let name = name.to_owned();
         self.with_session(move |s| {
             Box::pin(async move {
-                let fh = s.lookup_plain(&name).await?.ok_or_else(|| NfsError::Status {
-                    op: format!("LOOKUP {name}"),
-                    status: nfs_status_name(2),
-                    code: 2,
-                })?;
+                let fh = s
+                    .lookup_plain(&name)
+                    .await?
+                    .ok_or_else(|| NfsError::Status {
+                        op: format!("LOOKUP {name}"),
+                        status: nfs_status_name(2),
+                        code: 2,
+                    })?;
                 s.setattr(&fh, &name, Some(mode), None).await
             })
         })
