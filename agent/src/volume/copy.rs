@@ -3,6 +3,7 @@
 //! the volume and answered its [`VolumeConnection`].
 
 use super::command::{plain_stderr, Tool};
+use super::qemu_img::References;
 use super::{DiskFormat, VolumeConnection, VolumeError};
 use crate::tool::Limits;
 use serde_json::Value;
@@ -94,9 +95,7 @@ pub async fn copy_image_to_with_deadline(
         }
     };
     let image = info(source.display().to_string(), source_format).await?;
-    if image.get("backing-filename").is_some()
-        || image.pointer("/format-specific/data/data-file").is_some()
-    {
+    if !References::of(&image).is_none() {
         return Err(VolumeError::Invalid(format!(
             "image {} names a backing or data file; only self-contained images are copied",
             source.display()

@@ -39,6 +39,38 @@ pub struct ImageInfo {
     pub backing_format: Option<String>,
 }
 
+/// What an image refers to outside itself, read from its `qemu-img info --output=json`: the
+/// one place the volume side reads these fields. [`QemuImg`] accepts a backing file only
+/// inside the same share and no data file; [`super::copy_image_to`] accepts neither. (Uploads
+/// are held to the same rule natively, from their headers: [`crate::image::inspect`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct References<'a> {
+    /// The backing file as recorded in the image.
+    pub backing_file: Option<&'a str>,
+    /// The external data file (qcow2).
+    pub data_file: Option<&'a str>,
+}
+
+impl<'a> References<'a> {
+    /// The references in `info` (the JSON of `qemu-img info`).
+    pub fn of(info: &'a Value) -> Self {
+        Self {
+            backing_file: info
+                .get("backing-filename")
+                .or_else(|| info.get("full-backing-filename"))
+                .and_then(Value::as_str),
+            data_file: info
+                .pointer("/format-specific/data/data-file")
+                .and_then(Value::as_str),
+        }
+    }
+
+    /// Whether the image refers to nothing outside itself.
+    pub fn is_none(&self) -> bool {
+        self.backing_file.is_none() && self.data_file.is_none()
+    }
+}
+
 /// `qemu-img` restricted to the shares of a grant.
 #[derive(Debug, Clone)]
 pub struct QemuImg {
@@ -161,19 +193,16 @@ impl QemuImg {
             tool: "qemu-img",
             line: out.chars().take(200).collect(),
         };
-        if let Some(data_file) = json
-            .pointer("/format-specific/data/data-file")
-            .and_then(Value::as_str)
-        {
+        let refs = References::of(&json);
+        if let Some(data_file) = refs.data_file {
             return Err(VolumeError::OutsideShare {
                 share: share.to_string(),
                 name: name.to_owned(),
                 reference: data_file.to_owned(),
             });
         }
-        let backing_file = json
-            .get("backing-filename")
-            .and_then(Value::as_str)
+        let backing_file = refs
+            .backing_file
             .map(|r| self.backing_name(share, name, r))
             .transpose()?;
         Ok(ImageInfo {
