@@ -285,7 +285,9 @@ pub enum ShareAccess {
 /// access = "mount"                      # mount | libnfs
 /// mount_root = "/var/lib/hyperlet/mnt"  # mount points (access = "mount")
 /// mount_options = "vers=4.1"            # `mount -o` (access = "mount"), default none
-/// file_mode = "0660"                    # permissions of the files created
+/// file_mode = "0660"                    # permissions of the files created (never world-writable)
+/// file_owner = "libvirt-qemu"           # default: `user` of /etc/libvirt/qemu.conf, else libvirt-qemu
+/// file_group = "kvm"                    # default: `group` of qemu.conf, else the owner's primary group
 /// command_timeout_secs = 3600           # deadline of one qemu-img, mount or NFS operation
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
@@ -304,9 +306,17 @@ pub struct FilesGrant {
     /// Options of the kernel mount (`mount -t nfs -o …`).
     #[serde(default)]
     pub mount_options: Option<String>,
-    /// Permissions of files the host creates, octal.
+    /// Permissions of files the host creates, octal; never world-writable.
     #[serde(default = "default_file_mode")]
     pub file_mode: String,
+    /// Owner of files the host creates (a user name or uid): the user QEMU runs as. Default:
+    /// `user` in /etc/libvirt/qemu.conf, else `libvirt-qemu`.
+    #[serde(default)]
+    pub file_owner: Option<String>,
+    /// Group of files the host creates (a name or gid). Default: `group` in qemu.conf when the
+    /// owner is not set, else the owner's primary group.
+    #[serde(default)]
+    pub file_group: Option<String>,
     /// Deadline of one command or NFS operation, seconds.
     #[serde(default = "default_files_timeout")]
     pub command_timeout_secs: u64,
@@ -330,10 +340,11 @@ impl FilesGrant {
     pub fn mode(&self) -> Result<u32, String> {
         u32::from_str_radix(self.file_mode.trim_start_matches("0o"), 8)
             .ok()
-            .filter(|m| *m <= 0o777)
+            .filter(|m| *m <= 0o777 && m & 0o002 == 0)
             .ok_or_else(|| {
                 format!(
-                    "files.file_mode = {:?} must be octal permissions such as \"0660\"",
+                    "files.file_mode = {:?} must be octal permissions such as \"0660\", not \
+                     world-writable (files are owned by the QEMU user instead)",
                     self.file_mode
                 )
             })
@@ -540,6 +551,10 @@ pub struct ImagesConfig {
     pub max_virtual_size_gb: u64,
     /// Deadline of a format conversion with qemu-img, seconds.
     pub convert_timeout_secs: u64,
+    /// Address space of `qemu-img` converting an upload, MiB (`RLIMIT_AS`).
+    pub qemu_img_memory_mb: u64,
+    /// CPU time of `qemu-img` converting an upload, seconds (`RLIMIT_CPU`).
+    pub qemu_img_cpu_secs: u64,
 }
 
 impl Default for ImagesConfig {
@@ -548,6 +563,8 @@ impl Default for ImagesConfig {
             max_upload_gb: 256,
             max_virtual_size_gb: 2048,
             convert_timeout_secs: 3600,
+            qemu_img_memory_mb: 1024,
+            qemu_img_cpu_secs: 30,
         }
     }
 }
@@ -879,6 +896,12 @@ impl Config {
                 "images",
                 "max_upload_gb and max_virtual_size_gb must be at least 1",
             );
+        }
+        if self.images.qemu_img_memory_mb < 16 {
+            return invalid("images.qemu_img_memory_mb", "must be at least 16");
+        }
+        if self.images.qemu_img_cpu_secs == 0 {
+            return invalid("images.qemu_img_cpu_secs", "must be at least 1");
         }
         if self.images.convert_timeout_secs == 0 {
             return invalid("images.convert_timeout_secs", "must be at least 1");
@@ -1240,6 +1263,12 @@ mod tests {
             "[plugins.files]\nshares = [\"h:/x\"]\nfile_mode = \"0999\"\n",
         );
         assert!(err.contains("files.file_mode"), "{err}");
+        let err = refused(
+            "volume-driver",
+            r#"["files"]"#,
+            "[plugins.files]\nshares = [\"h:/x\"]\nfile_mode = \"0666\"\n",
+        );
+        assert!(err.contains("world-writable"), "{err}");
         let err = refused(
             "volume-driver",
             r#"["files"]"#,

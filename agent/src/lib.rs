@@ -18,6 +18,7 @@
 //! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
 //! * [`metadata`] — the 169.254.169.254 metadata service (EC2 and OpenStack trees) per network namespace.
 //! * [`dhcp`] — the native DHCP server: static leases for ports, inside a network's namespace.
+//! * [`tool`] — the one runner of host tools (argv, deadline, resource limits).
 //! * [`auth`] — bearer tokens.
 //! * [`metrics`] — Prometheus counters and histograms.
 //! * [`cli`] — the command-line client that speaks REST to a running agent.
@@ -38,6 +39,7 @@ pub mod ops;
 pub mod plugin;
 pub mod sched;
 pub mod state;
+pub mod tool;
 pub mod volume;
 
 /// The agent's version, as built.

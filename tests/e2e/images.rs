@@ -216,3 +216,33 @@ fn unsafe_or_mislabelled_images_are_refused_with_the_reason() {
         404
     );
 }
+
+#[test]
+fn converting_an_upload_runs_under_the_configured_qemu_img_limits() {
+    // 16 MiB of address space: qemu-img cannot even load, and the upload is refused saying
+    // why; the default limits (1 GiB, 30 s) convert the same bytes.
+    let agent = Agent::start_with_config("[images]\nqemu_img_memory_mb = 16\n");
+    let dir = tempfile::tempdir().unwrap();
+    let vmdk = dir.path().join("disk.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", vmdk.to_str().unwrap(), "64M"]);
+    let (status, answer) = agent.import_image("capped", "vmdk", "bare", json!({}), &vmdk);
+    assert_eq!(status, 400, "{answer}");
+    // The image stays queued with the reason.
+    let message = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("resource limits") && message.contains("16 MiB of address space"),
+        "{answer}"
+    );
+    assert_eq!(blobs(&agent), 0);
+    assert!(
+        std::fs::read_dir(agent.state_dir().join("images/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a refused conversion leaves nothing behind"
+    );
+    let agent = Agent::start();
+    let (status, image) = agent.import_image("free", "vmdk", "bare", json!({}), &vmdk);
+    assert_eq!(status, 200, "{image}");
+    assert_eq!(image["stored_format"], "qcow2");
+}

@@ -14,6 +14,7 @@ mod networks;
 mod openapi;
 mod plugins;
 mod servers;
+mod shares;
 mod tls;
 mod volume_plugins;
 mod volumes;

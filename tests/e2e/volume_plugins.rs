@@ -261,11 +261,14 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
     assert_eq!(img["format"], "raw");
     assert_eq!(img["virtual-size"], GIB);
     assert!(img["actual-size"].as_u64().unwrap() < 1 << 20, "{img}");
+    // Owned by the QEMU user, not world-writable (the grant's defaults).
     let meta = std::fs::metadata(a.join(&v.name)).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
-        0o666
+        0o660
     );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid()), qemu_owner());
 
     // qcow2 on request.
     let vol = vq.clone();
@@ -304,6 +307,12 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
     })
     .unwrap();
     let overlay = format!("{}.{}", v.name, s.id);
+    // qemu-img made it; the host gave it the QEMU user's ownership.
+    let meta = std::fs::metadata(a.join(&overlay)).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), {
+        let (uid, gid) = qemu_owner();
+        (uid, gid, 0o660)
+    });
     let img = nfs_image(&a, &overlay);
     assert_eq!(img["format"], "qcow2");
     assert_eq!(img["virtual-size"], 2 * GIB);

@@ -421,6 +421,15 @@ impl Observe {
     }
 }
 
+/// The (uid, gid) QEMU runs as on this host (Debian: libvirt-qemu, kvm).
+pub fn qemu_owner() -> (u32, u32) {
+    let user = nix::unistd::User::from_name("libvirt-qemu")
+        .ok()
+        .flatten()
+        .expect("user libvirt-qemu (scripts/setup.sh installs libvirt-daemon-system)");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
 /// The names in an exported directory, read over NFS (`nfs-ls`).
 pub fn nfs_ls(dir: &Path) -> Vec<String> {
     Observe::Nfs.ls(dir)
@@ -453,11 +462,12 @@ impl Drop for MountGuard {
     }
 }
 
-/// The `[plugins.files]` table granting `shares`, reached by `access` (`libnfs` or `mount`).
+/// The `[plugins.files]` table granting `shares`, reached by `access` (`libnfs` or `mount`),
+/// with the documented defaults otherwise (files owned by the QEMU user, mode 0660).
 pub fn files_table(shares: &[String], access: &str, mount_root: Option<&Path>) -> String {
     let list: Vec<String> = shares.iter().map(|s| format!("\"{s}\"")).collect();
     let mut t = format!(
-        "[plugins.files]\nshares = [{}]\naccess = \"{access}\"\nfile_mode = \"0666\"\n",
+        "[plugins.files]\nshares = [{}]\naccess = \"{access}\"\n",
         list.join(", ")
     );
     if let Some(root) = mount_root {

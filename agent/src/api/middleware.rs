@@ -190,6 +190,7 @@ mod tests {
                     max_upload_bytes: 1 << 20,
                     max_virtual_size: 1 << 30,
                     convert_timeout: Duration::from_secs(5),
+                    qemu_img: crate::tool::Limits::QEMU_IMG,
                 },
             )
             .unwrap(),

@@ -115,6 +115,10 @@ fn image_limits(config: &Config) -> CacheLimits {
         max_upload_bytes: config.images.max_upload_gb.saturating_mul(GIB),
         max_virtual_size: config.images.max_virtual_size_gb.saturating_mul(GIB),
         convert_timeout: std::time::Duration::from_secs(config.images.convert_timeout_secs),
+        qemu_img: crate::tool::Limits {
+            address_space_bytes: config.images.qemu_img_memory_mb.saturating_mul(1 << 20),
+            cpu_secs: config.images.qemu_img_cpu_secs,
+        },
     }
 }
 

@@ -9,7 +9,8 @@
 //! takes a per-checksum lock (single flight): if a blob with that checksum exists, the upload is
 //! dropped and the blob reused, so two concurrent imports of the same bytes keep one copy.
 //! Otherwise the bytes are inspected ([`super::inspect`]) *before* anything else reads them,
-//! converted to qcow2 with `qemu-img convert -f <format>` when they are not raw or qcow2, and
+//! converted to qcow2 with `qemu-img convert -f <format>` when they are not raw or qcow2 (under
+//! address-space and CPU limits: a valid image can still be expensive to parse), and
 //! renamed into `blobs/`. Blobs no image refers to are removed at start ([`ImageCache::gc`]).
 
 use super::inspect::{inspect, DiskFormat, InspectError};
@@ -34,6 +35,8 @@ pub struct CacheLimits {
     pub max_virtual_size: u64,
     /// Deadline of a `qemu-img convert`.
     pub convert_timeout: Duration,
+    /// Resource limits of `qemu-img` reading an upload.
+    pub qemu_img: crate::tool::Limits,
 }
 
 /// Bytes received into a temporary file, with their checksum.
@@ -225,45 +228,29 @@ impl ImageCache {
         })
     }
 
+    /// Converts an inspected upload to qcow2 under the cache's `qemu-img` limits; a failed
+    /// conversion leaves no output behind.
     async fn convert(&self, from: &Path, format: DiskFormat, to: &Path) -> Result<(), ImageError> {
-        let mut cmd = tokio::process::Command::new("qemu-img");
-        cmd.arg("convert")
-            .arg("-f")
-            .arg(format.as_str())
-            .arg("-O")
-            .arg("qcow2")
-            .arg(from)
-            .arg(to)
-            .kill_on_drop(true)
-            .stdin(std::process::Stdio::null());
-        let result = tokio::time::timeout(self.limits.convert_timeout, cmd.output()).await;
-        let cleanup = || {
+        let (from_arg, to_arg) = (from.display().to_string(), to.display().to_string());
+        let args = [
+            "convert",
+            "-f",
+            format.as_str(),
+            "-O",
+            "qcow2",
+            &from_arg,
+            &to_arg,
+        ];
+        let converted = super::qemu_img::run_with(
+            &args,
+            self.limits.convert_timeout,
+            Some(self.limits.qemu_img),
+        )
+        .await;
+        if converted.is_err() {
             let _ = std::fs::remove_file(to);
-        };
-        match result {
-            Err(_) => {
-                cleanup();
-                Err(ImageError::Convert(format!(
-                    "qemu-img convert did not finish within {} s",
-                    self.limits.convert_timeout.as_secs()
-                )))
-            }
-            Ok(Err(e)) => {
-                cleanup();
-                Err(ImageError::Convert(format!(
-                    "cannot run qemu-img (install qemu-utils): {e}"
-                )))
-            }
-            Ok(Ok(out)) if !out.status.success() => {
-                cleanup();
-                Err(ImageError::Convert(format!(
-                    "qemu-img convert -f {} failed: {}",
-                    format.as_str(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )))
-            }
-            Ok(Ok(_)) => Ok(()),
         }
+        converted
     }
 
     /// Removes one blob (when the last image using it is deleted).

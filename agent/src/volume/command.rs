@@ -1,9 +1,9 @@
-//! Running a host tool: argv (never a shell), `LC_ALL=C`, stdin closed, a deadline after
-//! which the process is killed.
+//! Host tools for the volume interfaces: [`crate::tool`]'s runner, with its errors as
+//! [`VolumeError`]s and stderr cleaned by the caller.
 
 use super::VolumeError;
+use crate::tool::{self, Limits, ToolError};
 use std::ffi::OsStr;
-use std::process::Stdio;
 use std::time::Duration;
 
 /// A tool to run.
@@ -16,77 +16,67 @@ pub struct Tool<'a> {
     pub env: Vec<(&'static str, &'a OsStr)>,
     /// The deadline.
     pub deadline: Duration,
+    /// Resource limits (for tools reading untrusted files).
+    pub limits: Option<Limits>,
 }
 
 impl Tool<'_> {
-    /// A tool from `package` with no extra environment.
+    /// A tool from `package` with no extra environment and no limits.
     pub fn new(name: &'static str, package: &'static str, deadline: Duration) -> Self {
         Self {
             name,
             package,
             env: Vec::new(),
             deadline,
+            limits: None,
         }
+    }
+
+    /// Runs it under `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Runs it with `args` and returns its stdout; a failure carries stderr through `clean`.
     ///
     /// # Errors
-    /// [`VolumeError::ToolMissing`], [`VolumeError::Timeout`] (the process was killed) or
-    /// [`VolumeError::CommandFailed`].
+    /// [`VolumeError::ToolMissing`], [`VolumeError::Timeout`] (the process was killed),
+    /// [`VolumeError::OverLimit`] or [`VolumeError::CommandFailed`].
     pub async fn run(
         &self,
         args: &[String],
         clean: impl Fn(&str) -> String,
     ) -> Result<String, VolumeError> {
-        let tool = self.name;
-        let mut cmd = tokio::process::Command::new(tool);
-        cmd.args(args)
-            .env("LC_ALL", "C")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        let mut runner = tool::Tool::new(self.name, self.package, self.deadline);
         for (key, value) in &self.env {
-            cmd.env(key, value);
+            runner = runner.with_env(key, *value);
         }
-        tracing::debug!(tool, ?args, "running host tool");
-        let missing = |source| VolumeError::ToolMissing {
-            tool,
-            package: self.package,
-            source,
-        };
-        let child = cmd.spawn().map_err(missing)?;
-        let out = match tokio::time::timeout(self.deadline, child.wait_with_output()).await {
-            Err(_) => {
-                return Err(VolumeError::Timeout {
-                    tool,
-                    secs: self.deadline.as_secs_f64(),
-                })
-            }
-            Ok(Err(source)) => return Err(missing(source)),
-            Ok(Ok(out)) => out,
-        };
-        if !out.status.success() {
-            return Err(VolumeError::CommandFailed {
+        if let Some(limits) = self.limits {
+            runner = runner.with_limits(limits);
+        }
+        runner.run(args).await.map_err(|e| match e {
+            ToolError::Missing {
                 tool,
-                stderr: clean(&String::from_utf8_lossy(&out.stderr)),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                package,
+                source,
+            } => VolumeError::ToolMissing {
+                tool,
+                package,
+                source,
+            },
+            ToolError::Timeout { tool, secs } => VolumeError::Timeout { tool, secs },
+            ToolError::Failed { tool, stderr } => VolumeError::CommandFailed {
+                tool,
+                stderr: clean(&stderr),
+            },
+            e @ ToolError::OverLimit { .. } => VolumeError::OverLimit(e),
+        })
     }
 }
 
 /// stderr trimmed, its lines joined with `; `.
 pub fn plain_stderr(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut text = lines.join("; ");
-    if let Some(cut) = text.char_indices().nth(2000).map(|(i, _)| i) {
-        text.truncate(cut);
-    }
-    text
+    tool::plain(stderr)
 }

@@ -3,7 +3,9 @@
 //! the volume and answered its [`VolumeConnection`].
 
 use super::command::{plain_stderr, Tool};
+use super::qemu_img::References;
 use super::{DiskFormat, VolumeConnection, VolumeError};
+use crate::tool::Limits;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -68,8 +70,10 @@ pub async fn copy_image_to_with_deadline(
         }
     };
     let tool = Tool::new("qemu-img", "qemu-utils", deadline);
+    // The volume's file may have been written by anyone with access to the backend.
+    let inspector = Tool::new("qemu-img", "qemu-utils", deadline).with_limits(Limits::QEMU_IMG);
     let info = |path: String, format: DiskFormat| {
-        let tool = &tool;
+        let tool = &inspector;
         async move {
             let out = tool
                 .run(
@@ -91,9 +95,7 @@ pub async fn copy_image_to_with_deadline(
         }
     };
     let image = info(source.display().to_string(), source_format).await?;
-    if image.get("backing-filename").is_some()
-        || image.pointer("/format-specific/data/data-file").is_some()
-    {
+    if !References::of(&image).is_none() {
         return Err(VolumeError::Invalid(format!(
             "image {} names a backing or data file; only self-contained images are copied",
             source.display()

@@ -6,20 +6,28 @@
 //! ([`check_file_name`]); only then is the share reached:
 //!
 //! * `access = "mount"` — the share is mounted by the kernel under `mount_root` (mounted on
-//!   first use when nothing is mounted there yet) and the files are local files. Symbolic links
-//!   are never followed.
+//!   first use when nothing is mounted there yet) and the files are local files, reached
+//!   relative to the share directory without following links ([`super::share_dir`]), on a
+//!   few threads of their own with a deadline ([`super::workers`]): a hung hard mount costs
+//!   those threads, never tokio's shared blocking pool.
 //! * `access = "libnfs"` — no mount: the agent's own NFSv3 client ([`super::nfs`]).
 //!
-//! Files are created with the grant's `file_mode`; info files are written atomically
-//! (temporary file + rename) and must be named `*.info`.
+//! Whatever another client of the export planted, the host only uses regular files with a
+//! single link: a symbolic link, a hard link, a directory or a device under a volume's name is
+//! refused ([`VolumeError::NotPlainFile`], `denied`), and what it points at is never touched.
+//!
+//! Files are created owned by the user and group QEMU runs as ([`super::owner`]) with the
+//! grant's `file_mode` (never world-writable), so QEMU opens them without further ado; info
+//! files are written atomically (temporary file + rename) and must be named `*.info`.
 
 use super::mount::{ensure_mounted, mount_point};
-use super::nfs::NfsClient;
-use super::{check_file_name, Share, VolumeError};
+use super::nfs::{NfsClient, NfsError};
+use super::share_dir::{Ownership, ShareDir};
+use super::{check_file_name, workers, Share, VolumeError};
 use crate::config::{FilesGrant, ShareAccess};
 use std::io::ErrorKind;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Largest info file, bytes.
@@ -72,6 +80,7 @@ pub struct Files {
     mount_root: PathBuf,
     mount_options: Option<String>,
     mode: u32,
+    owner: (u32, u32),
     deadline: Duration,
 }
 
@@ -92,6 +101,7 @@ impl Files {
             mount_root: grant.mount_root.clone(),
             mount_options: grant.mount_options.clone(),
             mode: grant.mode().map_err(VolumeError::Invalid)?,
+            owner: super::owner::file_owner(grant)?,
             deadline: Duration::from_secs(grant.command_timeout_secs),
         })
     }
@@ -156,12 +166,17 @@ impl Files {
     }
 
     fn client(&self, share: &Share) -> NfsClient {
-        NfsClient::new(share.host(), share.export(), self.deadline)
+        NfsClient::new(share.host(), share.export(), self.deadline).with_owner(self.owner)
     }
 
     fn nfs_error(share: &Share, op: String) -> impl FnOnce(super::nfs::NfsError) -> VolumeError {
         let share = share.to_string();
-        move |source| VolumeError::Nfs { share, op, source }
+        move |source| match source {
+            NfsError::NotPlainFile { name, what } => {
+                VolumeError::NotPlainFile { share, name, what }
+            }
+            source => VolumeError::Nfs { share, op, source },
+        }
     }
 
     /// Checks the share and the name; returns the share.
@@ -183,12 +198,40 @@ impl Files {
         })
     }
 
-    /// Creates a sparse file of `size_bytes`; refuses to overwrite an existing one.
+    /// Who owns created files and their permissions.
+    fn ownership(&self) -> Ownership {
+        Ownership {
+            uid: self.owner.0,
+            gid: self.owner.1,
+            mode: self.mode,
+        }
+    }
+
+    /// Runs `work` on the opened directory of a mounted share, on the share workers, within
+    /// the deadline.
+    async fn on_dir<T: Send + 'static>(
+        &self,
+        share: &Share,
+        op: &'static str,
+        name: &str,
+        work: impl FnOnce(&ShareDir) -> Result<T, VolumeError> + Send + 'static,
+    ) -> Result<T, VolumeError> {
+        let point = self.dir(share).await?;
+        let shown = point.join(name);
+        let share = share.to_string();
+        workers::run(op, shown, self.deadline, move || {
+            work(&ShareDir::open(&point, &share)?)
+        })
+        .await
+    }
+
+    /// Creates a sparse file of `size_bytes`; refuses to overwrite an existing one. It is
+    /// owned by the QEMU user with the grant's mode.
     ///
     /// # Errors
     /// [`VolumeError::ShareNotGranted`], [`VolumeError::Escape`] or
-    /// [`VolumeError::InvalidName`] before anything runs; [`VolumeError::FileExists`]; I/O and
-    /// NFS errors.
+    /// [`VolumeError::InvalidName`] before anything runs; [`VolumeError::FileExists`] (a link
+    /// of that name included); I/O and NFS errors.
     pub async fn create_sparse(
         &self,
         share: &str,
@@ -200,35 +243,13 @@ impl Files {
             share: share.to_string(),
             name: name.to_owned(),
         };
-        match self.access {
+        let made = match self.access {
             ShareAccess::Mount => {
-                let path = self.dir(share).await?.join(name);
-                let mode = self.mode;
-                let made = self
-                    .blocking(move || {
-                        let file = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(mode)
-                            .custom_flags(libc::O_NOFOLLOW)
-                            .open(&path)?;
-                        let sized = file
-                            .set_len(size_bytes)
-                            .and_then(|()| file.set_permissions(PermissionsExt::from_mode(mode)));
-                        if sized.is_err() {
-                            let _ = std::fs::remove_file(&path);
-                        }
-                        sized
-                    })
-                    .await;
-                match made {
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(exists()),
-                    other => other.map_err(|source| VolumeError::Io {
-                        op: "create",
-                        path: self.mount_point(share).join(name),
-                        source,
-                    }),
-                }
+                let (own, file) = (self.ownership(), name.to_owned());
+                self.on_dir(share, "create", name, move |d| {
+                    d.create_sparse(&file, size_bytes, own)
+                })
+                .await
             }
             ShareAccess::Libnfs => {
                 match self.client(share).create(name, size_bytes, self.mode).await {
@@ -236,10 +257,17 @@ impl Files {
                     other => other.map_err(Self::nfs_error(share, format!("create {name}"))),
                 }
             }
+        };
+        match made {
+            Err(VolumeError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
+                Err(exists())
+            }
+            other => other,
         }
     }
 
-    /// Removes a file; a missing one is not an error.
+    /// Removes a file; a missing one is not an error. A link is removed, never what it points
+    /// at.
     ///
     /// # Errors
     /// As [`Files::create_sparse`].
@@ -247,18 +275,9 @@ impl Files {
         let share = self.check(share, name)?;
         match self.access {
             ShareAccess::Mount => {
-                let path = self.dir(share).await?.join(name);
-                let shown = path.clone();
-                self.blocking(move || match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                    other => other,
-                })
-                .await
-                .map_err(|source| VolumeError::Io {
-                    op: "remove",
-                    path: shown,
-                    source,
-                })
+                let file = name.to_owned();
+                self.on_dir(share, "remove", name, move |d| d.remove(&file))
+                    .await
             }
             ShareAccess::Libnfs => self
                 .client(share)
@@ -271,53 +290,55 @@ impl Files {
     /// Size of a file, or `None` when it does not exist.
     ///
     /// # Errors
-    /// As [`Files::create_sparse`].
+    /// As [`Files::create_sparse`]; [`VolumeError::NotPlainFile`] for anything but a regular
+    /// file with one link (a symbolic link, a hard link, a directory).
     pub async fn stat(&self, share: &str, name: &str) -> Result<Option<FileStat>, VolumeError> {
         let share = self.check(share, name)?;
         match self.access {
             ShareAccess::Mount => {
-                let path = self.dir(share).await?.join(name);
-                match tokio::fs::symlink_metadata(&path).await {
-                    Ok(meta) => Ok(Some(FileStat {
-                        size_bytes: meta.len(),
-                        allocated_bytes: meta.blocks() * 512,
-                    })),
-                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                    Err(source) => Err(VolumeError::Io {
-                        op: "stat",
-                        path,
-                        source,
-                    }),
-                }
+                let file = name.to_owned();
+                let meta = self
+                    .on_dir(share, "stat", name, move |d| d.stat(&file))
+                    .await?;
+                Ok(meta.map(|meta| FileStat {
+                    size_bytes: meta.len(),
+                    allocated_bytes: meta.blocks() * 512,
+                }))
             }
-            ShareAccess::Libnfs => Ok(self
-                .client(share)
-                .stat(name)
-                .await
-                .map_err(Self::nfs_error(share, format!("stat {name}")))?
-                .map(|a| FileStat {
+            ShareAccess::Libnfs => {
+                let attr = self
+                    .client(share)
+                    .stat(name)
+                    .await
+                    .map_err(Self::nfs_error(share, format!("stat {name}")))?;
+                if let Some(a) = attr {
+                    if let Some(what) = a.not_plain() {
+                        return Err(VolumeError::NotPlainFile {
+                            share: share.to_string(),
+                            name: name.to_owned(),
+                            what,
+                        });
+                    }
+                }
+                Ok(attr.map(|a| FileStat {
                     size_bytes: a.size,
                     allocated_bytes: a.used,
-                })),
+                }))
+            }
         }
     }
 
-    /// Gives a file the grant's permissions (after a tool created it with its own).
+    /// Gives a file the grant's owner and permissions (after a tool created it with its own).
     ///
     /// # Errors
-    /// As [`Files::create_sparse`].
+    /// As [`Files::stat`].
     pub async fn apply_mode(&self, share: &str, name: &str) -> Result<(), VolumeError> {
         let share = self.check(share, name)?;
         match self.access {
             ShareAccess::Mount => {
-                let path = self.dir(share).await?.join(name);
-                tokio::fs::set_permissions(&path, PermissionsExt::from_mode(self.mode))
+                let (own, file) = (self.ownership(), name.to_owned());
+                self.on_dir(share, "chmod", name, move |d| d.apply(&file, own))
                     .await
-                    .map_err(|source| VolumeError::Io {
-                        op: "chmod",
-                        path,
-                        source,
-                    })
             }
             ShareAccess::Libnfs => self
                 .client(share)
@@ -341,7 +362,7 @@ impl Files {
     /// Writes info file `name` (`*.info`, at most 64 KiB) atomically.
     ///
     /// # Errors
-    /// As [`Files::create_sparse`]; [`VolumeError::InvalidName`] for another name,
+    /// As [`Files::stat`]; [`VolumeError::InvalidName`] for another name,
     /// [`VolumeError::Invalid`] for contents over 64 KiB.
     pub async fn write_info_file(
         &self,
@@ -359,19 +380,12 @@ impl Files {
         }
         match self.access {
             ShareAccess::Mount => {
-                let dir = self.dir(share).await?;
-                let target = dir.join(name);
-                let tmp = dir.join(format!(".{name}.tmp-{:08x}", rand::random::<u32>()));
+                let (own, file) = (self.ownership(), name.to_owned());
                 let data = contents.as_bytes().to_vec();
-                let mode = self.mode;
-                let shown = target.clone();
-                self.blocking(move || write_atomic(&tmp, &target, &data, mode))
-                    .await
-                    .map_err(|source| VolumeError::Io {
-                        op: "write",
-                        path: shown,
-                        source,
-                    })
+                self.on_dir(share, "write", name, move |d| {
+                    d.write_atomic(&file, &data, own)
+                })
+                .await
             }
             ShareAccess::Libnfs => self
                 .client(share)
@@ -394,15 +408,9 @@ impl Files {
         Self::check_info_name(name)?;
         let bytes = match self.access {
             ShareAccess::Mount => {
-                let path = self.dir(share).await?.join(name);
-                let shown = path.clone();
-                self.blocking(move || read_limited(&path))
-                    .await
-                    .map_err(|source| VolumeError::Io {
-                        op: "read",
-                        path: shown,
-                        source,
-                    })?
+                let file = name.to_owned();
+                self.on_dir(share, "read", name, move |d| d.read(&file, MAX_INFO_BYTES))
+                    .await?
             }
             ShareAccess::Libnfs => self
                 .client(share)
@@ -427,29 +435,12 @@ impl Files {
         let share = self.share(share)?;
         match self.access {
             ShareAccess::Mount => {
-                let dir = self.dir(share).await?;
-                let shown = dir.clone();
-                self.blocking(move || {
-                    let fs = nix::sys::statvfs::statvfs(&dir).map_err(std::io::Error::from)?;
-                    let frag = fs.fragment_size();
-                    let mut allocated = 0u64;
-                    for entry in std::fs::read_dir(&dir)? {
-                        let meta = entry?.metadata()?;
-                        if meta.is_file() {
-                            allocated = allocated.saturating_add(meta.len());
-                        }
-                    }
-                    Ok(ShareStats {
-                        total_bytes: fs.blocks().saturating_mul(frag),
-                        available_bytes: fs.blocks_available().saturating_mul(frag),
-                        allocated_bytes: allocated,
-                    })
-                })
-                .await
-                .map_err(|source| VolumeError::Io {
-                    op: "measure",
-                    path: shown,
-                    source,
+                let (total, available, allocated) =
+                    self.on_dir(share, "measure", "", |d| d.usage()).await?;
+                Ok(ShareStats {
+                    total_bytes: total,
+                    available_bytes: available,
+                    allocated_bytes: allocated,
                 })
             }
             ShareAccess::Libnfs => {
@@ -468,70 +459,12 @@ impl Files {
             }
         }
     }
-
-    /// Runs blocking file work with the deadline.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-    ) -> std::io::Result<T> {
-        match tokio::time::timeout(self.deadline, tokio::task::spawn_blocking(work)).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
-            Err(_) => Err(std::io::Error::new(
-                ErrorKind::TimedOut,
-                format!("no answer within {:?}", self.deadline),
-            )),
-        }
-    }
-}
-
-/// Writes `data` to `tmp`, syncs it and renames it over `target`.
-fn write_atomic(tmp: &Path, target: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    let written = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        std::fs::rename(tmp, target)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(tmp);
-    }
-    written
-}
-
-/// Reads at most [`MAX_INFO_BYTES`] of a file that is not a symbolic link.
-fn read_limited(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut data = Vec::new();
-    file.take(MAX_INFO_BYTES as u64 + 1)
-        .read_to_end(&mut data)?;
-    if data.len() > MAX_INFO_BYTES {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            format!("larger than {MAX_INFO_BYTES} bytes"),
-        ));
-    }
-    Ok(Some(data))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn grant(access: ShareAccess, mount_root: &Path) -> FilesGrant {
         FilesGrant {
@@ -540,6 +473,8 @@ mod tests {
             mount_root: mount_root.to_path_buf(),
             mount_options: None,
             file_mode: "0660".into(),
+            file_owner: None,
+            file_group: None,
             command_timeout_secs: 1,
         }
     }

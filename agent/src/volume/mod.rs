@@ -49,7 +49,10 @@ pub mod model;
 mod mount;
 mod names;
 pub mod nfs;
+mod owner;
 mod qemu_img;
+mod share_dir;
+mod workers;
 
 pub use answer::check_connection;
 pub use copy::{copy_image_to, copy_image_to_with_deadline, COPY_DEADLINE};
@@ -194,6 +197,31 @@ pub enum VolumeError {
         /// Why it is refused.
         reason: String,
     },
+    /// A file of the share is not a plain file the host may use (a symbolic link, a hard link,
+    /// a directory, a device); nothing was done to it or to what it points at.
+    #[error(
+        "File {name} on share {share} is {what}; only regular files with a single link are used"
+    )]
+    NotPlainFile {
+        /// The share.
+        share: String,
+        /// The file.
+        name: String,
+        /// What it is instead, e.g. `a symbolic link`.
+        what: String,
+    },
+    /// Every worker for calls on mounted shares is busy (a share may be hung); nothing was
+    /// started.
+    #[error(
+        "All {workers} workers for mounted shares are busy (a share may be hung); try again later"
+    )]
+    WorkersBusy {
+        /// How many workers there are.
+        workers: usize,
+    },
+    /// A tool reading an untrusted file was stopped at its resource limits.
+    #[error(transparent)]
+    OverLimit(crate::tool::ToolError),
     /// A logical volume's device node is missing: LVM has not activated it on this host.
     #[error("Logical volume device {path} does not exist: the LV is not active on this host")]
     NotActive {
@@ -279,13 +307,15 @@ impl VolumeError {
             | Self::ShareNotGranted { .. }
             | Self::Escape { .. }
             | Self::OutsideShare { .. }
-            | Self::RefusedConnection { .. } => "denied",
+            | Self::RefusedConnection { .. }
+            | Self::NotPlainFile { .. } => "denied",
             Self::InvalidName { .. }
             | Self::InvalidShare { .. }
             | Self::InvalidSize { .. }
             | Self::Invalid(_)
             | Self::Shrink { .. }
-            | Self::ShrinkImage { .. } => "invalid",
+            | Self::ShrinkImage { .. }
+            | Self::OverLimit(_) => "invalid",
             Self::LvNotFound { .. } | Self::FileNotFound { .. } => "not-found",
             Self::FileExists { .. } => "exists",
             Self::InUse { .. } => "in-use",

@@ -16,6 +16,7 @@ use super::command::{plain_stderr, Tool};
 use super::files::{Files, Location};
 use super::{check_file_name, DiskFormat, Share, VolumeError};
 use crate::config::ShareAccess;
+use crate::tool::Limits;
 use serde_json::Value;
 
 /// Deepest backing chain accepted.
@@ -36,6 +37,38 @@ pub struct ImageInfo {
     pub backing_file: Option<String>,
     /// The backing file's recorded format.
     pub backing_format: Option<String>,
+}
+
+/// What an image refers to outside itself, read from its `qemu-img info --output=json`: the
+/// one place the volume side reads these fields. [`QemuImg`] accepts a backing file only
+/// inside the same share and no data file; [`super::copy_image_to`] accepts neither. (Uploads
+/// are held to the same rule natively, from their headers: [`crate::image::inspect`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct References<'a> {
+    /// The backing file as recorded in the image.
+    pub backing_file: Option<&'a str>,
+    /// The external data file (qcow2).
+    pub data_file: Option<&'a str>,
+}
+
+impl<'a> References<'a> {
+    /// The references in `info` (the JSON of `qemu-img info`).
+    pub fn of(info: &'a Value) -> Self {
+        Self {
+            backing_file: info
+                .get("backing-filename")
+                .or_else(|| info.get("full-backing-filename"))
+                .and_then(Value::as_str),
+            data_file: info
+                .pointer("/format-specific/data/data-file")
+                .and_then(Value::as_str),
+        }
+    }
+
+    /// Whether the image refers to nothing outside itself.
+    pub fn is_none(&self) -> bool {
+        self.backing_file.is_none() && self.data_file.is_none()
+    }
 }
 
 /// `qemu-img` restricted to the shares of a grant.
@@ -85,6 +118,14 @@ impl QemuImg {
 
     async fn run(&self, args: Vec<String>) -> Result<String, VolumeError> {
         self.tool().run(&args, plain_stderr).await
+    }
+
+    /// Runs `qemu-img info` on a file someone else may have written: under [`Limits::QEMU_IMG`].
+    async fn run_info(&self, args: Vec<String>) -> Result<String, VolumeError> {
+        self.tool()
+            .with_limits(Limits::QEMU_IMG)
+            .run(&args, plain_stderr)
+            .await
     }
 
     /// How an overlay in `share` refers to backing file `name`.
@@ -142,7 +183,7 @@ impl QemuImg {
             args.extend(["-f".into(), f.as_str().into()]);
         }
         args.push(location.arg());
-        let out = self.run(args).await?;
+        let out = self.run_info(args).await?;
         let json: Value = serde_json::from_str(&out).map_err(|_| VolumeError::Parse {
             tool: "qemu-img",
             line: out.chars().take(200).collect(),
@@ -152,19 +193,16 @@ impl QemuImg {
             tool: "qemu-img",
             line: out.chars().take(200).collect(),
         };
-        if let Some(data_file) = json
-            .pointer("/format-specific/data/data-file")
-            .and_then(Value::as_str)
-        {
+        let refs = References::of(&json);
+        if let Some(data_file) = refs.data_file {
             return Err(VolumeError::OutsideShare {
                 share: share.to_string(),
                 name: name.to_owned(),
                 reference: data_file.to_owned(),
             });
         }
-        let backing_file = json
-            .get("backing-filename")
-            .and_then(Value::as_str)
+        let backing_file = refs
+            .backing_file
             .map(|r| self.backing_name(share, name, r))
             .transpose()?;
         Ok(ImageInfo {
@@ -456,6 +494,8 @@ mod tests {
             mount_root: root.to_path_buf(),
             mount_options: None,
             file_mode: "0660".into(),
+            file_owner: None,
+            file_group: None,
             command_timeout_secs: 1,
         };
         QemuImg::new(Files::new(&grant).unwrap())

@@ -57,6 +57,15 @@ pub enum NfsError {
     /// The connection failed mid-call.
     #[error("NFS connection failed")]
     Io(#[source] std::io::Error),
+    /// A name is not a regular file with one link (a symbolic link, a hard link, a
+    /// directory); nothing was done to it.
+    #[error("{name} is {what}; only regular files with a single link are used")]
+    NotPlainFile {
+        /// The name.
+        name: String,
+        /// What it is instead.
+        what: String,
+    },
     /// The server refused the RPC call.
     #[error("RPC call refused: {0}")]
     Rpc(String),
@@ -106,7 +115,8 @@ impl NfsError {
             Self::Status {
                 code: 1 | 13 | 30, ..
             }
-            | Self::Mount { .. } => "denied",
+            | Self::Mount { .. }
+            | Self::NotPlainFile { .. } => "denied",
             Self::TooLarge { .. } => "invalid",
             _ => "failed",
         }
@@ -163,10 +173,12 @@ fn mount_status_name(code: u32) -> &'static str {
 /// File attributes (the parts the host uses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
-    /// 1 regular file, 2 directory, …
+    /// 1 regular file, 2 directory, 5 symbolic link, … (`ftype3`)
     pub kind: u32,
     /// Permission bits.
     pub mode: u32,
+    /// Number of names (hard links).
+    pub nlink: u32,
     /// Apparent size, bytes.
     pub size: u64,
     /// Bytes allocated.
@@ -184,16 +196,35 @@ pub struct FsStat {
     pub available: u64,
 }
 
+impl Attr {
+    /// Why this is not a file the host may use, or `None` for a regular file with one link.
+    pub fn not_plain(&self) -> Option<String> {
+        crate::volume::share_dir::plain_file(
+            self.kind == NF3LNK,
+            self.kind == NF3DIR,
+            self.kind == NF3REG,
+            self.nlink.into(),
+        )
+    }
+}
+
+/// `ftype3` values.
+const NF3REG: u32 = 1;
+const NF3DIR: u32 = 2;
+const NF3LNK: u32 = 5;
+
 fn attr(d: &mut Decoder<'_>) -> Result<Attr, NfsError> {
     let kind = d.u32()?;
     let mode = d.u32()?;
-    d.skip(12)?; // nlink, uid, gid
+    let nlink = d.u32()?;
+    d.skip(8)?; // uid, gid
     let size = d.u64()?;
     let used = d.u64()?;
     d.skip(8 + 8 + 8 + 24)?; // rdev, fsid, fileid, atime, mtime, ctime
     Ok(Attr {
         kind,
         mode,
+        nlink,
         size,
         used,
     })
@@ -214,13 +245,16 @@ fn wcc_data(d: &mut Decoder<'_>) -> Result<(), NfsError> {
     post_op_attr(d).map(drop)
 }
 
-/// sattr3 with the mode and/or size set, times unchanged.
-fn sattr(e: &mut Encoder, mode: Option<u32>, size: Option<u64>) {
+/// sattr3 with the mode, owner and/or size set, times unchanged.
+fn sattr(e: &mut Encoder, mode: Option<u32>, owner: Option<(u32, u32)>, size: Option<u64>) {
     match mode {
         Some(m) => e.bool(true).u32(m),
         None => e.bool(false),
     };
-    e.bool(false).bool(false); // uid, gid
+    match owner {
+        Some((uid, gid)) => e.bool(true).u32(uid).bool(true).u32(gid),
+        None => e.bool(false).bool(false),
+    };
     match size {
         Some(s) => e.bool(true).u64(s),
         None => e.bool(false),
@@ -232,6 +266,8 @@ fn sattr(e: &mut Encoder, mode: Option<u32>, size: Option<u64>) {
 struct Session {
     conn: RpcConn,
     root: Vec<u8>,
+    /// (uid, gid) given to files created or chmodded.
+    owner: Option<(u32, u32)>,
 }
 
 impl Session {
@@ -269,7 +305,11 @@ impl Session {
         }
         let root = d.opaque(FHSIZE)?.to_vec();
         let conn = RpcConn::connect((addr, nfs_port as u16).into()).await?;
-        Ok(Self { conn, root })
+        Ok(Self {
+            conn,
+            root,
+            owner: None,
+        })
     }
 
     /// Calls an NFSv3 procedure; returns the decoder positioned after an OK status, or the
@@ -334,16 +374,31 @@ impl Session {
     ) -> Result<(), NfsError> {
         let mut e = Encoder::new();
         e.opaque(fh);
-        sattr(&mut e, mode, size);
+        sattr(&mut e, mode, mode.and(self.owner), size);
         e.bool(false); // no guard
         self.call(2, format!("SETATTR {name}"), e).await.map(drop)
+    }
+
+    /// The file handle of `name` when it is a regular file with one link; `None` when it is
+    /// missing.
+    async fn lookup_plain(&mut self, name: &str) -> Result<Option<Vec<u8>>, NfsError> {
+        match self.lookup(name).await? {
+            None => Ok(None),
+            Some((fh, attr)) => match attr.not_plain() {
+                None => Ok(Some(fh)),
+                Some(what) => Err(NfsError::NotPlainFile {
+                    name: name.to_owned(),
+                    what,
+                }),
+            },
+        }
     }
 
     /// CREATE, guarded (fails with NFS3ERR_EXIST) or unchecked.
     async fn create(&mut self, name: &str, mode: u32, guarded: bool) -> Result<Vec<u8>, NfsError> {
         let mut e = self.dirop(name);
         e.u32(if guarded { 1 } else { 0 });
-        sattr(&mut e, Some(mode), Some(0));
+        sattr(&mut e, Some(mode), self.owner, Some(0));
         let reply = self.call(8, format!("CREATE {name}"), e).await?;
         let mut d = Decoder::new(&reply);
         if d.bool()? {
@@ -474,6 +529,7 @@ pub struct NfsClient {
     host: String,
     export: String,
     deadline: Duration,
+    owner: Option<(u32, u32)>,
 }
 
 impl NfsClient {
@@ -483,7 +539,15 @@ impl NfsClient {
             host: host.into(),
             export: export.into(),
             deadline,
+            owner: None,
         }
+    }
+
+    /// Gives files this client creates or chmods the owner `(uid, gid)`.
+    #[must_use]
+    pub fn with_owner(mut self, owner: (u32, u32)) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     async fn with_session<T, F>(&self, f: F) -> Result<T, NfsError>
@@ -496,6 +560,7 @@ impl NfsClient {
     {
         let host = self.host.clone();
         let export = self.export.clone();
+        let owner = self.owner;
         let work = async move {
             let addr = tokio::task::spawn_blocking(move || {
                 (host.as_str(), 111)
@@ -508,6 +573,7 @@ impl NfsClient {
             .await
             .map_err(|e| NfsError::Protocol(format!("resolver task failed: {e}")))??;
             let mut session = Session::open(addr, &export).await?;
+            session.owner = owner;
             f(&mut session).await
         };
         tokio::time::timeout(self.deadline, work)
@@ -564,19 +630,24 @@ impl NfsClient {
         .await
     }
 
-    /// Sets the permissions of `name`.
+    /// Sets the permissions (and the owner given with [`NfsClient::with_owner`]) of the
+    /// regular file `name`.
     ///
     /// # Errors
-    /// [`NfsError`] (`NFS3ERR_NOENT` when it does not exist).
+    /// [`NfsError::NotPlainFile`] for a link, a directory or a hard-linked file; other
+    /// [`NfsError`]s (`NFS3ERR_NOENT` when it does not exist).
     pub async fn chmod(&self, name: &str, mode: u32) -> Result<(), NfsError> {
         let name = name.to_owned();
         self.with_session(move |s| {
             Box::pin(async move {
-                let (fh, _) = s.lookup(&name).await?.ok_or_else(|| NfsError::Status {
-                    op: format!("LOOKUP {name}"),
-                    status: nfs_status_name(2),
-                    code: 2,
-                })?;
+                let fh = s
+                    .lookup_plain(&name)
+                    .await?
+                    .ok_or_else(|| NfsError::Status {
+                        op: format!("LOOKUP {name}"),
+                        status: nfs_status_name(2),
+                        code: 2,
+                    })?;
                 s.setattr(&fh, &name, Some(mode), None).await
             })
         })
@@ -584,10 +655,12 @@ impl NfsClient {
     }
 
     /// Replaces `name` with `contents` atomically: written to a temporary file with
-    /// `FILE_SYNC`, then renamed over it.
+    /// `FILE_SYNC`, then renamed over it. An existing `name` must be a regular file with one
+    /// link.
     ///
     /// # Errors
-    /// [`NfsError`]; the temporary file is removed on failure.
+    /// [`NfsError::NotPlainFile`]; other [`NfsError`]s; the temporary file is removed on
+    /// failure.
     pub async fn write_atomic(
         &self,
         name: &str,
@@ -599,6 +672,7 @@ impl NfsClient {
         let tmp = format!(".{name}.tmp-{:08x}", rand::random::<u32>());
         self.with_session(move |s| {
             Box::pin(async move {
+                s.lookup_plain(&name).await?;
                 let fh = s.create(&tmp, mode, false).await?;
                 let written = async {
                     s.write_all(&fh, &tmp, &contents).await?;
@@ -614,17 +688,18 @@ impl NfsClient {
         .await
     }
 
-    /// The contents of `name`, or `None` when it does not exist.
+    /// The contents of the regular file `name`, or `None` when it does not exist.
     ///
     /// # Errors
-    /// [`NfsError::TooLarge`] beyond `limit` bytes, other [`NfsError`]s.
+    /// [`NfsError::TooLarge`] beyond `limit` bytes, [`NfsError::NotPlainFile`], other
+    /// [`NfsError`]s.
     pub async fn read(&self, name: &str, limit: usize) -> Result<Option<Vec<u8>>, NfsError> {
         let name = name.to_owned();
         self.with_session(move |s| {
             Box::pin(async move {
-                match s.lookup(&name).await? {
+                match s.lookup_plain(&name).await? {
                     None => Ok(None),
-                    Some((fh, _)) => s.read_all(&fh, &name, limit).await.map(Some),
+                    Some(fh) => s.read_all(&fh, &name, limit).await.map(Some),
                 }
             })
         })
