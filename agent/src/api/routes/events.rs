@@ -25,7 +25,23 @@ use utoipa::IntoParams;
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Replay stored events after this sequence number (same as `Last-Event-ID`).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
+}
+
+/// The largest sequence number: SQLite row ids are signed 64-bit.
+const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// A resume point as the client sent it, checked to be a sequence number.
+fn resume_point(text: &str, what: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| *n <= MAX_SEQ)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{what} must be a sequence number from 0 to {MAX_SEQ}, not {text:?}"
+            ))
+        })
 }
 
 /// How many backlog events are read from the store at a time.
@@ -35,7 +51,8 @@ const PAGE: usize = 500;
 #[utoipa::path(get, path = "/v1/events", tag = "events",
     security(("bearer" = [])),
     params(EventsQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this sequence number")),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this sequence number",
+            minimum = 0, maximum = 9_223_372_036_854_775_807_i64)),
     responses(
         (status = 200, description = "SSE stream; each data line is an Event", body = Event,
             content_type = "text/event-stream"),
@@ -48,14 +65,15 @@ pub async fn events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(after) = query.after {
+        resume_point(&after.to_string(), "after")?;
+    }
     let header_after = match headers.get("last-event-id") {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a sequence number"))?,
-        ),
+        Some(v) => Some(resume_point(
+            v.to_str().unwrap_or("(not text)").trim(),
+            "Last-Event-ID",
+        )?),
     };
     // Subscribe before reading the backlog so nothing published in between is missed.
     let live = services.events().subscribe();
@@ -63,6 +81,7 @@ pub async fn events(
     let after = match header_after.or(query.after) {
         Some(after) => {
             if let Some((low, _)) = services.events().bounds().await.map_err(OpError::from)? {
+                // after ≤ MAX_SEQ, so after + 1 cannot overflow.
                 if low > after + 1 {
                     first.push_back(gap_message(after + 1, low - 1));
                 }
