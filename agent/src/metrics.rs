@@ -329,7 +329,12 @@ mod tests {
     fn client_chosen_methods_share_one_series() {
         let m = HttpMetrics::default();
         for i in 0..100 {
-            m.observe(&format!("FUZZ{i}"), "unmatched", 405, Duration::from_millis(1));
+            m.observe(
+                &format!("FUZZ{i}"),
+                "unmatched",
+                405,
+                Duration::from_millis(1),
+            );
         }
         let text = m.render();
         assert!(text.contains(
@@ -354,7 +359,10 @@ mod tests {
             "hyperlet_http_connections_closed_total{reason=\"header_timeout\"} 1",
             "hyperlet_http_connections_closed_total{reason=\"idle_timeout\"} 0",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
     }
 

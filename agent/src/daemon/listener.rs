@@ -119,14 +119,16 @@ pub async fn serve(
                 }
                 Ok(Io::Tls(Err(()))) => Ok(()),
                 Ok(Io::Plain(stream)) => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         r = watcher.watch(conn.into_owned()) => r,
                         () = idle => { counters.closed(ConnectionClose::IdleTimeout); Ok(()) }
                     }
                 }
                 Ok(Io::Tls(Ok(stream))) => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         r = watcher.watch(conn.into_owned()) => r,
                         () = idle => { counters.closed(ConnectionClose::IdleTimeout); Ok(()) }
