@@ -53,7 +53,12 @@ impl std::fmt::Debug for AdminToken {
 impl AdminToken {
     /// Whether `presented` is this token (constant time).
     pub fn matches(&self, presented: &str) -> bool {
-        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+        self.matches_bytes(presented.as_bytes())
+    }
+
+    /// Whether `presented` is exactly this token's bytes (constant time).
+    pub fn matches_bytes(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
     }
 
     /// The token text.

@@ -609,6 +609,16 @@ pub struct ApiConfig {
     pub request_timeout_secs: u64,
     /// Time in-flight requests get to finish on shutdown, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Connections served at once; a connection over the limit is closed as soon as it is
+    /// accepted (counted in `hyperlet_http_connections_refused_total`).
+    pub max_connections: usize,
+    /// Time a client gets to send a request's headers, in seconds: from the accept (so the TLS
+    /// handshake counts) or, on a kept-alive HTTP/1 connection, from the end of the previous
+    /// answer. The connection is closed when it runs out.
+    pub header_read_timeout_secs: u64,
+    /// Time a connection may stay open without any request in flight, in seconds (bytes that
+    /// never complete a request do not keep it open).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -617,6 +627,9 @@ impl Default for ApiConfig {
             body_limit_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             shutdown_grace_secs: 20,
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -625,6 +638,16 @@ impl ApiConfig {
     /// The request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The header read timeout as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+
+    /// The idle connection timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 }
 
@@ -857,6 +880,15 @@ impl Config {
         }
         if self.api.request_timeout_secs == 0 {
             return invalid("api.request_timeout_secs", "must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            return invalid("api.max_connections", "must be at least 1");
+        }
+        if self.api.header_read_timeout_secs == 0 {
+            return invalid("api.header_read_timeout_secs", "must be at least 1");
+        }
+        if self.api.idle_timeout_secs == 0 {
+            return invalid("api.idle_timeout_secs", "must be at least 1");
         }
         if self.events.backlog == 0 {
             return invalid("events.backlog", "must be at least 1");

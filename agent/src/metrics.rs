@@ -1,11 +1,15 @@
 //! Prometheus metrics: REST request counts and latency histograms by route, method and
-//! status ([`HttpMetrics`]), and the per-network DHCP and metadata counters
-//! ([`render_networks`]).
+//! status ([`HttpMetrics`]), the API's connection counters ([`ConnectionMetrics`]), and the
+//! per-network DHCP and metadata counters ([`render_networks`]).
+//!
+//! Every label set is bounded by the code, never by what clients send: routes are the route
+//! templates (or `unmatched`), methods the standard ones (or `other`), statuses three digits.
 //!
 //! Rendered in the Prometheus text exposition format for `GET /metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,17 +32,32 @@ struct Series {
 /// Request metrics of the REST API.
 #[derive(Default)]
 pub struct HttpMetrics {
-    series: Mutex<BTreeMap<(String, String, u16), Series>>,
+    series: Mutex<BTreeMap<(String, &'static str, u16), Series>>,
+    /// Connection counters of the API listener.
+    pub connections: ConnectionMetrics,
+}
+
+/// The method label: a standard method's name, or `other` (a client can send any token as a
+/// method, and each would otherwise become a series kept forever).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
 }
 
 impl HttpMetrics {
     /// Records one finished request. `route` is the matched route template (never the raw
-    /// path, so ids do not explode the label set).
+    /// path, so ids do not explode the label set); methods outside the standard ones are
+    /// counted as `other`.
     pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let s = series
-            .entry((route.to_string(), method.to_string(), status))
+            .entry((route.to_string(), method_label(method), status))
             .or_default();
         s.count += 1;
         s.sum_seconds += secs;
@@ -94,6 +113,109 @@ impl HttpMetrics {
                 out,
                 "hyperlet_http_request_duration_seconds_count{{{labels}}} {}",
                 s.count
+            );
+        }
+        out.push_str(&self.connections.render());
+        out
+    }
+}
+
+/// Why the listener closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionClose {
+    /// The TLS handshake did not finish within the header read timeout.
+    HandshakeTimeout,
+    /// A request's headers did not arrive within the header read timeout.
+    HeaderTimeout,
+    /// No request was in flight for the idle timeout.
+    IdleTimeout,
+}
+
+impl ConnectionClose {
+    const ALL: [Self; 3] = [
+        Self::HandshakeTimeout,
+        Self::HeaderTimeout,
+        Self::IdleTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HeaderTimeout => "header_timeout",
+            Self::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// Counters of the API listener's connections.
+#[derive(Default)]
+pub struct ConnectionMetrics {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    open: AtomicU64,
+    closed: [AtomicU64; ConnectionClose::ALL.len()],
+}
+
+impl ConnectionMetrics {
+    /// Counts a connection taken into service; [`Self::finished`] must follow.
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the end of a connection counted by [`Self::accepted`].
+    pub fn finished(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed on accept because `api.max_connections` were open.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection the listener closed for `reason`.
+    pub fn closed(&self, reason: ConnectionClose) {
+        self.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        let mut one = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        };
+        one(
+            "hyperlet_http_connections_accepted_total",
+            "counter",
+            "API connections taken into service.",
+            &self.accepted,
+        );
+        one(
+            "hyperlet_http_connections_refused_total",
+            "counter",
+            "API connections closed on accept because api.max_connections were open.",
+            &self.refused,
+        );
+        one(
+            "hyperlet_http_connections_open",
+            "gauge",
+            "API connections open now.",
+            &self.open,
+        );
+        out.push_str("# HELP hyperlet_http_connections_closed_total API connections the agent closed, by reason.\n");
+        out.push_str("# TYPE hyperlet_http_connections_closed_total counter\n");
+        for reason in ConnectionClose::ALL {
+            let _ = writeln!(
+                out,
+                "hyperlet_http_connections_closed_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                self.closed[reason as usize].load(Ordering::Relaxed)
             );
         }
         out
@@ -201,6 +323,47 @@ mod tests {
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    #[test]
+    fn client_chosen_methods_share_one_series() {
+        let m = HttpMetrics::default();
+        for i in 0..100 {
+            m.observe(
+                &format!("FUZZ{i}"),
+                "unmatched",
+                405,
+                Duration::from_millis(1),
+            );
+        }
+        let text = m.render();
+        assert!(text.contains(
+            "hyperlet_http_requests_total{route=\"unmatched\",method=\"other\",status=\"405\"} 100"
+        ), "{text}");
+        assert!(!text.contains("FUZZ"), "{text}");
+    }
+
+    #[test]
+    fn connection_counters_are_rendered() {
+        let m = HttpMetrics::default();
+        m.connections.accepted();
+        m.connections.accepted();
+        m.connections.finished();
+        m.connections.refused();
+        m.connections.closed(ConnectionClose::HeaderTimeout);
+        let text = m.render();
+        for line in [
+            "hyperlet_http_connections_accepted_total 2",
+            "hyperlet_http_connections_open 1",
+            "hyperlet_http_connections_refused_total 1",
+            "hyperlet_http_connections_closed_total{reason=\"header_timeout\"} 1",
+            "hyperlet_http_connections_closed_total{reason=\"idle_timeout\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
     }
 
     #[test]

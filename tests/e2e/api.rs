@@ -63,6 +63,38 @@ fn healthz_and_openapi_are_public_everything_else_needs_the_token() {
 }
 
 #[test]
+fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+    let agent = Agent::start();
+    let token = agent.token();
+    let c = agent.client();
+    let status = |value: String| {
+        c.get(format!("{}/v1/host", agent.url()))
+            .header("authorization", value)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        assert_eq!(status(format!("{scheme} {token}")), 200, "{scheme}");
+    }
+    assert_eq!(status(format!("Bearer   {token}")), 200, "several spaces");
+    let upper = token.to_ascii_uppercase();
+    assert_ne!(upper, token, "the generated token has letters");
+    for wrong in [
+        format!("Bearer {upper}"),
+        format!("Bearer {token}x"),
+        format!("Bearer {}", &token[1..]),
+        format!("Bearer{token}"),
+        format!("Basic {token}"),
+        format!("Bearer {token} {token}"),
+        token.clone(),
+    ] {
+        assert_eq!(status(wrong.clone()), 401, "{wrong}");
+    }
+}
+
+#[test]
 fn host_reports_real_figures() {
     let agent = Agent::start();
     // The first libvirt check runs in the background and may take long on hosts where libvirt

@@ -111,3 +111,70 @@ fn pruned_backlog_reports_a_gap() {
     let first_kept = stream.next_message().unwrap();
     assert_eq!(seq(&first_kept), gap["to"].as_u64().unwrap() + 1);
 }
+
+#[test]
+fn resume_points_beyond_a_sequence_number_are_refused_on_a_live_connection() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let agent = Agent::start();
+    let token = agent.token();
+    let stream = std::net::TcpStream::connect(&agent.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    // One keep-alive connection: each bad value gets a JSON 400 and the connection stays up.
+    let cases = [
+        ("?after=18446744073709551615", None),
+        ("?after=9223372036854775808", None),
+        ("?after=18446744073709551616", None),
+        ("", Some("18446744073709551615")),
+        ("", Some("9223372036854775808")),
+        ("", Some("-1")),
+    ];
+    for (query, header) in cases {
+        let extra = header.map_or(String::new(), |h| format!("Last-Event-ID: {h}\r\n"));
+        write!(
+            writer,
+            "GET /v1/events{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}\r\n"
+        )
+        .unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 400"),
+            "{query} {header:?}: {status:?}"
+        );
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        let named = if header.is_some() {
+            "Last-Event-ID"
+        } else {
+            "after"
+        };
+        assert!(message.contains(named), "{body}");
+    }
+    // The largest sequence number is a valid resume point (nothing after it yet).
+    write!(
+        writer,
+        "GET /v1/events?after=9223372036854775807 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+}

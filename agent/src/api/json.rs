@@ -1,10 +1,16 @@
 //! `ApiJson<T>`: the JSON body extractor whose rejections use the JSON error shape.
+//!
+//! Numbers are read as JSON Schema reads them: `2.0` is the integer 2, so a client generated
+//! from the OpenAPI document (where such fields are `type: integer`) is not refused for
+//! writing an integral value with a fraction part. `2.5` stays a number an integer field
+//! refuses.
 
 use super::error::ApiError;
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 /// A JSON request body. Malformed JSON → 400 `malformed_json`; JSON of the wrong shape or with
 /// unknown fields → 400 `invalid_request`; a missing `Content-Type: application/json` → 415;
@@ -19,34 +25,105 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(rejection_to_error(rejection)),
+        if !is_json(&req) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body with Content-Type: application/json",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "The request body is larger than the API accepts",
+                )
+            } else {
+                ApiError::bad_request(format!(
+                    "The request body cannot be read: {}",
+                    rejection.body_text()
+                ))
+            }
+        })?;
+        let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("The request body is not valid JSON: {e}"),
+            )
+        })?;
+        integral_floats_to_integers(&mut value);
+        serde_path_to_error::deserialize(value)
+            .map(Self)
+            .map_err(|e| {
+                let at = e.path().to_string();
+                let inner = e.into_inner();
+                if at == "." {
+                    ApiError::bad_request(format!("The request body has the wrong shape: {inner}"))
+                } else {
+                    ApiError::bad_request(format!(
+                        "The request body has the wrong shape: {at}: {inner}"
+                    ))
+                }
+            })
     }
 }
 
-fn rejection_to_error(rejection: JsonRejection) -> ApiError {
-    let detail = rejection.body_text();
-    match rejection {
-        JsonRejection::JsonSyntaxError(_) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "malformed_json",
-            format!("The request body is not valid JSON: {detail}"),
-        ),
-        JsonRejection::JsonDataError(_) => {
-            ApiError::bad_request(format!("The request body has the wrong shape: {detail}"))
+/// `application/json` or any `+json` type, as axum's own extractor accepts.
+fn is_json(req: &Request) -> bool {
+    let Some(value) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Rewrites every float with no fraction part that fits a 64-bit integer as that integer.
+fn integral_floats_to_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let Some(f) = n.as_f64() else { return };
+            if f.fract() != 0.0 || !f.is_finite() {
+                return;
+            }
+            // -2^63 ≤ f < 2^63 (i64) or 0 ≤ f < 2^64 (u64): both bounds are exact in f64.
+            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+                *value = Value::from(f as i64);
+            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                *value = Value::from(f as u64);
+            }
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the body with Content-Type: application/json",
-        ),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "The request body is larger than the API accepts",
-        ),
-        other => ApiError::new(other.status(), "invalid_request", other.body_text()),
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_floats_become_integers_and_fractions_stay() {
+        let mut v = serde_json::json!({"a": 2.0, "b": [-3.0, 1.5], "c": 1e19, "d": 1e300});
+        integral_floats_to_integers(&mut v);
+        assert_eq!(v["a"], Value::from(2_i64));
+        assert_eq!(v["b"][0], Value::from(-3_i64));
+        assert!(v["b"][1].is_f64());
+        assert_eq!(v["c"], Value::from(10_000_000_000_000_000_000_u64));
+        assert!(v["d"].is_f64());
+        let n: u64 = serde_json::from_value(v["a"].clone()).unwrap();
+        assert_eq!(n, 2);
     }
 }

@@ -6,6 +6,8 @@
 //! 2. [`deadline`] — answers 503 `request_timeout` when the handler overruns.
 //! 3. [`body_limit`] — refuses a declared body over the limit with 413 before reading it.
 //! 4. [`require_token`] — checks the bearer token on every route but the public ones.
+//! 5. [`json_errors`] — turns any plain-text error answer (extractor rejections) into the
+//!    JSON error shape.
 
 use super::error::ApiError;
 use crate::ops::Services;
@@ -130,6 +132,65 @@ pub async fn body_limit(State(services): State<Services>, req: Request, next: Ne
     next.run(req).await
 }
 
+/// The credentials of an `Authorization: Bearer <token>` header: the scheme is matched without
+/// regard to case (RFC 7235 §2.1), one or more spaces follow it, and the rest is the token
+/// exactly as sent (it is compared byte for byte, nothing trimmed or decoded). `None` for any
+/// other scheme or an empty token.
+pub fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    let rest = &value[SCHEME.len()..];
+    let token = &rest[rest.iter().position(|b| *b != b' ')?..];
+    (rest[0] == b' ').then_some(token)
+}
+
+/// Largest error text taken over from a plain-text rejection.
+const REJECTION_TEXT_LIMIT: usize = 16 * 1024;
+
+/// Puts every error answer into the one JSON shape. Handlers and [`ApiError`] already answer
+/// JSON; this catches the rest: axum's extractor rejections (a path parameter that is not
+/// UTF-8, an unknown query field, …), which are plain text, whatever extractor a future
+/// handler uses.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, REJECTION_TEXT_LIMIT).await {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("The request failed")
+            .to_string(),
+    };
+    let mut answer = ApiError::new(status, code_for_status(status), text).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        answer.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    answer
+}
+
+/// The error code of an answer that did not come with one.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    }
+}
+
 /// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`].
 pub async fn require_token(State(services): State<Services>, req: Request, next: Next) -> Response {
     if PUBLIC_PATHS.contains(&req.uri().path()) {
@@ -138,16 +199,14 @@ pub async fn require_token(State(services): State<Services>, req: Request, next:
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| bearer_credentials(v.as_bytes()));
     match presented {
         None => ApiError::unauthorized(
             "Missing bearer token: send Authorization: Bearer <token> (the admin token is in \
              <state-dir>/admin.token)",
         )
         .into_response(),
-        Some(token) if services.token().matches(token) => next.run(req).await,
+        Some(token) if services.token().matches_bytes(token) => next.run(req).await,
         Some(_) => ApiError::unauthorized("The bearer token is not valid").into_response(),
     }
 }
@@ -206,6 +265,19 @@ mod tests {
                 .expect("an empty registry loads at once"),
             ),
         })
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Bearer abc "), Some(&b"abc "[..]));
+        assert_eq!(bearer_credentials(b"Bearer"), None);
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"\tBearer abc"), None);
     }
 
     #[tokio::test]

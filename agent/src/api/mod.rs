@@ -129,6 +129,7 @@ pub fn router(services: Services) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(middleware::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             services.clone(),
             middleware::require_token,

@@ -2,10 +2,20 @@
 //!
 //! The same document is kept in the repository as `docs/openapi.json`; a test fails when the
 //! two differ (regenerate with `hyperlet openapi > docs/openapi.json`).
+//!
+//! Answers that come from the shared middleware rather than from a handler are added to every
+//! operation here ([`CommonResponses`]), from the same facts the middleware acts on: the bearer
+//! requirement and its 401 on every path outside [`PUBLIC_PATHS`], 400/413/415 on every JSON
+//! body, 400 on every operation with path or query parameters (a parameter that is not UTF-8 or
+//! not a known field), 503 when the request deadline runs out. The event stream's framing is
+//! described by [`SseFraming`].
 
 use super::error::{ErrorBody, ErrorDetail};
+use super::middleware::PUBLIC_PATHS;
 use super::routes;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 /// The API description.
@@ -63,7 +73,7 @@ use utoipa::{Modify, OpenApi};
         routes::plugins::evaluate,
     ),
     components(schemas(ErrorBody, ErrorDetail, crate::state::Event)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses, &SseFraming),
     tags(
         (name = "agent", description = "Health, metrics and the API description"),
         (name = "host", description = "This node"),
@@ -86,6 +96,161 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Adds the answers of the shared middleware to every operation they apply to.
+struct CommonResponses;
+
+fn error_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+fn add_response(op: &mut Operation, status: &str, description: &str) {
+    op.responses
+        .responses
+        .entry(status.to_string())
+        .or_insert_with(|| error_response(description));
+}
+
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            for op in operations(item) {
+                if !public {
+                    op.security = Some(vec![SecurityRequirement::new(
+                        "bearer",
+                        Vec::<String>::new(),
+                    )]);
+                    add_response(op, "401", "Missing or wrong bearer token");
+                }
+                if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    add_response(
+                        op,
+                        "400",
+                        "A parameter is not valid (not UTF-8, out of range or unknown)",
+                    );
+                }
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
+                if json_body {
+                    add_response(
+                        op,
+                        "400",
+                        "The body is not valid JSON or not a valid request",
+                    );
+                    add_response(op, "413", "The body is larger than api.body_limit_bytes");
+                    add_response(op, "415", "The body is not sent as application/json");
+                } else if op.request_body.is_some() {
+                    add_response(op, "413", "The body is larger than the limit");
+                }
+                if !public {
+                    add_response(
+                        op,
+                        "503",
+                        "The request did not complete within api.request_timeout_secs",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Describes `GET /v1/events` as the events it sends: `id`, `event` and `data` lines, where
+/// `data` is JSON — an [`crate::state::Event`], or `{"from", "to"}` for a `gap` message.
+struct SseFraming;
+
+impl Modify for SseFraming {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let gap: utoipa::openapi::Schema = serde_json::from_value(serde_json::json!({
+            "type": "object",
+            "description": "Data of a `gap` message: events from..=to were pruned from the backlog.",
+            "required": ["from", "to"],
+            "properties": {
+                "from": { "type": "integer", "minimum": 0 },
+                "to": { "type": "integer", "minimum": 0 }
+            },
+            "additionalProperties": false
+        }))
+        .expect("the gap schema is a schema");
+        components.schemas.insert("EventGap".into(), gap.into());
+        let mut data_schema = serde_json::Map::new();
+        data_schema.insert(
+            "oneOf".into(),
+            serde_json::json!([
+                { "$ref": "#/components/schemas/Event" },
+                { "$ref": "#/components/schemas/EventGap" }
+            ]),
+        );
+        let mut extensions = utoipa::openapi::extensions::Extensions::default();
+        extensions.insert("contentSchema".into(), data_schema.into());
+        let data = utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("The Event (or, for `gap`, the EventGap) as JSON"))
+            .content_media_type("application/json")
+            .extensions(Some(extensions))
+            .build();
+        let frame = utoipa::openapi::ObjectBuilder::new()
+            .description(Some(
+                "One server-sent event: `id` is the event's sequence number (absent on `gap`), \
+                 `event` its kind, `data` its JSON",
+            ))
+            .property(
+                "id",
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some("^[0-9]+$")),
+            )
+            .property(
+                "event",
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String),
+            )
+            .property("data", data)
+            .required("event")
+            .required("data")
+            .build();
+        let Some(op) = openapi
+            .paths
+            .paths
+            .get_mut("/v1/events")
+            .and_then(|item| item.get.as_mut())
+        else {
+            return;
+        };
+        if let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") {
+            if let Some(content) = ok.content.get_mut("text/event-stream") {
+                content.schema = Some(frame.into());
+            }
+        }
     }
 }
 

@@ -268,6 +268,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     listener::serve(
         listener,
         crate::api::router(services.clone()),
+        services.clone(),
         tls,
         stop.clone(),
         grace,
