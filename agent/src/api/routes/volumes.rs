@@ -3,7 +3,6 @@
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::ApiJson;
-use crate::ops::servers::Server;
 use crate::ops::volumes::snapshots::{self, SnapshotCreate};
 use crate::ops::volumes::types::{self, VolumeTypeCreate};
 use crate::ops::volumes::{self, attach, Backend, VolumeCreate};
@@ -251,11 +250,12 @@ pub async fn list_backends(
     }))
 }
 
-/// Attaches a volume to a server (hot-plug when it runs).
+/// Attaches a volume to a server (hot-plug when it runs): 202 with the volume `attaching`,
+/// then `in-use` (or `available` again with the error).
 #[utoipa::path(post, path = "/v1/servers/{id}/volumes", tag = "servers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Server id")),
     request_body = VolumeAttach,
-    responses((status = 200, description = "The server with the volume", body = Server),
+    responses((status = 202, description = "Accepted: the volume attaching, its device reserved", body = Volume),
         (status = 400, description = "Unknown volume", body = ErrorBody),
         (status = 404, description = "No such server", body = ErrorBody),
         (status = 409, description = "The volume is not available, or the server cannot change now", body = ErrorBody)))]
@@ -263,19 +263,26 @@ pub async fn attach_volume(
     State(services): State<Services>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<VolumeAttach>,
-) -> Result<Json<Server>, ApiError> {
-    Ok(Json(attach::attach(&services, &id, &req.volume_id).await?))
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(attach::attach(&services, &id, &req.volume_id).await?),
+    ))
 }
 
-/// Detaches a volume from a server.
+/// Detaches a volume from a server: 202 with the volume `detaching`, then `available` once the
+/// guest released the disk (or `in-use` again with the error).
 #[utoipa::path(delete, path = "/v1/servers/{id}/volumes/{volume_id}", tag = "servers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Server id"), ("volume_id" = String, Path, description = "Volume id")),
-    responses((status = 200, description = "The server without the volume", body = Server),
+    responses((status = 202, description = "Accepted: the volume detaching", body = Volume),
         (status = 404, description = "No such server, or the volume is not attached to it", body = ErrorBody),
         (status = 409, description = "The server cannot change now, or it is the root disk", body = ErrorBody)))]
 pub async fn detach_volume(
     State(services): State<Services>,
     Path((id, volume_id)): Path<(String, String)>,
-) -> Result<Json<Server>, ApiError> {
-    Ok(Json(attach::detach(&services, &id, &volume_id).await?))
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(attach::detach(&services, &id, &volume_id).await?),
+    ))
 }

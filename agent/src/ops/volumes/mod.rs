@@ -14,6 +14,7 @@
 
 pub mod attach;
 pub mod driver;
+pub(crate) mod plug;
 pub mod recover;
 pub mod snapshots;
 pub mod types;
@@ -453,6 +454,7 @@ pub fn register_handlers(services: &Services) {
     services.journal().register(Arc::new(CreateHandler {
         services: services.clone(),
     }));
+    plug::register(services);
 }
 
 /// `{"extend": {"new_size_gb": N}}` on an available volume.
