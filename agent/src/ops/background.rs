@@ -6,7 +6,9 @@
 //! request only waits for the answer that task sends once the transitional status is
 //! recorded. Dropping the request then drops only that wait.
 
-use super::OpError;
+use super::{OpError, Services};
+use crate::state::Operation;
+use serde_json::Value;
 use std::future::Future;
 use tokio::sync::oneshot;
 
@@ -38,4 +40,66 @@ where
             "the operation ended before it answered; see the agent's log".into(),
         ))
     })
+}
+
+/// Begins a journaled operation and runs its first step, `record`, which stores the
+/// transitional status and returns what the request is answered with. Returns the operation
+/// to go on with; `None` when it could not begin or `record` failed — then the operation is
+/// rolled back and the error is the answer.
+pub async fn begin_recorded<T, Fut>(
+    services: &Services,
+    kind: &str,
+    resource_id: &str,
+    input: Value,
+    answer: Answer<T>,
+    record: impl FnOnce() -> Fut,
+) -> Option<Operation>
+where
+    T: Clone,
+    Fut: Future<Output = Result<T, OpError>>,
+{
+    let mut op = match services.journal().begin(kind, resource_id, input).await {
+        Ok(op) => op,
+        Err(e) => {
+            answer.send(Err(e.into()));
+            return None;
+        }
+    };
+    match op.step("record", Value::Null, record).await {
+        Ok(value) => {
+            answer.send(Ok(value));
+            Some(op)
+        }
+        Err(e) => {
+            if let Err(undo) = op.roll_back(&crate::api::error::chain(&e)).await {
+                tracing::error!(kind, resource_id, error = %undo, "cannot record a refused operation");
+            }
+            answer.send(Err(e));
+            None
+        }
+    }
+}
+
+/// Finishes a journaled operation: `complete` on success, else rolls it back with the error
+/// (its handler's undo of `record` states the failure on the resource).
+pub async fn finish(op: Operation, result: Result<(), OpError>) {
+    let kind = op.kind().to_string();
+    match result {
+        Ok(()) => {
+            if let Err(e) = op.complete().await {
+                tracing::error!(%kind, error = %e, "cannot record a finished operation");
+            }
+        }
+        Err(e) => {
+            let error = crate::api::error::chain(&e);
+            tracing::warn!(%kind, %error, "operation failed; rolling back");
+            match op.roll_back(&error).await {
+                Ok(Ok(())) => {}
+                Ok(Err(undo)) => {
+                    tracing::error!(%kind, %undo, "rollback is incomplete; the next start retries it");
+                }
+                Err(e) => tracing::error!(%kind, error = %e, "cannot record the rollback"),
+            }
+        }
+    }
 }

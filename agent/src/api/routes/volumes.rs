@@ -152,25 +152,29 @@ pub async fn show_volume(
     Ok(Json(volumes::get(&services, &id).await?))
 }
 
-/// Deletes a volume that is neither attached nor snapshotted: 204.
+/// Deletes a volume that is neither attached nor snapshotted: 202 with it `deleting`, then
+/// gone (`volume.deleted`), or `error_deleting` with the cause.
 #[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Volume id")),
-    responses((status = 204, description = "Deleted"),
+    responses((status = 202, description = "Accepted: the volume deleting", body = Volume),
         (status = 404, description = "No such volume", body = ErrorBody),
         (status = 409, description = "Attached, has snapshots, or busy", body = ErrorBody)))]
 pub async fn delete_volume(
     State(services): State<Services>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    volumes::delete(&services, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(volumes::delete(&services, &id).await?),
+    ))
 }
 
-/// Runs a volume action: `{"extend": {"new_size_gb": N}}`.
+/// Runs a volume action: `{"extend": {"new_size_gb": N}}`: 202 with the volume `extending`,
+/// then `available` at the new size (or at the old one with the error).
 #[utoipa::path(post, path = "/v1/volumes/{id}/action", tag = "volumes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Volume id")),
     request_body = VolumeAction,
-    responses((status = 200, description = "The extended volume", body = Volume),
+    responses((status = 202, description = "Accepted: the volume extending", body = Volume),
         (status = 400, description = "Not larger than the current size", body = ErrorBody),
         (status = 404, description = "No such volume", body = ErrorBody),
         (status = 409, description = "Not available, or the backend cannot hold it", body = ErrorBody)))]
@@ -178,24 +182,25 @@ pub async fn volume_action(
     State(services): State<Services>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<VolumeAction>,
-) -> Result<Json<Volume>, ApiError> {
-    Ok(Json(
-        volumes::extend(&services, &id, req.extend.new_size_gb).await?,
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(volumes::extend(&services, &id, req.extend.new_size_gb).await?),
     ))
 }
 
-/// Takes a snapshot: 201.
+/// Takes a snapshot: 202 with it `creating`, then `available` (or `error` with the cause).
 #[utoipa::path(post, path = "/v1/snapshots", tag = "volumes", security(("bearer" = [])),
     request_body = SnapshotCreate,
-    responses((status = 201, description = "Created", body = Snapshot),
+    responses((status = 202, description = "Accepted: the snapshot creating", body = Snapshot),
         (status = 400, description = "Unknown volume", body = ErrorBody),
-        (status = 409, description = "The volume is busy or the backend refuses", body = ErrorBody)))]
+        (status = 409, description = "The volume is busy", body = ErrorBody)))]
 pub async fn create_snapshot(
     State(services): State<Services>,
     ApiJson(req): ApiJson<SnapshotCreate>,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
     Ok((
-        StatusCode::CREATED,
+        StatusCode::ACCEPTED,
         Json(snapshots::create(&services, req).await?),
     ))
 }
@@ -225,18 +230,21 @@ pub async fn show_snapshot(
     Ok(Json(snapshots::get(&services, &id).await?))
 }
 
-/// Deletes a snapshot: 204.
+/// Deletes a snapshot: 202 with it `deleting`, then gone (`snapshot.deleted`), or
+/// `error_deleting` with the cause (e.g. volumes depend on it).
 #[utoipa::path(delete, path = "/v1/snapshots/{id}", tag = "volumes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Snapshot id")),
-    responses((status = 204, description = "Deleted"),
+    responses((status = 202, description = "Accepted: the snapshot deleting", body = Snapshot),
         (status = 404, description = "No such snapshot", body = ErrorBody),
-        (status = 409, description = "The backend refuses", body = ErrorBody)))]
+        (status = 409, description = "It is being created or deleted", body = ErrorBody)))]
 pub async fn delete_snapshot(
     State(services): State<Services>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    snapshots::delete(&services, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(snapshots::delete(&services, &id).await?),
+    ))
 }
 
 /// Lists volume backends with their capacity (cinder's pools).
