@@ -9,6 +9,7 @@ mod events;
 mod images;
 mod journal_crash;
 mod lifecycle;
+mod mutations;
 mod network_plugins;
 mod networks;
 mod openapi;
