@@ -10,6 +10,7 @@ mod images;
 mod journal_crash;
 mod lifecycle;
 mod limits;
+mod mutations;
 mod network_plugins;
 mod networks;
 mod openapi;

@@ -100,6 +100,7 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::Plugin(_) => (StatusCode::BAD_GATEWAY, "plugin_failed"),
         OpError::Network(_) => (StatusCode::INTERNAL_SERVER_ERROR, "network_error"),
         OpError::Volume(_) => (StatusCode::INTERNAL_SERVER_ERROR, "volume_error"),
+        OpError::Interrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "interrupted"),
     }
 }
 

@@ -5,6 +5,7 @@
 //! long-lived parts) and typed arguments, and returns a typed result or an [`OpError`].
 //! Multi-step mutations run under the [`crate::state::Journal`].
 
+pub mod background;
 pub mod host;
 pub mod images;
 pub mod networks;
@@ -66,6 +67,9 @@ pub enum OpError {
     /// Host networking (namespaces, links, DHCP, metadata) failed.
     #[error("Host networking failed: {0}")]
     Network(String),
+    /// Background work ended before it could answer (it panicked or the agent is stopping).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// The agent's long-lived parts, shared by every request. Cheap to clone.

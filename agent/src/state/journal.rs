@@ -494,11 +494,23 @@ impl Operation {
 /// runs), so crash tests can SIGKILL the agent at a precise point.
 pub const FAILPOINT_ENV: &str = "HYPERLET_FAILPOINT";
 
+/// Environment variable that turns the failpoint into a pause: the operation waits that many
+/// milliseconds there and goes on (tests of work that outlives its request's deadline).
+pub const FAILPOINT_DELAY_ENV: &str = "HYPERLET_FAILPOINT_DELAY_MS";
+
 async fn failpoint(kind: &str, step: &str) {
     let Ok(point) = std::env::var(FAILPOINT_ENV) else {
         return;
     };
     if point == format!("{kind}:{step}") {
+        let delay = std::env::var(FAILPOINT_DELAY_ENV)
+            .ok()
+            .and_then(|d| d.parse::<u64>().ok());
+        if let Some(ms) = delay {
+            tracing::warn!(kind, step, ms, "failpoint reached; this operation pauses here");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            return;
+        }
         tracing::warn!(kind, step, "failpoint reached; this operation stops here");
         std::future::pending::<()>().await;
     }

@@ -3,7 +3,6 @@
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::ApiJson;
-use crate::ops::servers::Server;
 use crate::ops::volumes::snapshots::{self, SnapshotCreate};
 use crate::ops::volumes::types::{self, VolumeTypeCreate};
 use crate::ops::volumes::{self, attach, Backend, VolumeCreate};
@@ -153,25 +152,29 @@ pub async fn show_volume(
     Ok(Json(volumes::get(&services, &id).await?))
 }
 
-/// Deletes a volume that is neither attached nor snapshotted: 204.
+/// Deletes a volume that is neither attached nor snapshotted: 202 with it `deleting`, then
+/// gone (`volume.deleted`), or `error_deleting` with the cause.
 #[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Volume id")),
-    responses((status = 204, description = "Deleted"),
+    responses((status = 202, description = "Accepted: the volume deleting", body = Volume),
         (status = 404, description = "No such volume", body = ErrorBody),
         (status = 409, description = "Attached, has snapshots, or busy", body = ErrorBody)))]
 pub async fn delete_volume(
     State(services): State<Services>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    volumes::delete(&services, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(volumes::delete(&services, &id).await?),
+    ))
 }
 
-/// Runs a volume action: `{"extend": {"new_size_gb": N}}`.
+/// Runs a volume action: `{"extend": {"new_size_gb": N}}`: 202 with the volume `extending`,
+/// then `available` at the new size (or at the old one with the error).
 #[utoipa::path(post, path = "/v1/volumes/{id}/action", tag = "volumes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Volume id")),
     request_body = VolumeAction,
-    responses((status = 200, description = "The extended volume", body = Volume),
+    responses((status = 202, description = "Accepted: the volume extending", body = Volume),
         (status = 400, description = "Not larger than the current size", body = ErrorBody),
         (status = 404, description = "No such volume", body = ErrorBody),
         (status = 409, description = "Not available, or the backend cannot hold it", body = ErrorBody)))]
@@ -179,24 +182,25 @@ pub async fn volume_action(
     State(services): State<Services>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<VolumeAction>,
-) -> Result<Json<Volume>, ApiError> {
-    Ok(Json(
-        volumes::extend(&services, &id, req.extend.new_size_gb).await?,
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(volumes::extend(&services, &id, req.extend.new_size_gb).await?),
     ))
 }
 
-/// Takes a snapshot: 201.
+/// Takes a snapshot: 202 with it `creating`, then `available` (or `error` with the cause).
 #[utoipa::path(post, path = "/v1/snapshots", tag = "volumes", security(("bearer" = [])),
     request_body = SnapshotCreate,
-    responses((status = 201, description = "Created", body = Snapshot),
+    responses((status = 202, description = "Accepted: the snapshot creating", body = Snapshot),
         (status = 400, description = "Unknown volume", body = ErrorBody),
-        (status = 409, description = "The volume is busy or the backend refuses", body = ErrorBody)))]
+        (status = 409, description = "The volume is busy", body = ErrorBody)))]
 pub async fn create_snapshot(
     State(services): State<Services>,
     ApiJson(req): ApiJson<SnapshotCreate>,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
     Ok((
-        StatusCode::CREATED,
+        StatusCode::ACCEPTED,
         Json(snapshots::create(&services, req).await?),
     ))
 }
@@ -226,18 +230,21 @@ pub async fn show_snapshot(
     Ok(Json(snapshots::get(&services, &id).await?))
 }
 
-/// Deletes a snapshot: 204.
+/// Deletes a snapshot: 202 with it `deleting`, then gone (`snapshot.deleted`), or
+/// `error_deleting` with the cause (e.g. volumes depend on it).
 #[utoipa::path(delete, path = "/v1/snapshots/{id}", tag = "volumes", security(("bearer" = [])),
     params(("id" = String, Path, description = "Snapshot id")),
-    responses((status = 204, description = "Deleted"),
+    responses((status = 202, description = "Accepted: the snapshot deleting", body = Snapshot),
         (status = 404, description = "No such snapshot", body = ErrorBody),
-        (status = 409, description = "The backend refuses", body = ErrorBody)))]
+        (status = 409, description = "It is being created or deleted", body = ErrorBody)))]
 pub async fn delete_snapshot(
     State(services): State<Services>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    snapshots::delete(&services, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(snapshots::delete(&services, &id).await?),
+    ))
 }
 
 /// Lists volume backends with their capacity (cinder's pools).
@@ -251,11 +258,12 @@ pub async fn list_backends(
     }))
 }
 
-/// Attaches a volume to a server (hot-plug when it runs).
+/// Attaches a volume to a server (hot-plug when it runs): 202 with the volume `attaching`,
+/// then `in-use` (or `available` again with the error).
 #[utoipa::path(post, path = "/v1/servers/{id}/volumes", tag = "servers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Server id")),
     request_body = VolumeAttach,
-    responses((status = 200, description = "The server with the volume", body = Server),
+    responses((status = 202, description = "Accepted: the volume attaching, its device reserved", body = Volume),
         (status = 400, description = "Unknown volume", body = ErrorBody),
         (status = 404, description = "No such server", body = ErrorBody),
         (status = 409, description = "The volume is not available, or the server cannot change now", body = ErrorBody)))]
@@ -263,19 +271,26 @@ pub async fn attach_volume(
     State(services): State<Services>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<VolumeAttach>,
-) -> Result<Json<Server>, ApiError> {
-    Ok(Json(attach::attach(&services, &id, &req.volume_id).await?))
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(attach::attach(&services, &id, &req.volume_id).await?),
+    ))
 }
 
-/// Detaches a volume from a server.
+/// Detaches a volume from a server: 202 with the volume `detaching`, then `available` once the
+/// guest released the disk (or `in-use` again with the error).
 #[utoipa::path(delete, path = "/v1/servers/{id}/volumes/{volume_id}", tag = "servers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Server id"), ("volume_id" = String, Path, description = "Volume id")),
-    responses((status = 200, description = "The server without the volume", body = Server),
+    responses((status = 202, description = "Accepted: the volume detaching", body = Volume),
         (status = 404, description = "No such server, or the volume is not attached to it", body = ErrorBody),
         (status = 409, description = "The server cannot change now, or it is the root disk", body = ErrorBody)))]
 pub async fn detach_volume(
     State(services): State<Services>,
     Path((id, volume_id)): Path<(String, String)>,
-) -> Result<Json<Server>, ApiError> {
-    Ok(Json(attach::detach(&services, &id, &volume_id).await?))
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(attach::detach(&services, &id, &volume_id).await?),
+    ))
 }

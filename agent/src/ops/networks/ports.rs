@@ -123,6 +123,8 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
         },
     )
     .await?;
+    // Its MAC is leased at once, bound or not (as neutron's DHCP agent does).
+    runtime::refresh(services, &port.network_id).await;
     let _ = services
         .events()
         .publish(

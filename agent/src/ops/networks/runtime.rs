@@ -24,6 +24,7 @@ use crate::ops::{OpError, Services};
 use crate::state::{IpRequest, NewPort, PortFilter, Store};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -149,6 +150,25 @@ pub struct NetworkTables {
     store: Store,
     leases: RwLock<HashMap<[u8; 6], Lease>>,
     instances: RwLock<HashMap<Ipv4Addr, PortInstance>>,
+    /// Rebuilds asked for so far (each [`refresh`] call takes the next number).
+    requested: AtomicU64,
+    /// Held while the tables are rebuilt: one rebuild at a time, so an older read of the
+    /// store can never overwrite a newer one. Holds the last request number a finished
+    /// rebuild covered.
+    rebuilt: tokio::sync::Mutex<u64>,
+}
+
+impl NetworkTables {
+    fn new(network_id: &str, store: Store) -> Self {
+        Self {
+            network_id: network_id.to_string(),
+            store,
+            leases: RwLock::default(),
+            instances: RwLock::default(),
+            requested: AtomicU64::new(0),
+            rebuilt: tokio::sync::Mutex::new(0),
+        }
+    }
 }
 
 /// The MAC of a port and the metadata of the server behind it.
@@ -296,12 +316,7 @@ pub async fn sync_network(services: &Services, id: &str) -> Result<(), OpError> 
     // Not running in this process: whatever is on the host is a leftover; rebuild it.
     teardown_namespace(&network).await?;
     let server_ip = build_namespace(&network, &bridge, &dhcp_port, &subnets).await?;
-    let tables = Arc::new(NetworkTables {
-        network_id: id.to_string(),
-        store: services.store().clone(),
-        leases: RwLock::default(),
-        instances: RwLock::default(),
-    });
+    let tables = Arc::new(NetworkTables::new(id, services.store().clone()));
     fill_tables(services, &network, &tables, Some(server_ip)).await?;
     let namespace = dhcp_namespace(id);
     let device = ns_device_name(&dhcp_port.id);
@@ -334,6 +349,8 @@ pub async fn sync_network(services: &Services, id: &str) -> Result<(), OpError> 
                 signature,
             }),
         );
+    // A port changed while the servers started refreshed no tables (none were running yet).
+    refresh(services, id).await;
     tracing::info!(network_id = id, namespace, "DHCP and metadata serving");
     Ok(())
 }
@@ -464,18 +481,34 @@ async fn teardown_namespace(network: &Network) -> Result<(), OpError> {
     .map_err(net_err)
 }
 
-/// Rebuilds the DHCP and metadata tables of a network from the store. Failures are logged:
-/// the tables keep their previous contents.
+/// Rebuilds the DHCP and metadata tables of a network from the store, after the caller
+/// changed a port there. Failures are logged: the tables keep their previous contents.
+///
+/// Single flight: rebuilds of one network run one at a time, and a caller whose change a
+/// rebuild that started after it already read returns without another one. So concurrent
+/// callers (20 servers booting at once) never overwrite a newer table with an older read of
+/// the store, and each returns only once its change is being served.
 pub async fn refresh(services: &Services, network_id: &str) {
     let Some(running) = services.net_runtime().get(network_id) else {
         return;
     };
+    let tables = &running.tables;
+    let wanted = tables.requested.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut covered = tables.rebuilt.lock().await;
+    if *covered >= wanted {
+        return;
+    }
+    // Every request made until now is covered by a read of the store that starts now.
+    let upto = tables.requested.load(Ordering::SeqCst);
     let network = match services.store().get_network(network_id).await {
         Ok(Some(n)) => n,
         _ => return,
     };
-    if let Err(e) = fill_tables(services, &network, &running.tables, None).await {
-        tracing::warn!(network_id, error = %crate::api::error::chain(&e), "cannot refresh DHCP and metadata tables");
+    match fill_tables(services, &network, tables, None).await {
+        Ok(()) => *covered = upto,
+        Err(e) => {
+            tracing::warn!(network_id, error = %crate::api::error::chain(&e), "cannot refresh DHCP and metadata tables");
+        }
     }
 }
 

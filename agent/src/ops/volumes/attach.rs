@@ -1,13 +1,15 @@
 //! Volumes on servers: hot attach and detach (`/v1/servers/{id}/volumes`), and the disk a
-//! volume becomes in the domain XML.
+//! volume becomes in the domain XML. The checks run in the request; the hot-plug runs in the
+//! background under the journal (`plug.rs`).
 
-use super::{driver, get as get_volume, set_status, volume_ref};
+use super::plug::{self, Held, Plug};
+use super::{driver, get as get_volume, volume_ref};
 use crate::compute::{Disk, DiskSource};
-use crate::ops::servers::{Server, ServerSpec, ServerStatus};
+use crate::ops::servers::{ServerSpec, ServerStatus};
 use crate::ops::{OpError, Services};
+use crate::state::Volume;
 use crate::volume::{DiskFormat, VolumeConnection};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::PathBuf;
 use utoipa::ToSchema;
 
@@ -131,23 +133,21 @@ fn check_status(status: ServerStatus) -> Result<(), OpError> {
     }
 }
 
-/// Attaches an available volume to a server; a running guest sees the disk hot-plugged.
+/// Attaches an available volume to a server: answers with the volume `attaching` (its device
+/// reserved) and hot-plugs it in the background (journaled as `volume.attach`); the volume
+/// becomes `in-use`, or `available` again with the error.
 ///
 /// # Errors
 /// 404 for an unknown server; 400 for an unknown volume; 409 when the volume is not available
-/// or the server cannot change now.
+/// or the server cannot change now. Nothing changes then.
 pub async fn attach(
     services: &Services,
     server_id: &str,
     volume_id: &str,
-) -> Result<Server, OpError> {
-    let lock = services.server_lock(server_id);
-    let _guard = lock.lock().await;
-    // Then the volume's: no other server attaches it, and no snapshot, extend or delete
-    // runs on it, in between the status check and the new status (server before volume,
-    // always in that order).
-    let volume_lock = super::volume_lock(services, volume_id);
-    let _volume_guard = volume_lock.lock().await;
+) -> Result<Volume, OpError> {
+    // The server's lock, then the volume's: no other server attaches it, and no snapshot,
+    // extend or delete runs on it, until the background work is over.
+    let held = Held::take(services, server_id, volume_id).await;
     let loaded = crate::ops::servers::load(services, server_id).await?;
     check_status(loaded.status)?;
     let volume = get_volume(services, volume_id)
@@ -164,67 +164,28 @@ pub async fn attach(
                 .unwrap_or_default()
         )));
     }
-    let device = free_device(&loaded.spec)?;
-    let v = volume_ref(&volume);
-    let connection = driver::call(services, &volume.backend, move |p| async move {
-        p.connection_info(&v).await
-    })
-    .await?;
-    let disk = VolumeDisk::from_connection(&connection);
-    set_status(services, volume_id, "attaching", None).await?;
-    if let Err(e) = services
-        .libvirt()
-        .attach_device(
-            &loaded.spec.domain_name,
-            disk.disk(&device, volume_id).to_xml(),
-        )
-        .await
-    {
-        set_status(services, volume_id, "available", None).await?;
-        return Err(e.into());
-    }
-    let mut spec = loaded.spec.clone();
-    spec.volumes.push(AttachedVolume {
+    let plug = Plug {
+        server_id: server_id.to_string(),
+        domain: loaded.spec.domain_name.clone(),
         volume_id: volume_id.to_string(),
-        device: device.clone(),
-        disk,
-    });
-    crate::ops::servers::save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
-    let mut volume = get_volume(services, volume_id).await?;
-    volume.status = "in-use".into();
-    volume.attached_to = Some(server_id.to_string());
-    volume.device = Some(device.clone());
-    volume.updated_at = crate::state::now_rfc3339();
-    services.store().put_volume(volume).await?;
-    let _ = services
-        .events()
-        .publish(
-            "server.volume_attached",
-            "server",
-            server_id,
-            json!({ "volume_id": volume_id, "device": device }),
-        )
-        .await;
-    crate::ops::servers::get(services, server_id).await
+        device: free_device(&loaded.spec)?,
+    };
+    plug::start_attach(services, plug, volume, held).await
 }
 
-/// Detaches a volume from a server (hot-unplugged from a running guest).
+/// Detaches a volume from a server: answers with the volume `detaching` and hot-unplugs it in
+/// the background (journaled as `volume.detach`); the volume becomes `available` once the
+/// guest released the disk, or `in-use` again with the error.
 ///
 /// # Errors
 /// 404 for an unknown server or a volume not attached to it; 409 when the server cannot
-/// change now or the volume is its root disk.
+/// change now or the volume is its root disk. Nothing changes then.
 pub async fn detach(
     services: &Services,
     server_id: &str,
     volume_id: &str,
-) -> Result<Server, OpError> {
-    let lock = services.server_lock(server_id);
-    let _guard = lock.lock().await;
-    // Then the volume's: no other server attaches it, and no snapshot, extend or delete
-    // runs on it, in between the status check and the new status (server before volume,
-    // always in that order).
-    let volume_lock = super::volume_lock(services, volume_id);
-    let _volume_guard = volume_lock.lock().await;
+) -> Result<Volume, OpError> {
+    let held = Held::take(services, server_id, volume_id).await;
     let loaded = crate::ops::servers::load(services, server_id).await?;
     check_status(loaded.status)?;
     if loaded
@@ -249,32 +210,20 @@ pub async fn detach(
             id: volume_id.to_string(),
         });
     };
-    set_status(services, volume_id, "detaching", None).await?;
-    if let Err(e) = services
-        .libvirt()
-        .detach_device(
-            &loaded.spec.domain_name,
-            attached.disk.disk(&attached.device, volume_id).to_xml(),
-        )
-        .await
-    {
-        set_status(services, volume_id, "in-use", None).await?;
-        return Err(e.into());
+    let volume = get_volume(services, volume_id).await?;
+    if volume.status != "in-use" {
+        return Err(OpError::Conflict(format!(
+            "volume {volume_id} is {}; only in-use volumes can be detached",
+            volume.status
+        )));
     }
-    let mut spec = loaded.spec.clone();
-    spec.volumes.retain(|v| v.volume_id != volume_id);
-    crate::ops::servers::save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
-    release(services, volume_id).await?;
-    let _ = services
-        .events()
-        .publish(
-            "server.volume_detached",
-            "server",
-            server_id,
-            json!({ "volume_id": volume_id }),
-        )
-        .await;
-    crate::ops::servers::get(services, server_id).await
+    let plug = Plug {
+        server_id: server_id.to_string(),
+        domain: loaded.spec.domain_name.clone(),
+        volume_id: volume_id.to_string(),
+        device: attached.device.clone(),
+    };
+    plug::start_detach(services, plug, attached.disk, held).await
 }
 
 /// Marks a volume available and unattached (detach, or its server was deleted). Missing
@@ -287,6 +236,7 @@ pub async fn release(services: &Services, volume_id: &str) -> Result<(), OpError
         volume.status = "available".into();
         volume.attached_to = None;
         volume.device = None;
+        volume.error = None;
         volume.updated_at = crate::state::now_rfc3339();
         services.store().put_volume(volume).await?;
     }

@@ -13,10 +13,16 @@
 //! * `recover` — volumes a crash left mid-way, put right at startup.
 
 pub mod attach;
+mod delete;
 pub mod driver;
+mod extend;
+pub(crate) mod plug;
 pub mod recover;
 pub mod snapshots;
 pub mod types;
+
+pub use delete::{delete, DELETE_KIND};
+pub use extend::{extend, EXTEND_KIND};
 
 use crate::ops::{OpError, Services};
 use crate::state::{
@@ -479,108 +485,14 @@ pub fn register_handlers(services: &Services) {
     services.journal().register(Arc::new(CreateHandler {
         services: services.clone(),
     }));
-}
-
-/// `{"extend": {"new_size_gb": N}}` on an available volume.
-///
-/// # Errors
-/// 400 unless N is larger than the size (and at most the maximum); 409 unless the volume is
-/// available or when the backend cannot hold the growth.
-pub async fn extend(services: &Services, id: &str, new_size_gb: i64) -> Result<Volume, OpError> {
-    let lock = volume_lock(services, id);
-    let _guard = lock.lock().await;
-    let volume = get(services, id).await?;
-    if new_size_gb <= volume.size_gb as i64 || new_size_gb as u64 > MAX_SIZE_GB {
-        return Err(OpError::InvalidInput(format!(
-            "new_size_gb must be larger than the current {} GiB and at most {MAX_SIZE_GB}, not {new_size_gb}",
-            volume.size_gb
-        )));
-    }
-    if volume.status != "available" {
-        return Err(OpError::Conflict(format!(
-            "volume {id} is {}; only available volumes can be extended",
-            volume.status
-        )));
-    }
-    let new_size = new_size_gb as u64;
-    let stats = driver::call(services, &volume.backend, move |p| async move {
-        p.capacity_stats().await
-    })
-    .await?;
-    check_capacity(&volume.backend, &stats, new_size - volume.size_gb)?;
-    set_status(services, id, "extending", None).await?;
-    let v = volume_ref(&volume);
-    match driver::call(services, &volume.backend, move |p| async move {
-        p.volume_extend(&v, new_size).await
-    })
-    .await
-    {
-        Ok(()) => {
-            let mut v = get(services, id).await?;
-            v.size_gb = new_size;
-            v.status = "available".into();
-            v.updated_at = crate::state::now_rfc3339();
-            services.store().put_volume(v.clone()).await?;
-            Ok(v)
-        }
-        Err(e) => {
-            set_status(services, id, "available", None).await?;
-            Err(e)
-        }
-    }
-}
-
-/// Deletes a volume that is not attached and has no snapshots.
-///
-/// # Errors
-/// 404 for an unknown volume; 409 when attached, with snapshots, or busy.
-pub async fn delete(services: &Services, id: &str) -> Result<(), OpError> {
-    let lock = volume_lock(services, id);
-    let _guard = lock.lock().await;
-    let volume = get(services, id).await?;
-    if let Some(server) = &volume.attached_to {
-        return Err(OpError::Conflict(format!(
-            "volume {id} is attached to server {server}; detach it first"
-        )));
-    }
-    let snaps = services.store().list_snapshots(Some(id)).await?;
-    if !snaps.is_empty() {
-        return Err(OpError::Conflict(format!(
-            "volume {id} has {} snapshot(s); delete them first",
-            snaps.len()
-        )));
-    }
-    if !matches!(
-        volume.status.as_str(),
-        "available" | "error" | "error_deleting"
-    ) {
-        return Err(OpError::Conflict(format!(
-            "volume {id} is {}; wait until it is available",
-            volume.status
-        )));
-    }
-    set_status(services, id, "deleting", None).await?;
-    let v = volume_ref(&volume);
-    if let Err(e) = driver::call(services, &volume.backend, move |p| async move {
-        p.volume_delete(&v).await
-    })
-    .await
-    {
-        set_status(
-            services,
-            id,
-            "error_deleting",
-            Some(crate::api::error::chain(&e)),
-        )
-        .await?;
-        return Err(e);
-    }
-    services.store().delete_volume(id).await?;
-    let _ = services
-        .events()
-        .publish("volume.deleted", "volume", id, json!({}))
-        .await;
-    Ok(())
+    services.journal().register(Arc::new(extend::ExtendHandler {
+        services: services.clone(),
+    }));
+    services.journal().register(Arc::new(delete::DeleteHandler {
+        services: services.clone(),
+    }));
+    snapshots::register(services);
+    plug::register(services);
 }
 
 #[cfg(test)]

@@ -26,9 +26,14 @@ pub async fn recover(services: &Services) -> Result<(), OpError> {
         .collect();
     for volume in services.store().list_volumes(None).await? {
         let id = volume.id.as_str();
+        if journaled.contains(id) {
+            // Its operation could not be settled this time (libvirt or a driver failed); it
+            // keeps its transitional status and the next start retries it.
+            tracing::warn!(volume_id = id, status = %volume.status, "an interrupted operation on this volume is still unsettled");
+            continue;
+        }
         match volume.status.as_str() {
-            // A journaled create is finished or undone by the journal's own recovery.
-            "creating" if !journaled.contains(id) => {
+            "creating" => {
                 tracing::warn!(volume_id = id, "create interrupted before it was journaled");
                 set_status(
                     services,
