@@ -706,6 +706,10 @@ pub struct HypervisorConfig {
     pub clean_shutdown_timeout_secs: u64,
     /// How often the agent compares its servers with libvirt, in milliseconds.
     pub sync_interval_ms: u64,
+    /// libvirt worker threads (1–32): how many libvirt calls run at once. A call stuck in
+    /// libvirtd keeps its worker; the agent never starts more. Keep it below libvirtd's
+    /// `max_client_requests` (5 by default), since all workers share one connection.
+    pub workers: usize,
 }
 
 impl Default for HypervisorConfig {
@@ -718,6 +722,7 @@ impl Default for HypervisorConfig {
             version_timeout_secs: 120,
             clean_shutdown_timeout_secs: 60,
             sync_interval_ms: 2000,
+            workers: 4,
         }
     }
 }
@@ -902,6 +907,9 @@ impl Config {
         if self.hypervisor.sync_interval_ms < 100 {
             return invalid("hypervisor.sync_interval_ms", "must be at least 100");
         }
+        if !(1..=32).contains(&self.hypervisor.workers) {
+            return invalid("hypervisor.workers", "must be 1 to 32");
+        }
         if self.hypervisor.version_timeout_secs == 0 {
             return invalid("hypervisor.version_timeout_secs", "must be at least 1");
         }
@@ -1061,6 +1069,16 @@ mod tests {
         assert!(err.contains("--insecure"), "{err}");
         config.insecure = true;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn libvirt_workers_are_bounded() {
+        for bad in [0, 33] {
+            let mut config = Config::default();
+            config.hypervisor.workers = bad;
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("hypervisor.workers"), "{err}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod events;
+mod hypervisor;
 mod images;
 mod journal_crash;
 mod lifecycle;

@@ -4,6 +4,7 @@
 //! Every agent started here is stopped by its PID when its [`Agent`] is dropped.
 
 pub mod guest;
+pub mod node;
 pub mod plugins;
 pub mod storage;
 

@@ -90,6 +90,9 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::Compute(ComputeError::Timeout { .. }) => {
             (StatusCode::GATEWAY_TIMEOUT, "hypervisor_timeout")
         }
+        OpError::Compute(ComputeError::Busy { .. }) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "hypervisor_busy")
+        }
         OpError::Compute(ComputeError::Libvirt { .. }) => {
             (StatusCode::BAD_GATEWAY, "hypervisor_error")
         }

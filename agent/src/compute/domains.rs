@@ -1,8 +1,10 @@
 //! Domain operations on libvirt, each under the call deadline of [`Libvirt`].
 //!
-//! Every function opens its own connection on a blocking thread (see
-//! [`Libvirt::with_connection`]), so a call stuck on one hung QEMU never blocks calls for other
-//! domains, and the caller always gets an answer within the deadline.
+//! Every function runs on a libvirt worker (see [`Libvirt::with_connection`]), so a call stuck
+//! on one hung QEMU occupies one worker but never blocks calls for other domains, and the
+//! caller always gets an answer within the deadline. Only libvirt's supported APIs are used:
+//! QMP or guest-agent passthrough would taint the domain (`custom-monitor`,
+//! `custom-ga-command`), and libvirt would no longer vouch for it.
 
 use super::{ComputeError, DomainMetadata, Libvirt};
 use serde::Serialize;
@@ -282,11 +284,29 @@ impl Libvirt {
 
     /// Every domain tagged with the agent's metadata for `node_id`.
     ///
+    /// Listings are single-flight: one that overran its caller's deadline still holds the
+    /// listing lock on its worker, and the next listing waits for it (at most the deadline)
+    /// instead of piling a second dump of every domain onto a slow libvirtd.
+    ///
     /// # Errors
-    /// [`ComputeError`] when libvirt fails or times out.
+    /// [`ComputeError`] when libvirt fails or times out, [`ComputeError::Busy`] when the
+    /// previous listing is still running after the deadline.
     pub async fn list_ours(&self, node_id: &str) -> Result<Vec<DomainStatus>, ComputeError> {
+        const CALL: &str = "virConnectListAllDomains";
         let node_id = node_id.to_string();
-        self.with_connection("virConnectListAllDomains", move |conn| {
+        let listing =
+            match tokio::time::timeout(self.timeout(), self.listing_lock().lock_owned()).await {
+                Ok(guard) => guard,
+                Err(_) => {
+                    return Err(ComputeError::Busy {
+                        call: CALL,
+                        workers: 1,
+                        seconds: self.timeout().as_secs(),
+                    })
+                }
+            };
+        self.with_connection(CALL, move |conn| {
+            let _listing = listing; // released when this worker is done, not when the caller gives up
             let mut ours = Vec::new();
             for dom in conn.list_all_domains(0)? {
                 let xml = match dom.get_xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) {
@@ -319,57 +339,34 @@ impl Libvirt {
         .await
     }
 
-    /// Sends a QMP command through libvirt's monitor passthrough; returns the JSON answer.
-    ///
-    /// # Errors
-    /// [`ComputeError`] when libvirt fails or times out.
-    pub async fn qmp(
-        &self,
-        name: &str,
-        command: serde_json::Value,
-    ) -> Result<serde_json::Value, ComputeError> {
-        let name = name.to_string();
-        let text = self
-            .with_connection("virDomainQemuMonitorCommand", move |conn| {
-                lookup(conn, &name)?.qemu_monitor_command(&command.to_string(), 0)
-            })
-            .await?;
-        serde_json::from_str(&text).map_err(|e| ComputeError::Libvirt {
-            call: "virDomainQemuMonitorCommand",
-            message: format!("answer is not JSON: {e}"),
-        })
-    }
-
-    /// Sends a guest-agent (QGA) command; `timeout_secs` bounds libvirt's wait for the agent.
+    /// Sets a guest user's password through the QEMU guest agent, with libvirt's own call
+    /// (`virDomainSetUserPassword`: no `custom-ga-command` taint, unlike agent passthrough).
     ///
     /// # Errors
     /// [`ComputeError::NoGuestAgent`] when the guest has no agent answering, other
     /// [`ComputeError`]s when libvirt fails or times out.
-    pub async fn qga(
+    pub async fn set_user_password(
         &self,
         name: &str,
-        command: serde_json::Value,
-        timeout_secs: i32,
-    ) -> Result<serde_json::Value, ComputeError> {
-        let name = name.to_string();
-        let text = self
-            .with_connection("virDomainQemuAgentCommand", move |conn| {
-                lookup(conn, &name)?.qemu_agent_command(&command.to_string(), timeout_secs, 0)
-            })
-            .await
-            .map_err(|e| match e {
-                ComputeError::Libvirt { message, .. }
-                    if message.contains("agent is not connected")
-                        || message.contains("Guest agent is not responding")
-                        || message.contains("not connected") =>
-                {
-                    ComputeError::NoGuestAgent(message)
-                }
-                other => other,
-            })?;
-        serde_json::from_str(&text).map_err(|e| ComputeError::Libvirt {
-            call: "virDomainQemuAgentCommand",
-            message: format!("answer is not JSON: {e}"),
+        user: &str,
+        password: &str,
+    ) -> Result<(), ComputeError> {
+        let (name, user, password) = (name.to_string(), user.to_string(), password.to_string());
+        self.with_connection("virDomainSetUserPassword", move |conn| {
+            lookup(conn, &name)?
+                .set_user_password(&user, &password, 0)
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| match e {
+            ComputeError::Libvirt { message, .. }
+                if message.contains("agent is not connected")
+                    || message.contains("Guest agent is not responding")
+                    || message.contains("not connected") =>
+            {
+                ComputeError::NoGuestAgent(message)
+            }
+            other => other,
         })
     }
 }

@@ -1,11 +1,19 @@
 //! libvirt access with a deadline on every call.
 //!
-//! libvirt's C API blocks. Each call runs on a blocking thread and the caller waits at most the
-//! configured deadline; a call that overruns is reported as [`ComputeError::Timeout`] and its
-//! thread is left to finish on its own, so a hung libvirtd or QEMU never hangs the agent.
+//! libvirt's C API blocks. Each call runs on one of the agent's libvirt workers
+//! ([`WorkerPool`]: a fixed number of OS threads, never tokio's blocking pool) over one
+//! long-lived connection ([`SharedConnection`], reopened when it breaks, watched by libvirt's
+//! keepalive). The caller waits at most the call's deadline — for a free worker, then for the
+//! answer. A call that overruns is reported as [`ComputeError::Timeout`] and its worker stays
+//! occupied until libvirt answers; when all workers are occupied, calls fail with
+//! [`ComputeError::Busy`]. So a hung libvirtd or QEMU never hangs the agent and never grows
+//! its thread count.
 
+use super::connection::{start_event_loop, SharedConnection};
+use super::pool::{PoolError, WorkerPool};
 use super::ComputeError;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use virt::connect::Connect;
 
@@ -21,23 +29,65 @@ pub struct HypervisorInfo {
     pub libvirt_version: String,
 }
 
-/// A libvirt endpoint with a per-call deadline.
+/// What every handle on one libvirt endpoint shares.
+#[derive(Debug)]
+struct Endpoint {
+    connection: SharedConnection,
+    workers: WorkerPool,
+    /// Held (by the worker) while a domain listing runs: listings are single-flight.
+    listing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A libvirt endpoint with a per-call deadline. Cheap to clone; clones share the workers and
+/// the connection.
 #[derive(Debug, Clone)]
 pub struct Libvirt {
-    uri: String,
+    endpoint: Arc<Endpoint>,
     timeout: Duration,
     lifecycle_timeout: Duration,
 }
 
 impl Libvirt {
-    /// An endpoint at `uri` (e.g. `qemu:///system`) whose queries time out after `timeout`
-    /// and whose lifecycle calls (define, start, destroy, save…) after `lifecycle_timeout`.
-    pub fn new(uri: impl Into<String>, timeout: Duration, lifecycle_timeout: Duration) -> Self {
+    /// An endpoint at `uri` (e.g. `qemu:///system`) served by `workers` threads, whose
+    /// queries time out after `timeout` and whose lifecycle calls (define, start, destroy,
+    /// save…) after `lifecycle_timeout`. Starts the worker threads and libvirt's event loop
+    /// (for keepalive); connects on first use.
+    pub fn new(
+        uri: impl Into<String>,
+        workers: usize,
+        timeout: Duration,
+        lifecycle_timeout: Duration,
+    ) -> Self {
+        start_event_loop();
         Self {
-            uri: uri.into(),
+            endpoint: Arc::new(Endpoint {
+                connection: SharedConnection::new(uri.into()),
+                workers: WorkerPool::new(workers, "libvirt"),
+                listing: Arc::default(),
+            }),
             timeout,
             lifecycle_timeout,
         }
+    }
+
+    /// The deadline of this handle's calls.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Workers not busy with a call right now (for diagnostics and tests).
+    pub fn idle_workers(&self) -> usize {
+        self.endpoint.workers.idle()
+    }
+
+    /// The lock a domain listing holds while it runs (see [`Libvirt::list_ours`]).
+    pub(super) fn listing_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.endpoint.listing.clone()
+    }
+
+    /// Whether a domain listing is still running (perhaps one whose caller gave up).
+    pub fn listing_in_flight(&self) -> bool {
+        self.endpoint.listing.try_lock().is_err()
     }
 
     /// The same endpoint with the lifecycle deadline for every call: starting or saving a
@@ -49,39 +99,42 @@ impl Libvirt {
         }
     }
 
-    /// Runs `f` on a fresh connection on a blocking thread, within the deadline.
+    /// Runs `f` with the shared connection on a libvirt worker, within the deadline.
     ///
     /// # Errors
-    /// [`ComputeError::Libvirt`] when connecting or `f` fails, [`ComputeError::Timeout`] when
-    /// the deadline passes first.
+    /// [`ComputeError::Libvirt`] when connecting or `f` fails, [`ComputeError::Busy`] when no
+    /// worker became free in time, [`ComputeError::Timeout`] when `f` overran the deadline.
     pub async fn with_connection<R, F>(&self, call: &'static str, f: F) -> Result<R, ComputeError>
     where
         R: Send + 'static,
         F: FnOnce(&Connect) -> Result<R, virt::error::Error> + Send + 'static,
     {
-        let uri = self.uri.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let mut conn = Connect::open(Some(&uri)).map_err(|e| ComputeError::Libvirt {
-                call: "virConnectOpen",
-                message: e.to_string(),
-            })?;
-            let result = f(&conn).map_err(|e| ComputeError::Libvirt {
+        let endpoint = self.endpoint.clone();
+        let work = move || {
+            let conn = endpoint
+                .connection
+                .get()
+                .map_err(|e| ComputeError::Libvirt {
+                    call: "virConnectOpen",
+                    message: e.to_string(),
+                })?;
+            f(&conn).map_err(|e| ComputeError::Libvirt {
                 call,
                 message: e.to_string(),
-            });
-            // virt 0.4 does not close connections on drop.
-            let _ = conn.close();
-            result
-        });
-        match tokio::time::timeout(self.timeout, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(ComputeError::Libvirt {
+            })
+        };
+        let seconds = self.timeout.as_secs();
+        match self.endpoint.workers.run(self.timeout, work).await {
+            Ok(result) => result,
+            Err(PoolError::Busy { workers }) => Err(ComputeError::Busy {
                 call,
-                message: format!("worker thread failed: {join}"),
+                workers,
+                seconds,
             }),
-            Err(_) => Err(ComputeError::Timeout {
+            Err(PoolError::Overrun) => Err(ComputeError::Timeout { call, seconds }),
+            Err(PoolError::Panicked(message)) => Err(ComputeError::Libvirt {
                 call,
-                seconds: self.timeout.as_secs(),
+                message: format!("worker failed: {message}"),
             }),
         }
     }

@@ -1,16 +1,22 @@
 //! Compute: the hypervisor behind the agent.
 //!
-//! For now this module knows how to reach libvirt with a deadline on every call and which
-//! domain type the agent uses ([`DomainType`]), decided once at startup from the config and
-//! the real KVM probe ([`crate::host::probe_kvm`]). Server lifecycle builds on it.
+//! This module reaches libvirt with a deadline on every call, on a fixed pool of worker
+//! threads over one long-lived connection ([`Libvirt`]); runs domain operations and reads
+//! their statistics through libvirt's own APIs ([`DomainStats`]); renders domain XML
+//! ([`DomainSpec`]); and knows which domain type the agent uses ([`DomainType`]), decided once
+//! at startup from the config and the real KVM probe ([`crate::host::probe_kvm`]).
 
+mod connection;
 mod domain;
 mod domains;
 mod libvirt;
+mod pool;
+mod stats;
 mod xml;
 
 pub use domain::{Boot, Disk, DiskSource, DomainMetadata, DomainSpec, Nic, Smbios, METADATA_NS};
 pub use domains::{DomainStatus, PowerState};
+pub use stats::{BlockStats, DomainStats, InterfaceStats};
 pub use libvirt::{HypervisorInfo, Libvirt};
 
 use crate::config::DomainTypeSetting;
@@ -33,6 +39,16 @@ pub enum ComputeError {
     Timeout {
         /// The call.
         call: &'static str,
+        /// The deadline.
+        seconds: u64,
+    },
+    /// Every libvirt worker stayed busy (stuck in libvirt) for the whole deadline.
+    #[error("No libvirt worker was free within {seconds} s for {call}: all {workers} are waiting on libvirtd")]
+    Busy {
+        /// The call.
+        call: &'static str,
+        /// The number of workers (`hypervisor.workers`).
+        workers: usize,
         /// The deadline.
         seconds: u64,
     },

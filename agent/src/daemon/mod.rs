@@ -209,12 +209,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     if let Err(e) = crate::ops::volumes::recover::recover(&services).await {
         tracing::warn!(error = %crate::api::error::chain(&e), "could not recover interrupted volume work");
     }
-    if let Err(e) = crate::ops::servers::adopt_and_reconcile(&services).await {
-        tracing::warn!(error = %crate::api::error::chain(&e), "first sync with libvirt failed; retrying in the background");
-    }
+    let adopted = match crate::ops::servers::adopt_and_reconcile(&services).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %crate::api::error::chain(&e), "first sync with libvirt failed; retrying in the background");
+            false
+        }
+    };
     let sync = tokio::spawn(crate::ops::servers::run_sync(
         services.clone(),
         stop.clone(),
+        adopted,
     ));
     let reload = config.plugin_runtime.reload_interval_ms;
     let watcher = (reload > 0).then(|| {

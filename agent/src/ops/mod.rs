@@ -137,6 +137,7 @@ impl Services {
         } = parts;
         let libvirt = Libvirt::new(
             config.hypervisor.uri.clone(),
+            config.hypervisor.workers,
             config.hypervisor.call_timeout(),
             config.hypervisor.lifecycle_timeout(),
         );

@@ -815,23 +815,9 @@ fn console_output(spec: &ServerSpec, length: Option<usize>) -> Result<String, Op
 
 /// Sets root's password through the QEMU guest agent.
 async fn set_password(services: &Services, loaded: &Loaded, password: &str) -> Result<(), OpError> {
-    use base64::Engine;
-    let command = json!({
-        "execute": "guest-set-user-password",
-        "arguments": {
-            "username": "root",
-            "password": base64::engine::general_purpose::STANDARD.encode(password),
-            "crypted": false,
-        }
-    });
-    let timeout = services
-        .config()
-        .hypervisor
-        .call_timeout_secs
-        .min(i32::MAX as u64) as i32;
     services
         .libvirt()
-        .qga(&loaded.spec.domain_name, command, timeout)
+        .set_user_password(&loaded.spec.domain_name, "root", password)
         .await?;
     Ok(())
 }

@@ -124,25 +124,9 @@ pub(crate) fn check_fits(spec: &ServerSpec, images: &ResolvedImages) -> Result<(
     Ok(())
 }
 
-/// The libvirt definition of a server.
-pub(crate) fn domain_spec(
-    services: &Services,
-    id: &str,
-    name: &str,
-    spec: &ServerSpec,
-    images: &ResolvedImages,
-) -> DomainSpec {
-    let boot = match &images.kernel {
-        Some(kernel) => Boot::Kernel {
-            kernel: kernel.clone(),
-            initrd: images.initrd.clone(),
-            cmdline: spec
-                .os_command_line
-                .clone()
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
-        },
-        None => Boot::Disk,
-    };
+/// A server's disks in guest order: root (`vda`: overlay or boot volume), ephemeral, swap,
+/// then attached volumes.
+pub(crate) fn disks(spec: &ServerSpec) -> Vec<Disk> {
     let mut disks = vec![match &spec.boot_volume {
         Some(boot) => boot.disk.disk("vda", &boot.volume_id),
         None => Disk {
@@ -184,6 +168,29 @@ pub(crate) fn domain_spec(
             .iter()
             .map(|v| v.disk.disk(&v.device, &v.volume_id)),
     );
+    disks
+}
+
+/// The libvirt definition of a server.
+pub(crate) fn domain_spec(
+    services: &Services,
+    id: &str,
+    name: &str,
+    spec: &ServerSpec,
+    images: &ResolvedImages,
+) -> DomainSpec {
+    let boot = match &images.kernel {
+        Some(kernel) => Boot::Kernel {
+            kernel: kernel.clone(),
+            initrd: images.initrd.clone(),
+            cmdline: spec
+                .os_command_line
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+        },
+        None => Boot::Disk,
+    };
+    let disks = disks(spec);
     DomainSpec {
         name: spec.domain_name.clone(),
         uuid: id.to_string(),
@@ -199,7 +206,8 @@ pub(crate) fn domain_spec(
             node_id: services.node_id().to_string(),
             server_id: id.to_string(),
             server_name: name.to_string(),
-            spec_json: serde_json::to_string(spec).unwrap_or_default(),
+            // Anyone with read-only libvirt access reads this: no user data, no keys.
+            spec_json: serde_json::to_string(&spec.without_secrets()).unwrap_or_default(),
         },
     }
 }

@@ -261,8 +261,9 @@ impl ServerCreate {
     }
 }
 
-/// What the agent keeps about a server beyond its row (stored as JSON, and in the domain XML
-/// so a lost record can be adopted back).
+/// What the agent keeps about a server beyond its row (stored as JSON, and — without its
+/// secrets, see [`ServerSpec::without_secrets`] — in the domain XML so a lost record can be
+/// adopted back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSpec {
     /// Resources.
@@ -304,6 +305,16 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
+    /// The spec as the domain XML may carry it: without `user_data` and `public_keys`, which
+    /// only the agent's store keeps (the XML is readable over read-only libvirt connections).
+    pub fn without_secrets(&self) -> Self {
+        Self {
+            public_keys: BTreeMap::new(),
+            user_data: None,
+            ..self.clone()
+        }
+    }
+
     /// The root overlay.
     pub fn root_disk(&self) -> PathBuf {
         self.dir.join("root.qcow2")

@@ -1,23 +1,12 @@
-//! `GET /v1/servers/{id}/stats`: CPU, memory and block figures from QMP.
+//! `GET /v1/servers/{id}/stats`: CPU, memory, disk and NIC figures from libvirt's own
+//! statistics calls (never QMP passthrough, which taints the domain).
 
-use super::{load, ServerStatus};
+use super::{build, load, ServerStatus};
+use crate::compute::DomainStats;
 use crate::ops::{OpError, Services};
-use serde::Serialize;
-use serde_json::{json, Value};
-use utoipa::ToSchema;
 
-/// Live figures of a running server, read through QMP.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ServerStats {
-    /// vCPUs: index and host thread id (`query-cpus-fast`).
-    #[schema(value_type = Vec<Object>)]
-    pub cpus: Vec<Value>,
-    /// Memory the guest has now, bytes (`query-balloon`).
-    pub memory_actual_bytes: Option<u64>,
-    /// Per-disk I/O counters (`query-blockstats`).
-    #[schema(value_type = Vec<Object>)]
-    pub block: Vec<Value>,
-}
+/// Live figures of a running server.
+pub type ServerStats = DomainStats;
 
 /// Reads the stats of a running server.
 ///
@@ -35,41 +24,13 @@ pub async fn stats(services: &Services, id: &str) -> Result<ServerStats, OpError
             loaded.status.as_str()
         )));
     }
-    let libvirt = services.libvirt();
-    let domain = &loaded.spec.domain_name;
-    let cpus = libvirt
-        .qmp(domain, json!({"execute": "query-cpus-fast"}))
-        .await?;
-    let balloon = libvirt
-        .qmp(domain, json!({"execute": "query-balloon"}))
-        .await?;
-    let blocks = libvirt
-        .qmp(domain, json!({"execute": "query-blockstats"}))
-        .await?;
-    let cpus = cpus["return"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let disks = build::disks(&loaded.spec)
         .into_iter()
-        .map(|c| json!({ "cpu_index": c["cpu-index"], "thread_id": c["thread-id"] }))
+        .map(|d| d.target)
         .collect();
-    let block = blocks["return"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|b| {
-            let s = &b["stats"];
-            json!({
-                "device": b["device"], "node_name": b["node-name"], "qdev": b["qdev"],
-                "rd_bytes": s["rd_bytes"], "wr_bytes": s["wr_bytes"],
-                "rd_operations": s["rd_operations"], "wr_operations": s["wr_operations"],
-            })
-        })
-        .collect();
-    Ok(ServerStats {
-        cpus,
-        memory_actual_bytes: balloon["return"]["actual"].as_u64(),
-        block,
-    })
+    let taps = loaded.spec.nics.iter().map(|n| n.tap.clone()).collect();
+    Ok(services
+        .libvirt()
+        .stats(&loaded.spec.domain_name, disks, taps)
+        .await?)
 }

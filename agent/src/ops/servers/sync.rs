@@ -190,8 +190,11 @@ pub async fn reconcile(services: &Services, missing: &mut HashSet<String>) -> Re
     Ok(())
 }
 
-/// Reconciles every `hypervisor.sync_interval_ms` until `stop` is cancelled.
-pub async fn run_sync(services: Services, stop: CancellationToken) {
+/// Reconciles every `hypervisor.sync_interval_ms` until `stop` is cancelled. Single-flight: a
+/// tick is skipped while the previous tick's domain listing still runs in libvirt (its caller
+/// may have given up at the deadline). Until one adoption pass has succeeded (the one at
+/// startup may have failed), each tick adopts before it reconciles.
+pub async fn run_sync(services: Services, stop: CancellationToken, mut adopted: bool) {
     let interval = Duration::from_millis(services.config().hypervisor.sync_interval_ms);
     let mut missing = HashSet::new();
     loop {
@@ -199,8 +202,20 @@ pub async fn run_sync(services: Services, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        if let Err(e) = reconcile(&services, &mut missing).await {
-            tracing::warn!(error = %crate::api::error::chain(&e), "server sync with libvirt failed");
+        if services.libvirt().listing_in_flight() {
+            tracing::debug!("previous domain listing still running; skipping this sync");
+            continue;
+        }
+        let result = if adopted {
+            reconcile(&services, &mut missing).await
+        } else {
+            adopt_and_reconcile(&services).await
+        };
+        match result {
+            Ok(()) => adopted = true,
+            Err(e) => {
+                tracing::warn!(error = %crate::api::error::chain(&e), "server sync with libvirt failed");
+            }
         }
     }
 }
