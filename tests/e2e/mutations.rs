@@ -28,12 +28,29 @@ impl DhcpClients {
             let _ = run(&["ip", "link", "delete", &host]);
             for step in [
                 vec![
-                    "ip", "link", "add", &host, "type", "veth", "peer", "name", &inside,
-                    "netns", &clients.ns,
+                    "ip",
+                    "link",
+                    "add",
+                    &host,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &inside,
+                    "netns",
+                    &clients.ns,
                 ],
                 vec!["ip", "link", "set", &host, "master", bridge, "up"],
                 vec![
-                    "ip", "-n", &clients.ns, "link", "set", &inside, "address", mac, "up",
+                    "ip",
+                    "-n",
+                    &clients.ns,
+                    "link",
+                    "set",
+                    &inside,
+                    "address",
+                    mac,
+                    "up",
                 ],
             ] {
                 let (ok, out) = run(&step);
@@ -46,8 +63,23 @@ impl DhcpClients {
     /// The address the DHCP server leases to interface `i`, or the client's output.
     fn lease(&self, i: usize) -> Result<String, String> {
         let (ok, out) = run(&[
-            "ip", "netns", "exec", &self.ns, "busybox", "udhcpc", "-i", &format!("e{i}"),
-            "-n", "-q", "-f", "-t", "2", "-T", "1", "-s", "/bin/true",
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            &format!("e{i}"),
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
         ]);
         let leased = out
             .lines()
@@ -131,7 +163,9 @@ fn twenty_servers_created_at_once_all_get_their_lease() {
     for s in &servers {
         let id = s["id"].as_str().unwrap();
         assert_eq!(
-            agent.send(Method::DELETE, &format!("/v1/servers/{id}"), None).status(),
+            agent
+                .send(Method::DELETE, &format!("/v1/servers/{id}"), None)
+                .status(),
             202
         );
     }
@@ -168,7 +202,10 @@ fn ports_created_at_once_are_all_leased_bound_or_not() {
         .map(|p| {
             (
                 p["mac_address"].as_str().unwrap().to_string(),
-                p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_string(),
+                p["fixed_ips"][0]["ip_address"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect();

@@ -449,8 +449,10 @@ fn rogue_bridge_answers_are_refused() {
         (missing.as_str(), "does not exist"),
     ] {
         let net = network(&format!("answer={answer}"), NetworkType::Local, None, None);
-        let e = call(&rt, &plugin, move |p| p.ensure_network(&net))
-            .expect_err(&format!("answering {answer} must be refused"));
+        let e = call(&rt, &plugin, move |p| async move {
+            p.ensure_network(&net).await
+        })
+        .expect_err(&format!("answering {answer} must be refused"));
         match e {
             PluginError::BadAnswer { plugin, reason } => {
                 assert_eq!(plugin, "rogue");
@@ -469,7 +471,10 @@ fn rogue_bridge_answers_are_refused() {
     // A granted, existing bridge is accepted.
     let net = network(&format!("answer={good}"), NetworkType::Local, None, None);
     assert_eq!(
-        call(&rt, &plugin, move |p| p.ensure_network(&net)).unwrap(),
+        call(&rt, &plugin, move |p| async move {
+            p.ensure_network(&net).await
+        })
+        .unwrap(),
         good
     );
     let (_, failures) = plugin.counters();

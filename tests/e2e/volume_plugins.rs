@@ -947,7 +947,14 @@ fn rogue_connection_answers_are_refused() {
             size_gb: 1,
         };
         let name = plugin.config.name.clone();
-        let reason = refused(&name, call(&rt, plugin, move |p| p.connection_info(&v)));
+        let reason = refused(
+            &name,
+            call(
+                &rt,
+                plugin,
+                move |p| async move { p.connection_info(&v).await },
+            ),
+        );
         assert!(reason.contains(&says), "{name} {spec}: {reason}");
     }
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious state");
@@ -966,6 +973,11 @@ fn rogue_connection_answers_are_refused() {
             name: own.clone(),
             size_gb: 1,
         };
-        call(&rt, plugin, move |p| p.connection_info(&v)).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        call(
+            &rt,
+            plugin,
+            move |p| async move { p.connection_info(&v).await },
+        )
+        .unwrap_or_else(|e| panic!("{spec}: {e}"));
     }
 }

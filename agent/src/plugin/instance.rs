@@ -529,7 +529,7 @@ impl LoadedPlugin {
             )));
         }
         let checked = match &self.netlink {
-            Some(host) => host.check_bridge_answer(&bridge),
+            Some(host) => host.check_bridge_answer(&bridge).await,
             None => Err(format!(
                 "bridge {bridge:?}: the plugin has no netlink grant"
             )),

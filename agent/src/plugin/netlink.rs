@@ -79,11 +79,11 @@ impl NetlinkHost {
     ///
     /// # Errors
     /// Why the answer is refused.
-    pub fn check_bridge_answer(&self, name: &str) -> Result<(), String> {
+    pub async fn check_bridge_answer(&self, name: &str) -> Result<(), String> {
         self.grant
             .check_bridge_answer(name)
             .map_err(|e| e.to_string())?;
-        match self.call(NetlinkOp::LinkInfo(name.to_owned())) {
+        match self.call(NetlinkOp::LinkInfo(name.to_owned())).await {
             Ok(NetlinkReply::Info(Some(link))) if link.kind.as_deref() == Some("bridge") => Ok(()),
             Ok(NetlinkReply::Info(Some(link))) => Err(format!(
                 "{name:?} is a {} link, not a bridge",

@@ -64,7 +64,9 @@ pub async fn delete(services: &Services, id: &str) -> Result<Volume, OpError> {
         let result = async {
             let v = volume_ref(&volume);
             op.step("driver_delete", json!({}), || {
-                driver::call(&services, &volume.backend, move |p| async move { p.volume_delete(&v).await })
+                driver::call(&services, &volume.backend, move |p| async move {
+                    p.volume_delete(&v).await
+                })
             })
             .await?;
             forget(&services, &id).await
@@ -105,10 +107,15 @@ impl OperationHandler for DeleteHandler {
                 .error
                 .clone()
                 .unwrap_or_else(|| "the delete was interrupted".into());
-            set_status(&self.services, &op.resource_id, "error_deleting", Some(error))
-                .await
-                .map(drop)
-                .map_err(|e| crate::api::error::chain(&e))
+            set_status(
+                &self.services,
+                &op.resource_id,
+                "error_deleting",
+                Some(error),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| crate::api::error::chain(&e))
         })
     }
 
@@ -122,7 +129,10 @@ impl OperationHandler for DeleteHandler {
             let id = op.resource_id.as_str();
             let backend = op.input["backend"].as_str().unwrap_or_default().to_string();
             let v = VolumeRef::new(id, op.input["size_gb"].as_u64().unwrap_or(0));
-            let outcome = match driver::call(services, &backend, move |p| async move { p.volume_delete(&v).await }).await
+            let outcome = match driver::call(services, &backend, move |p| async move {
+                p.volume_delete(&v).await
+            })
+            .await
             {
                 Ok(()) => forget(services, id).await,
                 Err(e) => set_status(

@@ -39,7 +39,10 @@ pub async fn extend(services: &Services, id: &str, new_size_gb: i64) -> Result<V
         )));
     }
     let new_size = new_size_gb as u64;
-    let stats = driver::call(services, &volume.backend, move |p| async move { p.capacity_stats().await }).await?;
+    let stats = driver::call(services, &volume.backend, move |p| async move {
+        p.capacity_stats().await
+    })
+    .await?;
     check_capacity(&volume.backend, &stats, new_size - volume.size_gb)?;
     let services = services.clone();
     background::run(move |answer| async move {
@@ -133,7 +136,10 @@ impl OperationHandler for ExtendHandler {
                 Some(StepStatus::Done) => grown(services, id, new, None).await,
                 Some(_) => {
                     let v = VolumeRef::new(id, old);
-                    match driver::call(services, &backend, move |p| async move { p.volume_extend(&v, new).await }).await
+                    match driver::call(services, &backend, move |p| async move {
+                        p.volume_extend(&v, new).await
+                    })
+                    .await
                     {
                         Ok(()) => grown(services, id, new, None).await,
                         Err(e) => {
