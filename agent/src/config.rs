@@ -175,7 +175,8 @@ pub struct PluginConfig {
     /// Weighers: the normalised weight is multiplied by this (negative stacks).
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
-    /// Memory cap of one instance, MiB.
+    /// Memory cap of one instance, MiB: its linear memories (three quarters) and what the
+    /// host spends copying its answers (an eighth, counted twice) together.
     #[serde(default = "default_plugin_memory")]
     pub memory_limit_mb: u64,
     /// Deadline of one call, milliseconds [default: 2000; 120000 for volume drivers].

@@ -634,3 +634,152 @@ impl LoadedPlugin {
         self.instantiate().await.map(drop)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The hostile fixture, built by `scripts/build-plugins.sh` next to this test's target dir.
+    fn hostile(
+        settings: &[(&str, &str)],
+        memory_limit_mb: u64,
+        call_timeout_ms: u64,
+    ) -> PluginConfig {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/hyperlet-<hash> → target/wasm32-wasip2/release/
+        let target = exe.ancestors().nth(3).unwrap();
+        let path = target.join("wasm32-wasip2/release/hyperlet_fixture_hostile.wasm");
+        assert!(
+            path.exists(),
+            "{} is missing: build the plugins with scripts/build-plugins.sh",
+            path.display()
+        );
+        PluginConfig {
+            name: "hostile".into(),
+            kind: PluginKind::Filter,
+            path,
+            grants: vec!["log".into(), "clocks".into()],
+            netlink: None,
+            lvm: None,
+            files: None,
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            multiplier: 1.0,
+            memory_limit_mb,
+            call_timeout_ms,
+        }
+    }
+
+    async fn load(config: &PluginConfig) -> Result<LoadedPlugin, PluginError> {
+        // Shared by the tests: the fixture is compiled once.
+        let cache = std::env::temp_dir().join("hyperlet-unit-plugin-cache");
+        LoadedPlugin::load(&PluginEngine::new().unwrap(), &cache, config, 60).await
+    }
+
+    fn one_host() -> WitHostBatch {
+        WitHostBatch {
+            strings: vec!["nova".into()],
+            enabled: vec![true],
+            heartbeat_age_s: vec![0],
+            vcpus_total: vec![8],
+            vcpus_used: vec![0],
+            ram_total_mb: vec![1024],
+            ram_used_mb: vec![0],
+            ram_free_mb: vec![1024],
+            disk_total_gb: vec![10],
+            disk_used_gb: vec![0],
+            volume_free_gb: vec![0],
+            cpu_allocation_ratio: vec![1.0],
+            ram_allocation_ratio: vec![1.0],
+            disk_allocation_ratio: vec![1.0],
+            availability_zone_idx: vec![0],
+            hypervisor_type_idx: vec![0],
+            architecture_idx: vec![0],
+            vm_mode_idx: vec![0],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_sleeping_in_a_clock_ends_at_its_deadline() {
+        let plugin = load(&hostile(&[("mode", "sleep"), ("ms", "60000")], 64, 300))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let e = plugin
+            .filter(&crate::sched::RequestSpec::default().to_wit(), &one_host())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PluginError::Timeout { ms: 300, .. }), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        // The instance was discarded; the next call gets a fresh one and ends the same way.
+        assert!(plugin.idle.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn configure_runs_under_the_call_deadline() {
+        let started = Instant::now();
+        let Err(e) = load(&hostile(
+            &[("mode", "sleep-configure"), ("ms", "60000")],
+            64,
+            300,
+        ))
+        .await
+        else {
+            panic!("a plugin sleeping in configure was loaded");
+        };
+        assert!(
+            e.to_string().contains("did not answer within 300 ms"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_over_the_budget_are_refused() {
+        // 64 MiB: an 8 MiB answer budget. A 16 MiB message and a million reasons exceed it.
+        for settings in [
+            [("mode", "error"), ("mb", "16")],
+            [("mode", "many"), ("count", "1000000")],
+        ] {
+            let plugin = load(&hostile(&settings, 64, 10_000)).await.unwrap();
+            let e = plugin
+                .filter(&crate::sched::RequestSpec::default().to_wit(), &one_host())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e, PluginError::BadAnswer { reason, .. }
+                    if reason.contains("passed the host more than 8388608 bytes")),
+                "{settings:?}: {e}"
+            );
+        }
+        // 4 MiB fits the budget; the agent keeps 1 KiB of it.
+        let plugin = load(&hostile(&[("mode", "error"), ("mb", "4")], 64, 10_000))
+            .await
+            .unwrap();
+        let e = plugin
+            .filter(&crate::sched::RequestSpec::default().to_wit(), &one_host())
+            .await
+            .unwrap_err();
+        let PluginError::Reported { code, message, .. } = e else {
+            panic!("{e}");
+        };
+        assert_eq!(code, "hostile");
+        assert!(message.len() < 1100, "{}", message.len());
+        assert!(
+            message.ends_with("(4193280 bytes cut)"),
+            "{}",
+            &message[1000..]
+        );
+    }
+}
