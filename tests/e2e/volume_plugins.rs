@@ -837,6 +837,8 @@ fn rogue_connection_answers_are_refused() {
     ]);
     std::fs::write(server.a.join(&other), b"another volume").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", server.a.join(&own)).unwrap();
+    let linked = format!("{own}.linked");
+    std::fs::hard_link(server.a.join(&other), server.a.join(&linked)).unwrap();
     let (a, b) = (server.a.display(), server.b.display());
     let mp = point.display();
     let vg = &t.vg;
@@ -898,6 +900,12 @@ fn rogue_connection_answers_are_refused() {
             &rogue_mount,
             format!("file={mp}/{own}"),
             "symbolic link".into(),
+        ),
+        // Its own name, but a second name of another volume's file.
+        (
+            &rogue_mount,
+            format!("file={mp}/{linked}"),
+            "hard links".into(),
         ),
         (
             &rogue,

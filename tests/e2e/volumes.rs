@@ -446,7 +446,9 @@ fn kill_9_during_a_volume_create_leaves_no_backend_object() {
 fn rogue_driver_answers_change_nothing() {
     let victims = tempfile::tempdir().unwrap();
     let victim = victims.path().join("hyperlet.db");
-    std::fs::write(&victim, b"precious state").unwrap();
+    // Larger than the image, so that a copy would fit and overwrite it.
+    let precious = b"precious state ".repeat(300_000);
+    std::fs::write(&victim, &precious).unwrap();
     let tables = "[plugins.lvm]\nvolume_groups = [\"hyperlet-none\"]\n[plugins.files]\n\
                   shares = [\"127.0.0.1:/nonexistent\"]\naccess = \"mount\"\n";
     let settings = "volume_group = \"hyperlet-none\", share = \"127.0.0.1:/nonexistent\"";
@@ -510,7 +512,10 @@ fn rogue_driver_answers_change_nothing() {
         error.contains("rogue") && error.contains("not the mount point of a granted share"),
         "{v}"
     );
-    assert_eq!(std::fs::read(&victim).unwrap(), b"precious state");
+    assert!(
+        std::fs::read(&victim).unwrap() == precious,
+        "the victim was written"
+    );
 
     // Capacity figures at the limits: shown as numbers, and a volume that cannot be summed in
     // is a 409 naming the backend, not a panic.

@@ -7,8 +7,9 @@
 //! [`Files`]) and the same name rules:
 //!
 //! * a **block device** must be an LV of a granted volume group ([`Lvm::check_device`]);
-//! * a **local file** must be a regular file (not a symbolic link) directly in the mount point
-//!   of a granted share (`access = "mount"`), named for the volume;
+//! * a **local file** must be a regular file (not a symbolic link, no second hard link)
+//!   directly in the mount point of a granted share (`access = "mount"`), named for the
+//!   volume;
 //! * an **NFS file** must be on a granted server, directly in a granted export, a regular file
 //!   named for the volume.
 //!
@@ -26,6 +27,7 @@ use super::nfs::NfsClient;
 use super::{check_file_name, Files, Lvm, Share, VolumeConnection, VolumeError, VolumeRef};
 use crate::config::ShareAccess;
 use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// NFS file type of a regular file (RFC 1813 `ftype3`).
@@ -174,6 +176,13 @@ async fn check_local(files: &Files, share: &Share, name: &str) -> Result<(), Vol
         )));
     };
     match tokio::fs::symlink_metadata(&path).await {
+        // A second name elsewhere on the file system could be anything's (a hard link).
+        Ok(meta) if meta.file_type().is_file() && meta.nlink() > 1 => {
+            Err(VolumeError::RefusedConnection {
+                answer: format!("file {}", path.display()),
+                reason: format!("it has {} hard links", meta.nlink()),
+            })
+        }
         Ok(meta) if meta.file_type().is_file() => Ok(()),
         Ok(meta) => Err(VolumeError::RefusedConnection {
             answer: format!("file {}", path.display()),
