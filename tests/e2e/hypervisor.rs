@@ -39,7 +39,10 @@ fn quick_get(agent: &Agent, client: &reqwest::blocking::Client, path: &str) -> D
         .unwrap_or_else(|e| panic!("GET {path} failed after {:?}: {e}", started.elapsed()));
     let took = started.elapsed();
     assert_eq!(resp.status(), 200, "GET {path}");
-    assert!(took < FAST, "GET {path} took {took:?} while libvirtd was stopped");
+    assert!(
+        took < FAST,
+        "GET {path} took {took:?} while libvirtd was stopped"
+    );
     took
 }
 
@@ -99,7 +102,11 @@ fn a_stopped_libvirtd_does_not_starve_the_agent() {
             "stats while libvirtd is stopped: {}",
             resp.status()
         );
-        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(
             most <= baseline + THREAD_SLACK,
             "the agent grew from {baseline} to {most} threads while libvirtd was stopped"

@@ -148,7 +148,10 @@ fn full_lifecycle_against_libvirt_and_the_guest_console() {
     let stats: Value = agent.get_json(&format!("/v1/servers/{id}/stats"));
     assert!(stats["cpu_time_ns"].as_u64().unwrap_or(0) > 0, "{stats}");
     assert_eq!(stats["vcpus"], 1, "{stats}");
-    assert!(stats["memory_actual_bytes"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(
+        stats["memory_actual_bytes"].as_u64().unwrap_or(0) > 0,
+        "{stats}"
+    );
     let vda = &stats["block"][0];
     assert_eq!(vda["device"], "vda", "{stats}");
     assert!(vda["rd_bytes"].as_u64().unwrap_or(0) > 0, "{stats}");
@@ -621,7 +624,10 @@ fn lost_records_are_adopted_from_libvirt() {
         let (ok, xml) = virsh(&args);
         assert!(ok && xml.contains(&id), "virsh {args:?}: {xml}");
         for secret in [USER_DATA, KEY_MATERIAL] {
-            assert!(!xml.contains(secret), "virsh {args:?} shows {secret}:\n{xml}");
+            assert!(
+                !xml.contains(secret),
+                "virsh {args:?} shows {secret}:\n{xml}"
+            );
         }
     }
     agent.signal(Signal::SIGTERM);

@@ -16,8 +16,8 @@ mod xml;
 
 pub use domain::{Boot, Disk, DiskSource, DomainMetadata, DomainSpec, Nic, Smbios, METADATA_NS};
 pub use domains::{DomainStatus, PowerState};
-pub use stats::{BlockStats, DomainStats, InterfaceStats};
 pub use libvirt::{HypervisorInfo, Libvirt};
+pub use stats::{BlockStats, DomainStats, InterfaceStats};
 
 use crate::config::DomainTypeSetting;
 use crate::host::KvmProbe;
