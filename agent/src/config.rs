@@ -707,9 +707,9 @@ pub struct HypervisorConfig {
     pub clean_shutdown_timeout_secs: u64,
     /// How often the agent compares its servers with libvirt, in milliseconds.
     pub sync_interval_ms: u64,
-    /// libvirt worker threads (1–32): how many libvirt calls run at once. A call stuck in
-    /// libvirtd keeps its worker; the agent never starts more. Keep it below libvirtd's
-    /// `max_client_requests` (5 by default), since all workers share one connection.
+    /// libvirt worker threads (1–32), each with its own libvirt connection: how many libvirt
+    /// calls run at once. A call stuck in libvirtd keeps its worker; the agent never starts
+    /// more, and calls fail as busy (503) while every worker is stuck.
     pub workers: usize,
 }
 

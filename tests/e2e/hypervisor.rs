@@ -121,7 +121,20 @@ fn a_stopped_libvirtd_does_not_starve_the_agent() {
         std::panic::resume_unwind(panic);
     }
 
-    // libvirt work recovers: an action goes through, and the sync follows the domain again.
+    let recovered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        recovers(&agent, &node, &id, &domain, baseline)
+    }));
+    if let Err(panic) = recovered {
+        let log = agent.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("agent log (last lines, newest first):\n{}", tail.join("\n"));
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// After SIGCONT: an action goes through, the sync follows the domain again, stats answer,
+/// and no thread is left behind.
+fn recovers(agent: &Agent, node: &PrivateLibvirt, id: &str, domain: &str, baseline: usize) {
     let deadline = Instant::now() + BOOT_LIMIT;
     loop {
         let resp = agent.send(
@@ -140,13 +153,13 @@ fn a_stopped_libvirtd_does_not_starve_the_agent() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    agent.wait_server(&id, "SHUTOFF", BOOT_LIMIT);
-    let (_, state) = node.virsh(&["domstate", &domain]);
+    agent.wait_server(id, "SHUTOFF", BOOT_LIMIT);
+    let (_, state) = node.virsh(&["domstate", domain]);
     assert!(state.contains("shut off"), "{state}");
     // Out-of-band change: the sync loop reads libvirt again.
-    let (ok, out) = node.virsh(&["start", &domain]);
+    let (ok, out) = node.virsh(&["start", domain]);
     assert!(ok, "{out}");
-    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+    agent.wait_server(id, "ACTIVE", BOOT_LIMIT);
     let stats = agent.get_json(&format!("/v1/servers/{id}/stats"));
     assert!(stats["cpu_time_ns"].as_u64().unwrap_or(0) > 0, "{stats}");
 

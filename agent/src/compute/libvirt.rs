@@ -1,15 +1,14 @@
 //! libvirt access with a deadline on every call.
 //!
 //! libvirt's C API blocks. Each call runs on one of the agent's libvirt workers
-//! ([`WorkerPool`]: a fixed number of OS threads, never tokio's blocking pool) over one
-//! long-lived connection ([`SharedConnection`], reopened when it breaks, watched by libvirt's
-//! keepalive). The caller waits at most the call's deadline — for a free worker, then for the
-//! answer. A call that overruns is reported as [`ComputeError::Timeout`] and its worker stays
+//! ([`WorkerPool`]: a fixed number of OS threads, never tokio's blocking pool) over that
+//! worker's long-lived connection (see `connection.rs`: reopened when it breaks). The caller
+//! waits at most the call's deadline — for a free worker, then for the answer. A call that overruns is reported as [`ComputeError::Timeout`] and its worker stays
 //! occupied until libvirt answers; when all workers are occupied, calls fail with
 //! [`ComputeError::Busy`]. So a hung libvirtd or QEMU never hangs the agent and never grows
 //! its thread count.
 
-use super::connection::{start_event_loop, SharedConnection};
+use super::connection::with_thread_connection;
 use super::pool::{PoolError, WorkerPool};
 use super::ComputeError;
 use serde::Serialize;
@@ -32,7 +31,7 @@ pub struct HypervisorInfo {
 /// What every handle on one libvirt endpoint shares.
 #[derive(Debug)]
 struct Endpoint {
-    connection: SharedConnection,
+    uri: String,
     workers: WorkerPool,
     /// Held (by the worker) while a domain listing runs: listings are single-flight.
     listing: Arc<tokio::sync::Mutex<()>>,
@@ -50,18 +49,17 @@ pub struct Libvirt {
 impl Libvirt {
     /// An endpoint at `uri` (e.g. `qemu:///system`) served by `workers` threads, whose
     /// queries time out after `timeout` and whose lifecycle calls (define, start, destroy,
-    /// save…) after `lifecycle_timeout`. Starts the worker threads and libvirt's event loop
-    /// (for keepalive); connects on first use.
+    /// save…) after `lifecycle_timeout`. Starts the worker threads; each connects on first
+    /// use.
     pub fn new(
         uri: impl Into<String>,
         workers: usize,
         timeout: Duration,
         lifecycle_timeout: Duration,
     ) -> Self {
-        start_event_loop();
         Self {
             endpoint: Arc::new(Endpoint {
-                connection: SharedConnection::new(uri.into()),
+                uri: uri.into(),
                 workers: WorkerPool::new(workers, "libvirt"),
                 listing: Arc::default(),
             }),
@@ -99,7 +97,7 @@ impl Libvirt {
         }
     }
 
-    /// Runs `f` with the shared connection on a libvirt worker, within the deadline.
+    /// Runs `f` on a libvirt worker with its connection, within the deadline.
     ///
     /// # Errors
     /// [`ComputeError::Libvirt`] when connecting or `f` fails, [`ComputeError::Busy`] when no
@@ -111,17 +109,15 @@ impl Libvirt {
     {
         let endpoint = self.endpoint.clone();
         let work = move || {
-            let conn = endpoint
-                .connection
-                .get()
+            with_thread_connection(&endpoint.uri, f)
                 .map_err(|e| ComputeError::Libvirt {
                     call: "virConnectOpen",
                     message: e.to_string(),
-                })?;
-            f(&conn).map_err(|e| ComputeError::Libvirt {
-                call,
-                message: e.to_string(),
-            })
+                })?
+                .map_err(|e| ComputeError::Libvirt {
+                    call,
+                    message: e.to_string(),
+                })
         };
         let seconds = self.timeout.as_secs();
         match self.endpoint.workers.run(self.timeout, work).await {
