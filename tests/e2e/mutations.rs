@@ -30,12 +30,29 @@ impl DhcpClients {
             let _ = run(&["ip", "link", "delete", &host]);
             for step in [
                 vec![
-                    "ip", "link", "add", &host, "type", "veth", "peer", "name", &inside,
-                    "netns", &clients.ns,
+                    "ip",
+                    "link",
+                    "add",
+                    &host,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &inside,
+                    "netns",
+                    &clients.ns,
                 ],
                 vec!["ip", "link", "set", &host, "master", bridge, "up"],
                 vec![
-                    "ip", "-n", &clients.ns, "link", "set", &inside, "address", mac, "up",
+                    "ip",
+                    "-n",
+                    &clients.ns,
+                    "link",
+                    "set",
+                    &inside,
+                    "address",
+                    mac,
+                    "up",
                 ],
             ] {
                 let (ok, out) = run(&step);
@@ -48,8 +65,23 @@ impl DhcpClients {
     /// The address the DHCP server leases to interface `i`, or the client's output.
     fn lease(&self, i: usize) -> Result<String, String> {
         let (ok, out) = run(&[
-            "ip", "netns", "exec", &self.ns, "busybox", "udhcpc", "-i", &format!("e{i}"),
-            "-n", "-q", "-f", "-t", "2", "-T", "1", "-s", "/bin/true",
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "busybox",
+            "udhcpc",
+            "-i",
+            &format!("e{i}"),
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
         ]);
         let leased = out
             .lines()
@@ -133,7 +165,9 @@ fn twenty_servers_created_at_once_all_get_their_lease() {
     for s in &servers {
         let id = s["id"].as_str().unwrap();
         assert_eq!(
-            agent.send(Method::DELETE, &format!("/v1/servers/{id}"), None).status(),
+            agent
+                .send(Method::DELETE, &format!("/v1/servers/{id}"), None)
+                .status(),
             202
         );
     }
@@ -170,7 +204,10 @@ fn ports_created_at_once_are_all_leased_bound_or_not() {
         .map(|p| {
             (
                 p["mac_address"].as_str().unwrap().to_string(),
-                p["fixed_ips"][0]["ip_address"].as_str().unwrap().to_string(),
+                p["fixed_ips"][0]["ip_address"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect();
@@ -181,7 +218,9 @@ fn ports_created_at_once_are_all_leased_bound_or_not() {
 /// to its config file.
 fn restart_with(agent: &mut Agent, env: &[(&str, &str)], config: &str) {
     agent.signal(nix::sys::signal::Signal::SIGTERM);
-    agent.wait_exit(Duration::from_secs(30)).expect("the agent exits");
+    agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("the agent exits");
     std::fs::write(agent.dir.path().join("hyperlet.toml"), config).expect("config");
     agent.env = env
         .iter()
@@ -242,7 +281,10 @@ fn settled(agent: &Agent, id: &str, transitional: &str) -> Value {
         if v["status"] != transitional {
             return v;
         }
-        assert!(Instant::now() < deadline, "volume {id} stays {transitional}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "volume {id} stays {transitional}: {v}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -290,7 +332,10 @@ fn attach_and_detach_killed_mid_way_settle_on_what_libvirt_has() {
     match (v["status"].as_str().unwrap(), plugged(&dom1, &vol)) {
         ("in-use", true) => {
             assert_eq!(v["attached_to"], s1.as_str(), "{v}");
-            assert!(listed, "the server's spec does not list the volume: {server}");
+            assert!(
+                listed,
+                "the server's spec does not list the volume: {server}"
+            );
         }
         ("available", false) => assert!(!listed, "{server}"),
         (status, plugged) => panic!("volume {status} while plugged={plugged}: {v}"),
@@ -301,7 +346,10 @@ fn attach_and_detach_killed_mid_way_settle_on_what_libvirt_has() {
             &format!("/v1/servers/{s2}/volumes"),
             json!({"volume_id": vol}),
         );
-        assert_eq!(s, 409, "a second server attached an in-use volume: {answer}");
+        assert_eq!(
+            s, 409,
+            "a second server attached an in-use volume: {answer}"
+        );
 
         // A detach killed after libvirt let go of the disk.
         restart_with(
@@ -328,13 +376,17 @@ fn attach_and_detach_killed_mid_way_settle_on_what_libvirt_has() {
     }
     for s in [&s1, &s2] {
         assert_eq!(
-            agent.send(Method::DELETE, &format!("/v1/servers/{s}"), None).status(),
+            agent
+                .send(Method::DELETE, &format!("/v1/servers/{s}"), None)
+                .status(),
             202
         );
         agent.wait_server_gone(s, Duration::from_secs(120));
     }
     assert_eq!(
-        agent.send(Method::DELETE, &format!("/v1/volumes/{vol}"), None).status(),
+        agent
+            .send(Method::DELETE, &format!("/v1/volumes/{vol}"), None)
+            .status(),
         202
     );
     wait_gone(&agent, &format!("/v1/volumes/{vol}"));
@@ -393,7 +445,9 @@ fn attach_and_detach_outlive_their_request_deadline() {
     }
     restart_with(&mut agent, &[], &config);
     assert_eq!(
-        agent.send(Method::DELETE, &format!("/v1/servers/{s1}"), None).status(),
+        agent
+            .send(Method::DELETE, &format!("/v1/servers/{s1}"), None)
+            .status(),
         202
     );
     agent.wait_server_gone(&s1, Duration::from_secs(120));
@@ -437,7 +491,11 @@ fn volume_and_snapshot_work_killed_mid_way_is_settled_on_restart() {
     assert_eq!(v["status"], "extending");
     crash(&mut agent);
     let v = agent.get_json(&format!("/v1/volumes/{id}"));
-    assert_eq!((v["status"].as_str(), v["size_gb"].as_u64()), (Some("available"), Some(2)), "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["size_gb"].as_u64()),
+        (Some("available"), Some(2)),
+        "{v}"
+    );
     assert_eq!(vg.lvs()[0].1, 2 << 30);
 
     // Snapshot create: interrupted after the driver made it → rolled back: the snapshot LV is
@@ -450,12 +508,19 @@ fn volume_and_snapshot_work_killed_mid_way_is_settled_on_restart() {
     crash(&mut agent);
     let snap = agent.get_json(&format!("/v1/snapshots/{snap_id}"));
     assert_eq!(snap["status"], "error", "{snap}");
-    assert_eq!(vg.lvs().len(), 1, "the snapshot LV was leaked: {:?}", vg.lvs());
+    assert_eq!(
+        vg.lvs().len(),
+        1,
+        "the snapshot LV was leaked: {:?}",
+        vg.lvs()
+    );
 
     // The errored snapshot deletes cleanly; a good one's delete is interrupted after the
     // driver removed its LV, and finished at the next start.
     assert_eq!(
-        agent.send(Method::DELETE, &format!("/v1/snapshots/{snap_id}"), None).status(),
+        agent
+            .send(Method::DELETE, &format!("/v1/snapshots/{snap_id}"), None)
+            .status(),
         202
     );
     wait_gone(&agent, &format!("/v1/snapshots/{snap_id}"));
@@ -479,5 +544,64 @@ fn volume_and_snapshot_work_killed_mid_way_is_settled_on_restart() {
     assert_eq!(v["status"], "deleting", "{v}");
     crash(&mut agent);
     assert_eq!(agent.get(&format!("/v1/volumes/{id}")).status(), 404);
+    assert!(vg.lvs().is_empty(), "{:?}", vg.lvs());
+}
+
+/// A request deadline (1 s) shorter than the driver's work (paused 3 s after it): extend and
+/// delete answer 202 at once and finish in the background.
+#[test]
+fn extend_and_delete_outlive_their_request_deadline() {
+    let vg = TestVg::new(4);
+    let config = lvm_config(&vg);
+    let mut agent = Agent::start_with_config(&config);
+    let (s, t) = post(
+        &agent,
+        "/v1/volume-types",
+        json!({"name": "lvm", "backend": "lvm", "is_default": true}),
+    );
+    assert_eq!(s, 201, "{t}");
+    let (s, v) = post(&agent, "/v1/volumes", json!({"size_gb": 1}));
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_volume(&agent, &id, "available");
+    let short = format!("{config}\n[api]\nrequest_timeout_secs = 1\n");
+    let pause = [("HYPERLET_FAILPOINT_DELAY_MS", "3000")];
+
+    restart_with(
+        &mut agent,
+        &[
+            ("HYPERLET_FAILPOINT", "volume.extend:driver_extend"),
+            pause[0],
+        ],
+        &short,
+    );
+    let (s, v) = post(
+        &agent,
+        &format!("/v1/volumes/{id}/action"),
+        json!({"extend": {"new_size_gb": 2}}),
+    );
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["status"], "extending", "{v}");
+    wait_failpoint(&agent);
+    let v = settled(&agent, &id, "extending");
+    assert_eq!(
+        (v["status"].as_str(), v["size_gb"].as_u64()),
+        (Some("available"), Some(2)),
+        "{v}"
+    );
+    assert_eq!(vg.lvs()[0].1, 2 << 30);
+
+    restart_with(
+        &mut agent,
+        &[
+            ("HYPERLET_FAILPOINT", "volume.delete:driver_delete"),
+            pause[0],
+        ],
+        &short,
+    );
+    let resp = agent.send(Method::DELETE, &format!("/v1/volumes/{id}"), None);
+    assert_eq!(resp.status(), 202, "{}", resp.text().unwrap_or_default());
+    wait_failpoint(&agent);
+    wait_gone(&agent, &format!("/v1/volumes/{id}"));
     assert!(vg.lvs().is_empty(), "{:?}", vg.lvs());
 }

@@ -42,7 +42,10 @@ pub fn wait_for(agent: &Agent, path: &str, status: &str) -> Value {
             return v;
         }
         assert!(v["status"] != "error", "{path} failed: {v}");
-        assert!(Instant::now() < deadline, "{path} never became {status}: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "{path} never became {status}: {v}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

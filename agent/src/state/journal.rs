@@ -507,7 +507,12 @@ async fn failpoint(kind: &str, step: &str) {
             .ok()
             .and_then(|d| d.parse::<u64>().ok());
         if let Some(ms) = delay {
-            tracing::warn!(kind, step, ms, "failpoint reached; this operation pauses here");
+            tracing::warn!(
+                kind,
+                step,
+                ms,
+                "failpoint reached; this operation pauses here"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             return;
         }

@@ -105,10 +105,15 @@ impl OperationHandler for DeleteHandler {
                 .error
                 .clone()
                 .unwrap_or_else(|| "the delete was interrupted".into());
-            set_status(&self.services, &op.resource_id, "error_deleting", Some(error))
-                .await
-                .map(drop)
-                .map_err(|e| crate::api::error::chain(&e))
+            set_status(
+                &self.services,
+                &op.resource_id,
+                "error_deleting",
+                Some(error),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| crate::api::error::chain(&e))
         })
     }
 

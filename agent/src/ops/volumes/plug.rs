@@ -16,8 +16,7 @@ use super::attach::{AttachedVolume, VolumeDisk};
 use super::{driver, set_status, volume_ref};
 use crate::ops::{background, OpError, Services};
 use crate::state::{
-    Volume,
-    Operation, OperationHandler, OperationRecord, RestartPolicy, StepRecord, UndoFuture,
+    Operation, OperationHandler, OperationRecord, RestartPolicy, StepRecord, UndoFuture, Volume,
 };
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -142,7 +141,11 @@ async fn mark_available(
 }
 
 /// Records the volume `in-use` on the plug's server and device, and says so.
-async fn mark_in_use(services: &Services, plug: &Plug, error: Option<String>) -> Result<(), OpError> {
+async fn mark_in_use(
+    services: &Services,
+    plug: &Plug,
+    error: Option<String>,
+) -> Result<(), OpError> {
     if let Some(mut volume) = services.store().get_volume(&plug.volume_id).await? {
         volume.status = "in-use".into();
         volume.attached_to = Some(plug.server_id.clone());
@@ -405,7 +408,9 @@ async fn fail(op: Operation, plug: &Plug, e: &OpError, what: &str) {
         Ok(Err(undo)) => {
             tracing::error!(volume_id = %plug.volume_id, %undo, "rollback is incomplete; the next start retries it");
         }
-        Err(e) => tracing::error!(volume_id = %plug.volume_id, error = %e, "cannot record the rollback"),
+        Err(e) => {
+            tracing::error!(volume_id = %plug.volume_id, error = %e, "cannot record the rollback")
+        }
     }
 }
 
@@ -467,18 +472,15 @@ impl OperationHandler for PlugHandler {
                     {
                         let xml = disk.disk(&plug.device, &plug.volume_id).to_xml();
                         // Best effort: whatever the guest does, `record` settles on the truth.
-                        if let Err(e) = services.libvirt().detach_device(&plug.domain, xml).await
-                        {
+                        if let Err(e) = services.libvirt().detach_device(&plug.domain, xml).await {
                             tracing::warn!(volume_id = %plug.volume_id, error = %e, "cannot unplug a half-attached disk");
                         }
                     }
                     Ok(())
                 }
-                (_, "record") => {
-                    reconcile(services, &plug, recorded_disk(op), op.error.clone())
-                        .await
-                        .map_err(|e| crate::api::error::chain(&e))
-                }
+                (_, "record") => reconcile(services, &plug, recorded_disk(op), op.error.clone())
+                    .await
+                    .map_err(|e| crate::api::error::chain(&e)),
                 _ => Ok(()),
             }
         })

@@ -6,9 +6,9 @@ use crate::state::{
     OperationHandler, OperationRecord, RestartPolicy, Snapshot, StepRecord, UndoFuture,
 };
 use crate::volume::{SnapshotRef, VolumeRef};
-use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use utoipa::ToSchema;
 
 /// `POST /v1/snapshots`.
@@ -117,7 +117,8 @@ pub async fn create(services: &Services, req: SnapshotCreate) -> Result<Snapshot
         let _guard = guard;
         let id = snap.id.clone();
         let sref = snapshot_ref(&snap, &volume);
-        let input = json!({ "backend": volume.backend, "volume_id": volume.id, "size_gb": snap.size_gb });
+        let input =
+            json!({ "backend": volume.backend, "volume_id": volume.id, "size_gb": snap.size_gb });
         let Some(mut op) =
             background::begin_recorded(&services, CREATE_KIND, &id, input, answer, || async {
                 services.store().put_snapshot(snap.clone()).await?;
@@ -138,7 +139,9 @@ pub async fn create(services: &Services, req: SnapshotCreate) -> Result<Snapshot
         };
         let result = async {
             op.step("driver_create", json!({}), || {
-                driver::call(&services, &volume.backend, move |p| p.snapshot_create(&sref))
+                driver::call(&services, &volume.backend, move |p| {
+                    p.snapshot_create(&sref)
+                })
             })
             .await?;
             set_status(&services, &id, "available", None).await?;
@@ -183,7 +186,8 @@ pub async fn delete(services: &Services, id: &str) -> Result<Snapshot, OpError> 
         let _guard = guard;
         let id = snap.id.clone();
         let sref = snapshot_ref(&snap, &volume);
-        let input = json!({ "backend": volume.backend, "volume_id": volume.id, "size_gb": snap.size_gb });
+        let input =
+            json!({ "backend": volume.backend, "volume_id": volume.id, "size_gb": snap.size_gb });
         let Some(mut op) =
             background::begin_recorded(&services, DELETE_KIND, &id, input, answer, || async {
                 set_status(&services, &id, "deleting", None)
@@ -199,7 +203,9 @@ pub async fn delete(services: &Services, id: &str) -> Result<Snapshot, OpError> 
         };
         let result = async {
             op.step("driver_delete", json!({}), || {
-                driver::call(&services, &volume.backend, move |p| p.snapshot_delete(&sref))
+                driver::call(&services, &volume.backend, move |p| {
+                    p.snapshot_delete(&sref)
+                })
             })
             .await?;
             forget(&services, &id, &snap.volume_id).await
@@ -291,10 +297,15 @@ impl OperationHandler for DeleteHandler {
                 .error
                 .clone()
                 .unwrap_or_else(|| "the delete was interrupted".into());
-            set_status(&self.services, &op.resource_id, "error_deleting", Some(error))
-                .await
-                .map(drop)
-                .map_err(|e| crate::api::error::chain(&e))
+            set_status(
+                &self.services,
+                &op.resource_id,
+                "error_deleting",
+                Some(error),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| crate::api::error::chain(&e))
         })
     }
 
@@ -307,19 +318,18 @@ impl OperationHandler for DeleteHandler {
             let services = &self.services;
             let (backend, sref) = sref_of(op);
             let volume_id = sref.volume.id.clone();
-            let outcome = match driver::call(services, &backend, move |p| p.snapshot_delete(&sref))
-                .await
-            {
-                Ok(()) => forget(services, &op.resource_id, &volume_id).await,
-                Err(e) => set_status(
-                    services,
-                    &op.resource_id,
-                    "error_deleting",
-                    Some(crate::api::error::chain(&e)),
-                )
-                .await
-                .map(drop),
-            };
+            let outcome =
+                match driver::call(services, &backend, move |p| p.snapshot_delete(&sref)).await {
+                    Ok(()) => forget(services, &op.resource_id, &volume_id).await,
+                    Err(e) => set_status(
+                        services,
+                        &op.resource_id,
+                        "error_deleting",
+                        Some(crate::api::error::chain(&e)),
+                    )
+                    .await
+                    .map(drop),
+                };
             outcome.map_err(|e| crate::api::error::chain(&e))
         })
     }
