@@ -17,7 +17,7 @@ fn delete(agent: &Agent, path: &str) -> (u16, String) {
 }
 
 /// Waits until the volume reaches `status` (fails at once on `error`).
-fn wait_volume(agent: &Agent, id: &str, status: &str) -> Value {
+pub fn wait_volume(agent: &Agent, id: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let v = agent.get_json(&format!("/v1/volumes/{id}"));
@@ -33,6 +33,32 @@ fn wait_volume(agent: &Agent, id: &str, status: &str) -> Value {
     }
 }
 
+/// Waits until `GET path` shows `status` (fails at once on `error`).
+pub fn wait_for(agent: &Agent, path: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let v = agent.get_json(path);
+        if v["status"] == status {
+            return v;
+        }
+        assert!(v["status"] != "error", "{path} failed: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "{path} never became {status}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until `GET path` answers 404.
+pub fn wait_gone(agent: &Agent, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while agent.get(path).status() != 404 {
+        assert!(Instant::now() < deadline, "{path} is still there");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn create_volume(agent: &Agent, body: Value) -> Value {
     let (s, v) = post(agent, "/v1/volumes", body.clone());
     assert_eq!(s, 202, "{body} → {v}");
@@ -41,7 +67,7 @@ fn create_volume(agent: &Agent, body: Value) -> Value {
 }
 
 /// The agent's configuration with one LVM backend on `vg`.
-fn lvm_config(vg: &TestVg) -> String {
+pub fn lvm_config(vg: &TestVg) -> String {
     format!(
         "{}\n{}",
         CONFIG,
@@ -129,14 +155,17 @@ fn lvm_volumes_through_the_api_and_bad_input() {
         &format!("/v1/volumes/{id}/action"),
         json!({"extend": {"new_size_gb": 2}}),
     );
-    assert_eq!(s, 200, "{grown}");
+    assert_eq!(s, 202, "{grown}");
+    assert_eq!(grown["status"], "extending");
+    let grown = wait_volume(&agent, id, "available");
     assert_eq!(grown["size_gb"], 2);
     assert_eq!(vg.lvs()[0].1, 2 << 30);
 
     // Snapshots: an LVM snapshot of the origin; the volume cannot go while it exists.
     let (s, snap) = post(&agent, "/v1/snapshots", json!({"volume_id": id}));
-    assert_eq!(s, 201, "{snap}");
+    assert_eq!(s, 202, "{snap}");
     let snap_id = snap["id"].as_str().unwrap();
+    wait_for(&agent, &format!("/v1/snapshots/{snap_id}"), "available");
     let lvs = vg.lvs();
     assert!(
         lvs.iter()
@@ -145,10 +174,12 @@ fn lvm_volumes_through_the_api_and_bad_input() {
     );
     let (s, answer) = delete(&agent, &format!("/v1/volumes/{id}"));
     assert_eq!(s, 409, "{answer}");
-    assert_eq!(delete(&agent, &format!("/v1/snapshots/{snap_id}")).0, 204);
+    assert_eq!(delete(&agent, &format!("/v1/snapshots/{snap_id}")).0, 202);
+    wait_gone(&agent, &format!("/v1/snapshots/{snap_id}"));
     let (s, answer) = delete(&agent, "/v1/volume-types/fast");
     assert_eq!(s, 409, "a used type: {answer}");
-    assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
+    assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 202);
+    wait_gone(&agent, &format!("/v1/volumes/{id}"));
     assert!(vg.lvs().is_empty(), "{:?}", vg.lvs());
     assert_eq!(delete(&agent, "/v1/volume-types/fast").0, 204);
 }
@@ -182,7 +213,7 @@ fn guest_sh(domain: &str, script: &str) -> String {
     }
 }
 
-fn boot(agent: &Agent, name: &str, source: Value) -> (String, String) {
+pub fn boot(agent: &Agent, name: &str, source: Value) -> (String, String) {
     let mut body = json!({"name": name, "flavor": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1}});
     for (k, v) in source.as_object().unwrap() {
         body[k] = v.clone();
@@ -252,8 +283,10 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         &format!("/v1/servers/{s1}/volumes"),
         json!({"volume_id": data_id}),
     );
-    assert_eq!(s, 200, "{server}");
-    assert_eq!(server["volumes"][0]["device"], "vdb");
+    assert_eq!(s, 202, "{server}");
+    assert_eq!(server["status"], "attaching");
+    assert_eq!(server["device"], "vdb");
+    wait_volume(&agent, &data_id, "in-use");
     agent.wait_console(
         &s1,
         "HYPERLET-GUEST: disk-added vdb",
@@ -274,17 +307,14 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         &format!("/v1/servers/{s1}/volumes/{data_id}"),
         None,
     );
-    assert_eq!(resp.status(), 200, "{}", resp.text().unwrap_or_default());
+    assert_eq!(resp.status(), 202, "{}", resp.text().unwrap_or_default());
     agent.wait_console(
         &s1,
         "HYPERLET-GUEST: disk-removed vdb",
         1,
         Duration::from_secs(60),
     );
-    assert_eq!(
-        agent.get_json(&format!("/v1/volumes/{data_id}"))["status"],
-        "available"
-    );
+    wait_volume(&agent, &data_id, "available");
 
     let (s2, dom2) = boot(&agent, "second", json!({"image_id": image}));
     let (s, _) = post(
@@ -292,7 +322,8 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         &format!("/v1/servers/{s2}/volumes"),
         json!({"volume_id": data_id}),
     );
-    assert_eq!(s, 200);
+    assert_eq!(s, 202);
+    wait_volume(&agent, &data_id, "in-use");
     agent.wait_console(
         &s2,
         "HYPERLET-GUEST: disk-added vdb",
@@ -312,7 +343,8 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         &format!("/v1/servers/{s2}/volumes/{data_id}"),
         None,
     );
-    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.status(), 202);
+    wait_volume(&agent, &data_id, "available");
     agent.wait_console(
         &s2,
         "HYPERLET-GUEST: disk-removed vdb",
@@ -322,8 +354,9 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
 
     // Snapshot, a volume from it, a clone, extend.
     let (s, snap) = post(&agent, "/v1/snapshots", json!({"volume_id": data_id}));
-    assert_eq!(s, 201, "{snap}");
+    assert_eq!(s, 202, "{snap}");
     let snap_id = snap["id"].as_str().unwrap().to_string();
+    wait_for(&agent, &format!("/v1/snapshots/{snap_id}"), "available");
     let from_snap = create_volume(&agent, json!({"size_gb": 1, "snapshot_id": snap_id}));
     let clone = create_volume(&agent, json!({"size_gb": 2, "source_volid": data_id}));
     let clone_id = clone["id"].as_str().unwrap().to_string();
@@ -332,7 +365,8 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         &format!("/v1/volumes/{clone_id}/action"),
         json!({"extend": {"new_size_gb": 3}}),
     );
-    assert_eq!(s, 200, "{grown}");
+    assert_eq!(s, 202, "{grown}");
+    wait_volume(&agent, &clone_id, "available");
     let info = Observe::Nfs.image(&nfs.a, &format!("volume-{clone_id}"));
     assert_eq!(info["virtual-size"], 3u64 << 30, "{info}");
     // The clone and the snapshot's volume carry the marker too.
@@ -345,7 +379,8 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
             &format!("/v1/servers/{s2}/volumes"),
             json!({"volume_id": id}),
         );
-        assert_eq!(s, 200);
+        assert_eq!(s, 202);
+        wait_volume(&agent, id, "in-use");
         agent.wait_console(
             &s2,
             "HYPERLET-GUEST: disk-added vdb",
@@ -362,7 +397,8 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
             &format!("/v1/servers/{s2}/volumes/{id}"),
             None,
         );
-        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.status(), 202);
+        wait_volume(&agent, id, "available");
         agent.wait_console(
             &s2,
             "HYPERLET-GUEST: disk-removed vdb",
@@ -381,11 +417,14 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
         "available"
     );
     for id in [from_snap["id"].as_str().unwrap(), &clone_id] {
-        assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
+        assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 202);
+        wait_gone(&agent, &format!("/v1/volumes/{id}"));
     }
-    assert_eq!(delete(&agent, &format!("/v1/snapshots/{snap_id}")).0, 204);
+    assert_eq!(delete(&agent, &format!("/v1/snapshots/{snap_id}")).0, 202);
+    wait_gone(&agent, &format!("/v1/snapshots/{snap_id}"));
     for id in [&data_id, &root_id] {
-        assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
+        assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 202);
+        wait_gone(&agent, &format!("/v1/volumes/{id}"));
     }
 }
 
@@ -435,7 +474,8 @@ fn kill_9_during_a_volume_create_leaves_no_backend_object() {
         "the rolled-back create left {:?}",
         vg.lvs()
     );
-    assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 204);
+    assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 202);
+    wait_gone(&agent, &format!("/v1/volumes/{id}"));
 }
 
 /// A rogue volume driver answers a connection to a file outside its shares (standing in for

@@ -6,6 +6,7 @@ use super::table::print_value;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
 
 /// `hyperlet volume-type` subcommands.
 #[derive(Debug, Subcommand)]
@@ -63,6 +64,9 @@ pub enum VolumeCommand {
         /// Clone this volume.
         #[arg(long)]
         source: Option<String>,
+        /// Wait until it is available (or error).
+        #[arg(long)]
+        wait: bool,
         /// Connection options.
         #[command(flatten)]
         client: ClientArgs,
@@ -88,6 +92,9 @@ pub enum VolumeCommand {
         /// New size, GiB.
         #[arg(long)]
         size: i64,
+        /// Wait until the extend has finished.
+        #[arg(long)]
+        wait: bool,
         /// Connection options.
         #[command(flatten)]
         client: ClientArgs,
@@ -113,6 +120,9 @@ pub enum SnapshotCommand {
         /// Name.
         #[arg(long, default_value = "")]
         name: String,
+        /// Wait until it is available (or error).
+        #[arg(long)]
+        wait: bool,
         /// Connection options.
         #[command(flatten)]
         client: ClientArgs,
@@ -223,6 +233,7 @@ pub async fn run_volume(cmd: VolumeCommand) -> Result<(), ClientError> {
             image,
             snapshot,
             source,
+            wait,
             client,
         } => {
             let mut body = Map::new();
@@ -232,20 +243,28 @@ pub async fn run_volume(cmd: VolumeCommand) -> Result<(), ClientError> {
             put(&mut body, "image_id", image);
             put(&mut body, "snapshot_id", snapshot);
             put(&mut body, "source_volid", source);
-            create(&VOLUMES, Value::Object(body), &client).await
+            create_waiting(&VOLUMES, Value::Object(body), wait, &client).await
         }
         VolumeCommand::List { client } => list(&VOLUMES, "", &client).await,
         VolumeCommand::Show { id, client } => show(&VOLUMES, &id, &client).await,
-        VolumeCommand::Extend { id, size, client } => {
+        VolumeCommand::Extend {
+            id,
+            size,
+            wait,
+            client,
+        } => {
             let api = ApiClient::from_args(&client)?;
             let body = json!({"extend": {"new_size_gb": size}});
-            let volume: Value = api
+            let mut volume: Value = api
                 .request(
                     Method::POST,
                     &format!("/v1/volumes/{id}/action"),
                     Some(&body),
                 )
                 .await?;
+            if wait {
+                volume = wait_settled(&api, &format!("/v1/volumes/{id}")).await?;
+            }
             print_value(&client, &volume, render);
             Ok(())
         }
@@ -262,11 +281,13 @@ pub async fn run_snapshot(cmd: SnapshotCommand) -> Result<(), ClientError> {
         SnapshotCommand::Create {
             volume,
             name,
+            wait,
             client,
         } => {
-            create(
+            create_waiting(
                 &SNAPSHOTS,
                 json!({"volume_id": volume, "name": name}),
+                wait,
                 &client,
             )
             .await
@@ -280,6 +301,46 @@ pub async fn run_snapshot(cmd: SnapshotCommand) -> Result<(), ClientError> {
         SnapshotCommand::Show { id, client } => show(&SNAPSHOTS, &id, &client).await,
         SnapshotCommand::Delete { id, client } => delete(&SNAPSHOTS, &id, &client).await,
     }
+}
+
+/// Statuses a volume or snapshot passes through while the agent works on it.
+const TRANSITIONAL: &[&str] = &[
+    "creating",
+    "extending",
+    "deleting",
+    "attaching",
+    "detaching",
+];
+
+/// Polls `path` until its status is no longer transitional (at most 10 minutes).
+async fn wait_settled(api: &ApiClient, path: &str) -> Result<Value, ClientError> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let item: Value = api.request(Method::GET, path, None::<&()>).await?;
+        let status = item["status"].as_str().unwrap_or_default();
+        if !TRANSITIONAL.contains(&status) || Instant::now() > deadline {
+            return Ok(item);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `POST` a record (answered 202) and print it, after it settled when `wait`.
+async fn create_waiting(
+    kind: &Kind,
+    body: Value,
+    wait: bool,
+    client: &ClientArgs,
+) -> Result<(), ClientError> {
+    if !wait {
+        return create(kind, body, client).await;
+    }
+    let api = ApiClient::from_args(client)?;
+    let item: Value = api.request(Method::POST, kind.path, Some(&body)).await?;
+    let id = item["id"].as_str().unwrap_or_default();
+    let item = wait_settled(&api, &format!("{}/{id}", kind.path)).await?;
+    print_value(client, &item, render);
+    Ok(())
 }
 
 /// Runs `hyperlet backend list`.

@@ -8,8 +8,14 @@
 //! work (bad size, unknown type, a full backend, a volume in use) are answered at once and
 //! change nothing.
 //!
+//! Extend, delete, snapshots, attach and detach answer 202 too, with the transitional status,
+//! and run detached under the journal (`volume.extend`, `volume.delete`, `snapshot.create`,
+//! `snapshot.delete`, `volume.attach`, `volume.detach`).
+//!
 //! * `types` — volume types; `driver` — calls into the drivers and their error mapping;
+//! * `extend`, `delete` — the journaled extend and delete;
 //! * `snapshots` — snapshots; `attach` — attach/detach on servers and the disk XML;
+//!   `plug` — their journaled hot-plug and the settling on what libvirt has;
 //! * `recover` — volumes a crash left mid-way, put right at startup.
 
 pub mod attach;

@@ -1,5 +1,6 @@
-//! Volumes left mid-way by a crash, put right at startup (after the journal's recovery, which
-//! has already rolled back interrupted creates).
+//! Volumes left mid-way by a crash without a journal record, put right at startup (after the
+//! journal's recovery, which has settled every journaled create, attach, detach, extend and
+//! delete). A volume whose journaled operation is still unsettled is left alone.
 //!
 //! | left as | becomes |
 //! |---|---|
