@@ -31,9 +31,11 @@ pub struct NetworkCreate {
     pub physical_network: Option<String>,
     /// VLAN id (1–4094) or VNI (1–16777215).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 16_777_215)]
     pub segmentation_id: Option<u32>,
     /// MTU [default: 1500, 1450 for vxlan].
     #[serde(default)]
+    #[schema(minimum = 68, maximum = 9000)]
     pub mtu: Option<u32>,
     /// The network backend plugin [default: the only configured one].
     #[serde(default)]
@@ -314,6 +316,7 @@ pub struct PortCreate {
     pub name: String,
     /// MAC address [default: generated in fa:16:3e:xx:xx:xx]. Also accepted as `mac`.
     #[serde(default, alias = "mac")]
+    #[schema(pattern = "^(?!00:00:00:00:00:00$)[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
     pub mac_address: Option<String>,
     /// Addresses [default: one free address].
     #[serde(default)]
