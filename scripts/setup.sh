@@ -26,8 +26,9 @@ PACKAGES=(
     sqlite3
     iproute2 nftables
     openssl curl wrk
-    # python3: cloud-init's readers in the e2e test and scripts/bench.sh.
-    python3
+    # python3: cloud-init's readers in the e2e test and scripts/bench.sh; python3-venv for the
+    # schemathesis venv below (Debian 12's pip refuses to install into the system).
+    python3 python3-venv
     # nginx: the baseline of the metadata bench (agent/benches/metadata.rs), which starts its own
     # nginx with its own config inside a namespace; the distribution's service is not wanted.
     nginx
@@ -82,6 +83,15 @@ if [[ " ${missing[*]-} " == *" nginx "* ]] && [ -s /run/nginx.pid ]; then
             sleep 0.1
         done
     fi
+fi
+
+# schemathesis (PyPI), the OpenAPI fuzzer of tests/e2e/fuzz.rs, in its own venv at a fixed path.
+SCHEMATHESIS_VERSION=4.32.5
+VENV=/opt/hyperlet-venv
+if [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
 # The wasm target for plugins.

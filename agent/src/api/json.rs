@@ -3,7 +3,8 @@
 //! Numbers are read as JSON Schema reads them: `2.0` is the integer 2, so a client generated
 //! from the OpenAPI document (where such fields are `type: integer`) is not refused for
 //! writing an integral value with a fraction part. `2.5` stays a number an integer field
-//! refuses.
+//! refuses. Integers beyond the signed 64-bit range (`format: int64` in the document) are
+//! refused whatever the field.
 
 use super::error::ApiError;
 use axum::body::Bytes;
@@ -53,7 +54,9 @@ where
                 format!("The request body is not valid JSON: {e}"),
             )
         })?;
-        integral_floats_to_integers(&mut value);
+        integral_floats_to_integers(&mut value).map_err(|e| {
+            ApiError::bad_request(format!("The request body has a number out of range: {e}"))
+        })?;
         serde_path_to_error::deserialize(value)
             .map(Self)
             .map_err(|e| {
@@ -89,24 +92,29 @@ fn is_json(req: &Request) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Rewrites every float with no fraction part that fits a 64-bit integer as that integer.
-fn integral_floats_to_integers(value: &mut Value) {
+/// Largest integer a request may carry: the document says `int64` for every integer.
+const MAX_INTEGER: u64 = i64::MAX as u64;
+
+/// Rewrites every float with no fraction part that fits a 64-bit signed integer as that
+/// integer, and refuses integers beyond the signed 64-bit range.
+fn integral_floats_to_integers(value: &mut Value) -> Result<(), String> {
     match value {
+        Value::Number(n) if n.as_u64().is_some_and(|u| u > MAX_INTEGER) => Err(format!(
+            "{n} is larger than {MAX_INTEGER}, the largest integer the API takes"
+        )),
         Value::Number(n) if n.is_f64() => {
-            let Some(f) = n.as_f64() else { return };
-            if f.fract() != 0.0 || !f.is_finite() {
-                return;
-            }
-            // -2^63 ≤ f < 2^63 (i64) or 0 ≤ f < 2^64 (u64): both bounds are exact in f64.
-            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+            let Some(f) = n.as_f64() else { return Ok(()) };
+            // -2^63 ≤ f < 2^63: both bounds are exact in f64.
+            if f.fract() == 0.0
+                && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f)
+            {
                 *value = Value::from(f as i64);
-            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
-                *value = Value::from(f as u64);
             }
+            Ok(())
         }
-        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
-        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
-        _ => {}
+        Value::Array(items) => items.iter_mut().try_for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().try_for_each(integral_floats_to_integers),
+        _ => Ok(()),
     }
 }
 
@@ -116,14 +124,22 @@ mod tests {
 
     #[test]
     fn integral_floats_become_integers_and_fractions_stay() {
-        let mut v = serde_json::json!({"a": 2.0, "b": [-3.0, 1.5], "c": 1e19, "d": 1e300});
-        integral_floats_to_integers(&mut v);
+        let mut v = serde_json::json!({"a": 2.0, "b": [-3.0, 1.5], "d": 1e300});
+        integral_floats_to_integers(&mut v).unwrap();
         assert_eq!(v["a"], Value::from(2_i64));
         assert_eq!(v["b"][0], Value::from(-3_i64));
         assert!(v["b"][1].is_f64());
-        assert_eq!(v["c"], Value::from(10_000_000_000_000_000_000_u64));
         assert!(v["d"].is_f64());
         let n: u64 = serde_json::from_value(v["a"].clone()).unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn integers_beyond_int64_are_refused() {
+        let mut ok = serde_json::json!({"a": 9_223_372_036_854_775_807_u64});
+        integral_floats_to_integers(&mut ok).unwrap();
+        let mut big = serde_json::json!({"a": [9_223_372_036_854_775_808_u64]});
+        let err = integral_floats_to_integers(&mut big).unwrap_err();
+        assert!(err.contains("9223372036854775808"), "{err}");
     }
 }

@@ -142,6 +142,9 @@ impl Modify for CommonResponses {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let public = PUBLIC_PATHS.contains(&path.as_str());
             for op in operations(item) {
+                for param in op.parameters.iter_mut().flatten() {
+                    not_nullable(param);
+                }
                 if !public {
                     op.security = Some(vec![SecurityRequirement::new(
                         "bearer",
@@ -180,6 +183,26 @@ impl Modify for CommonResponses {
                 }
             }
         }
+    }
+}
+
+/// An optional parameter is absent or a value: `null` is no value a query string or header
+/// can carry (utoipa writes `Option<T>` as `[T, null]`).
+fn not_nullable(param: &mut utoipa::openapi::path::Parameter) {
+    let Some(schema) = &param.schema else { return };
+    let Ok(mut json) = serde_json::to_value(schema) else {
+        return;
+    };
+    let Some(types) = json.get_mut("type").and_then(|t| t.as_array_mut()) else {
+        return;
+    };
+    types.retain(|t| t != "null");
+    if types.len() == 1 {
+        let only = types[0].clone();
+        json["type"] = only;
+    }
+    if let Ok(schema) = serde_json::from_value(json) {
+        param.schema = Some(schema);
     }
 }
 

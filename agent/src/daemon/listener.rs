@@ -162,7 +162,7 @@ pub async fn serve(
 enum Io {
     Plain(TcpStream),
     /// `Err` when the handshake failed (logged).
-    Tls(Result<tokio_rustls::server::TlsStream<TcpStream>, ()>),
+    Tls(Result<Box<tokio_rustls::server::TlsStream<TcpStream>>, ()>),
 }
 
 /// Runs the TLS handshake, if any, within `limit`. `Err` when it ran out of time.
@@ -176,7 +176,7 @@ async fn accept_tls(
         return Ok(Io::Plain(stream));
     };
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => Ok(Io::Tls(Ok(s))),
+        Ok(Ok(s)) => Ok(Io::Tls(Ok(Box::new(s)))),
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed");
             Ok(Io::Tls(Err(())))

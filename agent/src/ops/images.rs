@@ -15,15 +15,38 @@ pub const CONTAINER_FORMATS: [&str; 4] = ["bare", "aki", "ari", "ami"];
 /// Properties whose value must be an image id.
 const IMAGE_REF_PROPERTIES: [&str; 2] = ["kernel_id", "ramdisk_id"];
 
+fn disk_format_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("raw, qcow2, vmdk, vdi, vhdx, aki, ari or ami."))
+        .enum_values(Some(DISK_FORMATS))
+        .build()
+}
+
+fn container_format_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("bare, aki (kernel), ari (ramdisk) or ami."))
+        .enum_values(Some(CONTAINER_FORMATS))
+        .build()
+}
+
 /// `POST /v1/images` body.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageCreate {
     /// Name, 1–255 characters.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub name: String,
     /// raw, qcow2, vmdk, vdi, vhdx, aki, ari or ami.
+    #[schema(schema_with = disk_format_schema)]
     pub disk_format: String,
     /// bare, aki (kernel), ari (ramdisk) or ami.
+    #[schema(schema_with = container_format_schema)]
     pub container_format: String,
     /// Properties; `kernel_id`, `ramdisk_id` and `os_command_line` on a root image mean direct
     /// kernel boot.

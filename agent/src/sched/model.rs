@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 pub struct RequestSpec {
     /// Virtual CPUs.
     #[serde(default)]
+    #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_i64)]
     pub vcpus: u32,
     /// Memory, MiB.
     #[serde(default)]

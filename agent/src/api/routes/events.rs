@@ -172,7 +172,7 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, Infallible>, St
 fn push_message(out: &mut String, id: Option<u64>, kind: &str, data: &str) {
     use std::fmt::Write;
     if let Some(id) = id {
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     let _ = write!(out, "event: {kind}\ndata: {data}\n\n");
 }

@@ -183,20 +183,17 @@ pub async fn list_ports(
     State(services): State<Services>,
     Query(filter): Query<NetFilter>,
 ) -> Result<Json<PortList>, ApiError> {
-    let filter = match (filter.network_id, filter.device_id) {
-        (Some(n), None) => PortFilter::Network(n),
-        (None, Some(d)) => PortFilter::Device(d),
-        (None, None) => PortFilter::All,
-        (Some(_), Some(_)) => {
-            return Err(crate::ops::OpError::InvalidInput(
-                "filter by network_id or device_id, not both".into(),
-            )
-            .into())
-        }
+    // Both filters: the network's ports of that device.
+    let (store_filter, device) = match (filter.network_id, filter.device_id) {
+        (Some(n), d) => (PortFilter::Network(n), d),
+        (None, Some(d)) => (PortFilter::Device(d), None),
+        (None, None) => (PortFilter::All, None),
     };
-    Ok(Json(PortList {
-        ports: ports::list(&services, filter).await?,
-    }))
+    let mut ports = ports::list(&services, store_filter).await?;
+    if let Some(device) = device {
+        ports.retain(|p| p.device_id == device);
+    }
+    Ok(Json(PortList { ports }))
 }
 
 /// Shows one port.

@@ -22,6 +22,7 @@ pub const MAX_ROUTES: usize = 20;
 pub struct NetworkCreate {
     /// Name.
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
     /// flat, vlan, vxlan or local [default: local]. Also accepted as `type`.
     #[serde(default, alias = "type")]
@@ -31,9 +32,11 @@ pub struct NetworkCreate {
     pub physical_network: Option<String>,
     /// VLAN id (1–4094) or VNI (1–16777215).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 16_777_215)]
     pub segmentation_id: Option<u32>,
     /// MTU [default: 1500, 1450 for vxlan].
     #[serde(default)]
+    #[schema(minimum = 68, maximum = 9000)]
     pub mtu: Option<u32>,
     /// The network backend plugin [default: the only configured one].
     #[serde(default)]
@@ -144,8 +147,12 @@ pub struct SubnetCreate {
     pub network_id: String,
     /// Name.
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
     /// The IPv4 prefix, e.g. `198.51.100.0/24`.
+    #[schema(
+        pattern = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/([0-9]|[12][0-9]|3[0-2])$"
+    )]
     pub cidr: String,
     /// The gateway: absent → the first address; `null` → no gateway. Also accepted as
     /// `gateway`.
@@ -311,9 +318,11 @@ pub struct PortCreate {
     pub network_id: String,
     /// Name.
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
     /// MAC address [default: generated in fa:16:3e:xx:xx:xx]. Also accepted as `mac`.
     #[serde(default, alias = "mac")]
+    #[schema(pattern = "^(?!00:00:00:00:00:00$)[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$")]
     pub mac_address: Option<String>,
     /// Addresses [default: one free address].
     #[serde(default)]

@@ -181,7 +181,7 @@ pub struct NetworkRequest {
     pub port_id: Option<String>,
     /// A specific address on `network_id`.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub fixed_ip: Option<Ipv4Addr>,
 }
 

@@ -72,16 +72,21 @@ impl ServerStatus {
 #[serde(deny_unknown_fields)]
 pub struct Flavor {
     /// Virtual CPUs (1–256).
+    #[schema(minimum = 1, maximum = 256)]
     pub vcpus: u32,
     /// Memory, MiB (64 – 4 TiB).
+    #[schema(minimum = 64, maximum = 4_194_304)]
     pub ram_mb: u64,
     /// Root disk, GiB; 0 means the image's virtual size.
+    #[schema(minimum = 0, maximum = 65_536)]
     pub disk_gb: u64,
     /// Ephemeral disk, GiB (attached as the second disk).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 65_536)]
     pub ephemeral_gb: u64,
     /// Swap disk, MiB (attached after the ephemeral disk).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_048_576)]
     pub swap_mb: u64,
 }
 
@@ -128,6 +133,11 @@ impl Flavor {
 #[serde(deny_unknown_fields)]
 pub struct ServerCreate {
     /// Name: 1–255 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\s\\u0000-\\u001f\\u007f-\\u009f]([^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f])?$"
+    )]
     pub name: String,
     /// Resources.
     pub flavor: Flavor,

@@ -50,6 +50,7 @@ pub const CREATE_KIND: &str = "volume.create";
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreate {
     /// Size, GiB (1–16384).
+    #[schema(minimum = 1, maximum = 16_384)]
     pub size_gb: i64,
     /// Name.
     #[serde(default)]

@@ -10,6 +10,11 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct VolumeTypeCreate {
     /// Name (1–255 characters, unique).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+    )]
     pub name: String,
     /// The backend (a configured volume driver) that serves it.
     pub backend: String,
