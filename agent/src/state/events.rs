@@ -142,16 +142,7 @@ impl EventLog {
                     "SELECT seq, time, kind, resource_type, resource_id, data FROM events
                      WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?;
-                let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
-                })?;
+                let rows = stmt.query_map(params![after as i64, limit as i64], stored_row)?;
                 let mut events = Vec::new();
                 for row in rows {
                     let (seq, time, kind, resource_type, resource_id, data) = row?;
@@ -191,16 +182,7 @@ impl EventLog {
                     "SELECT seq, time, kind, resource_type, resource_id, data FROM events
                      WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                 )?;
-                let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, String>(5)?,
-                    ))
-                })?;
+                let rows = stmt.query_map(params![after as i64, limit as i64], stored_row)?;
                 let mut page = Vec::new();
                 for row in rows {
                     let (seq, time, kind, resource_type, resource_id, data) = row?;
@@ -241,6 +223,21 @@ impl EventLog {
             })
             .await
     }
+}
+
+/// One stored event as read by [`EventLog::since`] and [`EventLog::replay_page`]:
+/// (seq, time, kind, resource type, resource id, data as JSON text).
+type StoredRow = (i64, String, String, String, String, String);
+
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 #[cfg(test)]
