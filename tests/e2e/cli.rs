@@ -171,3 +171,36 @@ fn image_and_server_verbs() {
     let (status, _, err) = run_cli(&["image", "delete", image], &env);
     assert!(status.success(), "{err}");
 }
+
+/// `network create` waits until the backend set the network up and `network delete` until it
+/// is gone (the API answers both 202 at once).
+#[test]
+fn network_create_and_delete_wait_for_the_work() {
+    let agent = Agent::start_with_config(&crate::networks::net_config());
+    let url = agent.url();
+    let state = agent.state_dir().display().to_string();
+    let env = [
+        ("HYPERLET_URL", url.as_str()),
+        ("HYPERLET_STATE_DIR", state.as_str()),
+    ];
+    let (status, out, err) = run_cli(
+        &[
+            "network", "create", "--name", "cli", "--type", "local", "--json",
+        ],
+        &env,
+    );
+    assert!(status.success(), "{err}");
+    let net: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(net["status"], "ACTIVE", "{net}");
+    let bridge = net["bridge"].as_str().unwrap();
+    assert!(crate::networks::link_exists(bridge), "{bridge} missing");
+    let id = net["id"].as_str().unwrap();
+    let (status, out, err) = run_cli(&["network", "delete", id], &env);
+    assert!(status.success(), "{err}");
+    assert!(out.contains(&format!("deleted {id}")), "{out}");
+    assert_eq!(agent.get(&format!("/v1/networks/{id}")).status(), 404);
+    assert!(
+        !crate::networks::link_exists(bridge),
+        "{bridge} left behind"
+    );
+}

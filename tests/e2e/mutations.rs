@@ -2,7 +2,7 @@
 //! extend, delete, snapshots and networks run detached from their request under the journal,
 //! and the DHCP/metadata tables of a network never lose a port to a concurrent rebuild.
 
-use crate::networks::{local_network, net_config, post, run};
+use crate::networks::{link_exists, local_network, namespaces, net_config, post, run};
 use crate::servers::{import_guest, CONFIG};
 use crate::volumes::{boot, lvm_config, wait_for, wait_gone, wait_volume};
 use hyperlet_tests::storage::{files_table, ganesha, stanza, TestVg};
@@ -604,4 +604,62 @@ fn extend_and_delete_outlive_their_request_deadline() {
     wait_failpoint(&agent);
     wait_gone(&agent, &format!("/v1/volumes/{id}"));
     assert!(vg.lvs().is_empty(), "{:?}", vg.lvs());
+}
+
+/// Kill -9 after a network create recorded `BUILD` and began its setup, then after a delete
+/// recorded `DELETING` and began its teardown (the network with a DHCP subnet: namespace, DHCP
+/// port, servers): each is finished at the next start — ACTIVE with its bridge, then gone
+/// with bridge and namespace. With a request deadline (1 s) shorter than the work (paused
+/// 3 s there), both answer 202 at once and finish in the background.
+#[test]
+fn network_create_and_delete_survive_a_kill_and_their_request_deadline() {
+    let config = net_config();
+    let mut agent = Agent::start_with_config(&config);
+    let short = format!("{config}\n[api]\nrequest_timeout_secs = 1\n");
+    for (pause, config) in [(None, &config), (Some("3000"), &short)] {
+        let mut env = vec![("HYPERLET_FAILPOINT", "network.create:setup:started")];
+        env.extend(pause.map(|ms| ("HYPERLET_FAILPOINT_DELAY_MS", ms)));
+        restart_with(&mut agent, &env, config);
+        let (s, net) = post(
+            &agent,
+            "/v1/networks",
+            json!({"name": "cut", "network_type": "local"}),
+        );
+        assert_eq!((s, &net["status"]), (202, &json!("BUILD")), "{net}");
+        let path = format!("/v1/networks/{}", net["id"].as_str().unwrap());
+        wait_failpoint(&agent);
+        if pause.is_none() {
+            agent.kill9();
+            agent.env.clear();
+            agent.restart();
+        }
+        let net = agent.wait_settled(&path, &["BUILD"]);
+        assert_eq!(net["status"], "ACTIVE", "{net}");
+        let bridge = net["bridge"].as_str().unwrap().to_string();
+        assert!(link_exists(&bridge), "bridge {bridge} missing");
+        let (s, subnet) = post(
+            &agent,
+            "/v1/subnets",
+            json!({"network_id": net["id"], "cidr": "198.51.100.0/24"}),
+        );
+        assert_eq!(s, 201, "{subnet}");
+        let ns = format!("qdhcp-{}", net["id"].as_str().unwrap());
+        assert!(namespaces().contains(&ns), "{ns} missing");
+
+        env[0].1 = "network.delete:teardown:started";
+        restart_with(&mut agent, &env, config);
+        let resp = agent.send(Method::DELETE, &path, None);
+        assert_eq!(resp.status(), 202, "{}", resp.text().unwrap_or_default());
+        let gone: Value = resp.json().unwrap();
+        assert_eq!(gone["status"], "DELETING", "{gone}");
+        wait_failpoint(&agent);
+        if pause.is_none() {
+            agent.kill9();
+            agent.env.clear();
+            agent.restart();
+        }
+        agent.wait_gone(&path);
+        assert!(!link_exists(&bridge), "bridge {bridge} left behind");
+        assert!(!namespaces().contains(&ns), "{ns} left behind");
+    }
 }

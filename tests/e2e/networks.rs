@@ -35,11 +35,13 @@ pub fn run(cmd: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn namespaces() -> String {
+/// The names of the network namespaces on the host (`ip netns list`).
+pub fn namespaces() -> String {
     run(&["ip", "netns", "list"]).1
 }
 
-fn link_exists(name: &str) -> bool {
+/// Does the interface exist?
+pub fn link_exists(name: &str) -> bool {
     run(&["ip", "link", "show", "dev", name]).0
 }
 
@@ -54,14 +56,28 @@ fn delete(agent: &Agent, path: &str) -> u16 {
     agent.send(Method::DELETE, path, None).status().as_u16()
 }
 
+/// Posts a network (answered 202 `BUILD`) and returns it once settled (ACTIVE or ERROR).
+pub fn create_network(agent: &Agent, body: Value) -> Value {
+    let (s, net) = post(agent, "/v1/networks", body);
+    assert_eq!(s, 202, "{net}");
+    assert_eq!(net["status"], "BUILD", "{net}");
+    let path = format!("/v1/networks/{}", net["id"].as_str().unwrap());
+    agent.wait_settled(&path, &["BUILD"])
+}
+
+/// Deletes a network (answered 202 `DELETING`) and waits until it is gone.
+pub fn remove_network(agent: &Agent, id: &str) {
+    let path = format!("/v1/networks/{id}");
+    let resp = agent.send(Method::DELETE, &path, None);
+    assert_eq!(resp.status(), 202, "{}", resp.text().unwrap_or_default());
+    let net: Value = resp.json().unwrap();
+    assert_eq!(net["status"], "DELETING", "{net}");
+    agent.wait_gone(&path);
+}
+
 /// Creates a local network with a DHCP subnet on `cidr`; returns (network, subnet).
 pub fn local_network(agent: &Agent, cidr: &str) -> (Value, Value) {
-    let (s, net) = post(
-        agent,
-        "/v1/networks",
-        json!({"name": "net", "network_type": "local"}),
-    );
-    assert_eq!(s, 201, "{net}");
+    let net = create_network(agent, json!({"name": "net", "network_type": "local"}));
     assert_eq!(net["status"], "ACTIVE", "{net}");
     let (s, subnet) = post(
         agent,
@@ -75,7 +91,7 @@ pub fn local_network(agent: &Agent, cidr: &str) -> (Value, Value) {
 /// Deletes `/v1/networks/{id}` and checks the namespace and bridge went with it.
 pub fn delete_network(agent: &Agent, net: &Value) {
     let id = net["id"].as_str().unwrap();
-    assert_eq!(delete(agent, &format!("/v1/networks/{id}")), 204);
+    remove_network(agent, id);
     assert!(
         !namespaces().contains(&format!("qdhcp-{id}")),
         "namespace left behind"
@@ -113,14 +129,9 @@ fn networks_subnets_ports_and_bad_input() {
     );
 
     // Local networks have no segment: a second one is no conflict (issue's `type` name).
-    let (s, second) = post(
-        &agent,
-        "/v1/networks",
-        json!({"name": "second", "type": "local"}),
-    );
-    assert_eq!(s, 201, "{second}");
-    let second_id = second["id"].as_str().unwrap();
-    assert_eq!(delete(&agent, &format!("/v1/networks/{second_id}")), 204);
+    let second = create_network(&agent, json!({"name": "second", "type": "local"}));
+    assert_eq!(second["status"], "ACTIVE", "{second}");
+    remove_network(&agent, second["id"].as_str().unwrap());
 
     let before_nets = agent.get_json("/v1/networks");
     let before_subnets = agent.get_json("/v1/subnets");

@@ -395,6 +395,36 @@ impl Agent {
         panic!("server {id} still exists after {limit:?}");
     }
 
+    /// Polls `GET path` until its `status` is none of `transitional` (panics after 180 s or
+    /// when it answers anything but 200) and returns it.
+    pub fn wait_settled(&self, path: &str, transitional: &[&str]) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let resp = self.get(path);
+            assert_eq!(resp.status(), 200, "GET {path}");
+            let item: serde_json::Value = resp.json().unwrap();
+            if !transitional.iter().any(|t| item["status"] == *t) {
+                return item;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} stays {}:\n{}",
+                item["status"],
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Polls until `GET path` answers 404 (panics after 180 s).
+    pub fn wait_gone(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while self.get(path).status() != 404 {
+            assert!(Instant::now() < deadline, "{path} is still there");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The agent's server console text.
     pub fn console(&self, id: &str) -> String {
         let resp = self.send(

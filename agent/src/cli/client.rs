@@ -45,6 +45,9 @@ pub enum ClientError {
     /// The command line is not usable.
     #[error("{0}")]
     Usage(String),
+    /// The agent accepted the work but it failed.
+    #[error("{0}")]
+    Failed(String),
     /// The answer could not be decoded.
     #[error("Unexpected answer from the agent: {0}")]
     Decode(String),

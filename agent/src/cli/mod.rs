@@ -19,6 +19,7 @@ mod plugin;
 mod server;
 mod table;
 mod volume;
+mod wait;
 
 pub use client::{ApiClient, ClientArgs, ClientError};
 

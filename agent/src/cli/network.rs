@@ -3,6 +3,7 @@
 use super::client::{ApiClient, ClientArgs, ClientError};
 use super::host::text;
 use super::table::{key_values, print_value, rows};
+use super::wait;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -10,7 +11,7 @@ use serde_json::{json, Map, Value};
 /// `hyperlet network` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
-    /// Create a network (flat, vlan, vxlan or local) and set it up through its backend.
+    /// Create a network (flat, vlan, vxlan or local) and wait until its backend set it up.
     Create {
         /// Name.
         #[arg(long, default_value = "")]
@@ -48,7 +49,7 @@ pub enum NetworkCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Delete a network no server uses.
+    /// Delete a network no server uses and wait until it is gone.
     Delete {
         /// Network id.
         id: String,
@@ -327,11 +328,41 @@ pub async fn run_network(cmd: NetworkCommand) -> Result<(), ClientError> {
             put(&mut body, "segmentation_id", segmentation_id);
             put(&mut body, "mtu", mtu);
             put(&mut body, "backend", backend);
-            create(&NETWORKS, Value::Object(body), &client).await
+            let api = ApiClient::from_args(&client)?;
+            let network: Value = api
+                .request(Method::POST, NETWORKS.path, Some(&Value::Object(body)))
+                .await?;
+            let path = format!("{}/{}", NETWORKS.path, text(&network["id"]));
+            let network = wait::settled(&api, &path, &["BUILD"]).await?;
+            print_value(&client, &network, render);
+            if network["status"] == "ERROR" {
+                return Err(ClientError::Failed(format!(
+                    "network {} could not be set up: {}",
+                    text(&network["id"]),
+                    text(&network["fault"])
+                )));
+            }
+            Ok(())
         }
         NetworkCommand::List { client } => list(&NETWORKS, "", &client).await,
         NetworkCommand::Show { id, client } => show(&NETWORKS, &id, &client).await,
-        NetworkCommand::Delete { id, client } => delete(&NETWORKS, &id, &client).await,
+        NetworkCommand::Delete { id, client } => {
+            let api = ApiClient::from_args(&client)?;
+            let path = format!("{}/{id}", NETWORKS.path);
+            let _: Value = api.request(Method::DELETE, &path, None::<&()>).await?;
+            match wait::gone(&api, &path, &["DELETING"]).await? {
+                None if client.json => Ok(()),
+                None => {
+                    println!("deleted {id}");
+                    Ok(())
+                }
+                Some(network) => Err(ClientError::Failed(format!(
+                    "network {id} could not be deleted ({}): {}",
+                    text(&network["status"]),
+                    text(&network["fault"])
+                ))),
+            }
+        }
     }
 }
 

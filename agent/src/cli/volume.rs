@@ -3,10 +3,10 @@
 use super::client::{ApiClient, ClientArgs, ClientError};
 use super::network::{create, delete, list, put, render, show, Kind};
 use super::table::print_value;
+use super::wait;
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
-use std::time::{Duration, Instant};
 
 /// `hyperlet volume-type` subcommands.
 #[derive(Debug, Subcommand)]
@@ -263,7 +263,7 @@ pub async fn run_volume(cmd: VolumeCommand) -> Result<(), ClientError> {
                 )
                 .await?;
             if wait {
-                volume = wait_settled(&api, &format!("/v1/volumes/{id}")).await?;
+                volume = wait::settled(&api, &format!("/v1/volumes/{id}"), TRANSITIONAL).await?;
             }
             print_value(&client, &volume, render);
             Ok(())
@@ -312,19 +312,6 @@ const TRANSITIONAL: &[&str] = &[
     "detaching",
 ];
 
-/// Polls `path` until its status is no longer transitional (at most 10 minutes).
-async fn wait_settled(api: &ApiClient, path: &str) -> Result<Value, ClientError> {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let item: Value = api.request(Method::GET, path, None::<&()>).await?;
-        let status = item["status"].as_str().unwrap_or_default();
-        if !TRANSITIONAL.contains(&status) || Instant::now() > deadline {
-            return Ok(item);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// `POST` a record (answered 202) and print it, after it settled when `wait`.
 async fn create_waiting(
     kind: &Kind,
@@ -338,7 +325,7 @@ async fn create_waiting(
     let api = ApiClient::from_args(client)?;
     let item: Value = api.request(Method::POST, kind.path, Some(&body)).await?;
     let id = item["id"].as_str().unwrap_or_default();
-    let item = wait_settled(&api, &format!("{}/{id}", kind.path)).await?;
+    let item = wait::settled(&api, &format!("{}/{id}", kind.path), TRANSITIONAL).await?;
     print_value(client, &item, render);
     Ok(())
 }

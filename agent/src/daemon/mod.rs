@@ -180,6 +180,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     });
     crate::ops::servers::register_handlers(&services);
     crate::ops::volumes::register_handlers(&services);
+    crate::ops::networks::register_handlers(&services);
 
     let report = services.journal().recover().await?;
     if !report.rolled_back.is_empty() || !report.resumed.is_empty() || !report.failed.is_empty() {

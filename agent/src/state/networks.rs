@@ -440,7 +440,9 @@ impl Store {
         .await
     }
 
-    /// Records a network's lifecycle, bridge and fault.
+    /// Records a network's lifecycle, bridge and fault. A network being deleted stays
+    /// `DELETING` (a setup that was running when the delete began cannot revive it); use
+    /// [`Store::fail_network`] to end a delete.
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be written.
@@ -454,8 +456,25 @@ impl Store {
         let id = id.to_string();
         self.call(move |conn| {
             conn.execute(
-                "UPDATE networks SET status = ?2, bridge = COALESCE(?3, bridge), fault = ?4, updated_at = ?5 WHERE id = ?1",
+                "UPDATE networks SET status = ?2, bridge = COALESCE(?3, bridge), fault = ?4, updated_at = ?5
+                 WHERE id = ?1 AND (status != 'DELETING' OR ?2 = 'DELETING')",
                 params![id, status.as_str(), bridge, fault, now_rfc3339()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Leaves a network `ERROR` with `fault`, whatever its status (a create or delete failed).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be written.
+    pub async fn fail_network(&self, id: &str, fault: &str) -> Result<(), StoreError> {
+        let (id, fault) = (id.to_string(), fault.to_string());
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE networks SET status = 'ERROR', fault = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, fault, now_rfc3339()],
             )?;
             Ok(())
         })

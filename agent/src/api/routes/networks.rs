@@ -45,21 +45,21 @@ pub struct NetFilter {
     pub device_id: Option<String>,
 }
 
-/// Creates a network and sets it up through its backend: 201 ACTIVE.
+/// Creates a network: 202 `BUILD`; its backend sets it up in the background (`ACTIVE`, or
+/// `ERROR` with the fault; `network.status` events).
 #[utoipa::path(post, path = "/v1/networks", tag = "networks", security(("bearer" = [])),
     request_body = NetworkCreate,
     responses(
-        (status = 201, description = "Created and set up", body = Network),
+        (status = 202, description = "Recorded BUILD; being set up", body = Network),
         (status = 400, description = "Invalid attributes, unknown backend or refused by it; nothing created", body = ErrorBody),
         (status = 409, description = "The segment is used by another network", body = ErrorBody),
-        (status = 502, description = "The backend failed; nothing created", body = ErrorBody),
     ))]
 pub async fn create_network(
     State(services): State<Services>,
     ApiJson(req): ApiJson<NetworkCreate>,
 ) -> Result<(StatusCode, Json<Network>), ApiError> {
     Ok((
-        StatusCode::CREATED,
+        StatusCode::ACCEPTED,
         Json(networks::create(&services, req).await?),
     ))
 }
@@ -87,18 +87,21 @@ pub async fn show_network(
     Ok(Json(networks::get(&services, &id).await?))
 }
 
-/// Deletes a network with its subnets, DHCP namespace and bridge: 204.
+/// Deletes a network with its subnets, DHCP namespace and bridge: 202 `DELETING`; gone when
+/// done (`network.deleted`), `ERROR` with the fault when it failed.
 #[utoipa::path(delete, path = "/v1/networks/{id}", tag = "networks", security(("bearer" = [])),
     params(("id" = String, Path, description = "Network id")),
-    responses((status = 204, description = "Deleted"),
+    responses((status = 202, description = "Recorded DELETING; being torn down", body = Network),
         (status = 404, description = "No such network", body = ErrorBody),
-        (status = 409, description = "Ports (servers) still use it", body = ErrorBody)))]
+        (status = 409, description = "Ports (servers) still use it, or it is BUILD or DELETING", body = ErrorBody)))]
 pub async fn delete_network(
     State(services): State<Services>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    networks::delete(&services, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Network>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(networks::delete(&services, &id).await?),
+    ))
 }
 
 /// Creates a subnet; with DHCP on, the network's DHCP and metadata service starts: 201.

@@ -248,12 +248,21 @@ pub fn hostname_of(name: &str) -> String {
     }
 }
 
-/// Makes the host match the store for one network. Idempotent; safe after a crash.
+/// Makes the host match the store for one network. Idempotent; safe after a crash. Runs on
+/// a task of its own, so a caller that is dropped (a request past its deadline, a client
+/// that went away) never cuts a sync in half.
 ///
 /// # Errors
 /// [`OpError::Plugin`] when the backend fails (the network goes to ERROR with the fault),
 /// [`OpError::Network`] when the namespace or the servers cannot be set up.
 pub async fn sync_network(services: &Services, id: &str) -> Result<(), OpError> {
+    let (services, id) = (services.clone(), id.to_string());
+    tokio::spawn(async move { sync_now(&services, &id).await })
+        .await
+        .unwrap_or_else(|e| Err(OpError::Interrupted(format!("the network sync ended: {e}"))))
+}
+
+async fn sync_now(services: &Services, id: &str) -> Result<(), OpError> {
     let runtime = services.net_runtime();
     let _sync = runtime.sync.lock().await;
     let Some(network) = services.store().get_network(id).await? else {
