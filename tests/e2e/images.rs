@@ -161,12 +161,15 @@ fn unsafe_or_mislabelled_images_are_refused_with_the_reason() {
         json!({"name": "x", "disk_format": "raw", "container_format": "ovf"}),
         json!({"name": "", "disk_format": "raw", "container_format": "bare"}),
         json!({"name": "x", "disk_format": "raw", "container_format": "aki"}),
-        json!({"name": "x", "disk_format": "raw", "container_format": "bare", "properties": {"kernel_id": "nope"}}),
         json!({"name": "x", "disk_format": "raw", "container_format": "bare", "size": 3}),
     ] {
         let resp = agent.send(reqwest::Method::POST, "/v1/images", Some(&body));
         assert_eq!(resp.status(), 400, "{body}");
     }
+    // A kernel_id that cannot name an image is an unknown reference.
+    let body = json!({"name": "x", "disk_format": "raw", "container_format": "bare", "properties": {"kernel_id": "nope"}});
+    let resp = agent.send(reqwest::Method::POST, "/v1/images", Some(&body));
+    assert_eq!(resp.status(), 404, "{body}");
     assert_eq!(
         agent.get_json("/v1/images")["images"]
             .as_array()

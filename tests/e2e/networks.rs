@@ -147,7 +147,7 @@ fn networks_subnets_ports_and_bad_input() {
             400,
         ),
         ("/v1/networks", json!({"network_type": "flat"}), 400),
-        ("/v1/networks", json!({"backend": "nope"}), 400),
+        ("/v1/networks", json!({"backend": "nope"}), 404),
         ("/v1/networks", json!({"mtu": 10}), 400),
         ("/v1/networks", json!({"bogus": 1}), 400),
         (
@@ -168,7 +168,7 @@ fn networks_subnets_ports_and_bad_input() {
         (
             "/v1/subnets",
             json!({"network_id": "no-such-net", "cidr": "203.0.113.0/24"}),
-            400,
+            404,
         ),
     ] {
         let (s, answer) = post(&agent, path, body.clone());
@@ -509,6 +509,23 @@ fn guests_get_dhcp_and_their_own_metadata() {
     let tap = with_two["nics"][1]["tap"].as_str().unwrap().to_string();
     let (ok, list) = virsh(&["domiflist", &domain]);
     assert!(ok && list.contains(&tap), "{list}");
+    // The spec a lost record would be adopted from follows the hot-plug, live and defined.
+    for args in [
+        vec!["dumpxml", &domain],
+        vec!["dumpxml", "--inactive", &domain],
+    ] {
+        let (ok, xml) = virsh(&args);
+        assert!(ok, "{xml}");
+        let spec = xml
+            .split("<hyperlet:spec>")
+            .nth(1)
+            .and_then(|s| s.split("</hyperlet:spec>").next())
+            .unwrap_or_default();
+        assert!(
+            spec.contains(&second),
+            "{args:?}: metadata lacks the new NIC: {spec}"
+        );
+    }
     let resp = agent.send(
         Method::DELETE,
         &format!("/v1/servers/{a}/interfaces/{second}"),

@@ -348,7 +348,7 @@ fn bad_requests_are_refused_before_anything_is_created() {
         ),
         (
             json!({"name": "a", "image_id": image, "flavor": flavor(1, 128), "availability_zone": "elsewhere"}),
-            400,
+            409,
             "zone",
         ),
         (

@@ -91,7 +91,7 @@ fn lvm_volumes_through_the_api_and_bad_input() {
         "/v1/volume-types",
         json!({"name": "fast", "backend": "nope"}),
     );
-    assert_eq!(s, 400, "{answer}");
+    assert_eq!(s, 404, "{answer}");
     let (s, t) = post(
         &agent,
         "/v1/volume-types",
@@ -116,11 +116,11 @@ fn lvm_volumes_through_the_api_and_bad_input() {
     for (body, want) in [
         (json!({"size_gb": 0}), 400),
         (json!({"size_gb": -1}), 400),
-        (json!({"size_gb": 1, "volume_type": "nope"}), 400),
-        (json!({"size_gb": 1, "snapshot_id": "nope"}), 400),
+        (json!({"size_gb": 1, "volume_type": "nope"}), 404),
+        (json!({"size_gb": 1, "snapshot_id": "nope"}), 404),
         (
             json!({"size_gb": 1, "image_id": "4e1b0a9c-0000-4000-8000-000000000001"}),
-            400,
+            404,
         ),
         (json!({"size_gb": 100}), 409),
         (json!({"size_gb": 1, "bogus": true}), 400),

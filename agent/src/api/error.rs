@@ -72,6 +72,7 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::Sched(SchedError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid_request"),
         OpError::Sched(SchedError::Plugin(_)) => (StatusCode::BAD_GATEWAY, "plugin_failed"),
         OpError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+        OpError::UnknownReference { .. } => (StatusCode::NOT_FOUND, "unknown_reference"),
         OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         OpError::Image(ImageError::Unsafe(_)) => (StatusCode::BAD_REQUEST, "image_refused"),
         OpError::Image(ImageError::TooLarge { .. }) => {
@@ -112,8 +113,13 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // An error that already prints its source (`#[error("…: {0}")]` on a `#[source]`)
+        // would otherwise repeat it.
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
     text
@@ -144,5 +150,28 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner problem")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("refused: {0}")]
+        Printing(#[source] Inner),
+        #[error("refused")]
+        Silent(#[source] Inner),
+    }
+
+    #[test]
+    fn a_source_the_error_already_prints_is_not_repeated() {
+        assert_eq!(chain(&Outer::Printing(Inner)), "refused: inner problem");
+        assert_eq!(chain(&Outer::Silent(Inner)), "refused: inner problem");
     }
 }

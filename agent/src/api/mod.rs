@@ -14,6 +14,7 @@ pub mod json;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod schema_rules;
 
 use crate::ops::Services;
 use axum::extract::DefaultBodyLimit;

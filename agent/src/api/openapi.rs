@@ -277,11 +277,17 @@ impl Modify for SseFraming {
     }
 }
 
+/// The document: [`ApiDoc`] with the rules of [`super::schema_rules`] (JSON Schema keywords
+/// such as `anyOf` that utoipa's types cannot carry, so they are added to the JSON).
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    super::schema_rules::apply(&mut doc);
+    doc
+}
+
 /// The document as pretty JSON, as stored in `docs/openapi.json`.
 pub fn document_json() -> String {
-    let mut text = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises");
+    let mut text = serde_json::to_string_pretty(&document()).expect("the document serialises");
     text.push('\n');
     text
 }

@@ -94,6 +94,20 @@ pub struct DomainMetadata {
 }
 
 impl DomainMetadata {
+    /// The metadata as the element `virDomainSetMetadata` takes: unprefixed, libvirt puts it
+    /// (and every child) in [`METADATA_NS`] under the `hyperlet` prefix, as the domain XML
+    /// written by [`DomainSpec::to_xml`] has it.
+    pub fn element_xml(&self) -> String {
+        let mut w = XmlWriter::new();
+        w.open("instance", &[]);
+        w.text("node-id", &[], &self.node_id);
+        w.text("server-id", &[], &self.server_id);
+        w.text("server-name", &[], &self.server_name);
+        w.text("spec", &[], &self.spec_json);
+        w.close();
+        w.finish()
+    }
+
     /// Reads the agent's metadata back from a domain's XML; `None` when the domain is not ours.
     pub fn from_domain_xml(xml: &str) -> Option<Self> {
         if !xml.contains(METADATA_NS) {

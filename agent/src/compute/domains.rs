@@ -6,7 +6,7 @@
 //! QMP or guest-agent passthrough would taint the domain (`custom-monitor`,
 //! `custom-ga-command`), and libvirt would no longer vouch for it.
 
-use super::{ComputeError, DomainMetadata, Libvirt};
+use super::{ComputeError, DomainMetadata, Libvirt, METADATA_NS};
 use serde::Serialize;
 use virt::domain::Domain;
 use virt::sys;
@@ -131,6 +131,37 @@ impl Libvirt {
                 let dom = lookup(conn, &name)?;
                 dom.detach_device_flags(&xml, device_flags(&dom))
                     .map(|_| ())
+            })
+            .await
+    }
+
+    /// Replaces the agent's `<metadata>` element of a domain (running guest and definition),
+    /// so the spec a lost record is adopted from follows hot-plugs. `Ok(false)` when there is
+    /// no such domain.
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt refuses or times out.
+    pub async fn set_metadata(
+        &self,
+        name: &str,
+        metadata: &DomainMetadata,
+    ) -> Result<bool, ComputeError> {
+        let (name, xml) = (name.to_string(), metadata.element_xml());
+        self.lifecycle()
+            .with_connection("virDomainSetMetadata", move |conn| {
+                let dom = match Domain::lookup_by_name(conn, &name) {
+                    Ok(dom) => dom,
+                    Err(e) if is_missing(&e) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                dom.set_metadata(
+                    sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                    Some(&xml),
+                    Some("hyperlet"),
+                    Some(METADATA_NS),
+                    device_flags(&dom),
+                )
+                .map(|_| true)
             })
             .await
     }

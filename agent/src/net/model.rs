@@ -142,10 +142,10 @@ impl Network {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AllocationPool {
     /// First address.
-    #[schema(value_type = String, example = "198.51.100.10")]
+    #[schema(value_type = String, format = Ipv4, example = "198.51.100.10")]
     pub start: Ipv4Addr,
     /// Last address.
-    #[schema(value_type = String, example = "198.51.100.200")]
+    #[schema(value_type = String, format = Ipv4, example = "198.51.100.200")]
     pub end: Ipv4Addr,
 }
 
@@ -155,7 +155,7 @@ pub struct HostRoute {
     /// Destination prefix, e.g. `203.0.113.0/24`.
     pub destination: String,
     /// Next hop.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Ipv4)]
     pub nexthop: Ipv4Addr,
 }
 
@@ -171,7 +171,7 @@ pub struct Subnet {
     /// The prefix, e.g. `198.51.100.0/24`.
     pub cidr: String,
     /// The gateway guests are told about; none for an isolated subnet.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub gateway_ip: Option<Ipv4Addr>,
     /// Where addresses are allocated from.
     pub allocation_pools: Vec<AllocationPool>,
@@ -203,7 +203,7 @@ pub struct FixedIp {
     /// The subnet the address belongs to.
     pub subnet_id: String,
     /// The address.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = Ipv4)]
     pub ip_address: Ipv4Addr,
 }
 

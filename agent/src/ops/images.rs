@@ -91,15 +91,18 @@ impl ImageCreate {
             }
         }
         for (key, value) in &self.properties {
-            if key.is_empty() || key.len() > 255 {
-                return bad(format!("property name {key:?} must have 1 to 255 bytes"));
+            if key.is_empty() || key.chars().count() > 255 {
+                return bad(format!(
+                    "property name {key:?} must have 1 to 255 characters"
+                ));
             }
-            if value.len() > 65_535 {
-                return bad(format!("property {key} is longer than 65535 bytes"));
+            if value.chars().count() > 65_535 {
+                return bad(format!("property {key} is longer than 65535 characters"));
             }
-            if IMAGE_REF_PROPERTIES.contains(&key.as_str()) && uuid::Uuid::parse_str(value).is_err()
-            {
-                return bad(format!("property {key} must be an image id, not {value:?}"));
+            if let Some(field) = IMAGE_REF_PROPERTIES.iter().find(|p| **p == key) {
+                if uuid::Uuid::parse_str(value).is_err() {
+                    return Err(OpError::unknown(field, value, "image"));
+                }
             }
         }
         Ok(())

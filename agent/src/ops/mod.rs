@@ -43,6 +43,19 @@ pub enum OpError {
         /// The id asked for.
         id: String,
     },
+    /// A field of the request names something that does not exist (a well-formed reference
+    /// to nothing, as neutron's and cinder's 404s); nothing was changed.
+    #[error("{field} {value:?} names no {kind}{hint}")]
+    UnknownReference {
+        /// The request field (`image_id`, `network_id`, …).
+        field: &'static str,
+        /// What it said.
+        value: String,
+        /// What it should name (`image`, `network`, …).
+        kind: &'static str,
+        /// What exists instead (`; configured: …`), or empty.
+        hint: String,
+    },
     /// The request conflicts with the resource's current state; nothing was changed.
     #[error("{0}")]
     Conflict(String),
@@ -70,6 +83,38 @@ pub enum OpError {
     /// Background work ended before it could answer (it panicked or the agent is stopping).
     #[error("{0}")]
     Interrupted(String),
+}
+
+impl OpError {
+    /// [`OpError::UnknownReference`]: `field` said `value`, which names no `kind`.
+    pub fn unknown(field: &'static str, value: &str, kind: &'static str) -> Self {
+        Self::UnknownReference {
+            field,
+            value: value.to_string(),
+            kind,
+            hint: String::new(),
+        }
+    }
+
+    /// [`OpError::unknown`] with a hint at what exists (`configured: a, b`).
+    pub fn unknown_among(
+        field: &'static str,
+        value: &str,
+        kind: &'static str,
+        known: &[String],
+    ) -> Self {
+        let known = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
+        Self::UnknownReference {
+            field,
+            value: value.to_string(),
+            kind,
+            hint: format!("; configured: {known}"),
+        }
+    }
 }
 
 /// The agent's long-lived parts, shared by every request. Cheap to clone.

@@ -25,6 +25,7 @@ pub struct ImageList {
     responses(
         (status = 201, description = "Created, queued", body = ImageRecord),
         (status = 400, description = "Invalid request; nothing created", body = ErrorBody),
+        (status = 404, description = "kernel_id or ramdisk_id names no image (`unknown_reference`)", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
     ))]
 pub async fn create(

@@ -52,7 +52,8 @@ pub struct NetFilter {
     responses(
         (status = 202, description = "Recorded BUILD; being set up", body = Network),
         (status = 400, description = "Invalid attributes, unknown backend or refused by it; nothing created", body = ErrorBody),
-        (status = 409, description = "The segment is used by another network", body = ErrorBody),
+        (status = 404, description = "backend names no configured network backend (`unknown_reference`)", body = ErrorBody),
+        (status = 409, description = "The segment is used by another network, or no backend is named and not exactly one is configured", body = ErrorBody),
     ))]
 pub async fn create_network(
     State(services): State<Services>,
@@ -109,6 +110,7 @@ pub async fn delete_network(
     request_body = SubnetCreate,
     responses(
         (status = 201, description = "Created", body = Subnet),
+        (status = 404, description = "network_id names no network (`unknown_reference`)", body = ErrorBody),
         (status = 400, description = "Invalid prefix, gateway, pools or routes, overlap, unknown network; nothing created", body = ErrorBody),
     ))]
 pub async fn create_subnet(
@@ -166,6 +168,7 @@ pub async fn delete_subnet(
     responses(
         (status = 201, description = "Created", body = Port),
         (status = 400, description = "Unknown network, bad MAC or address outside the subnets", body = ErrorBody),
+        (status = 404, description = "network_id names no network (`unknown_reference`)", body = ErrorBody),
         (status = 409, description = "Address or MAC taken, pool exhausted", body = ErrorBody),
     ))]
 pub async fn create_port(

@@ -1,11 +1,10 @@
 //! `GET /v1/openapi.json` — the API description, generated from the code.
 
 use axum::Json;
-use utoipa::OpenApi;
 
 /// The OpenAPI document of this agent.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "agent",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::api::openapi::ApiDoc::openapi())
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::api::openapi::document())
 }

@@ -23,8 +23,8 @@ pub struct ServerList {
     responses(
         (status = 202, description = "Accepted, building", body = Server),
         (status = 400, description = "Invalid request; nothing created", body = ErrorBody),
-        (status = 404, description = "Unknown image", body = ErrorBody),
-        (status = 409, description = "The node cannot take the server (capacity, disabled)", body = ErrorBody),
+        (status = 404, description = "image_id, boot_volume_id, a network_id or a port_id names nothing (`unknown_reference`)", body = ErrorBody),
+        (status = 409, description = "The node cannot take the server (capacity, disabled, another availability zone)", body = ErrorBody),
     ))]
 pub async fn create(
     State(services): State<Services>,
@@ -82,7 +82,7 @@ pub async fn delete(
         (status = 200, description = "Console output, or done (set_password)", body = ActionOutput),
         (status = 202, description = "Accepted, running in the background", body = Server),
         (status = 400, description = "Unknown action or bad arguments", body = ErrorBody),
-        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 404, description = "No such server, or rebuild's image_id names no image (`unknown_reference`)", body = ErrorBody),
         (status = 409, description = "Not allowed in the current status, busy, or no guest agent", body = ErrorBody),
         (status = 504, description = "The hypervisor did not answer in time", body = ErrorBody),
     ))]
@@ -120,7 +120,7 @@ pub async fn stats(
     request_body = crate::ops::networks::ports::NetworkRequest,
     responses((status = 200, description = "The server with the new NIC", body = Server),
         (status = 400, description = "Invalid request", body = ErrorBody),
-        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 404, description = "No such server, or network_id/port_id names nothing (`unknown_reference`)", body = ErrorBody),
         (status = 409, description = "Address or port taken, or the server cannot change now", body = ErrorBody)))]
 pub async fn attach_interface(
     State(services): State<Services>,

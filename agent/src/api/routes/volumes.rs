@@ -79,6 +79,7 @@ pub struct VolumeAttach {
     request_body = VolumeTypeCreate,
     responses((status = 201, description = "Created", body = VolumeType),
         (status = 400, description = "Bad name or unknown backend", body = ErrorBody),
+        (status = 404, description = "backend names no configured volume driver (`unknown_reference`)", body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody)))]
 pub async fn create_type(
     State(services): State<Services>,
@@ -119,8 +120,9 @@ pub async fn delete_type(
 #[utoipa::path(post, path = "/v1/volumes", tag = "volumes", security(("bearer" = [])),
     request_body = VolumeCreate,
     responses((status = 202, description = "Accepted, creating", body = Volume),
-        (status = 400, description = "Bad size, unknown type or source; nothing created", body = ErrorBody),
-        (status = 409, description = "The backend is full (names it and its free capacity), or the source is busy", body = ErrorBody)))]
+        (status = 400, description = "Bad size or name, several sources, a source too large for the size; nothing created", body = ErrorBody),
+        (status = 404, description = "volume_type, image_id, snapshot_id or source_volid names nothing (`unknown_reference`)", body = ErrorBody),
+        (status = 409, description = "The backend is full (names it and its free capacity), the source is busy, or no volume_type is given and none is the default", body = ErrorBody)))]
 pub async fn create_volume(
     State(services): State<Services>,
     ApiJson(req): ApiJson<VolumeCreate>,
@@ -194,6 +196,7 @@ pub async fn volume_action(
     request_body = SnapshotCreate,
     responses((status = 202, description = "Accepted: the snapshot creating", body = Snapshot),
         (status = 400, description = "Unknown volume", body = ErrorBody),
+        (status = 404, description = "volume_id names no volume (`unknown_reference`)", body = ErrorBody),
         (status = 409, description = "The volume is busy", body = ErrorBody)))]
 pub async fn create_snapshot(
     State(services): State<Services>,
@@ -265,7 +268,7 @@ pub async fn list_backends(
     request_body = VolumeAttach,
     responses((status = 202, description = "Accepted: the volume attaching, its device reserved", body = Volume),
         (status = 400, description = "Unknown volume", body = ErrorBody),
-        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 404, description = "No such server, or volume_id names no volume (`unknown_reference`)", body = ErrorBody),
         (status = 409, description = "The volume is not available, or the server cannot change now", body = ErrorBody)))]
 pub async fn attach_volume(
     State(services): State<Services>,

@@ -8,22 +8,24 @@ use std::sync::Arc;
 /// The configured network backend named `name`, or the only one when `name` is `None`.
 ///
 /// # Errors
-/// [`OpError::InvalidInput`] for an unknown backend, or when none is named and the number of
-/// configured backends is not exactly one.
+/// [`OpError::UnknownReference`] (404) for an unknown backend; [`OpError::Conflict`] (409)
+/// when none is named and the number of configured backends is not exactly one.
 pub fn resolve(services: &Services, name: Option<&str>) -> Result<String, OpError> {
     let names = services.plugins().network_backend_names();
     match name {
         Some(n) if names.iter().any(|b| b == n) => Ok(n.to_string()),
-        Some(n) => Err(OpError::InvalidInput(format!(
-            "unknown network backend {n:?}; configured: {}",
-            list(&names)
-        ))),
+        Some(n) => Err(OpError::unknown_among(
+            "backend",
+            n,
+            "network backend",
+            &names,
+        )),
         None => match names.as_slice() {
             [only] => Ok(only.clone()),
-            [] => Err(OpError::InvalidInput(
+            [] => Err(OpError::Conflict(
                 "no network backend is configured: add a plugin with kind = \"network-backend\" to the agent config".into(),
             )),
-            _ => Err(OpError::InvalidInput(format!(
+            _ => Err(OpError::Conflict(format!(
                 "several network backends are configured ({}): name one in `backend`",
                 list(&names)
             ))),

@@ -90,7 +90,7 @@ impl NetworkCreate {
             }
             (Some(p), true)
                 if p.is_empty()
-                    || p.len() > 64
+                    || p.chars().count() > 64
                     || p.chars().any(|c| c.is_whitespace() || c == ',' || c == ':') =>
             {
                 return bad(format!(
@@ -157,7 +157,7 @@ pub struct SubnetCreate {
     /// The gateway: absent → the first address; `null` → no gateway. Also accepted as
     /// `gateway`.
     #[serde(default, alias = "gateway", deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub gateway_ip: Option<Option<Ipv4Addr>>,
     /// Address ranges to allocate from [default: every host address but the gateway].
     #[serde(default)]
@@ -306,7 +306,7 @@ pub struct FixedIpRequest {
     pub subnet_id: Option<String>,
     /// This exact address.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip_address: Option<Ipv4Addr>,
 }
 

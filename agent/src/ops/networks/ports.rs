@@ -56,9 +56,7 @@ pub(crate) async fn allocate(services: &Services, new: NewPort) -> Result<Port, 
         .store()
         .get_network(&new.network_id)
         .await?
-        .ok_or_else(|| {
-            OpError::InvalidInput(format!("network_id {:?} is not a network", new.network_id))
-        })?;
+        .ok_or_else(|| OpError::unknown("network_id", &new.network_id, "network"))?;
     if network.status == NetStatus::Deleting {
         return Err(OpError::Conflict(format!(
             "network {} is being deleted",
@@ -80,14 +78,13 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
             Some(subnet_id) => {
                 let subnet = super::subnets::get(services, subnet_id)
                     .await
-                    .ok()
-                    .filter(|s| s.network_id == req.network_id)
-                    .ok_or_else(|| {
-                        OpError::InvalidInput(format!(
-                            "subnet_id {subnet_id:?} is not a subnet of network {}",
-                            req.network_id
-                        ))
-                    })?;
+                    .map_err(|_| OpError::unknown("subnet_id", subnet_id, "subnet"))?;
+                if subnet.network_id != req.network_id {
+                    return Err(OpError::InvalidInput(format!(
+                        "subnet_id {subnet_id:?} is not a subnet of network {}",
+                        req.network_id
+                    )));
+                }
                 Some(subnet)
             }
             None => None,
@@ -278,10 +275,11 @@ pub async fn bind_for_server(
     req.validate()?;
     if let Some(port_id) = &req.port_id {
         let _guard = services.network_lock().lock().await;
-        let port =
-            services.store().get_port(port_id).await?.ok_or_else(|| {
-                OpError::InvalidInput(format!("port_id {port_id:?} is not a port"))
-            })?;
+        let port = services
+            .store()
+            .get_port(port_id)
+            .await?
+            .ok_or_else(|| OpError::unknown("port_id", port_id, "port"))?;
         if !port.device_id.is_empty() || port.device_owner == DHCP_OWNER {
             return Err(OpError::Conflict(format!(
                 "port {port_id} is already in use by {}",
@@ -316,9 +314,7 @@ pub async fn bind_for_server(
         .store()
         .get_network(&network_id)
         .await?
-        .ok_or_else(|| {
-            OpError::InvalidInput(format!("network_id {network_id:?} is not a network"))
-        })?;
+        .ok_or_else(|| OpError::unknown("network_id", &network_id, "network"))?;
     let port = allocate(
         services,
         NewPort {

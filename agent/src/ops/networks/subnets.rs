@@ -43,9 +43,7 @@ pub async fn create(services: &Services, req: SubnetCreate) -> Result<Subnet, Op
             .store()
             .get_network(&req.network_id)
             .await?
-            .ok_or_else(|| {
-                OpError::InvalidInput(format!("network_id {:?} is not a network", req.network_id))
-            })?;
+            .ok_or_else(|| OpError::unknown("network_id", &req.network_id, "network"))?;
         if network.status == NetStatus::Deleting {
             return Err(OpError::Conflict(format!(
                 "network {} is being deleted",

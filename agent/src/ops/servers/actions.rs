@@ -148,11 +148,11 @@ impl ServerAction {
             }
             "rebuild" => {
                 let a: RebuildArgs = args(&name, value)?;
+                if a.image_id.is_empty() {
+                    return Err(OpError::InvalidInput("rebuild needs an image_id".into()));
+                }
                 if uuid::Uuid::parse_str(&a.image_id).is_err() {
-                    return Err(OpError::InvalidInput(format!(
-                        "image_id {:?} is not an image id",
-                        a.image_id
-                    )));
+                    return Err(OpError::unknown("image_id", &a.image_id, "image"));
                 }
                 Ok(Self::Rebuild { image_id: a.image_id })
             }
@@ -172,9 +172,12 @@ impl ServerAction {
             }
             "set_password" => {
                 let a: PasswordArgs = args(&name, value)?;
-                if a.password.is_empty() || a.password.len() > 255 || a.password.contains('\n') {
+                if a.password.is_empty()
+                    || a.password.chars().count() > 255
+                    || a.password.contains('\n')
+                {
                     return Err(OpError::InvalidInput(
-                        "password needs 1 to 255 bytes and no newline".into(),
+                        "password needs 1 to 255 characters and no newline".into(),
                     ));
                 }
                 Ok(Self::SetPassword { password: a.password })
@@ -537,7 +540,9 @@ async fn run(
     })
 }
 
-/// Stores a server's spec (and its root image id).
+/// Stores a server's spec (and its root image id), then copies it (without secrets) into its
+/// domain's `<metadata>`, from which a lost record is adopted. The store is what counts: a
+/// domain that cannot be updated right now is logged and keeps its older copy.
 pub(crate) async fn save_spec(
     services: &Services,
     id: &str,
@@ -549,6 +554,18 @@ pub(crate) async fn save_spec(
         .store()
         .set_server_spec(id, image_id, &text)
         .await?;
+    let name = match services.store().get_server(id).await? {
+        Some(row) => row.name,
+        None => return Ok(()),
+    };
+    let metadata = build::domain_metadata(services, id, &name, spec);
+    if let Err(e) = services
+        .libvirt()
+        .set_metadata(&spec.domain_name, &metadata)
+        .await
+    {
+        tracing::warn!(server_id = %id, error = %e, "cannot update the domain's metadata; it keeps the older spec");
+    }
     Ok(())
 }
 

@@ -202,13 +202,7 @@ pub(crate) fn domain_spec(
         disks,
         nics: spec.nics.iter().map(|n| n.domain_nic()).collect(),
         console_log: spec.console_log(),
-        metadata: DomainMetadata {
-            node_id: services.node_id().to_string(),
-            server_id: id.to_string(),
-            server_name: name.to_string(),
-            // Anyone with read-only libvirt access reads this: no user data, no keys.
-            spec_json: serde_json::to_string(&spec.without_secrets()).unwrap_or_default(),
-        },
+        metadata: domain_metadata(services, id, name, spec),
     }
 }
 
@@ -283,5 +277,21 @@ pub(crate) fn remove_dir(spec: &ServerSpec) -> Result<(), String> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(format!("cannot remove {}: {e}", spec.dir.display())),
+    }
+}
+
+/// The agent's `<metadata>` of a server's domain.
+pub(crate) fn domain_metadata(
+    services: &Services,
+    id: &str,
+    name: &str,
+    spec: &ServerSpec,
+) -> DomainMetadata {
+    DomainMetadata {
+        node_id: services.node_id().to_string(),
+        server_id: id.to_string(),
+        server_name: name.to_string(),
+        // Anyone with read-only libvirt access reads this: no user data, no keys.
+        spec_json: serde_json::to_string(&spec.without_secrets()).unwrap_or_default(),
     }
 }

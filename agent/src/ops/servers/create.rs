@@ -28,7 +28,7 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
     let zone = &services.config().availability_zone;
     if let Some(az) = &req.availability_zone {
         if az != zone {
-            return Err(OpError::InvalidInput(format!(
+            return Err(OpError::Conflict(format!(
                 "availability_zone {az:?} is not this node's zone {zone:?}"
             )));
         }

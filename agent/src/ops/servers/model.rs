@@ -156,7 +156,7 @@ pub struct ServerCreate {
     pub public_keys: BTreeMap<String, String>,
     /// User data, base64 (at most 65535 bytes decoded).
     pub user_data: Option<String>,
-    /// Free-form metadata (at most 128 entries of 255-byte keys and values).
+    /// Free-form metadata (at most 128 entries; keys 1–255 characters, values at most 255).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
     /// Availability zone; must be this node's when given.
@@ -203,19 +203,18 @@ impl ServerCreate {
                 ));
             }
             if uuid::Uuid::parse_str(volume).is_err() {
-                return Err(OpError::InvalidInput(format!(
-                    "boot_volume_id {volume:?} is not a volume id"
-                )));
+                return Err(OpError::unknown("boot_volume_id", volume, "volume"));
             }
+        } else if self.image_id.is_empty() {
+            return Err(OpError::InvalidInput(
+                "give image_id (an image to boot) or boot_volume_id (a volume to boot)".into(),
+            ));
         } else if uuid::Uuid::parse_str(&self.image_id).is_err() {
-            return Err(OpError::InvalidInput(format!(
-                "image_id {:?} is not an image id",
-                self.image_id
-            )));
+            return Err(OpError::unknown("image_id", &self.image_id, "image"));
         }
         if let Some(data) = &self.user_data {
             let decoded = base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
+                .decode(data)
                 .map_err(|e| {
                     OpError::InvalidInput(format!("user_data is not valid base64: {e}"))
                 })?;
@@ -232,21 +231,19 @@ impl ServerCreate {
             ));
         }
         for (k, v) in &self.metadata {
-            if k.is_empty() || k.len() > 255 || v.len() > 255 {
+            if k.is_empty() || k.chars().count() > 255 || v.chars().count() > 255 {
                 return Err(OpError::InvalidInput(format!(
-                    "metadata {k:?}: keys need 1 to 255 bytes, values at most 255"
+                    "metadata {k:?}: keys need 1 to 255 characters, values at most 255"
                 )));
             }
         }
         for (name, key) in &self.public_keys {
-            if name.is_empty() || name.len() > 255 {
+            if name.is_empty() || name.chars().count() > 255 {
                 return Err(OpError::InvalidInput(
-                    "public key names need 1 to 255 bytes".into(),
+                    "public key names need 1 to 255 characters".into(),
                 ));
             }
-            let kind = key.split_whitespace().next().unwrap_or("");
-            if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
-            {
+            if !["ssh-", "ecdsa-", "sk-"].iter().any(|p| key.starts_with(p)) {
                 return Err(OpError::InvalidInput(format!(
                     "public key {name:?} is not an OpenSSH public key"
                 )));
@@ -261,9 +258,9 @@ impl ServerCreate {
             nic.validate()?;
         }
         if let Some(key_name) = &self.key_name {
-            if key_name.is_empty() || key_name.len() > 255 {
+            if key_name.is_empty() || key_name.chars().count() > 255 {
                 return Err(OpError::InvalidInput(
-                    "key_name needs 1 to 255 bytes".into(),
+                    "key_name needs 1 to 255 characters".into(),
                 ));
             }
         }

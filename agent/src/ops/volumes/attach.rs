@@ -152,7 +152,7 @@ pub async fn attach(
     check_status(loaded.status)?;
     let volume = get_volume(services, volume_id)
         .await
-        .map_err(|_| OpError::InvalidInput(format!("volume_id {volume_id} is not a volume")))?;
+        .map_err(|_| OpError::unknown("volume_id", volume_id, "volume"))?;
     if volume.status != "available" {
         return Err(OpError::Conflict(format!(
             "volume {volume_id} is {}{}",
@@ -249,9 +249,9 @@ pub async fn release(services: &Services, volume_id: &str) -> Result<(), OpError
 /// # Errors
 /// 400 for an unknown volume or one not made from an image; 409 when it is not available.
 pub async fn boot_image(services: &Services, volume_id: &str) -> Result<String, OpError> {
-    let volume = get_volume(services, volume_id).await.map_err(|_| {
-        OpError::InvalidInput(format!("boot_volume_id {volume_id} is not a volume"))
-    })?;
+    let volume = get_volume(services, volume_id)
+        .await
+        .map_err(|_| OpError::unknown("boot_volume_id", volume_id, "volume"))?;
     if volume.status != "available" {
         return Err(OpError::Conflict(format!(
             "volume {volume_id} is {}; a server boots only from an available volume",

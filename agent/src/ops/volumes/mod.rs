@@ -52,8 +52,9 @@ pub struct VolumeCreate {
     /// Size, GiB (1–16384).
     #[schema(minimum = 1, maximum = 16_384)]
     pub size_gb: i64,
-    /// Name.
+    /// Name (at most 255 characters, no control characters).
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
     /// Volume type name or id [default: the default type].
     #[serde(default)]
@@ -228,9 +229,7 @@ pub async fn create(services: &Services, req: VolumeCreate) -> Result<Volume, Op
         let image = crate::ops::servers::build::active_image(services, image_id, "source")
             .await
             .map_err(|e| match e {
-                OpError::NotFound { id, .. } => {
-                    OpError::InvalidInput(format!("image_id {id} is not an image"))
-                }
+                OpError::NotFound { id, .. } => OpError::unknown("image_id", &id, "image"),
                 other => other,
             })?;
         let need = image.virtual_size.unwrap_or(0);
@@ -247,9 +246,9 @@ pub async fn create(services: &Services, req: VolumeCreate) -> Result<Volume, Op
             Some(image_id.clone()),
         )
     } else if let Some(snapshot_id) = &req.snapshot_id {
-        let snap = snapshots::get(services, snapshot_id).await.map_err(|_| {
-            OpError::InvalidInput(format!("snapshot_id {snapshot_id} is not a snapshot"))
-        })?;
+        let snap = snapshots::get(services, snapshot_id)
+            .await
+            .map_err(|_| OpError::unknown("snapshot_id", snapshot_id, "snapshot"))?;
         if snap.status != "available" {
             return Err(OpError::Conflict(format!(
                 "snapshot {snapshot_id} is {}",
@@ -276,9 +275,9 @@ pub async fn create(services: &Services, req: VolumeCreate) -> Result<Volume, Op
             origin.image_id.clone(),
         )
     } else if let Some(volume_id) = &req.source_volid {
-        let src = get(services, volume_id).await.map_err(|_| {
-            OpError::InvalidInput(format!("source_volid {volume_id} is not a volume"))
-        })?;
+        let src = get(services, volume_id)
+            .await
+            .map_err(|_| OpError::unknown("source_volid", volume_id, "volume"))?;
         if src.status != "available" {
             return Err(OpError::Conflict(format!(
                 "volume {volume_id} is {}",

@@ -17,8 +17,9 @@ use utoipa::ToSchema;
 pub struct SnapshotCreate {
     /// The volume.
     pub volume_id: String,
-    /// Name.
+    /// Name (at most 255 characters, no control characters).
     #[serde(default)]
+    #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub name: String,
 }
 
@@ -92,9 +93,9 @@ pub async fn create(services: &Services, req: SnapshotCreate) -> Result<Snapshot
     let guard = super::volume_lock(services, &req.volume_id)
         .lock_owned()
         .await;
-    let volume = get_volume(services, &req.volume_id).await.map_err(|_| {
-        OpError::InvalidInput(format!("volume_id {} is not a volume", req.volume_id))
-    })?;
+    let volume = get_volume(services, &req.volume_id)
+        .await
+        .map_err(|_| OpError::unknown("volume_id", &req.volume_id, "volume"))?;
     if !matches!(volume.status.as_str(), "available" | "in-use") {
         return Err(OpError::Conflict(format!(
             "volume {} is {}; snapshots need an available or in-use volume",

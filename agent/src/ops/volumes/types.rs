@@ -56,9 +56,9 @@ pub async fn resolve(services: &Services, name: Option<&str>) -> Result<VolumeTy
         Some(n) => types
             .into_iter()
             .find(|t| t.name == n || t.id == n)
-            .ok_or_else(|| OpError::InvalidInput(format!("unknown volume_type {n:?}"))),
+            .ok_or_else(|| OpError::unknown("volume_type", n, "volume type")),
         None => types.into_iter().find(|t| t.is_default).ok_or_else(|| {
-            OpError::InvalidInput(
+            OpError::Conflict(
                 "no volume_type given and no default type: create one with is_default".into(),
             )
         }),
@@ -80,15 +80,12 @@ pub async fn create(services: &Services, req: VolumeTypeCreate) -> Result<Volume
     }
     let backends = services.plugins().volume_driver_names();
     if !backends.contains(&req.backend) {
-        return Err(OpError::InvalidInput(format!(
-            "unknown backend {:?}; configured volume drivers: {}",
-            req.backend,
-            if backends.is_empty() {
-                "none".to_string()
-            } else {
-                backends.join(", ")
-            }
-        )));
+        return Err(OpError::unknown_among(
+            "backend",
+            &req.backend,
+            "volume driver",
+            &backends,
+        ));
     }
     if list(services).await?.iter().any(|t| t.name == req.name) {
         return Err(OpError::Conflict(format!(
