@@ -21,6 +21,7 @@
 //! ```
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::Duration;
@@ -100,6 +101,7 @@ pub struct Tool {
     env: Vec<(&'static str, OsString)>,
     deadline: Duration,
     limits: Option<Limits>,
+    inherited: Vec<RawFd>,
 }
 
 impl Tool {
@@ -111,7 +113,17 @@ impl Tool {
             env: Vec::new(),
             deadline,
             limits: None,
+            inherited: Vec::new(),
         }
+    }
+
+    /// Lets the tool inherit these open descriptors under the same numbers, for arguments
+    /// such as `/proc/self/fd/N` (a file the agent opened and checked, so the tool never
+    /// resolves its path again). The caller keeps them open until the run ends.
+    #[must_use]
+    pub fn with_inherited(mut self, fds: impl IntoIterator<Item = RawFd>) -> Self {
+        self.inherited.extend(fds);
+        self
     }
 
     /// Adds an environment variable.
@@ -155,8 +167,8 @@ impl Tool {
         for (key, value) in &self.env {
             cmd.env(key, value);
         }
-        if let Some(limits) = self.limits {
-            let rlimits = [
+        let rlimits = self.limits.map(|limits| {
+            [
                 (
                     libc::RLIMIT_AS,
                     limits.address_space_bytes,
@@ -165,18 +177,26 @@ impl Tool {
                 // SIGXCPU at the soft limit, SIGKILL a second later.
                 (libc::RLIMIT_CPU, limits.cpu_secs, limits.cpu_secs + 1),
                 (libc::RLIMIT_CORE, 0, 0),
-            ];
+            ]
+        });
+        if rlimits.is_some() || !self.inherited.is_empty() {
+            let inherited = self.inherited.clone();
             // SAFETY: the closure runs in the child between fork and exec and only calls
-            // setrlimit(2), which is async-signal-safe; it allocates nothing and touches no
-            // lock (the array is copied into the closure beforehand).
+            // setrlimit(2) and fcntl(2), which are async-signal-safe; it allocates nothing and
+            // touches no lock (both lists are moved into the closure beforehand).
             unsafe {
                 cmd.pre_exec(move || {
-                    for (resource, soft, hard) in rlimits {
+                    for (resource, soft, hard) in rlimits.into_iter().flatten() {
                         let limit = libc::rlimit {
                             rlim_cur: soft,
                             rlim_max: hard,
                         };
                         if libc::setrlimit(resource, &limit) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for &fd in &inherited {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                             return Err(std::io::Error::last_os_error());
                         }
                     }

@@ -18,6 +18,8 @@ pub struct Tool<'a> {
     pub deadline: Duration,
     /// Resource limits (for tools reading untrusted files).
     pub limits: Option<Limits>,
+    /// Descriptors the tool inherits (files passed as `/proc/self/fd/N`).
+    pub inherited: Vec<std::os::fd::RawFd>,
 }
 
 impl Tool<'_> {
@@ -29,7 +31,15 @@ impl Tool<'_> {
             env: Vec::new(),
             deadline,
             limits: None,
+            inherited: Vec::new(),
         }
+    }
+
+    /// Lets the tool inherit these descriptors (see [`tool::Tool::with_inherited`]).
+    #[must_use]
+    pub fn with_inherited(mut self, fds: impl IntoIterator<Item = std::os::fd::RawFd>) -> Self {
+        self.inherited.extend(fds);
+        self
     }
 
     /// Runs it under `limits`.
@@ -56,6 +66,7 @@ impl Tool<'_> {
         if let Some(limits) = self.limits {
             runner = runner.with_limits(limits);
         }
+        runner = runner.with_inherited(self.inherited.iter().copied());
         runner.run(args).await.map_err(|e| match e {
             ToolError::Missing {
                 tool,

@@ -22,10 +22,11 @@
 
 use super::mount::{ensure_mounted, mount_point};
 use super::nfs::{NfsClient, NfsError};
-use super::share_dir::{Ownership, ShareDir};
+use super::share_dir::{Ownership, ShareDir, ToolOpen};
 use super::{check_file_name, workers, Share, VolumeError};
 use crate::config::{FilesGrant, ShareAccess};
 use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,6 +70,30 @@ impl Location {
             Self::Path(p) => p.display().to_string(),
             Self::Url(u) => u.clone(),
         }
+    }
+}
+
+/// A file of a share as a tool is given it: in mount mode a descriptor the agent opened and
+/// checked, passed as `/proc/self/fd/N` (the tool inherits it); with libnfs an `nfs://` URL.
+#[derive(Debug)]
+pub struct ToolFile {
+    fd: Option<OwnedFd>,
+    url: Option<String>,
+}
+
+impl ToolFile {
+    /// The argument the tool takes.
+    pub fn arg(&self) -> String {
+        match (&self.fd, &self.url) {
+            (Some(fd), _) => format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            (None, Some(url)) => url.clone(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The descriptor the tool must inherit, if any.
+    pub fn inherited(&self) -> Option<RawFd> {
+        self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 }
 
@@ -195,6 +220,57 @@ impl Files {
         Ok(match self.access {
             ShareAccess::Mount => Location::Path(self.dir(share).await?.join(name)),
             ShareAccess::Libnfs => Location::Url(share.url(name)),
+        })
+    }
+
+    /// Opens `name` for a tool (see [`ToolFile`]). [`ToolOpen::Create`] makes the file in
+    /// mount mode (with libnfs the tool creates it); its ownership is the grant's.
+    ///
+    /// # Errors
+    /// [`VolumeError::FileNotFound`] for a missing existing file; [`VolumeError::FileExists`]
+    /// for a name taken when creating; as [`Files::stat`].
+    pub async fn open_for_tool(
+        &self,
+        share: &str,
+        name: &str,
+        write: bool,
+        create: bool,
+    ) -> Result<ToolFile, VolumeError> {
+        let checked = self.check(share, name)?;
+        if self.access == ShareAccess::Libnfs {
+            return Ok(ToolFile {
+                fd: None,
+                url: Some(checked.url(name)),
+            });
+        }
+        let how = match (create, write) {
+            (true, _) => ToolOpen::Create(self.ownership()),
+            (false, true) => ToolOpen::ReadWrite,
+            (false, false) => ToolOpen::Read,
+        };
+        let file = name.to_owned();
+        let opened = self
+            .on_dir(checked, "open", name, move |d| d.open_for_tool(&file, how))
+            .await;
+        let fd = match opened {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                return Err(VolumeError::FileNotFound {
+                    share: share.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            Err(VolumeError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
+                return Err(VolumeError::FileExists {
+                    share: share.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(ToolFile {
+            fd: Some(fd),
+            url: None,
         })
     }
 

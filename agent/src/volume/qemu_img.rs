@@ -13,7 +13,7 @@
 //! driver only ever sees names.
 
 use super::command::{plain_stderr, Tool};
-use super::files::{Files, Location};
+use super::files::{Files, ToolFile};
 use super::{check_file_name, DiskFormat, Share, VolumeError};
 use crate::config::ShareAccess;
 use crate::tool::Limits;
@@ -71,6 +71,33 @@ impl<'a> References<'a> {
     }
 }
 
+/// Limits of `qemu-img` runs that write (create, convert, resize, commit, rebase): they read
+/// images anyone with access to the share may have written, so their address space is bounded
+/// (4 GiB: room for a copy's buffers and worker threads); their time is bounded by the grant's
+/// deadline rather than a CPU limit, as a large copy is legitimately long. `info` runs under the
+/// tighter [`Limits::QEMU_IMG`].
+const WORK_LIMITS: Limits = Limits {
+    address_space_bytes: 4 << 30,
+    cpu_secs: 86_400,
+};
+
+/// The `json:` description of an image chain, top first: each layer's driver and file, each
+/// qcow2 layer's backing given explicitly (`null` below the last), so QEMU opens exactly these
+/// files.
+fn chain_json(layers: &[(String, DiskFormat)]) -> Value {
+    let Some(((file, format), below)) = layers.split_first() else {
+        return Value::Null;
+    };
+    let mut layer = serde_json::json!({
+        "driver": format.as_str(),
+        "file": { "driver": "file", "filename": file },
+    });
+    if *format == DiskFormat::Qcow2 {
+        layer["backing"] = chain_json(below);
+    }
+    layer
+}
+
 /// `qemu-img` restricted to the shares of a grant.
 #[derive(Debug, Clone)]
 pub struct QemuImg {
@@ -116,24 +143,68 @@ impl QemuImg {
         Tool::new("qemu-img", "qemu-utils", self.files.deadline())
     }
 
-    async fn run(&self, args: Vec<String>) -> Result<String, VolumeError> {
-        self.tool().run(&args, plain_stderr).await
+    /// Runs `qemu-img` on `files` (which it inherits), under [`WORK_LIMITS`].
+    async fn run(&self, args: Vec<String>, files: &[&ToolFile]) -> Result<String, VolumeError> {
+        self.tool()
+            .with_limits(WORK_LIMITS)
+            .with_inherited(files.iter().filter_map(|f| f.inherited()))
+            .run(&args, plain_stderr)
+            .await
     }
 
     /// Runs `qemu-img info` on a file someone else may have written: under [`Limits::QEMU_IMG`].
-    async fn run_info(&self, args: Vec<String>) -> Result<String, VolumeError> {
+    async fn run_info(&self, args: Vec<String>, file: &ToolFile) -> Result<String, VolumeError> {
         self.tool()
             .with_limits(Limits::QEMU_IMG)
+            .with_inherited(file.inherited())
             .run(&args, plain_stderr)
             .await
     }
 
     /// How an overlay in `share` refers to backing file `name`.
-    fn backing_ref(&self, share: &Share, location: &Location, name: &str) -> String {
-        match (self.files.access(), location) {
-            (ShareAccess::Libnfs, _) | (_, Location::Url(_)) => share.url(name),
-            (ShareAccess::Mount, Location::Path(_)) => name.to_owned(),
+    fn backing_ref(&self, share: &Share, name: &str) -> String {
+        match self.files.access() {
+            ShareAccess::Libnfs => share.url(name),
+            ShareAccess::Mount => name.to_owned(),
         }
+    }
+
+    /// Opens the images of a chain (`layers`, top first, from [`QemuImg::check_chain`]) and
+    /// returns them with the argument that names the chain: with libnfs the top's URL (QEMU
+    /// follows the recorded backing URLs), in mount mode a `json:` description giving every
+    /// layer as a descriptor, so QEMU never resolves a path of the share itself. The top is
+    /// opened read-write when `write_top`, and so is its backing file when `write_backing`.
+    async fn open_chain(
+        &self,
+        share: &Share,
+        layers: &[(String, DiskFormat)],
+        write_top: bool,
+        write_backing: bool,
+    ) -> Result<(Vec<ToolFile>, String), VolumeError> {
+        let mut files = Vec::with_capacity(layers.len());
+        for (i, (name, _)) in layers.iter().enumerate() {
+            let write = (i == 0 && write_top) || (i == 1 && write_backing);
+            files.push(
+                self.files
+                    .open_for_tool(share.as_str(), name, write, false)
+                    .await?,
+            );
+            if self.files.access() == ShareAccess::Libnfs {
+                break;
+            }
+        }
+        let arg = match self.files.access() {
+            ShareAccess::Libnfs => files[0].arg(),
+            ShareAccess::Mount => {
+                let described: Vec<(String, DiskFormat)> = files
+                    .iter()
+                    .zip(layers)
+                    .map(|(f, (_, format))| (f.arg(), *format))
+                    .collect();
+                format!("json:{}", chain_json(&described))
+            }
+        };
+        Ok((files, arg))
     }
 
     /// Maps a backing reference found in an image to a name of the same share.

@@ -56,6 +56,17 @@ pub struct Ownership {
     pub mode: u32,
 }
 
+/// How [`ShareDir::open_for_tool`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolOpen {
+    /// An existing regular file, read-only.
+    Read,
+    /// An existing regular file, read-write.
+    ReadWrite,
+    /// A new empty file (an existing name is refused), read-write, owned as given.
+    Create(Ownership),
+}
+
 /// The open top directory of one mounted share.
 pub struct ShareDir {
     dir: File,
@@ -179,6 +190,31 @@ impl ShareDir {
             return Err(self.io("create", name)(e));
         }
         Ok(())
+    }
+
+    /// Opens `name` for a tool that is handed the descriptor (`/proc/self/fd/N`) rather than
+    /// the path, so what it reads or writes is the file checked here whatever the path
+    /// becomes meanwhile. `None` when an existing file is asked for and missing.
+    ///
+    /// # Errors
+    /// [`VolumeError::NotPlainFile`]; [`VolumeError::Io`] (`AlreadyExists` for
+    /// [`ToolOpen::Create`] on an existing name).
+    pub fn open_for_tool(&self, name: &str, how: ToolOpen) -> Result<Option<OwnedFd>, VolumeError> {
+        let file = match how {
+            ToolOpen::Read => self.open_plain(name, libc::O_RDONLY)?,
+            ToolOpen::ReadWrite => self.open_plain(name, libc::O_RDWR)?,
+            ToolOpen::Create(own) => {
+                let file = self
+                    .openat(name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)
+                    .map_err(self.io("create", name))?;
+                if let Err(e) = own_fd(&file, own) {
+                    let _ = self.unlink(name);
+                    return Err(self.io("create", name)(e));
+                }
+                Some(file)
+            }
+        };
+        Ok(file.map(OwnedFd::from))
     }
 
     /// Gives the regular file `name` the ownership and mode `own`.
