@@ -287,6 +287,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_inherited_descriptor_is_what_the_tool_reads_and_nothing_else_leaks() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checked");
+        std::fs::write(&path, "checked bytes").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let fd = file.as_raw_fd();
+        let read = format!("cat /proc/self/fd/{fd}");
+        let out = sh(None)
+            .with_inherited([fd])
+            .run(&["-c".into(), read.clone()])
+            .await
+            .unwrap();
+        assert_eq!(out, "checked bytes");
+        // Without asking, the descriptor (opened close-on-exec) is not there.
+        assert!(sh(None).run(&["-c".into(), read]).await.is_err());
+    }
+
+    #[tokio::test]
     async fn a_spinning_tool_is_stopped_at_its_cpu_limit() {
         let limits = Limits {
             address_space_bytes: 1 << 30,

@@ -210,21 +210,16 @@ fn links_planted_on_the_export_are_refused_over_userspace_nfs() {
     planted_links_are_refused("libnfs", None);
 }
 
-#[test]
-fn links_planted_on_the_export_are_refused_through_a_mount() {
-    require_root();
-    let server = ganesha();
-    let root = tempfile::tempdir().unwrap();
+/// A mount-mode grant of `server`'s share A, bind-mounted where the host expects it.
+fn mounted_share(server: &Ganesha, root: &Path) -> (Files, MountGuard) {
     let grant: FilesGrant = toml::from_str(
-        &files_table(&[server.share_a()], "mount", Some(root.path()))
-            .replace("[plugins.files]\n", ""),
+        &files_table(&[server.share_a()], "mount", Some(root)).replace("[plugins.files]\n", ""),
     )
     .unwrap();
-    let point = Files::new(&grant)
-        .unwrap()
-        .mount_point(&Share::parse(&server.share_a()).unwrap());
+    let files = Files::new(&grant).unwrap();
+    let point = files.mount_point(&Share::parse(&server.share_a()).unwrap());
     std::fs::create_dir_all(&point).unwrap();
-    let _mount = MountGuard(point.clone());
+    let guard = MountGuard(point.clone());
     sh(
         "mount",
         &[
@@ -234,5 +229,65 @@ fn links_planted_on_the_export_are_refused_through_a_mount() {
         ],
         &[],
     );
+    (files, guard)
+}
+
+/// The check-then-use race on a mounted share: a file checked and opened by the host is what
+/// `qemu-img` reads even after another client of the export swapped its name for a symbolic
+/// link to a host file — the tool is handed the descriptor, never the path.
+#[test]
+fn qemu_img_reads_the_file_the_host_checked_not_what_the_name_became() {
+    require_root();
+    let server = ganesha();
+    let root = tempfile::tempdir().unwrap();
+    let (files, _mount) = mounted_share(server, root.path());
+    let share = server.share_a();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = unique();
+    let name = format!("volume-{id}");
+    let _cleanup = FileGuard(vec![(server.a.clone(), id.clone())]);
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        server.a.join(&name).to_str().unwrap(),
+        "3G",
+    ]);
+    let opened = rt
+        .block_on(files.open_for_tool(&share, &name, false, false))
+        .unwrap();
+
+    // Another client swaps the name for a link to a 64 KiB raw host file.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, vec![7u8; 1 << 16]).unwrap();
+    std::fs::rename(server.a.join(&name), outside.path().join("moved")).unwrap();
+    std::os::unix::fs::symlink(&secret, server.a.join(&name)).unwrap();
+
+    let info = rt
+        .block_on(
+            hyperlet::tool::Tool::new("qemu-img", "qemu-utils", std::time::Duration::from_secs(30))
+                .with_inherited(opened.inherited())
+                .run(&["info".into(), "--output=json".into(), opened.arg()]),
+        )
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], 3u64 << 30, "{info}");
+    // And opening the name now is refused: it is a link.
+    let again = rt.block_on(files.open_for_tool(&share, &name, false, false));
+    assert!(
+        matches!(again, Err(VolumeError::NotPlainFile { .. })),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn links_planted_on_the_export_are_refused_through_a_mount() {
+    require_root();
+    let server = ganesha();
+    let root = tempfile::tempdir().unwrap();
+    let (_files, _mount) = mounted_share(server, root.path());
     planted_links_are_refused("mount", Some(root.path()));
 }

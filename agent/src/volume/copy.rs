@@ -7,7 +7,10 @@ use super::qemu_img::References;
 use super::{DiskFormat, VolumeConnection, VolumeError};
 use crate::tool::Limits;
 use serde_json::Value;
-use std::path::Path;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The deadline of [`copy_image_to`].
@@ -50,6 +53,9 @@ pub async fn copy_image_to_with_deadline(
             )))
         }
     };
+    // A volume file is opened once, here, without following a link, and handed to qemu-img
+    // as its descriptor: what was checked is what is written, whatever the path becomes.
+    let mut held: Option<OwnedFd> = None;
     let (target, format) = match connection {
         VolumeConnection::Block { path } => {
             if !Path::new(path).exists() {
@@ -59,7 +65,10 @@ pub async fn copy_image_to_with_deadline(
         }
         VolumeConnection::File { path, format } => {
             check_path(path)?;
-            (path.clone(), *format)
+            let fd = open_volume_file(PathBuf::from(path), deadline).await?;
+            let arg = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            held = Some(fd);
+            (arg, *format)
         }
         VolumeConnection::Nfs { host, path, format } => {
             check_path(path)?;
@@ -69,9 +78,12 @@ pub async fn copy_image_to_with_deadline(
             (share.url(&path[1..]), *format)
         }
     };
-    let tool = Tool::new("qemu-img", "qemu-utils", deadline);
+    let inherited = held.as_ref().map(AsRawFd::as_raw_fd);
+    let tool = Tool::new("qemu-img", "qemu-utils", deadline).with_inherited(inherited);
     // The volume's file may have been written by anyone with access to the backend.
-    let inspector = Tool::new("qemu-img", "qemu-utils", deadline).with_limits(Limits::QEMU_IMG);
+    let inspector = Tool::new("qemu-img", "qemu-utils", deadline)
+        .with_limits(Limits::QEMU_IMG)
+        .with_inherited(inherited);
     let info = |path: String, format: DiskFormat| {
         let tool = &inspector;
         async move {
@@ -125,6 +137,44 @@ pub async fn copy_image_to_with_deadline(
     )
     .await
     .map(drop)
+}
+
+/// Opens a volume file read-write without following a link (`O_NOFOLLOW`, and `O_NONBLOCK`
+/// so a FIFO cannot block), refusing anything but a regular file with one link; on the share
+/// workers, within `deadline` (the file may be on a hard NFS mount).
+async fn open_volume_file(path: PathBuf, deadline: Duration) -> Result<OwnedFd, VolumeError> {
+    let shown = path.clone();
+    super::workers::run("open the volume file", shown, deadline, move || {
+        let io = |source| VolumeError::Io {
+            op: "open the volume file",
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    VolumeError::Invalid(format!(
+                        "volume file {} is a symbolic link",
+                        path.display()
+                    ))
+                } else {
+                    io(e)
+                }
+            })?;
+        let meta = file.metadata().map_err(io)?;
+        if let Some(what) = super::share_dir::describe(&meta) {
+            return Err(VolumeError::Invalid(format!(
+                "volume file {} is {what}",
+                path.display()
+            )));
+        }
+        Ok(OwnedFd::from(file))
+    })
+    .await
 }
 
 /// An absolute path without `..` components.

@@ -56,7 +56,7 @@ mod workers;
 
 pub use answer::check_connection;
 pub use copy::{copy_image_to, copy_image_to_with_deadline, COPY_DEADLINE};
-pub use files::{FileStat, Files, ShareStats};
+pub use files::{FileStat, Files, ShareStats, ToolFile};
 pub use lvm::{LvInfo, Lvm, ThinPoolInfo, VgInfo};
 pub use model::{CapacityStats, DiskFormat, SnapshotRef, VolumeConnection, VolumeRef};
 pub use names::{check_file_name, Share};

@@ -248,13 +248,16 @@ impl QemuImg {
                 name: name.to_owned(),
             });
         }
-        let location = self.files.location(share.as_str(), name).await?;
+        let file = self
+            .files
+            .open_for_tool(share.as_str(), name, false, false)
+            .await?;
         let mut args = vec!["info".to_owned(), "-U".into(), "--output=json".into()];
         if let Some(f) = format {
             args.extend(["-f".into(), f.as_str().into()]);
         }
-        args.push(location.arg());
-        let out = self.run_info(args).await?;
+        args.push(file.arg());
+        let out = self.run_info(args, &file).await?;
         let json: Value = serde_json::from_str(&out).map_err(|_| VolumeError::Parse {
             tool: "qemu-img",
             line: out.chars().take(200).collect(),
@@ -293,19 +296,21 @@ impl QemuImg {
     }
 
     /// Walks the chain from `name` (read as `format`): every backing file in the share, with a
-    /// raw or qcow2 format recorded. Returns the top image's info.
+    /// raw or qcow2 format recorded. Returns the top image's info and the chain's layers
+    /// (name and format, top first).
     async fn check_chain(
         &self,
         share: &Share,
         name: &str,
         format: DiskFormat,
-    ) -> Result<ImageInfo, VolumeError> {
+    ) -> Result<(ImageInfo, Vec<(String, DiskFormat)>), VolumeError> {
         let top = self.info_one(share, name, Some(format)).await?;
+        let mut layers = vec![(name.to_owned(), format)];
         let mut current = top.clone();
         let mut current_name = name.to_owned();
         for _ in 0..MAX_CHAIN {
             let Some(backing) = current.backing_file.clone() else {
-                return Ok(top);
+                return Ok((top, layers));
             };
             let backing_format = current
                 .backing_format
@@ -317,6 +322,7 @@ impl QemuImg {
                     reference: format!("{backing} without a raw or qcow2 backing format recorded"),
                 })?;
             current = self.info_one(share, &backing, Some(backing_format)).await?;
+            layers.push((backing.clone(), backing_format));
             current_name = backing;
         }
         Err(VolumeError::Invalid(format!(
@@ -362,7 +368,6 @@ impl QemuImg {
             }
         }
         self.refuse_existing(&share, name).await?;
-        let location = self.files.location(share.as_str(), name).await?;
         let mut args = vec![
             "create".to_owned(),
             "-q".into(),
@@ -375,13 +380,20 @@ impl QemuImg {
             args.extend([
                 "-u".into(),
                 "-b".into(),
-                self.backing_ref(&share, &location, backing_name),
+                self.backing_ref(&share, backing_name),
                 "-F".into(),
                 backing_format.as_str().into(),
             ]);
         }
-        args.extend([location.arg(), format!("{size_gb}G")]);
-        self.run(args).await?;
+        let file = self
+            .files
+            .open_for_tool(share.as_str(), name, true, true)
+            .await?;
+        args.extend([file.arg(), format!("{size_gb}G")]);
+        if let Err(e) = self.run(args, &[&file]).await {
+            let _ = self.files.remove(share.as_str(), name).await;
+            return Err(e);
+        }
         self.files.apply_mode(share.as_str(), name).await
     }
 
@@ -406,21 +418,21 @@ impl QemuImg {
                 "cannot convert {source} onto itself"
             )));
         }
-        self.check_chain(&share, source, source_format).await?;
+        let (_, layers) = self.check_chain(&share, source, source_format).await?;
         self.refuse_existing(&share, target).await?;
-        let from = self.files.location(share.as_str(), source).await?;
-        let to = self.files.location(share.as_str(), target).await?;
-        let args = vec![
-            "convert".to_owned(),
-            "-q".into(),
-            "-f".into(),
-            source_format.as_str().into(),
-            "-O".into(),
-            format.as_str().into(),
-            from.arg(),
-            to.arg(),
-        ];
-        if let Err(e) = self.run(args).await {
+        let (sources, from) = self.open_chain(&share, &layers, false, false).await?;
+        let to = self
+            .files
+            .open_for_tool(share.as_str(), target, true, true)
+            .await?;
+        let mut args = vec!["convert".to_owned(), "-q".into()];
+        if self.files.access() == ShareAccess::Libnfs {
+            args.extend(["-f".into(), source_format.as_str().into()]);
+        }
+        args.extend(["-O".into(), format.as_str().into(), from, to.arg()]);
+        let mut files: Vec<&ToolFile> = sources.iter().collect();
+        files.push(&to);
+        if let Err(e) = self.run(args, &files).await {
             let _ = self.files.remove(share.as_str(), target).await;
             return Err(e);
         }
@@ -458,7 +470,7 @@ impl QemuImg {
         let share = self.files.share(share)?.clone();
         check_file_name(name)?;
         let new_bytes = check_size_gb(new_size_gb)?;
-        let current = self.check_chain(&share, name, format).await?;
+        let (current, layers) = self.check_chain(&share, name, format).await?;
         if current.virtual_size_bytes > new_bytes {
             return Err(VolumeError::ShrinkImage {
                 name: name.to_owned(),
@@ -469,17 +481,15 @@ impl QemuImg {
         if current.virtual_size_bytes == new_bytes {
             return Ok(());
         }
-        let location = self.files.location(share.as_str(), name).await?;
-        self.run(vec![
-            "resize".into(),
-            "-q".into(),
-            "-f".into(),
-            format.as_str().into(),
-            location.arg(),
-            format!("{new_size_gb}G"),
-        ])
-        .await
-        .map(drop)
+        let (files, image) = self.open_chain(&share, &layers, true, false).await?;
+        let mut args = vec!["resize".to_owned(), "-q".into()];
+        if self.files.access() == ShareAccess::Libnfs {
+            args.extend(["-f".into(), format.as_str().into()]);
+        }
+        args.extend([image, format!("{new_size_gb}G")]);
+        self.run(args, &files.iter().collect::<Vec<_>>())
+            .await
+            .map(drop)
     }
 
     /// Writes the changes of qcow2 overlay `name` into its backing file (`qemu-img commit -d`).
@@ -489,20 +499,18 @@ impl QemuImg {
     pub async fn commit(&self, share: &str, name: &str) -> Result<(), VolumeError> {
         let share = self.files.share(share)?.clone();
         check_file_name(name)?;
-        let top = self.check_chain(&share, name, DiskFormat::Qcow2).await?;
+        let (top, layers) = self.check_chain(&share, name, DiskFormat::Qcow2).await?;
         if top.backing_file.is_none() {
             return Err(VolumeError::Invalid(format!(
                 "{name} has no backing file to commit into"
             )));
         }
-        let location = self.files.location(share.as_str(), name).await?;
+        let (files, image) = self.open_chain(&share, &layers, true, true).await?;
         let mut args = vec!["commit".to_owned(), "-q".into(), "-d".into()];
-        match location {
-            Location::Path(path) => {
-                args.extend(["-f".into(), "qcow2".into(), path.display().to_string()])
-            }
+        match self.files.access() {
+            ShareAccess::Mount => args.push(image),
             // QEMU's NFS driver cannot reopen a backing file read-write: open it so.
-            Location::Url(_) => args.extend([
+            ShareAccess::Libnfs => args.extend([
                 "--image-opts".into(),
                 format!(
                     "driver=qcow2,file.driver=nfs,file.server.type=inet,file.server.host={},\
@@ -512,7 +520,9 @@ impl QemuImg {
                 ),
             ]),
         }
-        self.run(args).await.map(drop)
+        self.run(args, &files.iter().collect::<Vec<_>>())
+            .await
+            .map(drop)
     }
 
     /// Points qcow2 overlay `name` at `backing` without copying (`qemu-img rebase -u`).
@@ -535,19 +545,25 @@ impl QemuImg {
         }
         self.info_one(&share, name, Some(DiskFormat::Qcow2)).await?;
         self.check_chain(&share, backing.0, backing.1).await?;
-        let location = self.files.location(share.as_str(), name).await?;
-        self.run(vec![
-            "rebase".into(),
-            "-q".into(),
-            "-u".into(),
-            "-f".into(),
-            "qcow2".into(),
-            "-b".into(),
-            self.backing_ref(&share, &location, backing.0),
-            "-F".into(),
-            backing.1.as_str().into(),
-            location.arg(),
-        ])
+        let file = self
+            .files
+            .open_for_tool(share.as_str(), name, true, false)
+            .await?;
+        self.run(
+            vec![
+                "rebase".into(),
+                "-q".into(),
+                "-u".into(),
+                "-f".into(),
+                "qcow2".into(),
+                "-b".into(),
+                self.backing_ref(&share, backing.0),
+                "-F".into(),
+                backing.1.as_str().into(),
+                file.arg(),
+            ],
+            &[&file],
+        )
         .await
         .map(drop)
     }
@@ -556,6 +572,30 @@ impl QemuImg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_is_described_layer_by_layer_with_explicit_backing() {
+        let layers = vec![
+            ("/proc/self/fd/7".to_owned(), DiskFormat::Qcow2),
+            ("/proc/self/fd/8".to_owned(), DiskFormat::Qcow2),
+            ("/proc/self/fd/9".to_owned(), DiskFormat::Raw),
+        ];
+        let file = |n: u32| serde_json::json!({ "driver": "file", "filename": format!("/proc/self/fd/{n}") });
+        assert_eq!(
+            chain_json(&layers),
+            serde_json::json!({
+                "driver": "qcow2", "file": file(7),
+                "backing": {
+                    "driver": "qcow2", "file": file(8),
+                    "backing": { "driver": "raw", "file": file(9) }
+                }
+            })
+        );
+        assert_eq!(
+            chain_json(&layers[..1]),
+            serde_json::json!({ "driver": "qcow2", "file": file(7), "backing": null })
+        );
+    }
     use crate::config::FilesGrant;
 
     fn qemu(access: ShareAccess, root: &std::path::Path) -> QemuImg {

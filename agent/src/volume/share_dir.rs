@@ -34,7 +34,8 @@ pub fn plain_file(is_symlink: bool, is_dir: bool, is_regular: bool, links: u64) 
     }
 }
 
-fn describe(meta: &Metadata) -> Option<String> {
+/// Why `meta` is not a regular file with one link, or `None` when it is.
+pub fn describe(meta: &Metadata) -> Option<String> {
     let t = meta.file_type();
     let special = t.is_block_device() || t.is_char_device() || t.is_fifo() || t.is_socket();
     plain_file(
