@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 /// How long libvirtd stays stopped.
-const STOPPED_FOR: Duration = Duration::from_secs(120);
+pub const STOPPED_FOR: Duration = Duration::from_secs(120);
 /// The slowest answer accepted from a route that needs no libvirt (generous: the machine is
 /// shared and loaded; a starved agent takes many seconds or never answers).
-const FAST: Duration = Duration::from_secs(1);
+pub const FAST: Duration = Duration::from_secs(1);
 /// Threads the agent may add while libvirtd is stopped (tokio's blocking pool serving the
 /// store grows a little with concurrent requests; a leak adds one per stuck libvirt call).
-const THREAD_SLACK: usize = 6;
+pub const THREAD_SLACK: usize = 6;
 
-fn threads(pid: Pid) -> usize {
+pub fn threads(pid: Pid) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("agent status")
         .lines()
@@ -30,7 +30,7 @@ fn threads(pid: Pid) -> usize {
         .expect("Threads: line")
 }
 
-fn quick_get(agent: &Agent, client: &reqwest::blocking::Client, path: &str) -> Duration {
+pub fn quick_get(agent: &Agent, client: &reqwest::blocking::Client, path: &str) -> Duration {
     let started = Instant::now();
     let resp = client
         .get(format!("{}{path}", agent.url()))
@@ -41,7 +41,7 @@ fn quick_get(agent: &Agent, client: &reqwest::blocking::Client, path: &str) -> D
     assert_eq!(resp.status(), 200, "GET {path}");
     assert!(
         took < FAST,
-        "GET {path} took {took:?} while libvirtd was stopped"
+        "GET {path} took {took:?} while a dependency was stopped"
     );
     took
 }

@@ -19,6 +19,7 @@ mod openapi;
 mod plugins;
 mod servers;
 mod shares;
+mod stuck_share;
 mod tls;
 mod volume_plugins;
 mod volumes;

@@ -250,7 +250,7 @@ fn plugged(domain: &str, volume_id: &str) -> bool {
 }
 
 /// An agent with the NFS backend as the default volume type.
-fn nfs_agent(extra: &str) -> (Agent, String) {
+pub fn nfs_agent(extra: &str) -> (Agent, String) {
     let nfs = ganesha();
     let config = format!(
         "{}\n{}\n{extra}",
@@ -295,6 +295,7 @@ fn settled(agent: &Agent, id: &str, transitional: &str) -> Value {
 /// for a detach killed after libvirt unplugged the disk.
 #[test]
 fn attach_and_detach_killed_mid_way_settle_on_what_libvirt_has() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let _vm = hyperlet_tests::vm_shared();
     let (mut agent, config) = nfs_agent("");
     let image = import_guest(&agent, "");
@@ -396,6 +397,7 @@ fn attach_and_detach_killed_mid_way_settle_on_what_libvirt_has() {
 /// answers 202 at once and the attach, then the detach, finish in the background.
 #[test]
 fn attach_and_detach_outlive_their_request_deadline() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let _vm = hyperlet_tests::vm_shared();
     let (mut agent, config) = nfs_agent("");
     let image = import_guest(&agent, "");

@@ -206,6 +206,7 @@ fn planted_links_are_refused(access: &str, mount_root: Option<&Path>) {
 
 #[test]
 fn links_planted_on_the_export_are_refused_over_userspace_nfs() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     planted_links_are_refused("libnfs", None);
 }
@@ -237,6 +238,7 @@ fn mounted_share(server: &Ganesha, root: &Path) -> (Files, MountGuard) {
 /// link to a host file — the tool is handed the descriptor, never the path.
 #[test]
 fn qemu_img_reads_the_file_the_host_checked_not_what_the_name_became() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     let root = tempfile::tempdir().unwrap();
@@ -285,6 +287,7 @@ fn qemu_img_reads_the_file_the_host_checked_not_what_the_name_became() {
 
 #[test]
 fn links_planted_on_the_export_are_refused_through_a_mount() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     let root = tempfile::tempdir().unwrap();

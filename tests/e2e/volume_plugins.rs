@@ -48,6 +48,7 @@ fn driver(registry: &PluginRegistry, name: &str) -> Arc<LoadedPlugin> {
 
 #[test]
 fn lvm_driver_manages_volumes_and_snapshots_in_its_volume_group() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let t = TestVg::new(8);
     let toml = stanza(
@@ -436,12 +437,14 @@ fn nfs_lifecycle(access: &str, mount_root: Option<&Path>) {
 
 #[test]
 fn nfs_driver_over_userspace_nfs() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     nfs_lifecycle("libnfs", None);
 }
 
 #[test]
 fn nfs_driver_over_a_mount() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     // No kernel NFS client here: the share's mount point is a bind mount of the exported
@@ -472,6 +475,7 @@ fn nfs_driver_over_a_mount() {
 
 #[test]
 fn a_full_nfs_backend_answers_no_space() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     let share = server.share_a();
@@ -506,6 +510,7 @@ fn a_full_nfs_backend_answers_no_space() {
 
 #[test]
 fn rogue_driver_is_denied_and_changes_nothing() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     let t = TestVg::new(4);
@@ -587,6 +592,7 @@ fn rogue_driver_is_denied_and_changes_nothing() {
 
 #[test]
 fn driver_without_its_grants_is_not_loaded() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let toml = format!(
         "{}{}",
         stanza("no-lvm", "volume-lvm", r#"["log"]"#, "", ""),
@@ -622,6 +628,7 @@ fn driver_without_its_grants_is_not_loaded() {
 
 #[test]
 fn an_image_is_copied_into_an_nfs_volume() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     let share = server.share_a();
@@ -757,6 +764,7 @@ fn refused(plugin: &str, r: Result<VolumeConnection, PluginError>) -> String {
 
 #[test]
 fn rogue_connection_answers_are_refused() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     let server = ganesha();
     let t = TestVg::new(4);

@@ -83,6 +83,7 @@ pub fn lvm_config(vg: &TestVg) -> String {
 
 #[test]
 fn lvm_volumes_through_the_api_and_bad_input() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let vg = TestVg::new(6);
     let config = lvm_config(&vg);
     let agent = Agent::start_with_config(&config);
@@ -233,6 +234,7 @@ pub fn boot(agent: &Agent, name: &str, source: Value) -> (String, String) {
 
 #[test]
 fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let _vm = hyperlet_tests::vm_shared();
     let nfs = ganesha();
     let config = format!(
@@ -430,6 +432,7 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
 
 #[test]
 fn kill_9_during_a_volume_create_leaves_no_backend_object() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let vg = TestVg::new(4);
     let config = lvm_config(&vg);
     let mut agent = Agent::start_with_config(&config);
@@ -484,6 +487,7 @@ fn kill_9_during_a_volume_create_leaves_no_backend_object() {
 /// answers (no panic, no null).
 #[test]
 fn rogue_driver_answers_change_nothing() {
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let victims = tempfile::tempdir().unwrap();
     let victim = victims.path().join("hyperlet.db");
     // Larger than the image, so that a copy would fit and overwrite it.

@@ -3,9 +3,10 @@
 //! shared by the test binary (stopped by PID when it exits), plus the plugin config stanzas
 //! that grant them to volume drivers.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 /// One GiB.
@@ -216,15 +217,64 @@ extern "C" fn stop_started() {
     }
 }
 
+static NFS_USE: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// Holds of [`NFS_USE`] taken by this thread.
+    static NFS_HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A hold on the shared NFS server: shared by the tests that use it, exclusive for the one
+/// that stops it (SIGSTOP), so no other test runs against a stopped server. [`ganesha`]
+/// refuses a thread holding neither.
+pub struct NfsHold {
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+    _exclusive: Option<RwLockWriteGuard<'static, ()>>,
+}
+
+impl Drop for NfsHold {
+    fn drop(&mut self) {
+        NFS_HELD.with(|h| h.set(h.get() - 1));
+    }
+}
+
+/// Shared hold on the NFS server: take it first in a test that uses [`ganesha`].
+pub fn nfs_shared() -> NfsHold {
+    let guard = NFS_USE.read().unwrap_or_else(|p| p.into_inner());
+    NFS_HELD.with(|h| h.set(h.get() + 1));
+    NfsHold {
+        _shared: Some(guard),
+        _exclusive: None,
+    }
+}
+
+/// Exclusive hold on the NFS server, for a test that stops it.
+pub fn nfs_exclusive() -> NfsHold {
+    let guard = NFS_USE.write().unwrap_or_else(|p| p.into_inner());
+    NFS_HELD.with(|h| h.set(h.get() + 1));
+    NfsHold {
+        _shared: None,
+        _exclusive: Some(guard),
+    }
+}
+
 /// The shared NFS server: two exported directories.
 pub struct Ganesha {
     /// Exported directory of share A.
     pub a: PathBuf,
     /// Exported directory of share B.
     pub b: PathBuf,
+    /// Its index in [`STARTED`].
+    index: usize,
 }
 
 impl Ganesha {
+    /// The server's process (to stop it: hold [`nfs_exclusive`]).
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let started = STARTED.lock().unwrap();
+        nix::unistd::Pid::from_raw(started[self.index].id() as i32)
+    }
+
     /// Share A as `host:/path`.
     pub fn share_a(&self) -> String {
         format!("127.0.0.1:{}", self.a.display())
@@ -271,8 +321,13 @@ pub fn exited(index: usize) -> bool {
     !matches!(started[index].try_wait(), Ok(None))
 }
 
-/// The shared NFS server, started on first use.
+/// The shared NFS server, started on first use. The calling test must hold [`nfs_shared`] (or
+/// [`nfs_exclusive`]).
 pub fn ganesha() -> &'static Ganesha {
+    assert!(
+        NFS_HELD.with(Cell::get) > 0,
+        "take hyperlet_tests::storage::nfs_shared() at the top of a test that uses the NFS server"
+    );
     static SERVER: OnceLock<Ganesha> = OnceLock::new();
     SERVER.get_or_init(|| {
         require_root();
@@ -374,7 +429,11 @@ pub fn ganesha() -> &'static Ganesha {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ganesha { a, b }
+        Ganesha {
+            a,
+            b,
+            index: server,
+        }
     })
 }
 
