@@ -237,7 +237,7 @@ fn networks_subnets_ports_and_bad_input() {
         json!({"network_id": net_id, "mac_address": port["mac_address"]}),
     );
     assert_eq!(s, 409, "{answer}");
-    // A subnet alone picks the subnet; one of no network here is refused.
+    // A subnet alone picks the subnet; an unknown one is an unknown reference (404).
     let (s, in_subnet) = post(
         &agent,
         "/v1/ports",
@@ -250,7 +250,8 @@ fn networks_subnets_ports_and_bad_input() {
         "/v1/ports",
         json!({"network_id": net_id, "fixed_ips": [{"subnet_id": "no-such-subnet"}]}),
     );
-    assert_eq!(s, 400, "{answer}");
+    assert_eq!(s, 404, "{answer}");
+    assert_eq!(answer["error"]["code"], "unknown_reference", "{answer}");
     let in_subnet_id = in_subnet["id"].as_str().unwrap();
     assert_eq!(delete(&agent, &format!("/v1/ports/{in_subnet_id}")), 204);
 

@@ -38,6 +38,16 @@ pub enum DiskSource {
         /// `qcow2` or `raw`.
         format: String,
     },
+    /// A volume file on a mounted share, already owned by the QEMU user. libvirt is told not
+    /// to relabel it (`<seclabel model='dac' relabel='no'/>`): its chown would resolve the path
+    /// again, and anyone who can write the export could have swapped the name for a link to a
+    /// host file since the agent checked it.
+    ShareFile {
+        /// Path under the share's mount point.
+        path: PathBuf,
+        /// `qcow2` or `raw`.
+        format: String,
+    },
     /// A block device on the host (an LVM volume).
     Block {
         /// Device path.
@@ -295,7 +305,9 @@ impl DomainSpec {
 
 fn write_disk(w: &mut XmlWriter, disk: &Disk) {
     let (kind, format) = match &disk.source {
-        DiskSource::File { format, .. } => ("file", format.as_str()),
+        DiskSource::File { format, .. } | DiskSource::ShareFile { format, .. } => {
+            ("file", format.as_str())
+        }
         DiskSource::Block { .. } => ("block", "raw"),
         DiskSource::Nfs { format, .. } => ("network", format.as_str()),
     };
@@ -320,6 +332,11 @@ fn write_disk(w: &mut XmlWriter, disk: &Disk) {
     match &disk.source {
         DiskSource::File { path, .. } => {
             w.empty("source", &[("file", &path.display().to_string())]);
+        }
+        DiskSource::ShareFile { path, .. } => {
+            w.open("source", &[("file", &path.display().to_string())])
+                .empty("seclabel", &[("model", "dac"), ("relabel", "no")])
+                .close();
         }
         DiskSource::Block { dev } => {
             w.empty("source", &[("dev", &dev.display().to_string())]);
@@ -420,5 +437,28 @@ mod tests {
         let meta = DomainMetadata::from_domain_xml(&xml).unwrap();
         assert_eq!(meta, spec().metadata);
         assert!(DomainMetadata::from_domain_xml("<domain/>").is_none());
+    }
+
+    #[test]
+    fn a_share_file_is_never_relabelled_and_the_servers_own_disks_are() {
+        let mut spec = spec();
+        spec.disks.push(Disk {
+            target: "vdb".into(),
+            source: DiskSource::ShareFile {
+                path: "/mnt/share/volume-1".into(),
+                format: "raw".into(),
+            },
+            serial: Some("volume-1".into()),
+            read_only: false,
+        });
+        let xml = spec.to_xml();
+        let squeezed: String = xml.lines().map(str::trim).collect();
+        assert!(
+            squeezed.contains(
+                "<source file=\"/mnt/share/volume-1\"><seclabel model=\"dac\" relabel=\"no\"/></source>"
+            ),
+            "{xml}"
+        );
+        assert!(xml.contains("<source file=\"/d/root.qcow2\"/>"), "{xml}");
     }
 }

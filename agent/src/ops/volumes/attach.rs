@@ -75,7 +75,7 @@ impl VolumeDisk {
                 path: path.clone(),
                 format: format.clone(),
             },
-            Self::File { path, format } => DiskSource::File {
+            Self::File { path, format } => DiskSource::ShareFile {
                 path: PathBuf::from(path),
                 format: format.clone(),
             },
