@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod events;
+mod firewall;
 mod fuzz;
 mod hypervisor;
 mod images;

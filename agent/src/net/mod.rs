@@ -11,6 +11,8 @@
 //! * [`links`] — bridges, veth pairs, VLANs and VXLANs, enslaving, up/down, MTU and IPv4
 //!   addresses, in the host namespace or inside a named one ([`links::Netlink`]). Every request
 //!   has a deadline.
+//! * [`firewall`] — security groups and port security rendered as one nftables transaction
+//!   (not wired to ports yet: issue #12).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hyperlet::net::NetError> {
@@ -33,6 +35,7 @@ use std::io;
 use std::time::Duration;
 
 pub mod cidr;
+pub mod firewall;
 pub mod links;
 pub mod model;
 pub mod neigh;
