@@ -4,10 +4,13 @@
 //! `nft -f`. Allowed traffic passes, a reply passes as established where a new connection the
 //! other way is dropped, and spoofed source addresses and MACs reach nothing.
 
-use crate::networks::run;
+use crate::mutations::DhcpClients;
+use crate::networks::{local_network, net_config, post, run};
 use hyperlet::net::firewall::{
     remove_tables, render_tables, Direction, FirewallPort, Protocol, Remote, Rule, Ruleset,
 };
+use hyperlet_tests::Agent;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -120,6 +123,13 @@ impl Drop for Fabric {
     }
 }
 
+/// One ruleset at a time: two would read each other's packet marks (one host has one).
+static ONE_RULESET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_ruleset() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RULESET.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn rule(direction: Direction, protocol: Protocol, remote: Remote) -> Rule {
     Rule {
         direction,
@@ -130,6 +140,7 @@ fn rule(direction: Direction, protocol: Protocol, remote: Remote) -> Rule {
 
 #[test]
 fn the_ruleset_filters_real_bridged_traffic_statefully_and_stops_spoofing() {
+    let _one = one_ruleset();
     let mut fabric = Fabric::new();
     let (ip_a, ip_b, ip_c) = ("198.51.100.3", "198.51.100.4", "198.51.100.5");
     let tap_a = fabric.guest("a", "fa:16:3e:00:00:0a", ip_a);
@@ -239,4 +250,82 @@ fn the_ruleset_filters_real_bridged_traffic_statefully_and_stops_spoofing() {
     let (ok, out) = run(&["ip", "-n", &fabric.ns("a"), "neigh", "flush", "all"]);
     assert!(ok, "{out}");
     assert!(!fabric.ping("b", ip_b, ip_a), "b spoofing a MAC");
+}
+
+/// The agent's own DHCP server behind the ruleset: its namespace's tap is trusted, so ports in
+/// a group with no DHCP rule still get their lease, while a client on another port that takes
+/// the first port's MAC — which gets the victim's lease without the ruleset — gets nothing.
+#[test]
+fn dhcp_from_the_trusted_namespace_reaches_filtered_ports_and_spoofers_get_nothing() {
+    let _one = one_ruleset();
+    let agent = Agent::start_with_config(&net_config());
+    let (net, _subnet) = local_network(&agent, "198.51.100.0/24");
+    let net_id = net["id"].as_str().unwrap().to_string();
+    let bridge = net["bridge"].as_str().unwrap().to_string();
+    let mut ports = Vec::new();
+    for i in 0..2 {
+        let (s, port) = post(
+            &agent,
+            "/v1/ports",
+            json!({"network_id": net_id, "name": format!("fw{i}")}),
+        );
+        assert_eq!(s, 201, "{port}");
+        ports.push((
+            port["mac_address"].as_str().unwrap().to_string(),
+            port["fixed_ips"][0]["ip_address"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ));
+    }
+    let dhcp_port = agent.get_json(&format!("/v1/ports?network_id={net_id}"))["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["device_owner"] == "network:dhcp")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Client 1 sits on port 1's tap but sends with port 0's MAC.
+    let macs = vec![ports[0].0.clone(), ports[0].0.clone()];
+    let clients = DhcpClients::new(&bridge, &macs);
+    assert_eq!(
+        clients.lease(1).as_deref(),
+        Ok(ports[0].1.as_str()),
+        "without the ruleset the spoofer gets the victim's lease"
+    );
+    let prefix = format!("hlfwdhcp{}", std::process::id() % 100_000);
+    let ruleset = Ruleset {
+        ports: (0..2)
+            .map(|i| FirewallPort {
+                device: clients.tap(i),
+                mac: ports[i].0.clone(),
+                ips: vec![ports[i].1.parse().unwrap()],
+                pairs: vec![],
+                // A group without rules: nothing in, nothing out — but DHCP.
+                groups: vec!["closed".into()],
+            })
+            .collect(),
+        rules: BTreeMap::new(),
+        members: BTreeMap::new(),
+        trusted: vec![format!("tap{}", &dhcp_port[..11])],
+    };
+    let path = std::env::temp_dir().join(format!("{prefix}.nft"));
+    std::fs::write(&path, render_tables(&ruleset, &prefix)).unwrap();
+    let applied = run(&["nft", "-f", path.to_str().unwrap()]);
+    let leases = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(applied.0, "nft -f: {}", applied.1);
+        assert_eq!(clients.lease(0).as_deref(), Ok(ports[0].1.as_str()));
+        assert!(
+            clients.lease(1).is_err(),
+            "a client with another port's MAC got a lease through the firewall"
+        );
+    }));
+    std::fs::write(&path, remove_tables(&prefix)).unwrap();
+    let _ = run(&["nft", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    if let Err(panic) = leases {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -12,20 +12,31 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// A namespace with one veth per port on the network's bridge, each carrying its port's MAC,
-/// from which busybox's udhcpc asks the agent's DHCP server for a lease.
-struct DhcpClients {
+/// from which busybox's udhcpc asks the agent's DHCP server for a lease. Each instance has
+/// names of its own (tests run concurrently).
+pub struct DhcpClients {
     ns: String,
+    tag: String,
 }
 
 impl DhcpClients {
-    fn new(bridge: &str, macs: &[String]) -> Self {
-        let ns = format!("hlt-leases-{}", std::process::id());
+    /// Veth `i`'s end on the bridge.
+    pub fn tap(&self, i: usize) -> String {
+        format!("hlq{}x{i}", self.tag)
+    }
+
+    /// One client per MAC on `bridge`.
+    pub fn new(bridge: &str, macs: &[String]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
+        let tag = format!("{}", (std::process::id() % 1000) * 100 + n);
+        let ns = format!("hlt-leases-{tag}");
         let _ = run(&["ip", "netns", "delete", &ns]);
         let (ok, out) = run(&["ip", "netns", "add", &ns]);
         assert!(ok, "ip netns add: {out}");
-        let clients = Self { ns };
+        let clients = Self { ns, tag };
         for (i, mac) in macs.iter().enumerate() {
-            let host = format!("hlq{}x{i}", std::process::id() % 100_000);
+            let host = clients.tap(i);
             let inside = format!("e{i}");
             let _ = run(&["ip", "link", "delete", &host]);
             for step in [
@@ -63,7 +74,7 @@ impl DhcpClients {
     }
 
     /// The address the DHCP server leases to interface `i`, or the client's output.
-    fn lease(&self, i: usize) -> Result<String, String> {
+    pub fn lease(&self, i: usize) -> Result<String, String> {
         let (ok, out) = run(&[
             "ip",
             "netns",
