@@ -6,7 +6,7 @@
 //! in for by a bind mount of the exported directory (no kernel NFS client on this machine).
 
 use hyperlet::config::FilesGrant;
-use hyperlet::volume::{DiskFormat, Files, QemuImg, Share, VolumeError};
+use hyperlet::volume::{DiskFormat, Files, QemuImg, VolumeError};
 use hyperlet_tests::storage::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -209,28 +209,6 @@ fn links_planted_on_the_export_are_refused_over_userspace_nfs() {
     let _nfs = hyperlet_tests::storage::nfs_shared();
     require_root();
     planted_links_are_refused("libnfs", None);
-}
-
-/// A mount-mode grant of `server`'s share A, bind-mounted where the host expects it.
-fn mounted_share(server: &Ganesha, root: &Path) -> (Files, MountGuard) {
-    let grant: FilesGrant = toml::from_str(
-        &files_table(&[server.share_a()], "mount", Some(root)).replace("[plugins.files]\n", ""),
-    )
-    .unwrap();
-    let files = Files::new(&grant).unwrap();
-    let point = files.mount_point(&Share::parse(&server.share_a()).unwrap());
-    std::fs::create_dir_all(&point).unwrap();
-    let guard = MountGuard(point.clone());
-    sh(
-        "mount",
-        &[
-            "--bind",
-            server.a.to_str().unwrap(),
-            point.to_str().unwrap(),
-        ],
-        &[],
-    );
-    (files, guard)
 }
 
 /// The check-then-use race on a mounted share: a file checked and opened by the host is what

@@ -450,26 +450,8 @@ fn nfs_driver_over_a_mount() {
     // No kernel NFS client here: the share's mount point is a bind mount of the exported
     // directory, which the host finds mounted and uses as it would a kernel NFS mount.
     let root = tempfile::tempdir().unwrap();
-    let grant: FilesGrant = toml::from_str(
-        &files_table(&[server.share_a()], "mount", Some(root.path()))
-            .replace("[plugins.files]\n", ""),
-    )
-    .unwrap();
-    assert_eq!(grant.access, ShareAccess::Mount);
-    let point = Files::new(&grant)
-        .unwrap()
-        .mount_point(&Share::parse(&server.share_a()).unwrap());
-    std::fs::create_dir_all(&point).unwrap();
-    let _mount = MountGuard(point.clone());
-    sh(
-        "mount",
-        &[
-            "--bind",
-            server.a.to_str().unwrap(),
-            point.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (files, _mount) = hyperlet_tests::storage::mounted_share(server, root.path());
+    assert_eq!(files.access(), ShareAccess::Mount);
     nfs_lifecycle("mount", Some(root.path()));
 }
 

@@ -534,3 +534,25 @@ pub fn files_table(shares: &[String], access: &str, mount_root: Option<&Path>) -
     }
     t
 }
+
+/// A mount-mode grant of `server`'s share A, bind-mounted where the host expects it.
+pub fn mounted_share(server: &Ganesha, root: &Path) -> (hyperlet::volume::Files, MountGuard) {
+    let grant: hyperlet::config::FilesGrant = toml::from_str(
+        &files_table(&[server.share_a()], "mount", Some(root)).replace("[plugins.files]\n", ""),
+    )
+    .unwrap();
+    let files = hyperlet::volume::Files::new(&grant).unwrap();
+    let point = files.mount_point(&hyperlet::volume::Share::parse(&server.share_a()).unwrap());
+    std::fs::create_dir_all(&point).unwrap();
+    let guard = MountGuard(point.clone());
+    sh(
+        "mount",
+        &[
+            "--bind",
+            server.a.to_str().unwrap(),
+            point.to_str().unwrap(),
+        ],
+        &[],
+    );
+    (files, guard)
+}
