@@ -286,18 +286,7 @@ pub fn nfs_agent(extra: &str) -> (Agent, String) {
 
 /// Polls the volume until its status is no longer `transitional`.
 fn settled(agent: &Agent, id: &str, transitional: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let v = agent.get_json(&format!("/v1/volumes/{id}"));
-        if v["status"] != transitional {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "volume {id} stays {transitional}: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent.wait_settled(&format!("/v1/volumes/{id}"), &[transitional])
 }
 
 /// Kill -9 right after libvirt plugged the disk, before anything recorded it: after the

@@ -52,11 +52,7 @@ pub fn wait_for(agent: &Agent, path: &str, status: &str) -> Value {
 
 /// Waits until `GET path` answers 404.
 pub fn wait_gone(agent: &Agent, path: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while agent.get(path).status() != 404 {
-        assert!(Instant::now() < deadline, "{path} is still there");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    agent.wait_gone(path);
 }
 
 fn create_volume(agent: &Agent, body: Value) -> Value {

@@ -36,7 +36,7 @@ pub(super) async fn settled(
 /// (`Some`: the work stopped there, e.g. `ERROR`).
 ///
 /// # Errors
-/// [`ClientError`] when the agent cannot be reached or refuses; [`ClientError::Usage`] when
+/// [`ClientError`] when the agent cannot be reached or refuses; [`ClientError::Failed`] when
 /// the wait limit passed.
 pub(super) async fn gone(
     api: &ApiClient,
@@ -58,7 +58,7 @@ pub(super) async fn gone(
             }
         }
         if Instant::now() > deadline {
-            return Err(ClientError::Usage(format!(
+            return Err(ClientError::Failed(format!(
                 "{path} is still there after {} s; see `GET {path}`",
                 WAIT_LIMIT.as_secs()
             )));

@@ -242,7 +242,10 @@ impl QemuImg {
         name: &str,
         format: Option<DiskFormat>,
     ) -> Result<ImageInfo, VolumeError> {
-        if self.files.stat(share.as_str(), name).await?.is_none() {
+        // Under a mount the open below refuses a missing or non-plain file itself.
+        if self.files.access() == ShareAccess::Libnfs
+            && self.files.stat(share.as_str(), name).await?.is_none()
+        {
             return Err(VolumeError::FileNotFound {
                 share: share.to_string(),
                 name: name.to_owned(),

@@ -132,10 +132,7 @@ pub async fn delete(services: &Services, id: &str) -> Result<Network, OpError> {
             })
             .await;
         if result.is_ok() {
-            let _ = services
-                .events()
-                .publish("network.deleted", "network", &id, json!({}))
-                .await;
+            publish_deleted(&services, &id).await;
         }
         background::finish(op, result).await;
     })
@@ -177,6 +174,14 @@ async fn mark_deleting(services: &Services, id: &str) -> Result<Network, OpError
     };
     publish_status(services, &network).await;
     Ok(network)
+}
+
+/// Publishes `network.deleted`.
+async fn publish_deleted(services: &Services, id: &str) {
+    let _ = services
+        .events()
+        .publish("network.deleted", "network", id, json!({}))
+        .await;
 }
 
 /// Publishes `network.status` with the network's status and fault.
@@ -243,10 +248,7 @@ impl OperationHandler for Handler {
             };
             match result {
                 Ok(()) if self.kind == DELETE_KIND => {
-                    let _ = services
-                        .events()
-                        .publish("network.deleted", "network", id, json!({}))
-                        .await;
+                    publish_deleted(services, id).await;
                     Ok(())
                 }
                 Ok(()) => Ok(()),
