@@ -101,6 +101,8 @@ pub struct Config {
     pub images: ImagesConfig,
     /// The 169.254.169.254 metadata service of each network.
     pub metadata: MetadataConfig,
+    /// Security groups and port security (nftables).
+    pub firewall: FirewallConfig,
     /// WebAssembly plugins (scheduler filters and weighers, network backends), in chain order.
     pub plugins: Vec<PluginConfig>,
     /// Where plugins run.
@@ -666,6 +668,27 @@ impl Default for EventsConfig {
     }
 }
 
+/// Security group enforcement settings (`[firewall]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirewallConfig {
+    /// The agent's nftables tables are `<table_prefix>_l2` (bridge family) and
+    /// `<table_prefix>_sg` (inet family); it never touches any other table. Two agents on one
+    /// host need different prefixes.
+    pub table_prefix: String,
+    /// Deadline of one `nft -f` run.
+    pub nft_timeout_secs: u64,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self {
+            table_prefix: crate::net::firewall::PREFIX.to_string(),
+            nft_timeout_secs: 10,
+        }
+    }
+}
+
 /// Metadata service settings (`[metadata]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -784,6 +807,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             api: ApiConfig::default(),
             events: EventsConfig::default(),
+            firewall: FirewallConfig::default(),
             hypervisor: HypervisorConfig::default(),
             capacity: CapacityConfig::default(),
             images: ImagesConfig::default(),
@@ -895,6 +919,22 @@ impl Config {
         }
         if self.api.idle_timeout_secs == 0 {
             return invalid("api.idle_timeout_secs", "must be at least 1");
+        }
+        let prefix = &self.firewall.table_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 32
+            || !prefix.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return invalid(
+                "firewall.table_prefix",
+                "must be 1-32 ASCII letters, digits or _, starting with a letter",
+            );
+        }
+        if !(1..=300).contains(&self.firewall.nft_timeout_secs) {
+            return invalid("firewall.nft_timeout_secs", "must be 1-300");
         }
         if self.events.backlog == 0 {
             return invalid("events.backlog", "must be at least 1");

@@ -7,7 +7,7 @@
 use crate::mutations::DhcpClients;
 use crate::networks::{local_network, net_config, post, run};
 use hyperlet::net::firewall::{
-    remove_tables, render_tables, Direction, FirewallPort, Protocol, Remote, Rule, Ruleset,
+    remove_script, script, Direction, FirewallPort, Protocol, Remote, Rule, Ruleset,
 };
 use hyperlet_tests::Agent;
 use serde_json::json;
@@ -110,7 +110,7 @@ impl Drop for Fabric {
     fn drop(&mut self) {
         let _ = {
             let path = std::env::temp_dir().join(format!("{}-rm.nft", self.prefix()));
-            let _ = std::fs::write(&path, remove_tables(&self.prefix()));
+            let _ = std::fs::write(&path, remove_script(&self.prefix()));
             let r = run(&["nft", "-f", path.to_str().unwrap()]);
             let _ = std::fs::remove_file(&path);
             r
@@ -167,17 +167,13 @@ fn the_ruleset_filters_real_bridged_traffic_statefully_and_stops_spoofing() {
         out_only.clone(),
         vec![rule(Direction::Egress, Protocol::Any, Remote::Any)],
     );
-    let mut members = BTreeMap::new();
-    members.insert(
-        default.clone(),
-        vec![ip_a.parse::<Ipv4Addr>().unwrap(), ip_b.parse().unwrap()],
-    );
     let port = |tap: &str, mac: &str, ip: &str, group: &str| FirewallPort {
         device: tap.to_string(),
         mac: mac.to_string(),
         ips: vec![ip.parse().unwrap()],
         pairs: vec![],
         groups: vec![group.to_string()],
+        secured: true,
     };
     let mut ruleset = Ruleset {
         ports: vec![
@@ -185,11 +181,11 @@ fn the_ruleset_filters_real_bridged_traffic_statefully_and_stops_spoofing() {
             port(&tap_b, "fa:16:3e:00:00:0b", ip_b, &default),
             port(&tap_c, "fa:16:3e:00:00:0c", ip_c, &out_only),
         ],
+        bridges: vec![fabric.bridge.clone()],
         rules,
-        members,
         trusted: vec![],
     };
-    fabric.apply(&render_tables(&ruleset, &fabric.prefix()));
+    fabric.apply(&script(&ruleset, &fabric.prefix()).unwrap());
 
     assert!(fabric.ping("a", ip_a, ip_b), "a → b: both in default");
     assert!(fabric.ping("b", ip_b, ip_a), "b → a: both in default");
@@ -206,7 +202,7 @@ fn the_ruleset_filters_real_bridged_traffic_statefully_and_stops_spoofing() {
         Protocol::Icmp(Some(8), None),
         Remote::Any,
     ));
-    fabric.apply(&render_tables(&ruleset, &fabric.prefix()));
+    fabric.apply(&script(&ruleset, &fabric.prefix()).unwrap());
     assert!(
         fabric.ping("c", ip_c, ip_a),
         "c → a: allowed, and the reply is established"
@@ -305,14 +301,15 @@ fn dhcp_from_the_trusted_namespace_reaches_filtered_ports_and_spoofers_get_nothi
                 pairs: vec![],
                 // A group without rules: nothing in, nothing out — but DHCP.
                 groups: vec!["closed".into()],
+                secured: true,
             })
             .collect(),
+        bridges: vec![bridge.clone()],
         rules: BTreeMap::new(),
-        members: BTreeMap::new(),
         trusted: vec![format!("tap{}", &dhcp_port[..11])],
     };
     let path = std::env::temp_dir().join(format!("{prefix}.nft"));
-    std::fs::write(&path, render_tables(&ruleset, &prefix)).unwrap();
+    std::fs::write(&path, script(&ruleset, &prefix).unwrap()).unwrap();
     let applied = run(&["nft", "-f", path.to_str().unwrap()]);
     let leases = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert!(applied.0, "nft -f: {}", applied.1);
@@ -322,7 +319,7 @@ fn dhcp_from_the_trusted_namespace_reaches_filtered_ports_and_spoofers_get_nothi
             "a client with another port's MAC got a lease through the firewall"
         );
     }));
-    std::fs::write(&path, remove_tables(&prefix)).unwrap();
+    std::fs::write(&path, remove_script(&prefix)).unwrap();
     let _ = run(&["nft", "-f", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     if let Err(panic) = leases {

@@ -86,7 +86,27 @@ pub fn router(services: Services) -> Router {
         )
         .route(
             "/v1/ports/{id}",
-            get(routes::networks::show_port).delete(routes::networks::delete_port),
+            get(routes::networks::show_port)
+                .patch(routes::networks::update_port)
+                .delete(routes::networks::delete_port),
+        )
+        .route(
+            "/v1/security-groups",
+            get(routes::security_groups::list_groups).post(routes::security_groups::create_group),
+        )
+        .route(
+            "/v1/security-groups/{id}",
+            get(routes::security_groups::show_group)
+                .patch(routes::security_groups::update_group)
+                .delete(routes::security_groups::delete_group),
+        )
+        .route(
+            "/v1/security-group-rules",
+            get(routes::security_groups::list_rules).post(routes::security_groups::create_rule),
+        )
+        .route(
+            "/v1/security-group-rules/{id}",
+            get(routes::security_groups::show_rule).delete(routes::security_groups::delete_rule),
         )
         .route(
             "/v1/volume-types",

@@ -182,6 +182,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     crate::ops::volumes::register_handlers(&services);
     crate::ops::networks::register_handlers(&services);
 
+    // The agent's nftables tables replaced whole (one transaction) before anything can start
+    // a guest: running guests stay filtered across the restart.
+    if let Err(e) = crate::ops::security_groups::apply::sync(&services).await {
+        tracing::error!(error = %crate::api::error::chain(&e), "cannot program the firewall at start");
+    }
     let report = services.journal().recover().await?;
     if !report.rolled_back.is_empty() || !report.resumed.is_empty() || !report.failed.is_empty() {
         tracing::warn!(?report, "recovered interrupted operations");

@@ -11,8 +11,9 @@
 //! * [`links`] — bridges, veth pairs, VLANs and VXLANs, enslaving, up/down, MTU and IPv4
 //!   addresses, in the host namespace or inside a named one ([`links::Netlink`]). Every request
 //!   has a deadline.
-//! * [`firewall`] — security groups and port security rendered as one nftables transaction
-//!   (not wired to ports yet: issue #12).
+//! * [`firewall`] — security groups and port security as nftables tables, rendered and diffed
+//!   (applied by `ops::security_groups::apply`);
+//! * [`security`] — security group, rule and address-pair records.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hyperlet::net::NetError> {
@@ -40,6 +41,7 @@ pub mod links;
 pub mod model;
 pub mod neigh;
 pub mod netns;
+pub mod security;
 
 pub use cidr::Ipv4Cidr;
 pub use model::{BackendNetwork, NetworkType};

@@ -226,6 +226,13 @@ pub struct Port {
     pub device_owner: String,
     /// The host device (`tap<id[:11]>`).
     pub device_name: String,
+    /// Security groups (ids) whose rules filter its traffic.
+    pub security_groups: Vec<String>,
+    /// Anti-spoofing and security groups apply (`false` only with no groups: the port may use
+    /// any address and receives anything).
+    pub port_security_enabled: bool,
+    /// Other addresses (and MACs) it may send from.
+    pub allowed_address_pairs: Vec<super::security::AddressPair>,
     /// Lifecycle.
     pub status: NetStatus,
     /// Creation time.

@@ -10,6 +10,7 @@ pub mod host;
 pub mod images;
 pub mod networks;
 pub mod scheduler;
+pub mod security_groups;
 pub mod servers;
 pub mod volumes;
 
@@ -138,6 +139,7 @@ struct ServicesInner {
     plugins: Arc<crate::plugin::PluginRegistry>,
     server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     net_runtime: networks::runtime::NetRuntime,
+    firewall: security_groups::apply::Firewall,
     admission: tokio::sync::Mutex<()>,
     token: AdminToken,
     started: Instant,
@@ -188,6 +190,11 @@ impl Services {
         );
         let journal = Journal::new(store.clone());
         let events = EventLog::new(store.clone(), config.events.backlog);
+        let firewall = security_groups::apply::Firewall::new(
+            &config.firewall.table_prefix,
+            &config.state_dir,
+            std::time::Duration::from_secs(config.firewall.nft_timeout_secs),
+        );
         Self {
             inner: Arc::new(ServicesInner {
                 hypervisor: host::HypervisorMonitor::new(
@@ -207,6 +214,7 @@ impl Services {
                 plugins,
                 server_locks: Mutex::default(),
                 net_runtime: networks::runtime::NetRuntime::default(),
+                firewall,
                 admission: tokio::sync::Mutex::new(()),
                 token,
                 started: Instant::now(),
@@ -215,6 +223,10 @@ impl Services {
         }
     }
 
+    /// The security group applier.
+    pub fn firewall(&self) -> &security_groups::apply::Firewall {
+        &self.inner.firewall
+    }
     /// The validated settings.
     pub fn config(&self) -> &Config {
         &self.inner.config

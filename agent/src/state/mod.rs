@@ -18,6 +18,7 @@ mod images;
 mod journal;
 mod networks;
 mod schema;
+mod security_groups;
 mod servers;
 mod settings;
 mod volumes;
@@ -29,6 +30,7 @@ pub use journal::{
     StepRecord, StepStatus, UndoFuture, FAILPOINT_ENV,
 };
 pub use networks::{AllocError, IpRequest, NewPort, PortFilter};
+pub use security_groups::{new_group, GroupError, PortChange};
 pub use servers::ServerRow;
 pub use volumes::{Snapshot, Volume, VolumeSource, VolumeType};
 
@@ -87,6 +89,10 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_err)?;
         schema::migrate(&mut conn).map_err(open_err)?;
+        security_groups::ensure_default(&mut conn).map_err(|e| match e {
+            StoreError::Query(source) => open_err(source),
+            other => other,
+        })?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),

@@ -9,6 +9,7 @@ use super::{now_rfc3339, Store, StoreError};
 use crate::net::model::{
     AllocationPool, FixedIp, HostRoute, NetStatus, Network, NetworkType, Port, Subnet,
 };
+use crate::net::security::AddressPair;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -95,6 +96,12 @@ pub struct NewPort {
     pub device_id: String,
     /// User kind.
     pub device_owner: String,
+    /// Security groups (ids, checked by the caller).
+    pub security_groups: Vec<String>,
+    /// Port security.
+    pub port_security_enabled: bool,
+    /// Allowed address pairs (checked by the caller).
+    pub allowed_address_pairs: Vec<AddressPair>,
 }
 
 fn json_text<T: serde::Serialize>(value: &T) -> String {
@@ -189,12 +196,13 @@ fn subnet_from_row(r: &Row<'_>) -> rusqlite::Result<Subnet> {
     })
 }
 
-const PORT_COLUMNS: &str =
-    "id, network_id, name, mac_address, device_id, device_owner, status, created_at, updated_at";
+const PORT_COLUMNS: &str = "id, network_id, name, mac_address, device_id, device_owner, status, \
+     created_at, updated_at, port_security_enabled, allowed_address_pairs";
 
 fn port_from_row(r: &Row<'_>) -> rusqlite::Result<Port> {
     let id: String = r.get(0)?;
     let status: String = r.get(6)?;
+    let pairs: String = r.get(10)?;
     Ok(Port {
         device_name: crate::net::model::tap_name(&id),
         id,
@@ -204,13 +212,23 @@ fn port_from_row(r: &Row<'_>) -> rusqlite::Result<Port> {
         fixed_ips: Vec::new(),
         device_id: r.get(4)?,
         device_owner: r.get(5)?,
+        security_groups: Vec::new(),
+        port_security_enabled: r.get(9)?,
+        allowed_address_pairs: parse_json(&pairs, "allowed_address_pairs")?,
         status: parse_status(&status)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
     })
 }
 
+/// Fills in a port's addresses and security groups.
 fn with_fixed_ips(conn: &Connection, mut port: Port) -> rusqlite::Result<Port> {
+    let mut groups = conn.prepare_cached(
+        "SELECT security_group_id FROM port_security_groups WHERE port_id = ?1 ORDER BY position",
+    )?;
+    port.security_groups = groups
+        .query_map([&port.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     let mut stmt = conn.prepare_cached(
         "SELECT a.subnet_id, a.ip_address FROM ip_allocations a JOIN subnets s ON s.id = a.subnet_id
          WHERE a.port_id = ?1 ORDER BY s.created_at, a.ip_address",
@@ -768,7 +786,9 @@ fn create_port_tx(conn: &mut Connection, new: &NewPort) -> Result<Port, AllocErr
     }
     let now = now_rfc3339();
     tx.execute(
-        &format!("INSERT INTO ports ({PORT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &format!(
+            "INSERT INTO ports ({PORT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ),
         params![
             new.id,
             new.network_id,
@@ -778,10 +798,25 @@ fn create_port_tx(conn: &mut Connection, new: &NewPort) -> Result<Port, AllocErr
             new.device_owner,
             NetStatus::Build.as_str(),
             now,
-            now
+            now,
+            new.port_security_enabled,
+            json_text(
+                &new.allowed_address_pairs
+                    .iter()
+                    .map(|p| AddressPair {
+                        ip_address: p.ip_address.clone(),
+                        mac_address: if p.mac_address.is_empty() {
+                            mac.clone()
+                        } else {
+                            p.mac_address.clone()
+                        },
+                    })
+                    .collect::<Vec<_>>()
+            ),
         ],
     )
     .map_err(StoreError::from)?;
+    super::security_groups::set_port_groups(&tx, &new.id, &new.security_groups)?;
     for ip in &fixed {
         tx.execute(
             "INSERT INTO ip_allocations (subnet_id, ip_address, port_id) VALUES (?1, ?2, ?3)",
@@ -804,4 +839,9 @@ fn port_from_row_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Port> {
         [id],
         port_from_row,
     )
+}
+
+/// One port with its addresses and groups (inside a caller's transaction).
+pub(super) fn port_by_id(conn: &Connection, id: &str) -> rusqlite::Result<Port> {
+    with_fixed_ips(conn, port_from_row_by_id(conn, id)?)
 }

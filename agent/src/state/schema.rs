@@ -148,6 +148,34 @@ const MIGRATIONS: &[&str] = &[
         doc         TEXT NOT NULL
      );
      CREATE INDEX snapshots_volume ON snapshots(volume_id);",
+    // 5: security groups, their rules (the record as JSON, plus the columns references need),
+    //    the groups of each port, and port security + allowed address pairs on ports. The
+    //    `default` group itself is created by `Store::open` (it needs a fresh UUID).
+    "CREATE TABLE security_groups (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+     );
+     CREATE TABLE security_group_rules (
+        id                TEXT PRIMARY KEY,
+        security_group_id TEXT NOT NULL REFERENCES security_groups(id) ON DELETE CASCADE,
+        remote_group_id   TEXT REFERENCES security_groups(id) ON DELETE CASCADE,
+        created_at        TEXT NOT NULL,
+        doc               TEXT NOT NULL
+     );
+     CREATE INDEX security_group_rules_group ON security_group_rules(security_group_id);
+     CREATE INDEX security_group_rules_remote ON security_group_rules(remote_group_id);
+     CREATE TABLE port_security_groups (
+        port_id           TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE,
+        security_group_id TEXT NOT NULL REFERENCES security_groups(id),
+        position          INTEGER NOT NULL,
+        PRIMARY KEY (port_id, security_group_id)
+     );
+     CREATE INDEX port_security_groups_group ON port_security_groups(security_group_id);
+     ALTER TABLE ports ADD COLUMN port_security_enabled INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE ports ADD COLUMN allowed_address_pairs TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// Applies every migration the database has not seen yet, each in its own transaction.

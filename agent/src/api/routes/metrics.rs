@@ -6,7 +6,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 /// REST request counts and latencies by route, method and status; DHCP and metadata counters
-/// by network.
+/// by network; firewall drops by port and reason.
 #[utoipa::path(get, path = "/metrics", tag = "agent",
     security(("bearer" = [])),
     responses((status = 200, description = "Prometheus text exposition format", body = String,
@@ -18,6 +18,7 @@ pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         services.metrics().render()
-            + &crate::metrics::render_networks(&services.net_runtime().counters()),
+            + &crate::metrics::render_networks(&services.net_runtime().counters())
+            + &crate::metrics::render_port_drops(&services.firewall().drops().await),
     )
 }

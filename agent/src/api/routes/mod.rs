@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod networks;
 pub mod openapi;
 pub mod plugins;
+pub mod security_groups;
 pub mod servers;
 pub mod volumes;

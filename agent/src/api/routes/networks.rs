@@ -6,6 +6,7 @@ use crate::api::json::ApiJson;
 use crate::net::model::{Network, Port, Subnet};
 use crate::ops::networks::model::{NetworkCreate, PortCreate, SubnetCreate};
 use crate::ops::networks::{self, ports, subnets};
+use crate::ops::security_groups::model::PortUpdate;
 use crate::ops::Services;
 use crate::state::PortFilter;
 use axum::extract::{Path, Query, State};
@@ -226,4 +227,20 @@ pub async fn delete_port(
 ) -> Result<StatusCode, ApiError> {
     ports::delete(&services, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Changes a port's name, security groups, port security or allowed address pairs.
+#[utoipa::path(patch, path = "/v1/ports/{id}", tag = "networks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Port id")),
+    request_body = PortUpdate,
+    responses((status = 200, description = "The port, its firewall rules programmed", body = Port),
+        (status = 400, description = "Invalid fields; nothing changed", body = ErrorBody),
+        (status = 404, description = "No such port, or security_groups names no group (`unknown_reference`)", body = ErrorBody),
+        (status = 409, description = "The DHCP port, or port security off while groups or address pairs remain", body = ErrorBody)))]
+pub async fn update_port(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PortUpdate>,
+) -> Result<Json<Port>, ApiError> {
+    Ok(Json(ports::update(&services, &id, req).await?))
 }

@@ -327,6 +327,18 @@ pub struct PortCreate {
     /// Addresses [default: one free address].
     #[serde(default)]
     pub fixed_ips: Option<Vec<FixedIpRequest>>,
+    /// Security group ids, in order [default: `default`, or none without port security].
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub security_groups: Option<Vec<String>>,
+    /// Anti-spoofing and security groups [default: true]; false only with no groups (the
+    /// port may then use any address: a documented risk).
+    #[serde(default)]
+    pub port_security_enabled: Option<bool>,
+    /// Other addresses (and MACs) the port may send from [default: none].
+    #[serde(default)]
+    #[schema(max_items = 10)]
+    pub allowed_address_pairs: Option<Vec<crate::ops::security_groups::model::AddressPairRequest>>,
 }
 
 impl PortCreate {
@@ -336,6 +348,13 @@ impl PortCreate {
     /// [`OpError::InvalidInput`] naming the first problem.
     pub fn validate(&self) -> Result<Option<String>, OpError> {
         check_name("port", &self.name)?;
+        crate::ops::security_groups::model::PortUpdate {
+            name: None,
+            security_groups: self.security_groups.clone(),
+            port_security_enabled: self.port_security_enabled,
+            allowed_address_pairs: None,
+        }
+        .validate()?;
         if let Some(ips) = &self.fixed_ips {
             if ips.len() > 8 {
                 return Err(OpError::InvalidInput("at most 8 fixed_ips per port".into()));

@@ -3,8 +3,9 @@
 use super::model::PortCreate;
 use super::runtime;
 use crate::net::model::{NetStatus, Network, Port, DHCP_OWNER};
+use crate::ops::security_groups::model::{check_pairs, PortUpdate};
 use crate::ops::{OpError, Services};
-use crate::state::{AllocError, IpRequest, NewPort, PortFilter};
+use crate::state::{AllocError, IpRequest, NewPort, PortChange, PortFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::net::Ipv4Addr;
@@ -72,6 +73,17 @@ pub(crate) async fn allocate(services: &Services, new: NewPort) -> Result<Port, 
 /// 400 for bad input; 409 for a taken address or MAC.
 pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpError> {
     let mac = req.validate()?;
+    let security = security_fields(
+        services,
+        &PortUpdate {
+            name: None,
+            security_groups: req.security_groups.clone(),
+            port_security_enabled: req.port_security_enabled,
+            allowed_address_pairs: req.allowed_address_pairs.clone(),
+        },
+        None,
+    )
+    .await?;
     let mut ips = Vec::new();
     for want in req.fixed_ips.clone().unwrap_or_default() {
         let subnet = match &want.subnet_id {
@@ -117,6 +129,9 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
             ips,
             device_id: String::new(),
             device_owner: String::new(),
+            security_groups: security.security_groups.unwrap_or_default(),
+            port_security_enabled: security.port_security_enabled.unwrap_or(true),
+            allowed_address_pairs: security.allowed_address_pairs.unwrap_or_default(),
         },
     )
     .await?;
@@ -129,6 +144,125 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
             "port",
             &port.id,
             json!({ "network_id": port.network_id }),
+        )
+        .await;
+    Ok(port)
+}
+
+/// Resolves and checks the port-security fields of a new port (`current` `None`: every field
+/// comes back set, defaulted) or of a change to `current` (only what changes comes back set).
+///
+/// # Errors
+/// 400 for bad fields; 404 (`unknown_reference`) for an unknown group; 409 for the DHCP port,
+/// or for turning port security off while the port keeps groups or address pairs.
+async fn security_fields(
+    services: &Services,
+    req: &PortUpdate,
+    current: Option<&Port>,
+) -> Result<PortChange, OpError> {
+    req.validate()?;
+    if current.is_some_and(|p| p.device_owner == DHCP_OWNER)
+        && (req.security_groups.is_some()
+            || req.port_security_enabled.is_some()
+            || req.allowed_address_pairs.is_some())
+    {
+        return Err(OpError::Conflict(
+            "the DHCP port is trusted by the firewall; its security cannot be changed".into(),
+        ));
+    }
+    let mut groups = None;
+    if let Some(wanted) = &req.security_groups {
+        for g in wanted {
+            if services.store().get_security_group(g).await?.is_none() {
+                return Err(OpError::unknown("security_groups", g, "security group"));
+            }
+        }
+        groups = Some(wanted.clone());
+    }
+    let enabled = req
+        .port_security_enabled
+        .or(current.map(|p| p.port_security_enabled))
+        .unwrap_or(true);
+    if current.is_none() && groups.is_none() {
+        groups = Some(if enabled {
+            vec![crate::ops::security_groups::default_id(services).await?]
+        } else {
+            Vec::new()
+        });
+    }
+    let pairs = match &req.allowed_address_pairs {
+        Some(p) => Some(check_pairs(
+            p,
+            current.map_or("", |c| c.mac_address.as_str()),
+        )?),
+        None => None,
+    };
+    let keeps_groups = groups
+        .as_ref()
+        .or(current.map(|p| &p.security_groups))
+        .is_some_and(|g| !g.is_empty());
+    let keeps_pairs = pairs
+        .as_ref()
+        .or(current.map(|p| &p.allowed_address_pairs))
+        .is_some_and(|p| !p.is_empty());
+    if !enabled && keeps_groups {
+        return Err(OpError::Conflict(
+            "port_security_enabled false needs the port to have no security groups: set security_groups to [] as well".into(),
+        ));
+    }
+    if !enabled && keeps_pairs {
+        return Err(OpError::Conflict(
+            "allowed_address_pairs need port security: set allowed_address_pairs to [] as well"
+                .into(),
+        ));
+    }
+    Ok(PortChange {
+        name: req.name.clone(),
+        security_groups: groups,
+        port_security_enabled: if current.is_none() {
+            Some(enabled)
+        } else {
+            req.port_security_enabled
+        },
+        allowed_address_pairs: if current.is_none() {
+            Some(pairs.unwrap_or_default())
+        } else {
+            pairs
+        },
+    })
+}
+
+/// Changes a port's name, security groups, port security or allowed address pairs
+/// (`PATCH /v1/ports/{id}`), and programs the firewall.
+///
+/// # Errors
+/// 404 for an unknown port; 400/404/409 as [`security_fields`] says.
+pub async fn update(services: &Services, id: &str, req: PortUpdate) -> Result<Port, OpError> {
+    let _guard = services.network_lock().lock().await;
+    let port = get(services, id).await?;
+    let change = security_fields(services, &req, Some(&port)).await?;
+    let port = services
+        .store()
+        .update_port(id, change)
+        .await?
+        .ok_or_else(|| OpError::NotFound {
+            kind: "port",
+            id: id.to_string(),
+        })?;
+    drop(_guard);
+    crate::ops::security_groups::apply::sync(services).await?;
+    runtime::refresh(services, &port.network_id).await;
+    let _ = services
+        .events()
+        .publish(
+            "port.updated",
+            "port",
+            id,
+            json!({
+                "network_id": port.network_id,
+                "security_groups": port.security_groups,
+                "port_security_enabled": port.port_security_enabled,
+            }),
         )
         .await;
     Ok(port)
@@ -271,6 +405,7 @@ pub async fn bind_for_server(
     server_id: &str,
     owner: &str,
     req: &NetworkRequest,
+    groups: &[String],
 ) -> Result<(Port, ServerNic), OpError> {
     req.validate()?;
     if let Some(port_id) = &req.port_id {
@@ -325,6 +460,9 @@ pub async fn bind_for_server(
             ips: vec![req.fixed_ip.map_or(IpRequest::Any, IpRequest::Fixed)],
             device_id: server_id.to_string(),
             device_owner: owner.to_string(),
+            security_groups: groups.to_vec(),
+            port_security_enabled: true,
+            allowed_address_pairs: Vec::new(),
         },
     )
     .await?;

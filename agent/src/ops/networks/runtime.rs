@@ -257,9 +257,16 @@ pub fn hostname_of(name: &str) -> String {
 /// [`OpError::Network`] when the namespace or the servers cannot be set up.
 pub async fn sync_network(services: &Services, id: &str) -> Result<(), OpError> {
     let (services, id) = (services.clone(), id.to_string());
-    tokio::spawn(async move { sync_now(&services, &id).await })
-        .await
-        .unwrap_or_else(|e| Err(OpError::Interrupted(format!("the network sync ended: {e}"))))
+    tokio::spawn(async move {
+        let result = sync_now(&services, &id).await;
+        // The bridge and the DHCP port may have come or gone.
+        if let Err(e) = crate::ops::security_groups::apply::sync(&services).await {
+            tracing::warn!(network_id = %id, error = %crate::api::error::chain(&e), "cannot program the firewall");
+        }
+        result
+    })
+    .await
+    .unwrap_or_else(|e| Err(OpError::Interrupted(format!("the network sync ended: {e}"))))
 }
 
 async fn sync_now(services: &Services, id: &str) -> Result<(), OpError> {
@@ -420,6 +427,10 @@ async fn ensure_dhcp_port(
                 .collect(),
             device_id: network.id.clone(),
             device_owner: DHCP_OWNER.into(),
+            // Trusted by the firewall (its answers must reach every port).
+            security_groups: Vec::new(),
+            port_security_enabled: false,
+            allowed_address_pairs: Vec::new(),
         })
         .await
         .map_err(super::ports::alloc_error)?;
@@ -498,6 +509,9 @@ async fn teardown_namespace(network: &Network) -> Result<(), OpError> {
 /// callers (20 servers booting at once) never overwrite a newer table with an older read of
 /// the store, and each returns only once its change is being served.
 pub async fn refresh(services: &Services, network_id: &str) {
+    if let Err(e) = crate::ops::security_groups::apply::sync(services).await {
+        tracing::warn!(network_id, error = %crate::api::error::chain(&e), "cannot program the firewall");
+    }
     let Some(running) = services.net_runtime().get(network_id) else {
         return;
     };

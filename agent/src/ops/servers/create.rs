@@ -62,14 +62,35 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         build::check_fits(&spec, &images)?;
     }
     let owner = format!("compute:{zone}");
+    let groups = match &req.security_groups {
+        Some(refs) => {
+            let mut ids = Vec::new();
+            for r in refs {
+                let id = crate::ops::security_groups::resolve(services, "security_groups", &r.name)
+                    .await?;
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            ids
+        }
+        None => vec![crate::ops::security_groups::default_id(services).await?],
+    };
     for want in &req.networks {
-        match crate::ops::networks::ports::bind_for_server(services, &id, &owner, want).await {
+        match crate::ops::networks::ports::bind_for_server(services, &id, &owner, want, &groups)
+            .await
+        {
             Ok((_, nic)) => spec.nics.push(nic),
             Err(e) => {
                 release_nics(services, &spec).await;
                 return Err(e);
             }
         }
+    }
+    // The ports are programmed before their taps can exist: a guest never starts unfiltered.
+    if let Err(e) = crate::ops::security_groups::apply::sync(services).await {
+        release_nics(services, &spec).await;
+        return Err(e);
     }
     if let Some(volume_id) = &req.boot_volume_id {
         match crate::ops::volumes::attach::reserve_boot(services, &id, volume_id).await {

@@ -34,7 +34,12 @@ pub async fn attach(services: &Services, id: &str, req: NetworkRequest) -> Resul
         ));
     }
     let owner = format!("compute:{}", loaded.spec.availability_zone);
-    let (_, nic) = bind_for_server(services, id, &owner, &req).await?;
+    let groups = vec![crate::ops::security_groups::default_id(services).await?];
+    let (_, nic) = bind_for_server(services, id, &owner, &req, &groups).await?;
+    if let Err(e) = crate::ops::security_groups::apply::sync(services).await {
+        let _ = release_for_server(services, &nic).await;
+        return Err(e);
+    }
     if let Err(e) = services
         .libvirt()
         .attach_device(&loaded.spec.domain_name, nic.domain_nic().to_xml())

@@ -164,6 +164,20 @@ pub struct ServerCreate {
     /// NICs: `{network_id}`, `{network_id, fixed_ip}` or `{port_id}`, in guest order.
     #[serde(default)]
     pub networks: Vec<crate::ops::networks::ports::NetworkRequest>,
+    /// Security groups of the ports created for `networks` entries, by name or id, as nova's
+    /// `[{"name": "web"}]` [default: `default`]. Ports given by `port_id` keep their own.
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub security_groups: Option<Vec<SecurityGroupRef>>,
+}
+
+/// A security group named in a server request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroupRef {
+    /// The group's name or id.
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
 }
 
 /// Longest decoded user data, as nova.
@@ -253,6 +267,22 @@ impl ServerCreate {
             return Err(OpError::InvalidInput(
                 "at most 16 networks per server".into(),
             ));
+        }
+        if let Some(groups) = &self.security_groups {
+            if groups.len() > crate::net::security::MAX_GROUPS_PER_PORT {
+                return Err(OpError::InvalidInput(format!(
+                    "security_groups: at most {} per server",
+                    crate::net::security::MAX_GROUPS_PER_PORT
+                )));
+            }
+            if groups
+                .iter()
+                .any(|g| g.name.is_empty() || g.name.chars().count() > 255)
+            {
+                return Err(OpError::InvalidInput(
+                    "security_groups: each name must have 1-255 characters".into(),
+                ));
+            }
         }
         for nic in &self.networks {
             nic.validate()?;
