@@ -16,17 +16,23 @@ use std::time::{Duration, Instant};
 /// names of its own (tests run concurrently).
 pub struct DhcpClients {
     ns: String,
-    tag: String,
+    taps: Vec<String>,
 }
 
 impl DhcpClients {
     /// Veth `i`'s end on the bridge.
     pub fn tap(&self, i: usize) -> String {
-        format!("hlq{}x{i}", self.tag)
+        self.taps[i].clone()
     }
 
-    /// One client per MAC on `bridge`.
+    /// One client per MAC on `bridge`, on veths of their own (no port's tap: not filtered).
     pub fn new(bridge: &str, macs: &[String]) -> Self {
+        Self::on_taps(bridge, macs, None)
+    }
+
+    /// One client per MAC on `bridge`; with `taps`, veth `i`'s bridge end takes the name
+    /// `taps[i]` (a port's tap: the agent's firewall filters it as that port).
+    pub fn on_taps(bridge: &str, macs: &[String], taps: Option<&[String]>) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100;
         let tag = format!("{}", (std::process::id() % 1000) * 100 + n);
@@ -34,7 +40,11 @@ impl DhcpClients {
         let _ = run(&["ip", "netns", "delete", &ns]);
         let (ok, out) = run(&["ip", "netns", "add", &ns]);
         assert!(ok, "ip netns add: {out}");
-        let clients = Self { ns, tag };
+        let taps = match taps {
+            Some(t) => t.to_vec(),
+            None => (0..macs.len()).map(|i| format!("hlq{tag}x{i}")).collect(),
+        };
+        let clients = Self { ns, taps };
         for (i, mac) in macs.iter().enumerate() {
             let host = clients.tap(i);
             let inside = format!("e{i}");

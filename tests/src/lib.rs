@@ -124,6 +124,12 @@ impl Agent {
         agent
     }
 
+    /// The prefix of this agent's nftables tables (`<prefix>_l2`, `<prefix>_sg`), unique
+    /// per test agent.
+    pub fn firewall_prefix(&self) -> String {
+        format!("hlt{}", self.addr.rsplit(':').next().unwrap_or("0"))
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
@@ -168,6 +174,8 @@ impl Agent {
             .arg(&self.addr)
             .args(&self.args)
             .env("HYPERLET_LOG_FORMAT", "json")
+            // Tables of this agent's own: agents of concurrent tests never share one.
+            .env("HYPERLET_FIREWALL_TABLE_PREFIX", self.firewall_prefix())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("HYPERLET_CONFIG")
             .stdin(Stdio::null())
@@ -299,6 +307,22 @@ impl Drop for Agent {
                 let _ = virsh(&["undefine", "--managed-save", "--nvram", name]);
             }
         }
+        let _ = Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "bridge",
+                &format!("{}_l2", self.firewall_prefix()),
+            ])
+            .output();
+        let _ = Command::new("nft")
+            .args([
+                "delete",
+                "table",
+                "inet",
+                &format!("{}_sg", self.firewall_prefix()),
+            ])
+            .output();
         for id in networks {
             let _ = Command::new("ip")
                 .args([

@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Serve plain HTTP on a non-loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// Prefix of the agent's nftables tables [default: hyperlet] (two agents on one host
+    /// need different ones).
+    #[arg(long, env = "HYPERLET_FIREWALL_TABLE_PREFIX")]
+    pub firewall_table_prefix: Option<String>,
     /// Log format.
     #[arg(long, env = "HYPERLET_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -136,6 +140,9 @@ impl ServeArgs {
         }
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(prefix) = &self.firewall_table_prefix {
+            config.firewall.table_prefix = prefix.clone();
         }
         if let Some(cert) = &self.tls_cert {
             config.tls.cert = Some(cert.clone());
