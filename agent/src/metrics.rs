@@ -307,6 +307,25 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// `hyperlet_port_dropped_packets_total{port, reason}`: packets the firewall dropped per
+/// port, `reason` `spoof` (anti-spoofing) or `policy` (no security group rule allowed them).
+pub fn render_port_drops(drops: &[crate::ops::security_groups::apply::PortDrops]) -> String {
+    let mut out = String::from(
+        "# HELP hyperlet_port_dropped_packets_total Packets the firewall dropped, by port and reason (spoof, policy).\n\
+         # TYPE hyperlet_port_dropped_packets_total counter\n",
+    );
+    for d in drops {
+        let _ = writeln!(
+            out,
+            "hyperlet_port_dropped_packets_total{{port=\"{}\",reason=\"{}\"}} {}",
+            escape(&d.port_id),
+            d.reason,
+            d.packets
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,23 +424,4 @@ mod tests {
         }
         assert!(!text.contains("net-b"), "{text}");
     }
-}
-
-/// `hyperlet_port_dropped_packets_total{port, reason}`: packets the firewall dropped per
-/// port, `reason` `spoof` (anti-spoofing) or `policy` (no security group rule allowed them).
-pub fn render_port_drops(drops: &[crate::ops::security_groups::apply::PortDrops]) -> String {
-    let mut out = String::from(
-        "# HELP hyperlet_port_dropped_packets_total Packets the firewall dropped, by port and reason (spoof, policy).\n\
-         # TYPE hyperlet_port_dropped_packets_total counter\n",
-    );
-    for d in drops {
-        let _ = writeln!(
-            out,
-            "hyperlet_port_dropped_packets_total{{port=\"{}\",reason=\"{}\"}} {}",
-            escape(&d.port_id),
-            d.reason,
-            d.packets
-        );
-    }
-    out
 }

@@ -89,6 +89,80 @@ fn integer_ranges(value: &mut Value) {
     }
 }
 
+/// A dotted-quad IPv4 address without leading zeros, optionally with a prefix length
+/// (`/1`-`/32`, or from `/0` when `zero_ok`), as `normalise_prefix` reads one.
+fn ipv4_or_prefix(zero_ok: bool) -> String {
+    let lengths = if zero_ok {
+        "3[0-2]|[12][0-9]|[0-9]"
+    } else {
+        "3[0-2]|[12][0-9]|[1-9]"
+    };
+    format!("^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){{3}}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/({lengths}))?$")
+}
+
+/// `target` with `patch` merged in.
+fn merge_into(mut target: Value, patch: Value) -> Value {
+    merge(&mut target, patch);
+    target
+}
+
+/// ops/security_groups/model.rs PortUpdate::validate and check_pairs: unique groups, pairs
+/// of IPv4 addresses or prefixes (not /0), port security off only without groups.
+fn port_security_rules() -> Value {
+    json!({
+        "properties": {
+            "security_groups": { "uniqueItems": true },
+            "allowed_address_pairs": {
+                "items": { "properties": { "ip_address": { "pattern": ipv4_or_prefix(false) } } }
+            }
+        },
+        "anyOf": [
+            { "properties": { "port_security_enabled": { "enum": [true, null] } } },
+            { "properties": { "security_groups": { "anyOf": [{ "type": "null" }, { "maxItems": 0 }] } } }
+        ]
+    })
+}
+
+/// ops/security_groups/model.rs SecurityGroupRuleCreate::validate: which port fields each
+/// protocol takes, and one remote at most. (That `port_range_max` is not below
+/// `port_range_min` is arithmetic between values: tests/e2e/fuzz/schemathesis.toml.)
+fn rule_rules() -> Value {
+    let none = json!({ "type": "null" });
+    let port = json!({ "type": "integer", "minimum": 1, "maximum": 65535 });
+    let byte = json!({ "type": "integer", "minimum": 0, "maximum": 255 });
+    let ports = |protocols: Value, lo: &Value, both: bool| {
+        let mut required = vec!["protocol"];
+        if both {
+            required.extend(["port_range_min", "port_range_max"]);
+        }
+        json!({
+            "required": required,
+            "properties": {
+                "protocol": { "enum": protocols },
+                "port_range_min": lo,
+                "port_range_max": if both { lo.clone() } else { none.clone() }
+            }
+        })
+    };
+    json!({
+        "properties": { "remote_ip_prefix": { "pattern": ipv4_or_prefix(true) } },
+        "not": {
+            "required": ["remote_ip_prefix", "remote_group_id"],
+            "properties": {
+                "remote_ip_prefix": { "type": "string" },
+                "remote_group_id": { "type": "string" }
+            }
+        },
+        "anyOf": [
+            ports(json!(["tcp", "udp", "6", "17"]), &port, false),
+            ports(json!(["tcp", "udp", "6", "17"]), &port, true),
+            ports(json!(["icmp", "1"]), &byte, false),
+            ports(json!(["icmp", "1"]), &byte, true),
+            { "properties": { "port_range_min": none, "port_range_max": none } }
+        ]
+    })
+}
+
 /// Merges `patch` into `target`: objects key by key, anything else replaced.
 fn merge(target: &mut Value, patch: Value) {
     match (target, patch) {
@@ -207,11 +281,18 @@ fn component_rules() -> Vec<(&'static str, Value)> {
                 }
             }),
         ),
-        // ops/networks/model.rs PortCreate::validate.
+        // ops/networks/model.rs PortCreate::validate (with PortUpdate's security fields).
         (
             "PortCreate",
-            json!({ "properties": { "fixed_ips": { "maxItems": 8 } } }),
+            merge_into(
+                json!({ "properties": { "fixed_ips": { "maxItems": 8 } } }),
+                port_security_rules(),
+            ),
         ),
+        // ops/security_groups/model.rs PortUpdate::validate.
+        ("PortUpdate", port_security_rules()),
+        // ops/security_groups/model.rs SecurityGroupRuleCreate::validate.
+        ("SecurityGroupRuleCreate", rule_rules()),
         // ops/scheduler.rs evaluate.
         (
             "EvaluateRequest",

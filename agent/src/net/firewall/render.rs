@@ -36,7 +36,7 @@ fn base(hook: &str, rules: Vec<String>) -> Chain {
 }
 
 fn bridges(ruleset: &Ruleset) -> Set {
-    let mut set = Set::set("type ifname;");
+    let mut set = Set::of("type ifname;");
     for b in &ruleset.bridges {
         set.elements.insert(quoted(b), String::new());
     }
@@ -200,7 +200,7 @@ fn sg(ruleset: &Ruleset, indices: &Indices, name: &str) -> Table {
         if t.sets.contains_key(&format!("m_{k}")) {
             continue;
         }
-        let mut set = Set::set("type ipv4_addr;");
+        let mut set = Set::of("type ipv4_addr;");
         for ip in members.get(group.as_str()).into_iter().flatten() {
             set.elements.insert(ip.to_string(), String::new());
         }

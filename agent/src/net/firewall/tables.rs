@@ -31,7 +31,7 @@ pub struct Set {
 
 impl Set {
     /// A set of `type`.
-    pub fn set(spec: &str) -> Self {
+    pub fn of(spec: &str) -> Self {
         Self {
             kind: "set",
             spec: spec.to_string(),
@@ -263,7 +263,7 @@ mod tests {
         let mut ports = Set::map("type ifname : verdict;");
         ports.elements.insert("\"tapa\"".into(), "jump p_1".into());
         t.sets.insert("ports".into(), ports);
-        let mut members = Set::set("type ipv4_addr;");
+        let mut members = Set::of("type ipv4_addr;");
         members.elements.insert("10.0.0.3".into(), String::new());
         t.sets.insert("m_1".into(), members);
         t.counters.insert("policy_1".into());

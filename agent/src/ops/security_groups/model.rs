@@ -250,7 +250,7 @@ pub struct AddressPairRequest {
 }
 
 /// Checks address pairs against the port's MAC: at most [`MAX_ADDRESS_PAIRS`], each a valid
-/// prefix and unicast MAC, no two alike.
+/// prefix (not 0.0.0.0/0) and unicast MAC; normalised, repeats dropped.
 ///
 /// # Errors
 /// [`OpError::InvalidInput`] naming the field.
@@ -287,13 +287,10 @@ pub fn check_pairs(
             },
             mac_address: mac,
         };
-        if out.contains(&pair) {
-            return Err(OpError::InvalidInput(format!(
-                "allowed_address_pairs lists {} with {} twice",
-                pair.ip_address, pair.mac_address
-            )));
+        // The same pair twice (perhaps spelt 10.0.0.9 and 10.0.0.9/32) is kept once.
+        if !out.contains(&pair) {
+            out.push(pair);
         }
-        out.push(pair);
     }
     Ok(out)
 }
@@ -467,11 +464,11 @@ mod tests {
         assert_eq!(ok[1].ip_address, "10.0.1.0/24");
         assert_eq!(ok[1].mac_address, "fa:16:3e:00:00:09");
         assert!(check_pairs(&[pair("0.0.0.0/0", None)], "fa:16:3e:00:00:01").is_err());
-        assert!(check_pairs(
+        let once = check_pairs(
             &[pair("10.0.0.9", None), pair("10.0.0.9/32", None)],
-            "fa:16:3e:00:00:01"
-        )
-        .is_err());
+            "fa:16:3e:00:00:01",
+        );
+        assert_eq!(once.unwrap().len(), 1);
         assert!(check_pairs(
             &[pair("10.0.0.9", Some("01:00:5e:00:00:01"))],
             "fa:16:3e:00:00:01"
