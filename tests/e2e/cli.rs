@@ -204,3 +204,127 @@ fn network_create_and_delete_wait_for_the_work() {
         "{bridge} left behind"
     );
 }
+
+#[test]
+fn security_group_verbs_and_port_set() {
+    let agent = Agent::start_with_config(&crate::networks::net_config());
+    let url = agent.url();
+    let state = agent.state_dir().display().to_string();
+    let env = [
+        ("HYPERLET_URL", url.as_str()),
+        ("HYPERLET_STATE_DIR", state.as_str()),
+    ];
+    let cli = |args: &[&str]| {
+        let (status, out, err) = run_cli(args, &env);
+        assert!(status.success(), "{args:?}: {err}");
+        out
+    };
+    let group: Value = serde_json::from_str(&cli(&[
+        "security-group",
+        "create",
+        "web",
+        "--description",
+        "web servers",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(group["name"], "web");
+    let rule: Value = serde_json::from_str(&cli(&[
+        "security-group-rule",
+        "create",
+        "web",
+        "--protocol",
+        "tcp",
+        "--dst-port",
+        "80:81",
+        "--remote-group",
+        "default",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(rule["direction"], "ingress");
+    assert_eq!(
+        (
+            rule["port_range_min"].as_u64(),
+            rule["port_range_max"].as_u64()
+        ),
+        (Some(80), Some(81))
+    );
+    assert!(rule["remote_group_id"].is_string(), "{rule}");
+    let table = cli(&["security-group-rule", "list", "--group", "web"]);
+    assert_eq!(
+        table.lines().count(),
+        3,
+        "header, egress, tcp 80-81: {table}"
+    );
+    let (status, _, err) = run_cli(
+        &[
+            "security-group-rule",
+            "create",
+            "web",
+            "--protocol",
+            "tcp",
+            "--dst-port",
+            "80:81",
+            "--remote-group",
+            "default",
+        ],
+        &env,
+    );
+    assert!(
+        !status.success() && err.contains("409"),
+        "a duplicate: {err}"
+    );
+    let shown = cli(&["security-group", "show", "web"]);
+    assert!(shown.contains("web servers"), "{shown}");
+
+    let (net, _) = crate::networks::local_network(&agent, "198.51.100.0/24");
+    let (s, port) = crate::networks::post(
+        &agent,
+        "/v1/ports",
+        serde_json::json!({"network_id": net["id"]}),
+    );
+    assert_eq!(s, 201, "{port}");
+    let port_id = port["id"].as_str().unwrap();
+    let set: Value = serde_json::from_str(&cli(&[
+        "port",
+        "set",
+        port_id,
+        "--security-group",
+        "web",
+        "--security-group",
+        "default",
+        "--allowed-address",
+        "ip-address=198.51.100.64/28",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        set["security_groups"],
+        serde_json::json!([group["id"], port["security_groups"][0]])
+    );
+    assert_eq!(
+        set["allowed_address_pairs"][0]["ip_address"],
+        "198.51.100.64/28"
+    );
+    assert_eq!(
+        set["allowed_address_pairs"][0]["mac_address"],
+        port["mac_address"]
+    );
+    let (status, _, err) = run_cli(&["security-group", "delete", "web"], &env);
+    assert!(!status.success() && err.contains("409"), "in use: {err}");
+    cli(&[
+        "port",
+        "set",
+        port_id,
+        "--no-security-group",
+        "--no-allowed-address",
+        "--disable-port-security",
+    ]);
+    let out = cli(&["security-group", "delete", "web"]);
+    assert!(out.contains("deleted"), "{out}");
+    assert_eq!(
+        agent.get_json(&format!("/v1/ports/{port_id}"))["port_security_enabled"],
+        false
+    );
+}

@@ -16,6 +16,7 @@ mod host;
 mod image;
 mod network;
 mod plugin;
+mod security_group;
 mod server;
 mod table;
 mod volume;
@@ -58,9 +59,15 @@ pub enum Command {
     /// Subnets (IPv4, DHCP and metadata): create, list, show, delete.
     #[command(subcommand)]
     Subnet(network::SubnetCommand),
-    /// Ports: create, list, show, delete.
+    /// Ports: create, list, show, set (security groups, port security, address pairs), delete.
     #[command(subcommand)]
     Port(network::PortCommand),
+    /// Security groups: create, list, show, set, delete.
+    #[command(subcommand, name = "security-group")]
+    SecurityGroup(security_group::GroupCommand),
+    /// Security group rules: create, list, show, delete.
+    #[command(subcommand, name = "security-group-rule")]
+    SecurityGroupRule(security_group::RuleCommand),
     /// Volume types: create, list, delete.
     #[command(subcommand, name = "volume-type")]
     VolumeType(volume::VolumeTypeCommand),
@@ -212,6 +219,12 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Port(cmd) => runtime
             .block_on(network::run_port(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::SecurityGroup(cmd) => runtime
+            .block_on(security_group::run_group(cmd))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::SecurityGroupRule(cmd) => runtime
+            .block_on(security_group::run_rule(cmd))
             .map_err(|e| crate::api::error::chain(&e)),
         Command::VolumeType(cmd) => runtime
             .block_on(volume::run_type(cmd))

@@ -143,6 +143,40 @@ pub enum PortCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a port's name, security groups, port security or allowed address pairs.
+    Set {
+        /// Port id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A security group, id or name (repeatable; replaces the port's groups).
+        #[arg(long = "security-group")]
+        groups: Vec<String>,
+        /// Remove every security group.
+        #[arg(long, conflicts_with = "groups")]
+        no_security_group: bool,
+        /// Turn anti-spoofing and security groups off (with --no-security-group): the port
+        /// may then use any address.
+        #[arg(long, conflicts_with = "enable_port_security")]
+        disable_port_security: bool,
+        /// Turn them back on.
+        #[arg(long)]
+        enable_port_security: bool,
+        /// An allowed address pair `ip-address=IP[/LEN][,mac-address=MAC]` (repeatable;
+        /// replaces the port's pairs).
+        #[arg(
+            long = "allowed-address",
+            value_name = "ip-address=IP[,mac-address=MAC]"
+        )]
+        allowed_addresses: Vec<String>,
+        /// Remove every allowed address pair.
+        #[arg(long, conflicts_with = "allowed_addresses")]
+        no_allowed_address: bool,
+        /// Connection options.
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List ports.
     List {
         /// Only this network's.
@@ -306,6 +340,28 @@ fn split_pair<'a>(text: &'a str, sep: char, what: &str) -> Result<(&'a str, &'a 
         .ok_or_else(|| ClientError::Usage(format!("{what} {text:?} must look like A{sep}B")))
 }
 
+/// `ip-address=IP[,mac-address=MAC]` as an address pair.
+fn address_pair(text: &str) -> Result<Value, ClientError> {
+    let mut pair = Map::new();
+    for part in text.split(',') {
+        match split_pair(part, '=', "--allowed-address")? {
+            ("ip-address", v) => pair.insert("ip_address".into(), json!(v)),
+            ("mac-address", v) => pair.insert("mac_address".into(), json!(v)),
+            (k, _) => {
+                return Err(ClientError::Usage(format!(
+                    "--allowed-address takes ip-address= and mac-address=, not {k}="
+                )))
+            }
+        };
+    }
+    if !pair.contains_key("ip_address") {
+        return Err(ClientError::Usage(format!(
+            "--allowed-address {text:?} needs ip-address="
+        )));
+    }
+    Ok(Value::Object(pair))
+}
+
 /// Runs a `hyperlet network` command.
 ///
 /// # Errors
@@ -460,6 +516,45 @@ pub async fn run_port(cmd: PortCommand) -> Result<(), ClientError> {
             list(&PORTS, &query, &client).await
         }
         PortCommand::Show { id, client } => show(&PORTS, &id, &client).await,
+        PortCommand::Set {
+            id,
+            name,
+            groups,
+            no_security_group,
+            disable_port_security,
+            enable_port_security,
+            allowed_addresses,
+            no_allowed_address,
+            client,
+        } => {
+            let api = ApiClient::from_args(&client)?;
+            let mut body = Map::new();
+            put(&mut body, "name", name);
+            if no_security_group {
+                body.insert("security_groups".into(), json!([]));
+            } else if !groups.is_empty() {
+                let mut ids = Vec::new();
+                for g in &groups {
+                    ids.push(super::security_group::group_id(&api, g).await?);
+                }
+                body.insert("security_groups".into(), json!(ids));
+            }
+            if disable_port_security || enable_port_security {
+                body.insert("port_security_enabled".into(), json!(enable_port_security));
+            }
+            if no_allowed_address {
+                body.insert("allowed_address_pairs".into(), json!([]));
+            } else if !allowed_addresses.is_empty() {
+                let mut pairs = Vec::new();
+                for a in &allowed_addresses {
+                    pairs.push(address_pair(a)?);
+                }
+                body.insert("allowed_address_pairs".into(), json!(pairs));
+            }
+            let port = super::security_group::patch_port(&api, &id, &Value::Object(body)).await?;
+            print_value(&client, &port, render);
+            Ok(())
+        }
         PortCommand::Delete { id, client } => delete(&PORTS, &id, &client).await,
     }
 }

@@ -86,12 +86,32 @@ pub enum ServerCommand {
         /// A NIC, as nova: `net-id=ID[,v4-fixed-ip=IP]` or `port-id=ID` (repeatable).
         #[arg(long = "nic", value_name = "net-id=ID|port-id=ID")]
         nics: Vec<String>,
+        /// A security group (name or id) for the ports created for `--nic net-id=…`
+        /// (repeatable) [default: default].
+        #[arg(long = "security-group", value_name = "NAME")]
+        security_groups: Vec<String>,
         /// Wait until the server is ACTIVE (or ERROR).
         #[arg(long)]
         wait: bool,
         /// Connection options.
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Add a security group to every port of the server.
+    AddSecurityGroup {
+        /// Target.
+        #[command(flatten)]
+        target: Target,
+        /// The group (id or name).
+        group: String,
+    },
+    /// Remove a security group from every port of the server.
+    RemoveSecurityGroup {
+        /// Target.
+        #[command(flatten)]
+        target: Target,
+        /// The group (id or name).
+        group: String,
     },
     /// Hot-attach a NIC: `--nic net-id=ID[,v4-fixed-ip=IP]` or `--nic port-id=ID`.
     InterfaceAttach {
@@ -233,6 +253,7 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
             user_data,
             metadata,
             nics,
+            security_groups,
             boot_volume,
             wait,
             client,
@@ -258,6 +279,12 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
             });
             if let Some(k) = key_name {
                 body["key_name"] = Value::String(k);
+            }
+            if !security_groups.is_empty() {
+                body["security_groups"] = security_groups
+                    .iter()
+                    .map(|name| json!({ "name": name }))
+                    .collect();
             }
             if let Some(v) = boot_volume {
                 body["boot_volume_id"] = Value::String(v);
@@ -342,6 +369,14 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
         ServerCommand::Unpause(t) => act(t, json!({"unpause": null})).await?,
         ServerCommand::Suspend(t) => act(t, json!({"suspend": null})).await?,
         ServerCommand::Resume(t) => act(t, json!({"resume": null})).await?,
+        ServerCommand::AddSecurityGroup { target, group } => {
+            let api = ApiClient::from_args(&target.client)?;
+            super::security_group::server_group(&api, &target.id, &group, true).await?;
+        }
+        ServerCommand::RemoveSecurityGroup { target, group } => {
+            let api = ApiClient::from_args(&target.client)?;
+            super::security_group::server_group(&api, &target.id, &group, false).await?;
+        }
         ServerCommand::InterfaceAttach { nic, target } => {
             let api = ApiClient::from_args(&target.client)?;
             let body = nic_json(&nic)?;
