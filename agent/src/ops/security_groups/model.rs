@@ -224,17 +224,18 @@ impl SecurityGroupRuleCreate {
 /// # Errors
 /// [`OpError::InvalidInput`] naming `field`.
 pub fn normalise_prefix(field: &str, text: &str) -> Result<Ipv4Cidr, OpError> {
-    let cidr = if text.contains('/') {
-        text.parse::<Ipv4Cidr>().ok()
-    } else {
-        text.parse::<Ipv4Addr>().ok().map(|a| Ipv4Cidr::new(a, 32))
+    let (addr, len) = text.split_once('/').unwrap_or((text, "32"));
+    // A length is 0-32 without leading zeros (`/07` is refused, as the schema says).
+    let len = match len.parse::<u8>() {
+        Ok(n) if n <= 32 && n.to_string() == len => Some(n),
+        _ => None,
     };
-    let cidr = cidr.ok_or_else(|| {
-        OpError::InvalidInput(format!(
+    match (addr.parse::<Ipv4Addr>(), len) {
+        (Ok(addr), Some(len)) => Ok(Ipv4Cidr::new(addr, len)),
+        _ => Err(OpError::InvalidInput(format!(
             "{field} {text:?} is not an IPv4 address or prefix like 198.51.100.0/24"
-        ))
-    })?;
-    Ok(Ipv4Cidr::new(cidr.network(), cidr.prefix_len()))
+        ))),
+    }
 }
 
 /// One allowed address pair as asked.
