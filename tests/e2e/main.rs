@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod events;
 mod firewall;
+mod firewall_guests;
 mod fuzz;
 mod hypervisor;
 mod images;

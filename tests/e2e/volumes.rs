@@ -183,31 +183,7 @@ fn lvm_volumes_through_the_api_and_bad_input() {
 
 /// Runs a shell line in a guest through the guest agent and returns its stdout.
 fn guest_sh(domain: &str, script: &str) -> String {
-    let cmd = json!({"execute": "guest-exec", "arguments": {
-        "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}});
-    let (ok, out) = virsh(&["qemu-agent-command", domain, &cmd.to_string()]);
-    assert!(ok, "guest-exec in {domain}: {out}");
-    let pid = serde_json::from_str::<Value>(&out).unwrap()["return"]["pid"].clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
-        let (ok, out) = virsh(&["qemu-agent-command", domain, &status.to_string()]);
-        assert!(ok, "guest-exec-status in {domain}: {out}");
-        let r = serde_json::from_str::<Value>(&out).unwrap()["return"].clone();
-        if r["exited"] == true {
-            use base64::Engine;
-            let data = r["out-data"].as_str().unwrap_or("");
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .unwrap_or_default();
-            return String::from_utf8_lossy(&bytes).into_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{script:?} did not finish in {domain}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    hyperlet_tests::guest::guest_sh(domain, script, Duration::from_secs(60)).1
 }
 
 pub fn boot(agent: &Agent, name: &str, source: Value) -> (String, String) {

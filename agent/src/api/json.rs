@@ -13,8 +13,8 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// A JSON request body. Malformed JSON → 400 `malformed_json`; JSON of the wrong shape or with
-/// unknown fields → 400 `invalid_request`; a missing `Content-Type: application/json` → 415;
+/// A JSON request body (always an object). Malformed JSON → 400 `malformed_json`; JSON of the
+/// wrong shape (an array, a string…) or with unknown fields → 400 `invalid_request`; a missing `Content-Type: application/json` → 415;
 /// a body over the limit → 413.
 pub struct ApiJson<T>(pub T);
 
@@ -54,6 +54,13 @@ where
                 format!("The request body is not valid JSON: {e}"),
             )
         })?;
+        // Every body of this API is a JSON object; serde alone would also read a struct from
+        // an array of its fields in order (`[null, null]` as an all-optional update).
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "The request body has the wrong shape: it must be a JSON object",
+            ));
+        }
         integral_floats_to_integers(&mut value).map_err(|e| {
             ApiError::bad_request(format!("The request body has a number out of range: {e}"))
         })?;
