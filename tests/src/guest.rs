@@ -173,6 +173,50 @@ pub fn last_tick(text: &str) -> Option<u64> {
         .next_back()
 }
 
+/// Runs a shell line in a running guest through its guest agent (`guest-exec` of `/bin/sh -c`,
+/// then `guest-exec-status` until it exits); returns its exit code, stdout and stderr.
+///
+/// # Panics
+///
+/// When the guest agent does not answer, or the line is still running after `limit`.
+pub fn guest_sh(domain: &str, script: &str, limit: Duration) -> (i64, String, String) {
+    use base64::Engine;
+    let cmd = serde_json::json!({"execute": "guest-exec", "arguments": {
+        "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}});
+    let (ok, out) = crate::virsh(&["qemu-agent-command", domain, &cmd.to_string()]);
+    assert!(ok, "guest-exec in {domain}: {out}");
+    let pid = serde_json::from_str::<serde_json::Value>(&out).expect("guest-exec answer")["return"]
+        ["pid"]
+        .clone();
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
+        let (ok, out) = crate::virsh(&["qemu-agent-command", domain, &status.to_string()]);
+        assert!(ok, "guest-exec-status in {domain}: {out}");
+        let r = serde_json::from_str::<serde_json::Value>(&out).expect("guest-exec-status answer")
+            ["return"]
+            .clone();
+        if r["exited"] == true {
+            let text = |key: &str| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(r[key].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&bytes).into_owned()
+            };
+            return (
+                r["exitcode"].as_i64().unwrap_or(-1),
+                text("out-data"),
+                text("err-data"),
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{script:?} did not finish in {domain} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,49 +275,5 @@ mod tests {
             "x",
             Duration::from_millis(200),
         );
-    }
-}
-
-/// Runs a shell line in a running guest through its guest agent (`guest-exec` of `/bin/sh -c`,
-/// then `guest-exec-status` until it exits); returns its exit code, stdout and stderr.
-///
-/// # Panics
-///
-/// When the guest agent does not answer, or the line is still running after `limit`.
-pub fn guest_sh(domain: &str, script: &str, limit: Duration) -> (i64, String, String) {
-    use base64::Engine;
-    let cmd = serde_json::json!({"execute": "guest-exec", "arguments": {
-        "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}});
-    let (ok, out) = crate::virsh(&["qemu-agent-command", domain, &cmd.to_string()]);
-    assert!(ok, "guest-exec in {domain}: {out}");
-    let pid = serde_json::from_str::<serde_json::Value>(&out).expect("guest-exec answer")["return"]
-        ["pid"]
-        .clone();
-    let deadline = Instant::now() + limit;
-    loop {
-        let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
-        let (ok, out) = crate::virsh(&["qemu-agent-command", domain, &status.to_string()]);
-        assert!(ok, "guest-exec-status in {domain}: {out}");
-        let r = serde_json::from_str::<serde_json::Value>(&out).expect("guest-exec-status answer")
-            ["return"]
-            .clone();
-        if r["exited"] == true {
-            let text = |key: &str| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(r[key].as_str().unwrap_or(""))
-                    .unwrap_or_default();
-                String::from_utf8_lossy(&bytes).into_owned()
-            };
-            return (
-                r["exitcode"].as_i64().unwrap_or(-1),
-                text("out-data"),
-                text("err-data"),
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{script:?} did not finish in {domain} within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
