@@ -130,7 +130,8 @@ fn remove_tables() {
 
 fn programming(rounds: usize) {
     let base = big_ruleset();
-    let (mut floor, mut full, mut rule_add, mut join) = (vec![], vec![], vec![], vec![]);
+    let (mut floor, mut full, mut rule_add, mut join, mut render_only) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
         floor.push(nft(&format!("add table bridge {PREFIX}_floor\n")));
         let mut indices = Indices::default();
@@ -145,6 +146,16 @@ fn programming(rounds: usize) {
         rule_add.push(apply(&more, &mut indices, &mut applied));
         more.ports.push(port(1000 + round));
         join.push(apply(&more, &mut indices, &mut applied));
+        // Diagnostic: the same rule change without `nft` (render + diff only).
+        let start = Instant::now();
+        let mut again = more.clone();
+        again.rules.get_mut(&group(1)).unwrap().pop();
+        indices.update(&again).unwrap();
+        let new = firewall::render(&again, &indices, PREFIX);
+        if let Some([l2, sg]) = &applied {
+            let _ = tables::diff(l2, &new[0]).unwrap() + &tables::diff(sg, &new[1]).unwrap();
+        }
+        render_only.push(start.elapsed());
     }
     let _ = Command::new("nft")
         .args(["delete", "table", "bridge", &format!("{PREFIX}_floor")])
@@ -167,6 +178,10 @@ fn programming(rounds: usize) {
     println!(
         "| one port joins the 1,000-member group | {} |",
         ms(median(join))
+    );
+    println!(
+        "| diagnostic: render + diff of one rule change, no `nft` | {} |",
+        ms(median(render_only))
     );
 }
 
@@ -325,11 +340,19 @@ fn data_path(rounds: usize) {
     };
     let script = firewall::script(&ruleset, PREFIX).unwrap();
     let (mut off, mut on) = (vec![], vec![]);
-    for _ in 0..rounds {
-        remove_tables();
-        off.push(measure());
-        nft(&script);
-        on.push(measure());
+    for round in 0..rounds {
+        // Alternate which goes first, so neither always meets a cold connection.
+        if round % 2 == 0 {
+            remove_tables();
+            off.push(measure());
+            nft(&script);
+            on.push(measure());
+        } else {
+            nft(&script);
+            on.push(measure());
+            remove_tables();
+            off.push(measure());
+        }
     }
     let mid = |v: &[(f64, Duration)]| {
         let mut t: Vec<f64> = v.iter().map(|x| x.0).collect();

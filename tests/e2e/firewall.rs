@@ -18,6 +18,26 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
+/// Namespace `ns` with `eth0` (`mac`, `ip`/24) whose veth peer `tap` is on `bridge`.
+fn plug_namespace(ns: &str, tap: &str, bridge: &str, mac: &str, ip: &str) {
+    let _ = run(&["ip", "netns", "delete", ns]);
+    let _ = run(&["ip", "link", "delete", tap]);
+    let cidr = format!("{ip}/24");
+    for step in [
+        vec!["ip", "netns", "add", ns],
+        vec![
+            "ip", "link", "add", tap, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+        vec!["ip", "link", "set", tap, "master", bridge, "up"],
+        vec!["ip", "-n", ns, "link", "set", "eth0", "address", mac, "up"],
+        vec!["ip", "-n", ns, "link", "set", "lo", "up"],
+        vec!["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"],
+    ] {
+        let (ok, out) = run(&step);
+        assert!(ok, "{step:?}: {out}");
+    }
+}
+
 /// Namespaces, taps, a bridge and nftables tables of one test, removed on drop.
 struct Fabric {
     tag: String,
@@ -45,30 +65,7 @@ impl Fabric {
     fn guest(&mut self, name: &str, mac: &str, ip: &str) -> String {
         let ns = format!("hlfw-{name}-{}", self.tag);
         let tap = format!("hlfw{name}{}", self.tag);
-        let _ = run(&["ip", "netns", "delete", &ns]);
-        let _ = run(&["ip", "link", "delete", &tap]);
-        for step in [
-            vec!["ip", "netns", "add", &ns],
-            vec![
-                "ip", "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-            vec!["ip", "link", "set", &tap, "master", &self.bridge, "up"],
-            vec!["ip", "-n", &ns, "link", "set", "eth0", "address", mac, "up"],
-            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
-            vec![
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ],
-        ] {
-            let (ok, out) = run(&step);
-            assert!(ok, "{step:?}: {out}");
-        }
+        plug_namespace(&ns, &tap, &self.bridge, mac, ip);
         self.guests.push((ns, tap.clone()));
         tap
     }
@@ -264,29 +261,7 @@ impl Guests {
         let tap = format!("tap{}", &port["id"].as_str().unwrap()[..11]);
         let mac = port["mac_address"].as_str().unwrap();
         let ip = port["fixed_ips"][0]["ip_address"].as_str().unwrap();
-        let _ = run(&["ip", "netns", "delete", &ns]);
-        for step in [
-            vec!["ip", "netns", "add", &ns],
-            vec![
-                "ip", "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-            vec!["ip", "link", "set", &tap, "master", bridge, "up"],
-            vec!["ip", "-n", &ns, "link", "set", "eth0", "address", mac, "up"],
-            vec!["ip", "-n", &ns, "link", "set", "lo", "up"],
-            vec![
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ],
-        ] {
-            let (ok, out) = run(&step);
-            assert!(ok, "{step:?}: {out}");
-        }
+        plug_namespace(&ns, &tap, bridge, mac, ip);
         self.names.push(ns.clone());
         ns
     }

@@ -310,14 +310,25 @@ fn nic(server: &Value) -> (String, String) {
 }
 
 /// A namespace standing in for a guest: a veth on the bridge with the port's MAC and address.
+/// Its bridge end has a name of its own (no port's tap: the firewall does not filter it) or,
+/// with `tap`, a port's tap name (filtered as that port).
 struct FakeGuest {
     ns: String,
 }
 
 impl FakeGuest {
-    fn new(tag: &str, bridge: &str, mac: &str, ip: &str, server_ip: &str) -> Self {
+    fn new(
+        tag: &str,
+        bridge: &str,
+        tap: Option<&str>,
+        (mac, ip): (&str, &str),
+        server_ip: &str,
+    ) -> Self {
         let ns = format!("hlt-guest-{tag}-{}", std::process::id());
-        let host_end = format!("hlg{}{tag}", std::process::id() % 100_000);
+        let host_end = tap.map_or_else(
+            || format!("hlg{}{tag}", std::process::id() % 100_000),
+            str::to_string,
+        );
         let _ = run(&["ip", "netns", "delete", &ns]);
         let _ = run(&["ip", "link", "delete", &host_end]);
         let steps: Vec<Vec<String>> = vec![
@@ -552,7 +563,7 @@ fn guests_get_dhcp_and_their_own_metadata() {
     assert_eq!(resp.status(), 202);
     agent.wait_server(&b, "SHUTOFF", Duration::from_secs(120));
     let (mac, ip) = nic(&b_server);
-    let guest = FakeGuest::new("b", &bridge, &mac, &ip, "198.51.100.2");
+    let guest = FakeGuest::new("b", &bridge, None, (&mac, &ip), "198.51.100.2");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cloudinit_readers.py");
     let (ok, out) = guest.exec(&["/usr/bin/python3", script, "http://169.254.169.254"]);
     assert!(ok, "cloud-init readers failed: {out}");
@@ -587,6 +598,34 @@ fn guests_get_dhcp_and_their_own_metadata() {
         "http://169.254.169.254/latest/meta-data/instance-id",
     ]);
     assert!(ok && out.trim() == b, "{out}");
+
+    // The same readers from another port (its tap, in the default group) with B's MAC and
+    // address: anti-spoofing drops every frame, they read nothing.
+    let (s, other) = post(&agent, "/v1/ports", json!({"network_id": net_id}));
+    assert_eq!(s, 201, "{other}");
+    let other_tap = format!("tap{}", &other["id"].as_str().unwrap()[..11]);
+    let spoofer = FakeGuest::new("s", &bridge, Some(&other_tap), (&mac, &ip), "198.51.100.2");
+    let (ok, out) = spoofer.exec(&[
+        "timeout",
+        "60",
+        "/usr/bin/python3",
+        script,
+        "http://169.254.169.254",
+    ]);
+    assert!(
+        !ok,
+        "cloud-init's readers read B's data from another port: {out}"
+    );
+    assert!(!out.contains(b.as_str()), "{out}");
+    let (_, out) = spoofer.exec(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "http://169.254.169.254/latest/meta-data/instance-id",
+    ]);
+    assert!(!out.contains(b.as_str()), "{out}");
+    drop(spoofer);
 
     // A restarted agent rebuilds the namespace, DHCP and metadata from its store.
     agent.kill9();

@@ -199,10 +199,20 @@ pub fn diff(old: &Table, new: &Table) -> Option<String> {
             let _ = writeln!(out, "delete element {at} {name} {{ {} }}", keys.join(", "));
         }
     }
-    // 3. Chains whose rules changed or that go: emptied (their references go with them).
-    let changed = |name: &String, chain: &Chain| old.chains.get(name) != Some(chain);
+    // 3. Chains whose rules changed or that go: emptied (their references go with them) —
+    //    unless rules were only appended (a rule added to a group), which need no flush.
+    let appended = |name: &String| -> Option<&[String]> {
+        let (before, after) = (old.chains.get(name)?, new.chains.get(name)?);
+        after
+            .rules
+            .strip_prefix(before.rules.as_slice())
+            .filter(|rest| !rest.is_empty())
+    };
     for (name, chain) in &old.chains {
-        if new.chains.get(name).is_none_or(|c| c != chain) && !chain.rules.is_empty() {
+        if new.chains.get(name).is_none_or(|c| c != chain)
+            && !chain.rules.is_empty()
+            && appended(name).is_none()
+        {
             let _ = writeln!(out, "flush chain {at} {name}");
         }
     }
@@ -219,7 +229,13 @@ pub fn diff(old: &Table, new: &Table) -> Option<String> {
         );
     }
     for (name, chain) in &new.chains {
-        if changed(name, chain) {
+        if let Some(rest) = appended(name) {
+            let tail = Chain {
+                hook: None,
+                rules: rest.to_vec(),
+            };
+            add_rules(&mut out, &at, name, &tail);
+        } else if old.chains.get(name) != Some(chain) {
             add_rules(&mut out, &at, name, chain);
         }
     }
@@ -290,7 +306,7 @@ mod tests {
     }
 
     #[test]
-    fn a_changed_chain_is_flushed_and_refilled() {
+    fn an_appended_rule_is_added_alone() {
         let mut new = table();
         new.chains
             .get_mut("p_1")
@@ -299,7 +315,17 @@ mod tests {
             .push("tcp dport 22 accept".into());
         assert_eq!(
             diff(&table(), &new).unwrap(),
-            "flush chain inet t p_1\nadd rule inet t p_1 ip saddr @m_1 accept\nadd rule inet t p_1 tcp dport 22 accept\n"
+            "add rule inet t p_1 tcp dport 22 accept\n"
+        );
+    }
+
+    #[test]
+    fn a_changed_chain_is_flushed_and_refilled() {
+        let mut new = table();
+        new.chains.get_mut("p_1").unwrap().rules = vec!["tcp dport 22 accept".into()];
+        assert_eq!(
+            diff(&table(), &new).unwrap(),
+            "flush chain inet t p_1\nadd rule inet t p_1 tcp dport 22 accept\n"
         );
     }
 
