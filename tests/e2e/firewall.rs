@@ -627,3 +627,88 @@ fn dhcp_reaches_filtered_ports_and_spoofers_get_nothing() {
         "a client with another port's MAC got a lease through the firewall"
     );
 }
+
+/// kill -9 while a rule change waits to be programmed: the kernel keeps the old tables (one
+/// transaction, never half), the store has the new rule, and the restarted agent's full
+/// replacement programs it.
+#[test]
+fn a_kill_during_an_update_leaves_the_old_rules_and_the_restart_the_new() {
+    let mut agent = Agent::start_with_config(&net_config());
+    let (net, _subnet) = local_network(&agent, "198.51.100.0/24");
+    let net_id = net["id"].as_str().unwrap().to_string();
+    let bridge = net["bridge"].as_str().unwrap().to_string();
+    let (s, web) = post(&agent, "/v1/security-groups", json!({"name": "web"}));
+    assert_eq!(s, 201, "{web}");
+    let port = |name: &str, groups: Value| {
+        let (s, p) = post(
+            &agent,
+            "/v1/ports",
+            json!({"network_id": net_id, "name": name, "security_groups": groups}),
+        );
+        assert_eq!(s, 201, "{p}");
+        p
+    };
+    let default_id = default_group(&agent)["id"].clone();
+    let (a, c) = (
+        port("a", json!([default_id])),
+        port("c", json!([web["id"]])),
+    );
+    let mut guests = Guests { names: vec![] };
+    let (na, _nc) = (
+        guests.plug(&bridge, &a, "ka"),
+        guests.plug(&bridge, &c, "kc"),
+    );
+    assert!(!ping(&na, &ip_of(&c)), "web takes nothing in");
+
+    // Every incremental update now pauses before `nft` runs.
+    agent.kill9();
+    agent.env = vec![
+        (
+            "HYPERLET_FAILPOINT".into(),
+            "firewall:update:started".into(),
+        ),
+        ("HYPERLET_FAILPOINT_DELAY_MS".into(), "30000".into()),
+    ];
+    agent.restart();
+    let (url, token) = (agent.url(), agent.token());
+    let body = json!({"security_group_id": web["id"], "direction": "ingress", "protocol": "icmp"});
+    let request = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{url}/v1/security-group-rules"))
+            .bearer_auth(token)
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(20))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !agent.log().contains("failpoint reached") {
+        assert!(std::time::Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    agent.kill9();
+    assert!(
+        request.join().unwrap().is_err(),
+        "the request died with the agent"
+    );
+    assert!(!ping(&na, &ip_of(&c)), "the old tables are still in force");
+
+    agent.env.clear();
+    agent.restart();
+    let rules = agent.get_json(&format!(
+        "/v1/security-group-rules?security_group_id={}",
+        web["id"].as_str().unwrap()
+    ));
+    assert!(
+        rules["security_group_rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["protocol"] == "icmp"),
+        "the rule was stored before the kill: {rules}"
+    );
+    assert!(
+        reaches(&na, &ip_of(&c)),
+        "the restart programs what the store says"
+    );
+}

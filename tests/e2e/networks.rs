@@ -626,6 +626,13 @@ fn guests_get_dhcp_and_their_own_metadata() {
     ]);
     assert!(!out.contains(b.as_str()), "{out}");
     drop(spoofer);
+    assert_eq!(
+        delete(
+            &agent,
+            &format!("/v1/ports/{}", other["id"].as_str().unwrap())
+        ),
+        204
+    );
 
     // A restarted agent rebuilds the namespace, DHCP and metadata from its store.
     agent.kill9();

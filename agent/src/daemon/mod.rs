@@ -2,7 +2,8 @@
 //!
 //! Startup order: validate the config → create the state directory and take its lock → open
 //! the store → load or generate the admin token → probe KVM and choose the domain type →
-//! recover interrupted operations from the journal → check libvirt → listen. Shutdown: stop
+//! replace the firewall's nftables tables from the store (one transaction) → recover
+//! interrupted operations from the journal → check libvirt → listen. Shutdown: stop
 //! accepting, let in-flight requests finish (bounded by `api.shutdown_grace_secs`), record
 //! `agent.stopped`, checkpoint the store.
 

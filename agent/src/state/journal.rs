@@ -498,7 +498,8 @@ pub const FAILPOINT_ENV: &str = "HYPERLET_FAILPOINT";
 /// milliseconds there and goes on (tests of work that outlives its request's deadline).
 pub const FAILPOINT_DELAY_ENV: &str = "HYPERLET_FAILPOINT_DELAY_MS";
 
-async fn failpoint(kind: &str, step: &str) {
+/// Stops (or pauses) here when [`FAILPOINT_ENV`] names `<kind>:<step>`.
+pub(crate) async fn failpoint(kind: &str, step: &str) {
     let Ok(point) = std::env::var(FAILPOINT_ENV) else {
         return;
     };

@@ -25,6 +25,7 @@ mod volumes;
 
 pub use events::{Event, EventLog};
 pub use images::{ImageRecord, ImageStatus, StoredImage};
+pub(crate) use journal::failpoint;
 pub use journal::{
     Journal, OpStatus, Operation, OperationHandler, OperationRecord, RecoveryReport, RestartPolicy,
     StepRecord, StepStatus, UndoFuture, FAILPOINT_ENV,

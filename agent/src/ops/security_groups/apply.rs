@@ -95,13 +95,17 @@ impl Firewall {
             .and_then(|[l2, sg]| Some(tables::diff(l2, &new[0])? + &tables::diff(sg, &new[1])?));
         let result = match diff {
             Some(d) if d.is_empty() => Ok(()),
-            Some(d) => match self.nft(&d, "update.nft").await {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "incremental firewall update failed; replacing the tables");
-                    self.full(ruleset, &mut indices).await
+            Some(d) => {
+                // Crash tests stop the agent here: the store has the change, the kernel not.
+                crate::state::failpoint("firewall", "update:started").await;
+                match self.nft(&d, "update.nft").await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "incremental firewall update failed; replacing the tables");
+                        self.full(ruleset, &mut indices).await
+                    }
                 }
-            },
+            }
             None => self.full(ruleset, &mut indices).await,
         };
         match result {
