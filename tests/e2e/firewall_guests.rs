@@ -91,21 +91,28 @@ fn within_a_second(mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A network with three booted guests: `a` (no group asked: `default`), `b` (`default` by
+/// name) and `c` in a new group `no-ingress` (egress only). Returns the network id and the
+/// group.
+fn three_guests(agent: &Agent, tag: &str) -> (String, Value, [Guest; 3]) {
+    let image = import_guest(agent, "hyperlet.metadata=1");
+    let (net, _) = local_network(agent, "198.51.100.0/24");
+    let net_id = net["id"].as_str().unwrap().to_string();
+    let (s, closed) = post(agent, "/v1/security-groups", json!({"name": "no-ingress"}));
+    assert_eq!(s, 201, "{closed}");
+    let ids = [
+        boot(agent, &format!("{tag}-a"), &image, &net_id, &[]),
+        boot(agent, &format!("{tag}-b"), &image, &net_id, &["default"]),
+        boot(agent, &format!("{tag}-c"), &image, &net_id, &["no-ingress"]),
+    ];
+    (net_id, closed, ids.map(|id| settle(agent, &id)))
+}
+
 #[test]
 fn guests_reach_exactly_what_their_groups_allow_and_spoofers_reach_nothing() {
     let _vm = hyperlet_tests::vm_shared();
     let agent = Agent::start_with_config(&net_config());
-    let image = import_guest(&agent, "hyperlet.metadata=1");
-    let (net, _) = local_network(&agent, "198.51.100.0/24");
-    let net_id = net["id"].as_str().unwrap().to_string();
-    let (s, closed) = post(&agent, "/v1/security-groups", json!({"name": "no-ingress"}));
-    assert_eq!(s, 201, "{closed}");
-    let ids = [
-        boot(&agent, "fw-a", &image, &net_id, &[]),
-        boot(&agent, "fw-b", &image, &net_id, &["default"]),
-        boot(&agent, "fw-c", &image, &net_id, &["no-ingress"]),
-    ];
-    let [a, b, c] = ids.map(|id| settle(&agent, &id));
+    let (net_id, closed, [a, b, c]) = three_guests(&agent, "fw");
     b.listen("b");
     c.listen("c");
 
@@ -231,17 +238,7 @@ fn drops(agent: &Agent, id: &str) -> u64 {
 fn an_agent_restart_leaves_no_gap_in_the_filtering() {
     let _vm = hyperlet_tests::vm_shared();
     let mut agent = Agent::start_with_config(&net_config());
-    let image = import_guest(&agent, "hyperlet.metadata=1");
-    let (net, _) = local_network(&agent, "198.51.100.0/24");
-    let net_id = net["id"].as_str().unwrap().to_string();
-    let (s, closed) = post(&agent, "/v1/security-groups", json!({"name": "no-ingress"}));
-    assert_eq!(s, 201, "{closed}");
-    let ids = [
-        boot(&agent, "rs-a", &image, &net_id, &[]),
-        boot(&agent, "rs-b", &image, &net_id, &[]),
-        boot(&agent, "rs-c", &image, &net_id, &["no-ingress"]),
-    ];
-    let [a, b, c] = ids.map(|id| settle(&agent, &id));
+    let (_, _, [a, b, c]) = three_guests(&agent, "rs");
     assert!(a.pings(&b));
     let (code, out) = a.sh(&format!(
         "(busybox ping -i 0.2 -c 60 {} > /tmp/to-b 2>&1; echo done >> /tmp/to-b) </dev/null >/dev/null 2>&1 &

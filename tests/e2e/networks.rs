@@ -599,6 +599,26 @@ fn guests_get_dhcp_and_their_own_metadata() {
     ]);
     assert!(ok && out.trim() == b, "{out}");
 
+    // A restarted agent rebuilds the namespace, DHCP and metadata from its store.
+    agent.kill9();
+    agent.restart();
+    let (ok, out) = guest.exec(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "5",
+        "--retry",
+        "10",
+        "--retry-connrefused",
+        "--retry-delay",
+        "1",
+        "http://169.254.169.254/openstack/latest/meta_data.json",
+    ]);
+    assert!(ok, "metadata after the restart: {out}\n{}", agent.log());
+    let meta: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(meta["uuid"], b.as_str());
+    drop(guest);
+
     // The same readers from another port (its tap, in the default group) with B's MAC and
     // address: anti-spoofing drops every frame, they read nothing.
     let (s, other) = post(&agent, "/v1/ports", json!({"network_id": net_id}));
@@ -633,26 +653,6 @@ fn guests_get_dhcp_and_their_own_metadata() {
         ),
         204
     );
-
-    // A restarted agent rebuilds the namespace, DHCP and metadata from its store.
-    agent.kill9();
-    agent.restart();
-    let (ok, out) = guest.exec(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "5",
-        "--retry",
-        "10",
-        "--retry-connrefused",
-        "--retry-delay",
-        "1",
-        "http://169.254.169.254/openstack/latest/meta_data.json",
-    ]);
-    assert!(ok, "{out}");
-    let meta: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(meta["uuid"], b.as_str());
-    drop(guest);
 
     for id in [&a, &b] {
         assert_eq!(delete(&agent, &format!("/v1/servers/{id}")), 202);
