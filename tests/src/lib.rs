@@ -444,7 +444,11 @@ impl Agent {
     pub fn wait_gone(&self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(180);
         while self.get(path).status() != 404 {
-            assert!(Instant::now() < deadline, "{path} is still there");
+            assert!(
+                Instant::now() < deadline,
+                "{path} is still there:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -54,8 +54,8 @@ where
                 format!("The request body is not valid JSON: {e}"),
             )
         })?;
-        // Every body of this API is a JSON object; serde alone would also read a struct from
-        // an array of its fields in order (`[null, null]` as an all-optional update).
+        // Every body of this API is a JSON object (and every struct in it: `strict.rs`); serde
+        // alone would also read a struct from an array of its fields in order.
         if !value.is_object() {
             return Err(ApiError::bad_request(
                 "The request body has the wrong shape: it must be a JSON object",
@@ -64,7 +64,7 @@ where
         integral_floats_to_integers(&mut value).map_err(|e| {
             ApiError::bad_request(format!("The request body has a number out of range: {e}"))
         })?;
-        serde_path_to_error::deserialize(value)
+        serde_path_to_error::deserialize(super::strict::Strict(value))
             .map(Self)
             .map_err(|e| {
                 let at = e.path().to_string();

@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod schema_rules;
+pub mod strict;
 
 use crate::ops::Services;
 use axum::extract::DefaultBodyLimit;
