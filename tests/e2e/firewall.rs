@@ -305,7 +305,7 @@ fn default_group(agent: &Agent) -> Value {
 }
 
 /// Waits (up to 1 s, the bound) for `cond`.
-fn within_a_second(mut cond: impl FnMut() -> bool) -> bool {
+pub fn within_a_second(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
     loop {
         if cond() {

@@ -3,6 +3,7 @@
 //! groups allow, rules that open and close within a second, a guest taking another's address
 //! or MAC, and an agent restart under a 0.2 s ping.
 
+use crate::firewall::within_a_second;
 use crate::networks::{local_network, net_config, post};
 use crate::servers::import_guest;
 use hyperlet_tests::guest::guest_sh;
@@ -76,18 +77,6 @@ impl Guest {
             "busybox nc -ll -p 22 -e /bin/busybox echo hello-from-{name} </dev/null >/dev/null 2>&1 &"
         ));
         assert_eq!(code, 0, "{out}");
-    }
-}
-
-fn within_a_second(mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
     }
 }
 

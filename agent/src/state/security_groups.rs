@@ -429,11 +429,21 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<SecurityGroupRule>, StoreError> {
-        Ok(self
-            .list_security_group_rules(None)
-            .await?
-            .into_iter()
-            .find(|r| r.id == id))
+        let id = id.to_string();
+        self.call(move |conn| {
+            let doc: Option<String> = conn
+                .query_row(
+                    "SELECT doc FROM security_group_rules WHERE id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            doc.map(|d| {
+                serde_json::from_str(&d).map_err(|e| StoreError::Corrupt(format!("rule {id}: {e}")))
+            })
+            .transpose()
+        })
+        .await
     }
 
     /// Deletes a rule; `false` when there was none.
