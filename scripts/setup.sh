@@ -22,7 +22,9 @@ PACKAGES=(
     lvm2
     nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind nfs-common
     busybox-static cpio
-    etcd-server
+    # etcd-server: the fleet registry's tests start their own etcd; protobuf-compiler: protoc,
+    # which the etcd-client crate's build needs for etcd's gRPC API.
+    etcd-server protobuf-compiler
     sqlite3
     iproute2 nftables
     openssl curl wrk

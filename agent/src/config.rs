@@ -107,6 +107,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Where plugins run.
     pub plugin_runtime: PluginRuntimeConfig,
+    /// Membership of a fleet through etcd; absent = a standalone node.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// What a plugin is.
@@ -689,6 +691,169 @@ impl Default for FirewallConfig {
     }
 }
 
+/// Fleet membership through etcd (`[fleet]`). Without this section the node is standalone.
+///
+/// ```toml
+/// [fleet]
+/// endpoints = ["https://10.0.0.5:2379"]
+/// node_name = "compute-7"
+/// advertise_url = "https://10.0.0.17:8787"
+/// ca_cert = "/etc/hyperlet/etcd/ca.crt"
+/// client_cert = "/etc/hyperlet/etcd/client.crt"
+/// client_key = "/etc/hyperlet/etcd/client.key"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// etcd client URLs (`http://host:2379` or `https://…`).
+    pub endpoints: Vec<String>,
+    /// Every key the fleet uses starts with this (default `/hyperlet`).
+    pub prefix: String,
+    /// This node's name in the fleet (default: the hostname).
+    pub node_name: Option<String>,
+    /// Region reported in the node record.
+    pub region: String,
+    /// Availability zone; the same as the top-level `availability_zone` (set either).
+    pub availability_zone: Option<String>,
+    /// The agent's API URL for controllers and peers (default: `http(s)://<tunnel_ip or listen
+    /// address>:<port>`).
+    pub advertise_url: Option<String>,
+    /// VXLAN source address (default: the local address of the route to the first endpoint).
+    pub tunnel_ip: Option<std::net::IpAddr>,
+    /// Lifetime of the agent's lease without a keep-alive, seconds (5–600).
+    pub lease_ttl_secs: u64,
+    /// Deadline of one etcd call, seconds (1–60).
+    pub call_timeout_secs: u64,
+    /// PEM CA bundle that signed etcd's server certificate (for `https://` endpoints).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate for etcd (mutual TLS), with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// etcd user (with `password_file`).
+    pub user: Option<String>,
+    /// File holding the etcd user's password (never on the command line).
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            prefix: "/hyperlet".into(),
+            node_name: None,
+            region: "RegionOne".into(),
+            availability_zone: None,
+            advertise_url: None,
+            tunnel_ip: None,
+            lease_ttl_secs: 15,
+            call_timeout_secs: 5,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            user: None,
+            password_file: None,
+        }
+    }
+}
+
+impl FleetConfig {
+    /// Checks the section on its own.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first setting that cannot be used.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if self.endpoints.is_empty() {
+            return invalid("fleet.endpoints", "give at least one etcd URL".into());
+        }
+        for endpoint in &self.endpoints {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            match rest {
+                Some(hostport)
+                    if !hostport.is_empty() && !hostport.contains(['/', '?', '#', '@', ' ']) => {}
+                _ => {
+                    return invalid(
+                        "fleet.endpoints",
+                        format!("{endpoint:?} is not http://host:port or https://host:port"),
+                    )
+                }
+            }
+        }
+        if crate::fleet::keys::check_prefix(&self.prefix).is_err() {
+            return invalid(
+                "fleet.prefix",
+                "must start with / and hold only letters, digits, / . _ - (no trailing /, at most 64)"
+                    .into(),
+            );
+        }
+        if let Some(name) = &self.node_name {
+            if let Err(reason) = crate::fleet::keys::check_node_name(name) {
+                return invalid("fleet.node_name", reason);
+            }
+        }
+        if let Some(zone) = &self.availability_zone {
+            if zone.is_empty() || zone.len() > 255 {
+                return invalid("fleet.availability_zone", "must be 1-255 characters".into());
+            }
+        }
+        if self.region.is_empty() || self.region.len() > 255 {
+            return invalid("fleet.region", "must be 1-255 characters".into());
+        }
+        if let Some(url) = &self.advertise_url {
+            let ok = url
+                .parse::<axum::http::Uri>()
+                .ok()
+                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if ok.is_none() {
+                return invalid(
+                    "fleet.advertise_url",
+                    format!("{url:?} is not an http:// or https:// URL with a host"),
+                );
+            }
+        }
+        if !(5..=600).contains(&self.lease_ttl_secs) {
+            return invalid("fleet.lease_ttl_secs", "must be 5-600".into());
+        }
+        if !(1..=60).contains(&self.call_timeout_secs) {
+            return invalid("fleet.call_timeout_secs", "must be 1-60".into());
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return invalid(
+                "fleet.client_cert",
+                "client_cert and client_key must be given together".into(),
+            );
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return invalid(
+                "fleet.user",
+                "user and password_file must be given together".into(),
+            );
+        }
+        let tls = self.endpoints.iter().any(|e| e.starts_with("https://"));
+        if !tls && (self.ca_cert.is_some() || self.client_cert.is_some()) {
+            return invalid(
+                "fleet.ca_cert",
+                "TLS files are given but no endpoint is https://".into(),
+            );
+        }
+        if tls && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return invalid(
+                "fleet.endpoints",
+                "mixes http:// and https:// endpoints".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The etcd call deadline as a duration.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_secs)
+    }
+}
+
 /// Metadata service settings (`[metadata]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -814,6 +979,7 @@ impl Default for Config {
             plugins: Vec::new(),
             plugin_runtime: PluginRuntimeConfig::default(),
             metadata: MetadataConfig::default(),
+            fleet: None,
         }
     }
 }
@@ -842,6 +1008,19 @@ impl Config {
     /// The parser's message when the text is not valid.
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let mut config: Self = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        if let Some(zone) = config
+            .fleet
+            .as_ref()
+            .and_then(|f| f.availability_zone.clone())
+        {
+            if config.availability_zone != "nova" && config.availability_zone != zone {
+                return Err(format!(
+                    "fleet.availability_zone {zone:?} differs from availability_zone {:?}; set only one",
+                    config.availability_zone
+                ));
+            }
+            config.availability_zone = zone;
+        }
         for plugin in &mut config.plugins {
             if plugin.call_timeout_ms == UNSET_TIMEOUT {
                 plugin.call_timeout_ms = plugin.kind.default_call_timeout_ms();
@@ -935,6 +1114,9 @@ impl Config {
         }
         if !(1..=300).contains(&self.firewall.nft_timeout_secs) {
             return invalid("firewall.nft_timeout_secs", "must be 1-300");
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.validate()?;
         }
         if self.events.backlog == 0 {
             return invalid("events.backlog", "must be at least 1");

@@ -30,6 +30,7 @@ pub mod compute;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
+pub mod fleet;
 pub mod host;
 pub mod image;
 pub mod metadata;

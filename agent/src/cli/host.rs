@@ -96,6 +96,13 @@ fn render_host(h: &Value) -> String {
         ("kvm_usable", text(&hv["kvm"]["usable"])),
         ("kvm_reason", text(&hv["kvm"]["reason"])),
         (
+            "fleet",
+            match (&h["fleet"]["state"], &h["fleet"]["last_error"]) {
+                (state, Value::String(error)) => format!("{} ({error})", text(state)),
+                (state, _) => text(state),
+            },
+        ),
+        (
             "vcpus",
             format!(
                 "{} (limit {})",

@@ -5,6 +5,7 @@
 //! hyperlet serve [--config FILE] [--state-dir DIR] [--listen ADDR] [--tls-cert F --tls-key F]
 //! hyperlet host show [--json]
 //! hyperlet host disable --reason "kernel update"
+//! hyperlet fleet nodes --endpoints http://10.0.0.5:2379
 //! hyperlet openapi > docs/openapi.json
 //! ```
 //!
@@ -12,6 +13,7 @@
 //! from `HYPERLET_TOKEN`, or else from `<state-dir>/admin.token`.
 
 mod client;
+mod fleet;
 mod host;
 mod image;
 mod network;
@@ -83,6 +85,9 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The fleet, read from etcd: nodes, stats, watch, forget.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Plugins: list the agent's, inspect a component, scaffold a new one.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -237,6 +242,9 @@ pub fn run(cli: Cli) -> ExitCode {
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Backends { client } => runtime
             .block_on(volume::run_backends(client))
+            .map_err(|e| crate::api::error::chain(&e)),
+        Command::Fleet(cmd) => runtime
+            .block_on(fleet::run(cmd))
             .map_err(|e| crate::api::error::chain(&e)),
         Command::Plugin(cmd) => runtime
             .block_on(plugin::run(cmd))

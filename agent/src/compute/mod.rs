@@ -85,6 +85,14 @@ impl DomainType {
         }
     }
 
+    /// The name as libvirt and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Qemu => "qemu",
+        }
+    }
+
     /// The accelerator QEMU runs with.
     pub fn accelerator(self) -> &'static str {
         match self {

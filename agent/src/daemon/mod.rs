@@ -3,7 +3,8 @@
 //! Startup order: validate the config → create the state directory and take its lock → open
 //! the store → load or generate the admin token → probe KVM and choose the domain type →
 //! replace the firewall's nftables tables from the store (one transaction) → recover
-//! interrupted operations from the journal → check libvirt → listen. Shutdown: stop
+//! interrupted operations from the journal → check libvirt → listen → join the fleet (with
+//! `[fleet]`). Shutdown: revoke the fleet lease, stop
 //! accepting, let in-flight requests finish (bounded by `api.shutdown_grace_secs`), record
 //! `agent.stopped`, checkpoint the store.
 
@@ -54,6 +55,9 @@ pub enum DaemonError {
     /// The plugin runtime cannot start.
     #[error("Plugin runtime failed: {0}")]
     Plugin(String),
+    /// The node cannot join its fleet (a setting or file of `[fleet]`).
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
     /// TLS files cannot be used.
     #[error("TLS setup failed: {0}")]
     Tls(String),
@@ -252,6 +256,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         addr: config.listen,
         source,
     })?;
+    // Registration runs beside the API; stopping revokes the lease (the node shows down at
+    // once) while in-flight requests drain.
+    let fleet = crate::ops::fleet::start(&services, local, stop.clone()).await?;
     services
         .events()
         .publish(
@@ -287,6 +294,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await;
     signals.abort();
+    if let Some(fleet) = fleet {
+        let _ = fleet.await;
+    }
     let _ = monitor.await;
     let _ = sync.await;
     if let Some(watcher) = watcher {

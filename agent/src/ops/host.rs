@@ -25,6 +25,8 @@ pub struct HostReport {
     pub hypervisor: HypervisorReport,
     /// Physical capacity and the limits the allocation ratios give.
     pub capacity: CapacityReport,
+    /// The node's link to the fleet (`state: standalone` without `[fleet]`).
+    pub fleet: crate::fleet::link::FleetStatus,
 }
 
 /// The hypervisor part of [`HostReport`].
@@ -217,6 +219,7 @@ pub async fn describe(services: &Services) -> Result<HostReport, OpError> {
             reserved_host_memory_mb: cap.reserved_host_memory_mb,
             reserved_host_disk_gb: cap.reserved_host_disk_gb,
         },
+        fleet: services.fleet_link().status(),
     })
 }
 

@@ -6,6 +6,7 @@
 //! Multi-step mutations run under the [`crate::state::Journal`].
 
 pub mod background;
+pub mod fleet;
 pub mod host;
 pub mod images;
 pub mod networks;
@@ -140,6 +141,7 @@ struct ServicesInner {
     server_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     net_runtime: networks::runtime::NetRuntime,
     firewall: security_groups::apply::Firewall,
+    fleet: Arc<crate::fleet::link::FleetLink>,
     admission: tokio::sync::Mutex<()>,
     token: AdminToken,
     started: Instant,
@@ -215,12 +217,18 @@ impl Services {
                 server_locks: Mutex::default(),
                 net_runtime: networks::runtime::NetRuntime::default(),
                 firewall,
+                fleet: Arc::new(crate::fleet::link::FleetLink::standalone()),
                 admission: tokio::sync::Mutex::new(()),
                 token,
                 started: Instant::now(),
                 shutdown,
             }),
         }
+    }
+
+    /// This node's link to the fleet (standalone without `[fleet]`).
+    pub fn fleet_link(&self) -> &Arc<crate::fleet::link::FleetLink> {
+        &self.inner.fleet
     }
 
     /// The security group applier.

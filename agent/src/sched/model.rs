@@ -68,7 +68,7 @@ fn yes() -> bool {
 }
 
 /// One candidate host (a controller sends many; without them the agent uses its own).
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostState {
     /// Host name (returned in the result).

@@ -1,0 +1,290 @@
+//! The agent side of the fleet: one lease per agent, kept alive about every TTL/3, a liveness
+//! key under it, and the node record beside it (rewritten when it changes, debounced, and
+//! once a minute, never on every heartbeat).
+//!
+//! When etcd is unreachable, partitioned, restarted or loses the lease, the agent keeps
+//! serving; the link shows `degraded` and [`Registration::run`] retries with backoff, keeps
+//! the same lease when etcd still has it, grants a new one otherwise, and puts its keys again.
+//! Stopping revokes the lease so the node shows down at once.
+
+use super::etcd::Etcd;
+use super::keys::Keys;
+use super::link::FleetLink;
+use super::record::{self, Liveness, NodeRecord};
+use super::FleetError;
+use crate::config::FleetConfig;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often the record is rebuilt and compared with what etcd holds.
+pub const RECORD_CHECK: Duration = Duration::from_secs(5);
+/// A record that did not change is written again after this long.
+pub const RECORD_REFRESH: Duration = Duration::from_secs(60);
+/// Changes announced through [`Registration::changed`] within this window are written once.
+pub const RECORD_DEBOUNCE: Duration = Duration::from_millis(500);
+/// Longest wait between two registration attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Boxed future returned by a [`RecordSource`].
+pub type RecordFuture<'a> = Pin<Box<dyn Future<Output = Result<NodeRecord, String>> + Send + 'a>>;
+
+/// Builds this node's record from live figures (the agent) or from a model (the simulator).
+pub trait RecordSource: Send + Sync + 'static {
+    /// The record as it should be now (`updated_at` is set by the registry).
+    fn record(&self) -> RecordFuture<'_>;
+}
+
+/// How a registration reaches etcd.
+#[derive(Clone)]
+pub enum Connection {
+    /// Connect from the `[fleet]` section, again after every failure (an agent).
+    Config(Box<FleetConfig>),
+    /// Share one client (many simulated nodes in one process).
+    Shared(Box<Etcd>),
+}
+
+/// One node's registration.
+pub struct Registration {
+    /// How to reach etcd.
+    pub connection: Connection,
+    /// The key layout.
+    pub keys: Keys,
+    /// The node's name.
+    pub name: String,
+    /// The node's stable identity.
+    pub node_id: String,
+    /// Lease TTL, seconds.
+    pub ttl: i64,
+    /// The link state this registration reports into.
+    pub link: Arc<FleetLink>,
+    /// Builds the record.
+    pub source: Arc<dyn RecordSource>,
+    /// Notified when something in the record changed (written after [`RECORD_DEBOUNCE`]).
+    pub changed: Arc<Notify>,
+}
+
+/// What one session knows across failures.
+#[derive(Default)]
+struct Held {
+    lease: Option<i64>,
+    written: Option<(NodeRecord, Instant)>,
+}
+
+impl Registration {
+    /// Registers and keeps the registration until `stop`, then revokes the lease.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut held = Held::default();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let result = match &self.connection {
+                Connection::Config(config) => tokio::select! {
+                    connected = Etcd::connect(config) => match connected {
+                        Ok(etcd) => self.session(&etcd, &mut held, &stop).await,
+                        Err(e) => Err(e),
+                    },
+                    () = stop.cancelled() => Ok(()),
+                },
+                Connection::Shared(etcd) => self.session(etcd, &mut held, &stop).await,
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    let message = crate::api::error::chain(&e);
+                    if self.link.state() != super::link::LinkState::Degraded {
+                        tracing::warn!(node = %self.name, error = %message, "fleet link degraded; retrying with backoff");
+                    }
+                    self.link.failed(&message);
+                    if matches!(e, FleetError::LeaseLost) {
+                        held.lease = None;
+                    }
+                }
+            }
+            let jitter = Duration::from_millis(rand::random::<u64>() % 250);
+            tokio::select! {
+                () = tokio::time::sleep(backoff + jitter) => {}
+                () = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if self.link.state() == super::link::LinkState::Up {
+                backoff = Duration::from_millis(250);
+            }
+        }
+    }
+
+    /// One connected session: (re)register, then keep alive until an error or `stop`.
+    async fn session(
+        &self,
+        etcd: &Etcd,
+        held: &mut Held,
+        stop: &CancellationToken,
+    ) -> Result<(), FleetError> {
+        let ttl = Duration::from_secs(self.ttl.unsigned_abs());
+        let lease = match held.lease {
+            Some(id) if etcd.time_to_live(id).await?.is_some() => id,
+            _ => {
+                let id = etcd.grant(self.ttl).await?;
+                held.lease = Some(id);
+                id
+            }
+        };
+        self.claim(etcd, lease).await?;
+        self.write_record(etcd, held, true).await?;
+        let (mut keeper, mut answers) = {
+            let mut client = etcd.client().lease_client();
+            tokio::time::timeout(etcd.deadline(), client.keep_alive(lease))
+                .await
+                .map_err(|_| FleetError::Timeout {
+                    op: "lease keep-alive",
+                    after: etcd.deadline(),
+                })?
+                .map_err(|source| FleetError::Etcd {
+                    op: "lease keep-alive",
+                    source,
+                })?
+        };
+        self.link.registered();
+        tracing::info!(node = %self.name, lease = format!("{lease:x}"), "registered in the fleet");
+
+        let mut beat = tokio::time::interval(ttl / 3);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        let mut check = tokio::time::interval(RECORD_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    match etcd.revoke(lease).await {
+                        Ok(()) => tracing::info!(node = %self.name, "fleet lease revoked; the node shows down"),
+                        Err(e) => tracing::warn!(node = %self.name, error = %e, "could not revoke the fleet lease; the node shows down after its TTL"),
+                    }
+                    return Ok(());
+                }
+                _ = beat.tick() => {
+                    let answer = async {
+                        keeper.keep_alive().await?;
+                        answers.message().await
+                    };
+                    match tokio::time::timeout(etcd.deadline(), answer).await {
+                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => self.link.heartbeat(),
+                        Ok(Ok(Some(_))) => return Err(FleetError::LeaseLost),
+                        Ok(Ok(None)) => return Err(FleetError::Unreachable {
+                            endpoints: String::new(),
+                            reason: "the keep-alive stream ended".into(),
+                        }),
+                        Ok(Err(source)) => return Err(FleetError::Etcd { op: "lease keep-alive", source }),
+                        Err(_) => return Err(FleetError::Timeout { op: "lease keep-alive", after: etcd.deadline() }),
+                    }
+                }
+                _ = check.tick() => self.write_record(etcd, held, false).await?,
+                () = self.changed.notified() => {
+                    tokio::time::sleep(RECORD_DEBOUNCE).await;
+                    self.write_record(etcd, held, false).await?;
+                }
+            }
+        }
+    }
+
+    /// Puts the liveness key under `lease`: created when absent, taken over when it belongs
+    /// to this node id (a restart before the old lease expired), refused when another agent
+    /// holds the name.
+    async fn claim(&self, etcd: &Etcd, lease: i64) -> Result<(), FleetError> {
+        let key = self.keys.alive(&self.name);
+        let value = serde_json::to_vec(&Liveness {
+            node_id: self.node_id.clone(),
+            since: crate::state::now_rfc3339(),
+        })
+        .map_err(|e| FleetError::Record(e.to_string()))?;
+        let put = TxnOp::put(
+            key.clone(),
+            value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        );
+        let created = etcd
+            .txn(
+                Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([put.clone()]),
+            )
+            .await?;
+        if created.succeeded() {
+            return Ok(());
+        }
+        let Some(existing) = etcd.get(&key).await? else {
+            // Expired between the two calls: try again from the start.
+            return Err(FleetError::Record(
+                "the liveness key changed; retrying".into(),
+            ));
+        };
+        let holder: Liveness = record::parse(existing.value())
+            .map_err(|e| FleetError::Record(format!("{key}: {e}")))?;
+        if holder.node_id != self.node_id {
+            return Err(FleetError::NameTaken {
+                name: self.name.clone(),
+                holder: holder.node_id,
+            });
+        }
+        if existing.lease() == lease {
+            return Ok(());
+        }
+        let taken = etcd
+            .txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        existing.mod_revision(),
+                    )])
+                    .and_then([put]),
+            )
+            .await?;
+        if !taken.succeeded() {
+            return Err(FleetError::Record(
+                "the liveness key changed; retrying".into(),
+            ));
+        }
+        // The previous process's lease holds nothing now; end it rather than let it linger.
+        if existing.lease() != 0 {
+            let _ = etcd.revoke(existing.lease()).await;
+        }
+        Ok(())
+    }
+
+    /// Writes the record when it changed, when the last write is older than
+    /// [`RECORD_REFRESH`], or always with `force` (after a (re)registration).
+    async fn write_record(
+        &self,
+        etcd: &Etcd,
+        held: &mut Held,
+        force: bool,
+    ) -> Result<(), FleetError> {
+        let mut record = self.source.record().await.map_err(FleetError::Record)?;
+        let due = match &held.written {
+            Some((last, at)) => {
+                force || record.differs_from(last) || at.elapsed() >= RECORD_REFRESH
+            }
+            None => true,
+        };
+        if !due {
+            return Ok(());
+        }
+        record.updated_at = crate::state::now_rfc3339();
+        let value = serde_json::to_vec(&record).map_err(|e| FleetError::Record(e.to_string()))?;
+        if value.len() > record::MAX_VALUE_BYTES {
+            return Err(FleetError::Record(format!(
+                "the node record has {} bytes; at most {}",
+                value.len(),
+                record::MAX_VALUE_BYTES
+            )));
+        }
+        etcd.put(&self.keys.node(&self.name), value, 0).await?;
+        self.link.record_written();
+        held.written = Some((record, Instant::now()));
+        Ok(())
+    }
+}
