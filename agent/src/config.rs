@@ -1280,6 +1280,60 @@ mod tests {
     }
 
     #[test]
+    fn fleet_settings_are_checked() {
+        let ok = "[fleet]\nendpoints = [\"http://10.0.0.5:2379\"]\n";
+        let config = Config::from_toml(ok).unwrap();
+        config.validate().unwrap();
+        let fleet = config.fleet.unwrap();
+        assert_eq!(
+            (fleet.prefix.as_str(), fleet.lease_ttl_secs),
+            ("/hyperlet", 15)
+        );
+        assert!(Config::default().fleet.is_none(), "standalone by default");
+        for (extra, setting) in [
+            ("endpoints = []", "fleet.endpoints"),
+            ("endpoints = [\"10.0.0.5:2379\"]", "fleet.endpoints"),
+            ("endpoints = [\"http://a:1/x\"]", "fleet.endpoints"),
+            (
+                "endpoints = [\"http://a:1\", \"https://b:1\"]",
+                "fleet.endpoints",
+            ),
+            ("prefix = \"hyperlet/\"", "fleet.prefix"),
+            ("node_name = \"../etc\"", "fleet.node_name"),
+            ("lease_ttl_secs = 1", "fleet.lease_ttl_secs"),
+            ("call_timeout_secs = 0", "fleet.call_timeout_secs"),
+            ("advertise_url = \"ftp://x\"", "fleet.advertise_url"),
+            ("client_cert = \"/c\"", "fleet.client_cert"),
+            ("user = \"root\"", "fleet.user"),
+            ("ca_cert = \"/ca\"", "fleet.ca_cert"),
+        ] {
+            let text = if extra.starts_with("endpoints") {
+                format!("[fleet]\n{extra}\n")
+            } else {
+                format!("{ok}{extra}\n")
+            };
+            let err = Config::from_toml(&text).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(setting), "{extra}: {err}");
+        }
+        let err = Config::from_toml(&format!("{ok}password = \"x\"\n")).unwrap_err();
+        assert!(err.contains("password"), "no password in the config: {err}");
+    }
+
+    #[test]
+    fn the_fleet_zone_is_the_node_zone() {
+        let config = Config::from_toml(
+            "[fleet]\nendpoints = [\"http://e:1\"]\navailability_zone = \"az1\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.availability_zone, "az1");
+        let err = Config::from_toml(
+            "availability_zone = \"az2\"\n[fleet]\nendpoints = [\"http://e:1\"]\navailability_zone = \"az1\"\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("set only one"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = Config::from_toml("listen = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");

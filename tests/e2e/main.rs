@@ -8,6 +8,7 @@ mod cli;
 mod events;
 mod firewall;
 mod firewall_guests;
+mod fleet;
 mod fuzz;
 mod hypervisor;
 mod images;

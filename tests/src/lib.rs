@@ -3,6 +3,7 @@
 //!
 //! Every agent started here is stopped by its PID when its [`Agent`] is dropped.
 
+pub mod etcd;
 pub mod guest;
 pub mod node;
 pub mod plugins;
@@ -513,6 +514,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, Stri
         .args(args)
         .env_remove("HYPERLET_TOKEN")
         .env_remove("HYPERLET_URL")
+        .env_remove("HYPERLET_FLEET_ENDPOINTS")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()

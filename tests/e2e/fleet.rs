@@ -1,0 +1,356 @@
+//! The fleet through a real etcd: agents register, show up and down in `hyperlet fleet`,
+//! survive an etcd outage, refuse a taken name; the CLI finds etcd as documented.
+
+use hyperlet_tests::etcd::Etcd;
+use hyperlet_tests::{run_cli, Agent};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+/// Lease TTL of the test agents.
+const TTL: u64 = 5;
+
+fn fleet_config(etcd: &Etcd, name: &str) -> String {
+    format!(
+        "[fleet]\nendpoints = [\"{}\"]\nnode_name = \"{name}\"\nlease_ttl_secs = {TTL}\n",
+        etcd.endpoint()
+    )
+}
+
+/// `hyperlet fleet nodes --json`.
+fn nodes(etcd: &Etcd) -> Vec<Value> {
+    let (status, out, err) = run_cli(
+        &["fleet", "nodes", "--json", "--endpoints", &etcd.endpoint()],
+        &[],
+    );
+    assert!(status.success(), "fleet nodes: {err}");
+    serde_json::from_str::<Value>(&out)
+        .expect("JSON")
+        .as_array()
+        .cloned()
+        .expect("a list")
+}
+
+fn node(etcd: &Etcd, name: &str) -> Option<Value> {
+    nodes(etcd).into_iter().find(|n| n["name"] == name)
+}
+
+fn state(etcd: &Etcd, name: &str) -> String {
+    node(etcd, name).map_or_else(
+        || "absent".into(),
+        |n| n["state"].as_str().unwrap_or("?").to_string(),
+    )
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn link(agent: &Agent) -> String {
+    agent.get_json("/healthz")["details"]["fleet"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[test]
+fn nodes_register_go_down_on_kill_and_come_back_with_their_identity() {
+    let etcd = Etcd::start();
+    let mut a = Agent::start_with_config(&fleet_config(&etcd, "node-a"));
+    let mut b = Agent::start_with_config(&fleet_config(&etcd, "node-b"));
+    assert!(
+        wait_for(Duration::from_secs(10), || state(&etcd, "node-a") == "up"
+            && state(&etcd, "node-b") == "up"),
+        "both up: {:?}\n{}",
+        nodes(&etcd),
+        a.log()
+    );
+    let listed = node(&etcd, "node-a").expect("node-a");
+    assert_eq!(listed["enabled"], true);
+    assert_eq!(listed["availability_zone"], "nova");
+    assert_eq!(listed["api_url"], a.url());
+    assert_eq!(listed["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        listed["heartbeat_age_s"].as_u64().expect("age") <= TTL,
+        "{listed}"
+    );
+    assert!(
+        listed["record"]["capacity"]["vcpus_total"]
+            .as_u64()
+            .expect("vcpus")
+            > 0
+    );
+    let identity = listed["node_id"].clone();
+    assert!(
+        identity.as_str().is_some_and(|id| id.len() == 36),
+        "{listed}"
+    );
+    let host = a.get_json("/v1/host");
+    assert_eq!(host["fleet"]["state"], "up", "{host}");
+    assert_eq!(host["fleet"]["node_name"], "node-a");
+    assert_eq!(link(&a), "up");
+    let metrics = a.get("/metrics").text().expect("metrics");
+    assert!(metrics.contains("hyperlet_fleet_link_up 1"), "{metrics}");
+
+    // Disabled on the node: the record says so within the debounce.
+    let resp = a
+        .client()
+        .patch(format!("{}/v1/host", a.url()))
+        .bearer_auth(a.token())
+        .json(&serde_json::json!({"enabled": false, "disabled_reason": "kernel update"}))
+        .send()
+        .expect("PATCH");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        wait_for(Duration::from_secs(5), || node(&etcd, "node-a")
+            .is_some_and(
+                |n| n["enabled"] == false && n["disabled_reason"] == "kernel update"
+            )),
+        "disabled in the fleet: {:?}",
+        node(&etcd, "node-a")
+    );
+
+    // kill -9: down within TTL + 2 s, the other stays up.
+    a.kill9();
+    let killed = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(TTL + 2), || state(&etcd, "node-a")
+            == "down"),
+        "node-a down within {} s of kill -9 (after {:?}): {:?}",
+        TTL + 2,
+        killed.elapsed(),
+        node(&etcd, "node-a")
+    );
+    assert_eq!(state(&etcd, "node-b"), "up");
+
+    // Restart: up again with the same identity.
+    a.restart();
+    assert!(
+        wait_for(Duration::from_secs(10), || state(&etcd, "node-a") == "up"),
+        "node-a up again:\n{}",
+        a.log()
+    );
+    assert_eq!(node(&etcd, "node-a").expect("node-a")["node_id"], identity);
+
+    // A graceful stop revokes the lease: down at once.
+    b.signal(Signal::SIGTERM);
+    assert!(
+        b.wait_exit(Duration::from_secs(30)).is_some(),
+        "node-b stops"
+    );
+    assert_eq!(
+        state(&etcd, "node-b"),
+        "down",
+        "down as soon as the agent exited"
+    );
+    let stats = {
+        let (status, out, err) = run_cli(
+            &["fleet", "stats", "--json", "--endpoints", &etcd.endpoint()],
+            &[],
+        );
+        assert!(status.success(), "{err}");
+        serde_json::from_str::<Value>(&out).expect("JSON")
+    };
+    assert_eq!(stats["nodes"], 2, "{stats}");
+    assert_eq!(stats["nodes_up"], 1, "{stats}");
+    assert_eq!(stats["nodes_down"], 1, "{stats}");
+    assert_eq!(stats["nodes_disabled"], 1, "{stats}");
+    assert!(stats["vcpus"].as_u64().unwrap_or(0) > 0, "{stats}");
+}
+
+#[test]
+fn an_etcd_outage_degrades_the_link_and_every_node_registers_again() {
+    let mut etcd = Etcd::start();
+    let a = Agent::start_with_config(&fleet_config(&etcd, "outage-a"));
+    let b = Agent::start_with_config(&fleet_config(&etcd, "outage-b"));
+    assert!(
+        wait_for(Duration::from_secs(10), || link(&a) == "up"
+            && link(&b) == "up"),
+        "registered"
+    );
+    etcd.stop();
+    let stopped = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(15), || link(&a) == "degraded"
+            && link(&b) == "degraded"),
+        "degraded once etcd is gone:\n{}",
+        a.log()
+    );
+    // The agents keep serving for the whole outage (30 s).
+    while stopped.elapsed() < Duration::from_secs(30) {
+        for agent in [&a, &b] {
+            let host = agent.get_json("/v1/host");
+            assert_eq!(host["fleet"]["state"], "degraded", "{host}");
+            assert!(
+                host["fleet"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("etcd")),
+                "{host}"
+            );
+            assert_eq!(agent.get("/v1/servers").status(), 200);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let metrics = a.get("/metrics").text().expect("metrics");
+    assert!(metrics.contains("hyperlet_fleet_link_up 0"), "{metrics}");
+
+    etcd.start_again();
+    assert!(
+        wait_for(Duration::from_secs(20), || state(&etcd, "outage-a") == "up"
+            && state(&etcd, "outage-b") == "up"),
+        "both registered again: {:?}\n{}",
+        nodes(&etcd),
+        a.log()
+    );
+    assert_eq!(link(&a), "up");
+    let host = a.get_json("/v1/host");
+    assert!(
+        host["fleet"]["reconnects"].as_u64().unwrap_or(0) >= 1,
+        "{host}"
+    );
+    assert!(host["fleet"]["last_error"].is_null(), "{host}");
+}
+
+#[test]
+fn a_taken_node_name_is_refused_until_its_holder_leaves() {
+    let etcd = Etcd::start();
+    let mut first = Agent::start_with_config(&fleet_config(&etcd, "twin"));
+    assert!(wait_for(Duration::from_secs(10), || link(&first) == "up"));
+    let holder = node(&etcd, "twin").expect("twin")["node_id"].clone();
+    let second = Agent::start_with_config(&fleet_config(&etcd, "twin"));
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let host = second.get_json("/v1/host");
+            host["fleet"]["state"] == "degraded"
+                && host["fleet"]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("registered by another agent"))
+        }),
+        "the second agent is refused the name: {}",
+        second.get_json("/v1/host")["fleet"]
+    );
+    assert_eq!(
+        node(&etcd, "twin").expect("twin")["node_id"],
+        holder,
+        "the holder keeps it"
+    );
+    assert_eq!(
+        second.get("/v1/servers").status(),
+        200,
+        "the refused agent keeps serving"
+    );
+
+    first.signal(Signal::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(30)).is_some());
+    assert!(
+        wait_for(Duration::from_secs(15), || link(&second) == "up"),
+        "the second agent registers once the name is free:\n{}",
+        second.log()
+    );
+    assert_ne!(node(&etcd, "twin").expect("twin")["node_id"], holder);
+}
+
+#[test]
+fn watch_reports_comings_and_goings_and_forget_removes_only_down_nodes() {
+    let etcd = Etcd::start();
+    let endpoint = etcd.endpoint();
+
+    // Finding etcd: nothing given is a clear error; the environment and a config work.
+    let (status, _, err) = run_cli(&["fleet", "nodes"], &[]);
+    assert!(!status.success());
+    assert!(err.contains("HYPERLET_FLEET_ENDPOINTS"), "{err}");
+    let (status, out, err) = run_cli(
+        &["fleet", "nodes", "--json"],
+        &[("HYPERLET_FLEET_ENDPOINTS", &endpoint)],
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "[]");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(&config, fleet_config(&etcd, "unused")).expect("config");
+    let (status, out, err) = run_cli(
+        &[
+            "fleet",
+            "nodes",
+            "--json",
+            "--config",
+            &config.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert_eq!(out.trim(), "[]");
+
+    let mut watch = std::process::Command::new(hyperlet_tests::hyperlet_bin())
+        .args(["fleet", "watch", "--json", "--endpoints", &endpoint])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fleet watch");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = lines_tx.send(v);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut agent = Agent::start_with_config(&fleet_config(&etcd, "watched"));
+    assert!(wait_for(Duration::from_secs(10), || link(&agent) == "up"));
+
+    let (status, _, err) = run_cli(
+        &["fleet", "forget", "watched", "--endpoints", &endpoint],
+        &[],
+    );
+    assert!(!status.success(), "an up node is not forgotten");
+    assert!(err.contains("is up"), "{err}");
+    agent.signal(Signal::SIGTERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).is_some());
+    let (status, out, err) = run_cli(
+        &["fleet", "forget", "watched", "--endpoints", &endpoint],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.contains("watched"), "{out}");
+    assert_eq!(state(&etcd, "watched"), "absent");
+    let (status, _, err) = run_cli(
+        &["fleet", "forget", "watched", "--endpoints", &endpoint],
+        &[],
+    );
+    assert!(!status.success());
+    assert!(err.contains("no node named watched"), "{err}");
+
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains(&"forgotten".to_string()) && Instant::now() < deadline {
+        if let Ok(event) = lines.recv_timeout(Duration::from_millis(200)) {
+            assert_eq!(event["name"], "watched", "{event}");
+            seen.push(event["event"].as_str().unwrap_or("?").to_string());
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let at = |e: &str| seen.iter().position(|s| s == e);
+    assert!(
+        matches!((at("up"), at("down"), at("forgotten")), (Some(u), Some(d), Some(f)) if u < d && d < f),
+        "events in order: {seen:?}"
+    );
+    assert!(
+        seen.contains(&"updated".to_string()),
+        "the record write is seen: {seen:?}"
+    );
+}
