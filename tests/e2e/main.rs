@@ -5,6 +5,7 @@
 
 mod api;
 mod cli;
+mod client_ids;
 mod events;
 mod firewall;
 mod firewall_guests;

@@ -178,6 +178,24 @@ fn lvm_volumes_through_the_api_and_bad_input() {
     assert_eq!(delete(&agent, &format!("/v1/volumes/{id}")).0, 202);
     wait_gone(&agent, &format!("/v1/volumes/{id}"));
     assert!(vg.lvs().is_empty(), "{:?}", vg.lvs());
+    // A client-chosen id: a retry is the same volume, another body with it is 409.
+    let retried = crate::client_ids::check_client_id(
+        &agent,
+        "/v1/volumes",
+        202,
+        json!({"size_gb": 1, "name": "retried", "volume_type": "fast"}),
+        json!({"size_gb": 2, "name": "retried", "volume_type": "fast"}),
+    );
+    let rid = retried["id"].as_str().unwrap();
+    wait_volume(&agent, rid, "available");
+    assert_eq!(
+        vg.lvs().len(),
+        1,
+        "one LV for the retried create: {:?}",
+        vg.lvs()
+    );
+    assert_eq!(delete(&agent, &format!("/v1/volumes/{rid}")).0, 202);
+    wait_gone(&agent, &format!("/v1/volumes/{rid}"));
     assert_eq!(delete(&agent, "/v1/volume-types/fast").0, 204);
 }
 

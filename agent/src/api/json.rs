@@ -26,58 +26,86 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(&req) {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Send the body with Content-Type: application/json",
-            ));
+        let (value, _) = read(req, state, false).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A create's JSON body, as [`ApiJson`], with the body itself kept for the fingerprint of
+/// creates that choose their own id (`ops::idempotent`).
+pub struct CreateJson<T>(pub T, pub Value);
+
+impl<S, T> FromRequest<S> for CreateJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (value, body) = read(req, state, true).await?;
+        Ok(Self(value, body.unwrap_or(Value::Null)))
+    }
+}
+
+/// Reads and decodes a JSON body; with `keep`, also returns the body as JSON.
+async fn read<S: Send + Sync, T: DeserializeOwned>(
+    req: Request,
+    state: &S,
+    keep: bool,
+) -> Result<(T, Option<Value>), ApiError> {
+    if !is_json(&req) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the body with Content-Type: application/json",
+        ));
+    }
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "The request body is larger than the API accepts",
+            )
+        } else {
+            ApiError::bad_request(format!(
+                "The request body cannot be read: {}",
+                rejection.body_text()
+            ))
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "The request body is larger than the API accepts",
-                )
+    })?;
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("The request body is not valid JSON: {e}"),
+        )
+    })?;
+    // Every body of this API is a JSON object (and every struct in it: `strict.rs`); serde
+    // alone would also read a struct from an array of its fields in order.
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "The request body has the wrong shape: it must be a JSON object",
+        ));
+    }
+    integral_floats_to_integers(&mut value).map_err(|e| {
+        ApiError::bad_request(format!("The request body has a number out of range: {e}"))
+    })?;
+    let kept = keep.then(|| value.clone());
+    serde_path_to_error::deserialize(super::strict::Strict(value))
+        .map(|decoded| (decoded, kept))
+        .map_err(|e| {
+            let at = e.path().to_string();
+            let inner = e.into_inner();
+            if at == "." {
+                ApiError::bad_request(format!("The request body has the wrong shape: {inner}"))
             } else {
                 ApiError::bad_request(format!(
-                    "The request body cannot be read: {}",
-                    rejection.body_text()
+                    "The request body has the wrong shape: {at}: {inner}"
                 ))
             }
-        })?;
-        let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("The request body is not valid JSON: {e}"),
-            )
-        })?;
-        // Every body of this API is a JSON object (and every struct in it: `strict.rs`); serde
-        // alone would also read a struct from an array of its fields in order.
-        if !value.is_object() {
-            return Err(ApiError::bad_request(
-                "The request body has the wrong shape: it must be a JSON object",
-            ));
-        }
-        integral_floats_to_integers(&mut value).map_err(|e| {
-            ApiError::bad_request(format!("The request body has a number out of range: {e}"))
-        })?;
-        serde_path_to_error::deserialize(super::strict::Strict(value))
-            .map(Self)
-            .map_err(|e| {
-                let at = e.path().to_string();
-                let inner = e.into_inner();
-                if at == "." {
-                    ApiError::bad_request(format!("The request body has the wrong shape: {inner}"))
-                } else {
-                    ApiError::bad_request(format!(
-                        "The request body has the wrong shape: {at}: {inner}"
-                    ))
-                }
-            })
-    }
+        })
 }
 
 /// `application/json` or any `+json` type, as axum's own extractor accepts.

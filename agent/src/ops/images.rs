@@ -35,6 +35,12 @@ fn container_format_schema() -> utoipa::openapi::Object {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageCreate {
+    /// Client-chosen id (a UUID) [default: a new one]. A repeat with the same id and the same
+    /// body returns the existing resource (a controller's retry makes no duplicate); the same
+    /// id with a different body is 409.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
     /// Name, 1–255 characters.
     #[schema(
         min_length = 1,
@@ -126,7 +132,10 @@ impl ImageCreate {
 /// [`OpError::InvalidInput`] for a bad request (nothing is created), [`OpError::Store`].
 pub async fn create(services: &Services, req: ImageCreate) -> Result<ImageRecord, OpError> {
     req.validate()?;
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = req
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let image = services
         .store()
         .insert_image(
@@ -176,6 +185,7 @@ where
 {
     let image = get(services, id).await?;
     let declared = ImageCreate {
+        id: None,
         name: image.name.clone(),
         disk_format: image.disk_format.clone(),
         container_format: image.container_format.clone(),

@@ -8,6 +8,7 @@
 pub mod background;
 pub mod fleet;
 pub mod host;
+pub mod idempotent;
 pub mod images;
 pub mod networks;
 pub mod scheduler;
@@ -143,6 +144,7 @@ struct ServicesInner {
     firewall: security_groups::apply::Firewall,
     fleet: Arc<crate::fleet::link::FleetLink>,
     admission: tokio::sync::Mutex<()>,
+    idempotent_creates: tokio::sync::Mutex<()>,
     token: AdminToken,
     started: Instant,
     shutdown: CancellationToken,
@@ -219,11 +221,17 @@ impl Services {
                 firewall,
                 fleet: Arc::new(crate::fleet::link::FleetLink::standalone()),
                 admission: tokio::sync::Mutex::new(()),
+                idempotent_creates: tokio::sync::Mutex::new(()),
                 token,
                 started: Instant::now(),
                 shutdown,
             }),
         }
+    }
+
+    /// Serializes creates that chose their own id (see [`idempotent`]).
+    pub fn idempotent_creates(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.idempotent_creates
     }
 
     /// This node's link to the fleet (standalone without `[fleet]`).

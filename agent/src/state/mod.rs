@@ -13,6 +13,7 @@
 //! * [`EventLog`] — the numbered event stream behind `GET /v1/events`;
 //! * settings — small JSON documents by key ([`Store::get_setting`], [`Store::put_setting`]).
 
+mod create_requests;
 mod events;
 mod images;
 mod journal;

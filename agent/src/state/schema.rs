@@ -176,6 +176,15 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX port_security_groups_group ON port_security_groups(security_group_id);
      ALTER TABLE ports ADD COLUMN port_security_enabled INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE ports ADD COLUMN allowed_address_pairs TEXT NOT NULL DEFAULT '[]';",
+    // 6: the body fingerprint of each create that chose its own id, so a repeat is recognised
+    //    (same body → the existing resource) and a reuse refused (different body → 409).
+    "CREATE TABLE create_requests (
+        kind        TEXT NOT NULL,
+        id          TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+     );",
 ];
 
 /// Applies every migration the database has not seen yet, each in its own transaction.

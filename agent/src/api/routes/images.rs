@@ -1,9 +1,9 @@
 //! `/v1/images` — the node's image cache.
 
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::json::ApiJson;
+use crate::api::json::CreateJson;
 use crate::ops::images::{self, ImageCreate};
-use crate::ops::Services;
+use crate::ops::{idempotent, Services};
 use crate::state::ImageRecord;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -26,16 +26,20 @@ pub struct ImageList {
         (status = 201, description = "Created, queued", body = ImageRecord),
         (status = 400, description = "Invalid request; nothing created", body = ErrorBody),
         (status = 404, description = "kernel_id or ramdisk_id names no image (`unknown_reference`)", body = ErrorBody),
+        (status = 409, description = "The client-chosen id belongs to an image made by another request", body = ErrorBody),
         (status = 401, description = "Missing or wrong token", body = ErrorBody),
     ))]
 pub async fn create(
     State(services): State<Services>,
-    ApiJson(req): ApiJson<ImageCreate>,
+    CreateJson(mut req, body): CreateJson<ImageCreate>,
 ) -> Result<(StatusCode, Json<ImageRecord>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(images::create(&services, req).await?),
-    ))
+    let s = &services;
+    let image = idempotent::create(s, req.id.take(), &body, move |id| {
+        req.id = id;
+        images::create(s, req)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(image)))
 }
 
 /// Lists images.

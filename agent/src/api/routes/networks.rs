@@ -2,12 +2,12 @@
 //! with DHCP, and ports.
 
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::json::ApiJson;
+use crate::api::json::{ApiJson, CreateJson};
 use crate::net::model::{Network, Port, Subnet};
 use crate::ops::networks::model::{NetworkCreate, PortCreate, SubnetCreate};
 use crate::ops::networks::{self, ports, subnets};
 use crate::ops::security_groups::model::PortUpdate;
-use crate::ops::Services;
+use crate::ops::{idempotent, Services};
 use crate::state::PortFilter;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -54,16 +54,19 @@ pub struct NetFilter {
         (status = 202, description = "Recorded BUILD; being set up", body = Network),
         (status = 400, description = "Invalid attributes, unknown backend or refused by it; nothing created", body = ErrorBody),
         (status = 404, description = "backend names no configured network backend (`unknown_reference`)", body = ErrorBody),
-        (status = 409, description = "The segment is used by another network, or no backend is named and not exactly one is configured", body = ErrorBody),
+        (status = 409, description = "The segment is used by another network, or no backend is named and not exactly one is configured; or the client-chosen id belongs to a resource made by another request", body = ErrorBody),
     ))]
 pub async fn create_network(
     State(services): State<Services>,
-    ApiJson(req): ApiJson<NetworkCreate>,
+    CreateJson(mut req, body): CreateJson<NetworkCreate>,
 ) -> Result<(StatusCode, Json<Network>), ApiError> {
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(networks::create(&services, req).await?),
-    ))
+    let s = &services;
+    let network = idempotent::create(s, req.id.take(), &body, move |id| {
+        req.id = id;
+        networks::create(s, req)
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(network)))
 }
 
 /// Lists networks.
@@ -113,15 +116,19 @@ pub async fn delete_network(
         (status = 201, description = "Created", body = Subnet),
         (status = 404, description = "network_id names no network (`unknown_reference`)", body = ErrorBody),
         (status = 400, description = "Invalid prefix, gateway, pools or routes, overlap, unknown network; nothing created", body = ErrorBody),
+        (status = 409, description = "The client-chosen id belongs to a subnet made by another request", body = ErrorBody),
     ))]
 pub async fn create_subnet(
     State(services): State<Services>,
-    ApiJson(req): ApiJson<SubnetCreate>,
+    CreateJson(mut req, body): CreateJson<SubnetCreate>,
 ) -> Result<(StatusCode, Json<Subnet>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(subnets::create(&services, req).await?),
-    ))
+    let s = &services;
+    let subnet = idempotent::create(s, req.id.take(), &body, move |id| {
+        req.id = id;
+        subnets::create(s, req)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(subnet)))
 }
 
 /// Lists subnets.
@@ -170,16 +177,19 @@ pub async fn delete_subnet(
         (status = 201, description = "Created", body = Port),
         (status = 400, description = "Unknown network, bad MAC or address outside the subnets", body = ErrorBody),
         (status = 404, description = "network_id names no network (`unknown_reference`)", body = ErrorBody),
-        (status = 409, description = "Address or MAC taken, pool exhausted", body = ErrorBody),
+        (status = 409, description = "Address or MAC taken, pool exhausted; or the client-chosen id belongs to a resource made by another request", body = ErrorBody),
     ))]
 pub async fn create_port(
     State(services): State<Services>,
-    ApiJson(req): ApiJson<PortCreate>,
+    CreateJson(mut req, body): CreateJson<PortCreate>,
 ) -> Result<(StatusCode, Json<Port>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(ports::create(&services, req).await?),
-    ))
+    let s = &services;
+    let port = idempotent::create(s, req.id.take(), &body, move |id| {
+        req.id = id;
+        ports::create(s, req)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(port)))
 }
 
 /// Lists ports.

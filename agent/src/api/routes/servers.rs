@@ -1,9 +1,9 @@
 //! `/v1/servers` — virtual machines on this node.
 
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::json::ApiJson;
+use crate::api::json::{ApiJson, CreateJson};
 use crate::ops::servers::{self, ActionOutput, Server, ServerAction, ServerCreate, ServerStats};
-use crate::ops::Services;
+use crate::ops::{idempotent, Services};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -24,16 +24,19 @@ pub struct ServerList {
         (status = 202, description = "Accepted, building", body = Server),
         (status = 400, description = "Invalid request; nothing created", body = ErrorBody),
         (status = 404, description = "image_id, boot_volume_id, a network_id or a port_id names nothing (`unknown_reference`)", body = ErrorBody),
-        (status = 409, description = "The node cannot take the server (capacity, disabled, another availability zone)", body = ErrorBody),
+        (status = 409, description = "The node cannot take the server (capacity, disabled, another availability zone); or the client-chosen id belongs to a resource made by another request", body = ErrorBody),
     ))]
 pub async fn create(
     State(services): State<Services>,
-    ApiJson(req): ApiJson<ServerCreate>,
+    CreateJson(mut req, body): CreateJson<ServerCreate>,
 ) -> Result<(StatusCode, Json<Server>), ApiError> {
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(servers::create(&services, req).await?),
-    ))
+    let s = &services;
+    let server = idempotent::create(s, req.id.take(), &body, move |id| {
+        req.id = id;
+        servers::create(s, req)
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(server)))
 }
 
 /// Lists servers.

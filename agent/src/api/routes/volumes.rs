@@ -2,11 +2,11 @@
 //! and `/v1/servers/{id}/volumes` (attach, detach).
 
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::json::ApiJson;
+use crate::api::json::{ApiJson, CreateJson};
 use crate::ops::volumes::snapshots::{self, SnapshotCreate};
 use crate::ops::volumes::types::{self, VolumeTypeCreate};
 use crate::ops::volumes::{self, attach, Backend, VolumeCreate};
-use crate::ops::Services;
+use crate::ops::{idempotent, Services};
 use crate::state::{Snapshot, Volume, VolumeType};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -122,15 +122,18 @@ pub async fn delete_type(
     responses((status = 202, description = "Accepted, creating", body = Volume),
         (status = 400, description = "Bad size or name, several sources, a source too large for the size; nothing created", body = ErrorBody),
         (status = 404, description = "volume_type, image_id, snapshot_id or source_volid names nothing (`unknown_reference`)", body = ErrorBody),
-        (status = 409, description = "The backend is full (names it and its free capacity), the source is busy, or no volume_type is given and none is the default", body = ErrorBody)))]
+        (status = 409, description = "The backend is full (names it and its free capacity), the source is busy, or no volume_type is given and none is the default; or the client-chosen id belongs to a resource made by another request", body = ErrorBody)))]
 pub async fn create_volume(
     State(services): State<Services>,
-    ApiJson(req): ApiJson<VolumeCreate>,
+    CreateJson(mut req, body): CreateJson<VolumeCreate>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(volumes::create(&services, req).await?),
-    ))
+    let s = &services;
+    let volume = idempotent::create(s, req.id.take(), &body, move |id| {
+        req.id = id;
+        volumes::create(s, req)
+    })
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(volume)))
 }
 
 /// Lists volumes.

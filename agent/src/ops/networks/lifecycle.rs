@@ -32,7 +32,10 @@ pub async fn create(services: &Services, req: NetworkCreate) -> Result<Network, 
     let backend_name = backend::resolve(services, req.backend.as_deref())?;
     let now = now_rfc3339();
     let network = Network {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: req
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         name: req.name.clone(),
         network_type: req.kind(),
         physical_network: req.physical_network.clone(),

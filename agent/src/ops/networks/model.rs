@@ -20,6 +20,12 @@ pub const MAX_ROUTES: usize = 20;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreate {
+    /// Client-chosen id (a UUID) [default: a new one]. A repeat with the same id and the same
+    /// body returns the existing resource (a controller's retry makes no duplicate); the same
+    /// id with a different body is 409.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
     /// Name.
     #[serde(default)]
     #[schema(max_length = 255, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
@@ -143,6 +149,12 @@ where
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubnetCreate {
+    /// Client-chosen id (a UUID) [default: a new one]. A repeat with the same id and the same
+    /// body returns the existing resource (a controller's retry makes no duplicate); the same
+    /// id with a different body is 409.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
     /// The network.
     pub network_id: String,
     /// Name.
@@ -314,6 +326,12 @@ pub struct FixedIpRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortCreate {
+    /// Client-chosen id (a UUID) [default: a new one]. A repeat with the same id and the same
+    /// body returns the existing resource (a controller's retry makes no duplicate); the same
+    /// id with a different body is 409.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
     /// The network.
     pub network_id: String,
     /// Name.

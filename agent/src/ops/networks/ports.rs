@@ -122,7 +122,10 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
     let port = allocate(
         services,
         NewPort {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: req
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             network_id: req.network_id.clone(),
             name: req.name.clone(),
             mac_address: mac,

@@ -60,7 +60,10 @@ pub async fn create(services: &Services, req: SubnetCreate) -> Result<Subnet, Op
         }
         let now = now_rfc3339();
         let subnet = Subnet {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: req
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
             network_id: network.id.clone(),
             name: req.name.clone(),
             cidr: valid.cidr.to_string(),

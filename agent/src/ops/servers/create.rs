@@ -38,7 +38,10 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         None => req.image_id.clone(),
     };
     let (images, root) = build::resolve_images(services, &image_id).await?;
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = req
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let spec = ServerSpec {
         flavor: req.flavor.clone(),
         previous_flavor: None,

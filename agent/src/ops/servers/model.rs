@@ -132,6 +132,12 @@ impl Flavor {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerCreate {
+    /// Client-chosen id (a UUID) [default: a new one]. A repeat with the same id and the same
+    /// body returns the existing resource (a controller's retry makes no duplicate); the same
+    /// id with a different body is 409.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
     /// Name: 1–255 characters, no control characters.
     #[schema(
         min_length = 1,

@@ -49,6 +49,12 @@ pub const CREATE_KIND: &str = "volume.create";
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeCreate {
+    /// Client-chosen id (a UUID) [default: a new one]. A repeat with the same id and the same
+    /// body returns the existing resource (a controller's retry makes no duplicate); the same
+    /// id with a different body is 409.
+    #[serde(default)]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
     /// Size, GiB (1–16384).
     #[schema(minimum = 1, maximum = 16_384)]
     pub size_gb: i64,
@@ -313,7 +319,10 @@ pub async fn create(services: &Services, req: VolumeCreate) -> Result<Volume, Op
     check_capacity(&backend, &stats, size_gb)?;
     let now = crate::state::now_rfc3339();
     let volume = Volume {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: req
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         name: req.name.clone(),
         size_gb,
         volume_type: vtype.name.clone(),
