@@ -354,3 +354,32 @@ fn watch_reports_comings_and_goings_and_forget_removes_only_down_nodes() {
         "the record write is seen: {seen:?}"
     );
 }
+
+#[test]
+fn three_sandboxed_nodes_register_over_the_fabric() {
+    let fabric = hyperlet_tests::fleet::Fabric::new();
+    let members: Vec<_> = (1..=3)
+        .map(|i| fabric.node(&format!("fab-{i}"), i, ""))
+        .collect();
+    assert!(
+        wait_for(Duration::from_secs(15), || members.iter().all(|n| state(
+            &fabric.etcd,
+            &n.name
+        )
+            == "up")),
+        "all up: {:?}\n{}",
+        nodes(&fabric.etcd),
+        members[0].agent.log()
+    );
+    for member in &members {
+        let listed = node(&fabric.etcd, &member.name).expect("listed");
+        assert_eq!(
+            listed["api_url"],
+            format!("https://{}:8787", member.ip),
+            "{listed}"
+        );
+        assert_eq!(listed["tunnel_ip"], member.ip.as_str(), "{listed}");
+        let host = member.agent.get_json("/v1/host");
+        assert_eq!(host["fleet"]["state"], "up");
+    }
+}

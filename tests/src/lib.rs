@@ -4,8 +4,10 @@
 //! Every agent started here is stopped by its PID when its [`Agent`] is dropped.
 
 pub mod etcd;
+pub mod fleet;
 pub mod guest;
 pub mod node;
+pub mod pki;
 pub mod plugins;
 pub mod storage;
 
@@ -77,7 +79,27 @@ pub struct Agent {
     pub scheme: &'static str,
     /// Extra environment for the agent process (e.g. a failpoint).
     pub env: Vec<(String, String)>,
+    /// Command prefix the agent runs under (e.g. `nsenter` into a fleet node's namespaces).
+    pub wrap: Vec<String>,
+    /// CA certificate the test client trusts (an agent serving TLS).
+    pub ca: Option<PathBuf>,
     starts: u32,
+}
+
+/// Where and how [`Agent::launch`] starts an agent.
+pub struct Launch {
+    /// Config file text (empty: none).
+    pub toml: String,
+    /// Extra `serve` arguments.
+    pub args: Vec<String>,
+    /// The `--listen` address.
+    pub addr: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Command prefix (see [`Agent::wrap`]).
+    pub wrap: Vec<String>,
+    /// CA the client trusts (see [`Agent::ca`]).
+    pub ca: Option<PathBuf>,
 }
 
 impl Agent {
@@ -97,6 +119,26 @@ impl Agent {
     }
 
     fn start_configured(toml: &str, args: &[&str], scheme: &'static str) -> Self {
+        Self::launch(Launch {
+            toml: toml.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            scheme,
+            wrap: Vec::new(),
+            ca: None,
+        })
+    }
+
+    /// Starts an agent as `launch` says and waits until it answers.
+    pub fn launch(launch: Launch) -> Self {
+        let Launch {
+            toml,
+            args,
+            addr,
+            scheme,
+            wrap,
+            ca,
+        } = launch;
         let dir = tempfile::tempdir().expect("tempdir");
         // QEMU runs as libvirt-qemu and must reach disks and kernels under the state dir.
         std::fs::set_permissions(
@@ -104,7 +146,7 @@ impl Agent {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .expect("chmod tempdir");
-        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut args = args;
         if !toml.is_empty() {
             let path = dir.path().join("hyperlet.toml");
             std::fs::write(&path, toml).expect("write config");
@@ -113,11 +155,13 @@ impl Agent {
         }
         let mut agent = Self {
             child: None,
-            addr: format!("127.0.0.1:{}", free_port()),
+            addr,
             dir,
             args,
             scheme,
             env: Vec::new(),
+            wrap,
+            ca,
             starts: 0,
         };
         agent.spawn();
@@ -167,7 +211,15 @@ impl Agent {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let child = Command::new(hyperlet_bin())
+        let mut command = match self.wrap.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(hyperlet_bin());
+                c
+            }
+            None => Command::new(hyperlet_bin()),
+        };
+        let child = command
             .arg("serve")
             .arg("--state-dir")
             .arg(self.state_dir())
@@ -212,12 +264,16 @@ impl Agent {
         );
     }
 
-    /// A blocking client for a plain-HTTP agent.
+    /// A blocking client for the agent (trusting [`Agent::ca`] when set).
     pub fn client(&self) -> reqwest::blocking::Client {
-        reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client")
+        let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).expect("CA certificate");
+            builder = builder
+                .use_rustls_tls()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA PEM"));
+        }
+        builder.build().expect("client")
     }
 
     /// `GET path` with the admin token.

@@ -1,0 +1,184 @@
+//! A fleet on one machine: a *fabric* bridge in the host namespace with etcd on it, and
+//! *nodes*, each a private libvirtd ([`PrivateLibvirt`]: its own network and mount namespaces)
+//! joined to the fabric by a veth, running its own `hyperlet serve` inside those namespaces
+//! (TLS with a certificate for its fabric address, registered in the fabric's etcd).
+//!
+//! Every object is made for the test and removed on drop: agents and daemons stopped by PID,
+//! namespaces and links deleted, etcd stopped.
+//!
+//! ```no_run
+//! let fabric = hyperlet_tests::fleet::Fabric::new();
+//! let a = fabric.node("node-a", 1, "");
+//! let b = fabric.node("node-b", 2, "");
+//! assert_ne!(a.ip, b.ip);
+//! ```
+
+use crate::etcd::Etcd;
+use crate::node::PrivateLibvirt;
+use crate::pki::Pki;
+use crate::{Agent, Launch};
+use std::process::{Command, Stdio};
+
+/// The agents' API port on their fabric address.
+pub const API_PORT: u16 = 8787;
+/// Lease TTL of fleet test agents, seconds.
+pub const TTL: u64 = 5;
+
+fn ip(args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ip (apt-get install iproute2)");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn must(args: &[&str]) {
+    let (ok, out) = ip(args);
+    assert!(ok, "ip {}: {out}", args.join(" "));
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..6].to_string()
+}
+
+/// The fabric: a bridge with a /24, etcd on its first address, and a CA for the agents.
+pub struct Fabric {
+    /// etcd, listening on the fabric.
+    pub etcd: Etcd,
+    bridge: String,
+    net: String,
+    pki: Pki,
+    _dir: tempfile::TempDir,
+}
+
+impl Fabric {
+    /// Makes the bridge (a free `10.250.K.0/24`), starts etcd on `10.250.K.1` and a CA.
+    pub fn new() -> Self {
+        let (_, used) = ip(&["-o", "-4", "addr"]);
+        let k = (0..64)
+            .map(|_| 1 + rand_below(250))
+            .find(|k| !used.contains(&format!("10.250.{k}.")))
+            .expect("a free 10.250.K.0/24");
+        let net = format!("10.250.{k}");
+        let bridge = format!("hlfab{}", short_id());
+        must(&["link", "add", &bridge, "type", "bridge"]);
+        must(&["addr", "add", &format!("{net}.1/24"), "dev", &bridge]);
+        must(&["link", "set", &bridge, "up"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(dir.path());
+        let etcd = Etcd::start_on(&format!("{net}.1"));
+        Self {
+            etcd,
+            bridge,
+            net,
+            pki,
+            _dir: dir,
+        }
+    }
+
+    /// The fabric's own address (etcd listens there).
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.net)
+    }
+
+    /// The CA every agent's certificate is signed by.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.pki.ca()
+    }
+
+    /// Starts node `name` at `<fabric>.<10 + index>` with `extra` appended to its config.
+    pub fn node(&self, name: &str, index: u8, extra: &str) -> FleetNode {
+        let address = format!("{}.{}", self.net, 10 + u16::from(index));
+        let libvirt = PrivateLibvirt::start();
+        let host_end = format!("hlv{}", short_id());
+        let node_end = format!("hlp{}", short_id());
+        must(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", &node_end,
+        ]);
+        must(&["link", "set", &host_end, "master", &self.bridge]);
+        must(&["link", "set", &host_end, "up"]);
+        must(&["link", "set", &node_end, "netns", libvirt.netns()]);
+        let ns = libvirt.netns().to_string();
+        must(&["-n", &ns, "link", "set", &node_end, "name", "eth0"]);
+        must(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ]);
+        must(&["-n", &ns, "link", "set", "eth0", "up"]);
+        let (cert, key) = self.pki.server(name, &address);
+        let toml = format!(
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[fleet]\nendpoints = [\"{etcd}\"]\n\
+             node_name = \"{name}\"\nlease_ttl_secs = {TTL}\n\n{extra}\n",
+            etcd = self.etcd.endpoint(),
+        );
+        let agent = Agent::launch(Launch {
+            toml,
+            args: Vec::new(),
+            addr: format!("{address}:{API_PORT}"),
+            scheme: "https",
+            wrap: vec![
+                "nsenter".into(),
+                "-t".into(),
+                libvirt.libvirtd_pid().to_string(),
+                "-m".into(),
+                "-n".into(),
+                "--".into(),
+            ],
+            ca: Some(self.pki.ca()),
+        });
+        FleetNode {
+            name: name.to_string(),
+            ip: address,
+            agent,
+            libvirt,
+        }
+    }
+}
+
+impl Default for Fabric {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        self.etcd.stop();
+        let _ = ip(&["link", "delete", &self.bridge]);
+    }
+}
+
+/// One node of the fleet. Fields drop in order: the agent first, then its libvirtd and
+/// namespaces (the veth goes with the namespace).
+pub struct FleetNode {
+    /// The node's name in the fleet.
+    pub name: String,
+    /// Its fabric address (API, VXLAN source).
+    pub ip: String,
+    /// Its agent.
+    pub agent: Agent,
+    /// Its libvirtd and namespaces.
+    pub libvirt: PrivateLibvirt,
+}
+
+impl FleetNode {
+    /// Runs a command inside the node's network namespace; returns (success, output).
+    pub fn exec(&self, args: &[&str]) -> (bool, String) {
+        let mut full = vec!["netns", "exec", self.libvirt.netns()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+}
+
+fn rand_below(n: u32) -> u32 {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) % n
+}
