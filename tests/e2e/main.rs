@@ -10,6 +10,7 @@ mod events;
 mod firewall;
 mod firewall_guests;
 mod fleet;
+mod fleet_networks;
 mod fuzz;
 mod hypervisor;
 mod images;

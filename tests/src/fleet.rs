@@ -89,9 +89,14 @@ impl Fabric {
         self.pki.ca()
     }
 
-    /// Starts node `name` at `<fabric>.<10 + index>` with `extra` appended to its config.
+    /// The fabric address of node `index`.
+    pub fn address(&self, index: u8) -> String {
+        format!("{}.{}", self.net, 10 + u16::from(index))
+    }
+
+    /// Starts node `name` at [`Fabric::address`] `index` with `extra` appended to its config.
     pub fn node(&self, name: &str, index: u8, extra: &str) -> FleetNode {
-        let address = format!("{}.{}", self.net, 10 + u16::from(index));
+        let address = self.address(index);
         let libvirt = PrivateLibvirt::start();
         let host_end = format!("hlv{}", short_id());
         let node_end = format!("hlp{}", short_id());

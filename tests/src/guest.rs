@@ -180,10 +180,21 @@ pub fn last_tick(text: &str) -> Option<u64> {
 ///
 /// When the guest agent does not answer, or the line is still running after `limit`.
 pub fn guest_sh(domain: &str, script: &str, limit: Duration) -> (i64, String, String) {
+    guest_sh_with(crate::virsh, domain, script, limit)
+}
+
+/// [`guest_sh`] through another libvirtd: `virsh` runs virsh against it (e.g.
+/// `PrivateLibvirt::virsh` of a fleet node).
+pub fn guest_sh_with(
+    virsh: impl Fn(&[&str]) -> (bool, String),
+    domain: &str,
+    script: &str,
+    limit: Duration,
+) -> (i64, String, String) {
     use base64::Engine;
     let cmd = serde_json::json!({"execute": "guest-exec", "arguments": {
         "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}});
-    let (ok, out) = crate::virsh(&["qemu-agent-command", domain, &cmd.to_string()]);
+    let (ok, out) = virsh(&["qemu-agent-command", domain, &cmd.to_string()]);
     assert!(ok, "guest-exec in {domain}: {out}");
     let pid = serde_json::from_str::<serde_json::Value>(&out).expect("guest-exec answer")["return"]
         ["pid"]
@@ -191,7 +202,7 @@ pub fn guest_sh(domain: &str, script: &str, limit: Duration) -> (i64, String, St
     let deadline = Instant::now() + limit;
     loop {
         let status = serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": pid}});
-        let (ok, out) = crate::virsh(&["qemu-agent-command", domain, &status.to_string()]);
+        let (ok, out) = virsh(&["qemu-agent-command", domain, &status.to_string()]);
         assert!(ok, "guest-exec-status in {domain}: {out}");
         let r = serde_json::from_str::<serde_json::Value>(&out).expect("guest-exec-status answer")
             ["return"]

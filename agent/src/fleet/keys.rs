@@ -52,6 +52,25 @@ impl Keys {
         format!("{}{name}", self.alive_all())
     }
 
+    /// `<prefix>/networks/` — which nodes have ports on which networks (l2population).
+    pub fn networks(&self) -> String {
+        format!("{}/networks/", self.prefix)
+    }
+
+    /// `<prefix>/networks/<network id>/nodes/<name>` — one node's ports on one network.
+    pub fn network_node(&self, network: &str, name: &str) -> String {
+        format!("{}{network}/nodes/{name}", self.networks())
+    }
+
+    /// The (network id, node name) of a key under [`Keys::networks`].
+    pub fn parse_network_node<'a>(&self, key: &'a [u8]) -> Option<(&'a str, &'a str)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.networks())?;
+        let (network, name) = rest.split_once("/nodes/")?;
+        (uuid::Uuid::parse_str(network).is_ok() && check_node_name(name).is_ok())
+            .then_some((network, name))
+    }
+
     /// The node name at the end of a key under `dir` (one of the directory keys above), or
     /// `None` for a key that is not a valid name there.
     pub fn name_in<'a>(&self, dir: &str, key: &'a [u8]) -> Option<&'a str> {
@@ -121,6 +140,13 @@ mod tests {
         );
         assert_eq!(keys.name_in(&keys.nodes(), b"/hyperlet/nodes/a/b"), None);
         assert_eq!(keys.name_in(&keys.nodes(), b"/other/nodes/a"), None);
+        let id = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
+        let key = keys.network_node(id, "n1");
+        assert_eq!(keys.parse_network_node(key.as_bytes()), Some((id, "n1")));
+        assert_eq!(
+            keys.parse_network_node(b"/hyperlet/networks/x/nodes/n1"),
+            None
+        );
     }
 
     #[test]

@@ -245,7 +245,8 @@ impl Fleet {
         Ok(stats_of(&self.nodes(false).await?))
     }
 
-    /// Removes a down node's record (`hyperlet fleet forget`). An up node is refused unless
+    /// Removes a down node's record and its ports on networks spanning nodes (`hyperlet fleet
+    /// forget`). An up node is refused unless
     /// `force` (its agent would write the record again within a minute anyway).
     ///
     /// # Errors
@@ -255,8 +256,20 @@ impl Fleet {
         if !force && self.etcd.get(&self.keys.alive(name)).await?.is_some() {
             return Err(FleetError::NodeUp(name.into()));
         }
-        let deleted = self.etcd.delete(&self.keys.node(name)).await?
+        let mut deleted = self.etcd.delete(&self.keys.node(name)).await?
             + self.etcd.delete(&self.keys.alive(name)).await?;
+        // Its ports on networks spanning nodes: peers drop their forwarding entries.
+        let (presences, _) = self.etcd.get_prefix(&self.keys.networks()).await?;
+        for kv in &presences {
+            if let Some((network, node)) = self.keys.parse_network_node(kv.key()) {
+                if node == name {
+                    deleted += self
+                        .etcd
+                        .delete(&self.keys.network_node(network, node))
+                        .await?;
+                }
+            }
+        }
         if deleted == 0 {
             return Err(FleetError::UnknownNode(name.into()));
         }

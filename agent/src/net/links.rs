@@ -64,7 +64,7 @@ pub struct VxlanOptions {
 /// Dropping it stops the connection task.
 #[derive(Debug)]
 pub struct Netlink {
-    handle: Handle,
+    pub(super) handle: Handle,
     connection: tokio::task::JoinHandle<()>,
     timeout: Duration,
     namespace: Option<String>,
@@ -148,7 +148,7 @@ impl Netlink {
     }
 
     /// Runs one request under the deadline.
-    async fn deadline<T>(
+    pub(super) async fn deadline<T>(
         &self,
         op: &str,
         fut: impl Future<Output = Result<T, rtnetlink::Error>>,
@@ -170,7 +170,7 @@ impl Netlink {
     }
 
     /// The generic mapping of a failed request.
-    fn fail(&self, op: &str, e: rtnetlink::Error) -> NetError {
+    pub(super) fn fail(&self, op: &str, e: rtnetlink::Error) -> NetError {
         match errno(&e) {
             Some(libc::EPERM) | Some(libc::EACCES) => NetError::PermissionDenied {
                 op: self.describe(op),

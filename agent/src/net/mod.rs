@@ -36,6 +36,7 @@ use std::io;
 use std::time::Duration;
 
 pub mod cidr;
+pub mod fdb;
 pub mod firewall;
 pub mod links;
 pub mod model;

@@ -28,6 +28,9 @@ fn chain(rules: Vec<String>) -> Chain {
     Chain { hook: None, rules }
 }
 
+/// The tunnel links of networks spanning nodes (the linux-bridge backend's `vxlan-<vni>`).
+const TUNNEL_LINKS: &str = "vxlan-*";
+
 fn base(hook: &str, rules: Vec<String>) -> Chain {
     Chain {
         hook: Some(format!("type filter hook {hook}; policy accept;")),
@@ -73,6 +76,13 @@ fn l2(ruleset: &Ruleset, indices: &Indices, name: &str) -> Table {
             }
         }
     }
+    // The DHCP/metadata taps answer this node's ports only: nothing of theirs crosses a VXLAN
+    // tunnel, in either direction (every node of a network spanning nodes has its own).
+    let mut local_only = Set::of("type ifname;");
+    for tap in &ruleset.trusted {
+        local_only.elements.insert(quoted(tap), String::new());
+    }
+    t.sets.insert("local_only".into(), local_only);
     t.sets.insert("from_port".into(), from);
     t.sets.insert("to_port".into(), to);
     t.chains.insert(
@@ -86,7 +96,11 @@ fn l2(ruleset: &Ruleset, indices: &Indices, name: &str) -> Table {
         "forward".into(),
         base(
             "forward priority -200",
-            vec!["oifname vmap @to_port".into()],
+            vec![
+                format!("iifname \"{TUNNEL_LINKS}\" oifname @local_only drop"),
+                format!("iifname @local_only oifname \"{TUNNEL_LINKS}\" drop"),
+                "oifname vmap @to_port".into(),
+            ],
         ),
     );
     t.chains.insert(

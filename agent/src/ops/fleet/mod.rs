@@ -1,12 +1,14 @@
 //! This agent as a fleet member: who it is (name, tunnel address, API URL), its node record
 //! from live figures, and the registration task the daemon starts when `[fleet]` is set.
 
-use super::{host, scheduler, servers, Services};
+pub mod l2pop;
+
 use crate::config::{Config, FleetConfig, PluginKind};
 use crate::fleet::keys::{self, Keys};
 use crate::fleet::record::{Capabilities, NodeRecord};
 use crate::fleet::registry::{Connection, RecordFuture, RecordSource, Registration};
 use crate::fleet::FleetError;
+use crate::ops::{host, scheduler, servers, Services};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +110,7 @@ pub async fn identity(
 /// # Errors
 /// A message when host facts or the store cannot be read.
 pub async fn node_record(services: &Services, identity: &Identity) -> Result<NodeRecord, String> {
-    let err = |e: super::OpError| crate::api::error::chain(&e);
+    let err = |e: crate::ops::OpError| crate::api::error::chain(&e);
     let status = host::service_status(services).await.map_err(err)?;
     let capacity = scheduler::this_node(services).await.map_err(err)?;
     let servers = servers::list(services)
@@ -197,15 +199,20 @@ pub async fn start(
     );
     tracing::info!(node = %identity.name, api_url = %identity.api_url, tunnel_ip = %identity.tunnel_ip, "joining the fleet");
     let changed = Arc::new(tokio::sync::Notify::new());
+    let l2_changed = Arc::new(tokio::sync::Notify::new());
     {
         let changed = changed.clone();
+        let l2_changed = l2_changed.clone();
         let mut events = services.events().subscribe();
         let stop = stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     received = events.recv() => match received {
-                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changed.notify_one(),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            changed.notify_one();
+                            l2_changed.notify_one();
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     },
                     () = stop.cancelled() => return,
@@ -213,6 +220,13 @@ pub async fn start(
             }
         });
     }
+    let l2pop = l2pop::L2Pop {
+        services: services.clone(),
+        fleet: fleet.clone(),
+        identity: identity.clone(),
+        changed: l2_changed,
+    };
+    let l2pop = tokio::spawn(l2pop.run(stop.clone()));
     let registration = Registration {
         connection: Connection::Config(Box::new(fleet.clone())),
         keys: Keys::new(&fleet.prefix),
@@ -226,5 +240,9 @@ pub async fn start(
         }),
         changed,
     };
-    Ok(Some(tokio::spawn(registration.run(stop))))
+    let registration = tokio::spawn(registration.run(stop));
+    Ok(Some(tokio::spawn(async move {
+        let _ = registration.await;
+        let _ = l2pop.await;
+    })))
 }
