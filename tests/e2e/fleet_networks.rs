@@ -33,9 +33,8 @@ fn post(agent: &Agent, path: &str, body: &Value) -> Value {
     value
 }
 
-/// The same network (id, VNI) and subnet (id, CIDR) on `node`, an ICMP-open group, and a
-/// guest at `ip`; returns the server id.
-fn guest_on(node: &FleetNode, net: &str, subnet: &str, ip: &str, name: &str) -> String {
+/// The same network (id, VNI) and subnet (id, CIDR) on `node`.
+fn span(node: &FleetNode, net: &str, subnet: &str) {
     let agent = &node.agent;
     post(
         agent,
@@ -48,6 +47,13 @@ fn guest_on(node: &FleetNode, net: &str, subnet: &str, ip: &str, name: &str) -> 
         "/v1/subnets",
         &json!({"id": subnet, "network_id": net, "cidr": "10.90.0.0/24"}),
     );
+}
+
+/// [`span`], an ICMP-open group, and a guest with an address the node allocates; returns the
+/// server id.
+fn guest_on(node: &FleetNode, net: &str, subnet: &str, name: &str) -> String {
+    span(node, net, subnet);
+    let agent = &node.agent;
     let group = post(agent, "/v1/security-groups", &json!({"name": "icmp"}));
     post(
         agent,
@@ -61,7 +67,7 @@ fn guest_on(node: &FleetNode, net: &str, subnet: &str, ip: &str, name: &str) -> 
         &json!({
             "name": name, "image_id": image,
             "flavor": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1},
-            "networks": [{"network_id": net, "fixed_ip": ip}],
+            "networks": [{"network_id": net}],
             "security_groups": [{"name": "icmp"}],
         }),
     );
@@ -85,12 +91,17 @@ fn guests_on_two_nodes_ping_across_a_vxlan_network_with_local_dhcp_and_metadata(
     let b = fabric.node("span-b", 2, &node_config(&fabric.address(2)));
     let net = uuid::Uuid::new_v4().to_string();
     let subnet = uuid::Uuid::new_v4().to_string();
-    let ga = guest_on(&a, &net, &subnet, "10.90.0.10", "left");
-    let gb = guest_on(&b, &net, &subnet, "10.90.0.20", "right");
+    let ga = guest_on(&a, &net, &subnet, "left");
+    let gb = guest_on(&b, &net, &subnet, "right");
 
     let mut domains = Vec::new();
-    for (node, id, ip) in [(&a, &ga, "10.90.0.10"), (&b, &gb, "10.90.0.20")] {
+    let mut ips = Vec::new();
+    for (node, id) in [(&a, &ga), (&b, &gb)] {
         let server = node.agent.wait_server(id, "ACTIVE", BOOT);
+        let ip = server["nics"][0]["fixed_ips"][0]
+            .as_str()
+            .expect("ip")
+            .to_string();
         let console = node
             .agent
             .wait_console(id, "HYPERLET-GUEST: meta-done", 1, BOOT);
@@ -105,7 +116,12 @@ fn guests_on_two_nodes_ping_across_a_vxlan_network_with_local_dhcp_and_metadata(
         node.agent
             .wait_console(id, "HYPERLET-GUEST: qga started", 1, BOOT);
         domains.push(server["domain_name"].as_str().expect("domain").to_string());
+        ips.push(ip);
     }
+    assert_ne!(
+        ips[0], ips[1],
+        "fleet-wide allocation gave the two guests different addresses"
+    );
 
     // Each node learned the other's port from etcd: a flooding and a unicast entry.
     // The agent's entries are the permanent ones (the link also learns from traffic).
@@ -149,8 +165,8 @@ fn guests_on_two_nodes_ping_across_a_vxlan_network_with_local_dhcp_and_metadata(
             assert!(Instant::now() < deadline, "ping {to}: {out}{err}");
         }
     };
-    ping(&a, &domains[0], "10.90.0.20");
-    ping(&b, &domains[1], "10.90.0.10");
+    ping(&a, &domains[0], &ips[1]);
+    ping(&b, &domains[1], &ips[0]);
 
     // The second node's guest goes: the first node drops its forwarding entries.
     let resp = b
@@ -170,4 +186,90 @@ fn guests_on_two_nodes_ping_across_a_vxlan_network_with_local_dhcp_and_metadata(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn two_nodes_never_hand_out_the_same_address_on_a_shared_subnet() {
+    let fabric = Fabric::new();
+    let a = fabric.node("ipam-a", 1, &node_config(&fabric.address(1)));
+    let b = fabric.node("ipam-b", 2, &node_config(&fabric.address(2)));
+    let net = uuid::Uuid::new_v4().to_string();
+    let subnet = uuid::Uuid::new_v4().to_string();
+    span(&a, &net, &subnet);
+    span(&b, &net, &subnet);
+
+    // Twelve ports on each node at once.
+    let net_ref = net.as_str();
+    let create = |node: &FleetNode| {
+        let agent = &node.agent;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..12)
+                .map(|i| {
+                    scope.spawn(move || {
+                        post(
+                            agent,
+                            "/v1/ports",
+                            &json!({"network_id": net_ref, "name": format!("p{i}")}),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("port"))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (left, right) = std::thread::scope(|scope| {
+        let l = scope.spawn(|| create(&a));
+        let r = scope.spawn(|| create(&b));
+        let _ = &create;
+        (l.join().expect("a"), r.join().expect("b"))
+    });
+    let mut all: Vec<String> = Vec::new();
+    for node in [&a, &b] {
+        for port in node.agent.get_json("/v1/ports")["ports"]
+            .as_array()
+            .expect("ports")
+        {
+            all.push(
+                port["fixed_ips"][0]["ip_address"]
+                    .as_str()
+                    .expect("ip")
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(left.len() + right.len(), 24);
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        all.len(),
+        "every address once across both nodes (DHCP ports too): {all:?}"
+    );
+
+    // A fixed address another node holds is refused, naming the node.
+    let taken = left[0]["fixed_ips"][0]["ip_address"].as_str().expect("ip");
+    let resp = b.agent.send(
+        Method::POST,
+        "/v1/ports",
+        Some(&json!({"network_id": net, "fixed_ips": [{"ip_address": taken}]})),
+    );
+    assert_eq!(resp.status(), 409);
+    let answer: Value = resp.json().expect("JSON");
+    assert!(answer.to_string().contains("ipam-a"), "{answer}");
+
+    // Released when the port goes: the other node may take it then.
+    let resp = a.agent.send(
+        Method::DELETE,
+        &format!("/v1/ports/{}", left[0]["id"].as_str().expect("id")),
+        None,
+    );
+    assert!(resp.status().is_success());
+    let resp = b.agent.send(
+        Method::POST,
+        "/v1/ports",
+        Some(&json!({"network_id": net, "fixed_ips": [{"ip_address": taken}]})),
+    );
+    assert_eq!(resp.status(), 201, "free again after the delete");
 }

@@ -74,6 +74,7 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
         OpError::UnknownReference { .. } => (StatusCode::NOT_FOUND, "unknown_reference"),
         OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        OpError::Fleet(_) => (StatusCode::SERVICE_UNAVAILABLE, "fleet_unavailable"),
         OpError::Image(ImageError::Unsafe(_)) => (StatusCode::BAD_REQUEST, "image_refused"),
         OpError::Image(ImageError::TooLarge { .. }) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")

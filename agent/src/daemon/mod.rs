@@ -186,6 +186,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     crate::ops::servers::register_handlers(&services);
     crate::ops::volumes::register_handlers(&services);
     crate::ops::networks::register_handlers(&services);
+    crate::ops::fleet::enable_claims(&services)?;
 
     // The agent's nftables tables replaced whole (one transaction) before anything can start
     // a guest: running guests stay filtered across the restart.

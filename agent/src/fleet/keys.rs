@@ -3,6 +3,8 @@
 //! ```text
 //! <prefix>/nodes/<name>   the node record (JSON, no lease): capabilities, capacity, status
 //! <prefix>/alive/<name>   the liveness key (small JSON) under the node's lease
+//! <prefix>/networks/<network id>/nodes/<name>   a node's ports on a VXLAN network
+//! <prefix>/ipam/<subnet id>/<address>          which node and port hold an address
 //! ```
 //!
 //! A node is *up* while its liveness key exists; the record stays after the lease ends so a
@@ -60,6 +62,16 @@ impl Keys {
     /// `<prefix>/networks/<network id>/nodes/<name>` — one node's ports on one network.
     pub fn network_node(&self, network: &str, name: &str) -> String {
         format!("{}{network}/nodes/{name}", self.networks())
+    }
+
+    /// `<prefix>/ipam/<subnet id>/` — the fleet-wide claims on one subnet's addresses.
+    pub fn ipam_subnet(&self, subnet: &str) -> String {
+        format!("{}/ipam/{subnet}/", self.prefix)
+    }
+
+    /// `<prefix>/ipam/<subnet id>/<address>` — one claimed address.
+    pub fn ipam(&self, subnet: &str, ip: std::net::Ipv4Addr) -> String {
+        format!("{}{ip}", self.ipam_subnet(subnet))
     }
 
     /// The (network id, node name) of a key under [`Keys::networks`].

@@ -86,6 +86,9 @@ pub enum OpError {
     /// Background work ended before it could answer (it panicked or the agent is stopping).
     #[error("{0}")]
     Interrupted(String),
+    /// The fleet's etcd is needed (fleet-wide addresses) and did not answer; nothing changed.
+    #[error("The fleet is unavailable: {0}")]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 impl OpError {
@@ -143,6 +146,7 @@ struct ServicesInner {
     net_runtime: networks::runtime::NetRuntime,
     firewall: security_groups::apply::Firewall,
     fleet: Arc<crate::fleet::link::FleetLink>,
+    fleet_ipam: std::sync::OnceLock<Arc<fleet::ipam::FleetIpam>>,
     admission: tokio::sync::Mutex<()>,
     idempotent_creates: tokio::sync::Mutex<()>,
     token: AdminToken,
@@ -220,6 +224,7 @@ impl Services {
                 net_runtime: networks::runtime::NetRuntime::default(),
                 firewall,
                 fleet: Arc::new(crate::fleet::link::FleetLink::standalone()),
+                fleet_ipam: std::sync::OnceLock::new(),
                 admission: tokio::sync::Mutex::new(()),
                 idempotent_creates: tokio::sync::Mutex::new(()),
                 token,
@@ -232,6 +237,16 @@ impl Services {
     /// Serializes creates that chose their own id (see [`idempotent`]).
     pub fn idempotent_creates(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.idempotent_creates
+    }
+
+    /// Fleet-wide address claims (set when the node joins a fleet).
+    pub fn fleet_ipam(&self) -> Option<Arc<fleet::ipam::FleetIpam>> {
+        self.inner.fleet_ipam.get().cloned()
+    }
+
+    /// Turns fleet-wide address claims on (once, when the node joins its fleet).
+    pub fn set_fleet_ipam(&self, ipam: fleet::ipam::FleetIpam) {
+        let _ = self.inner.fleet_ipam.set(Arc::new(ipam));
     }
 
     /// This node's link to the fleet (standalone without `[fleet]`).

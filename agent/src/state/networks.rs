@@ -102,6 +102,8 @@ pub struct NewPort {
     pub port_security_enabled: bool,
     /// Allowed address pairs (checked by the caller).
     pub allowed_address_pairs: Vec<AddressPair>,
+    /// Addresses never to hand out (subnet id, address): taken on another node of the fleet.
+    pub exclude: Vec<(String, Ipv4Addr)>,
 }
 
 fn json_text<T: serde::Serialize>(value: &T) -> String {
@@ -779,7 +781,7 @@ fn create_port_tx(conn: &mut Connection, new: &NewPort) -> Result<Port, AllocErr
             }
         },
     };
-    let mut taken = HashSet::new();
+    let mut taken: HashSet<(String, Ipv4Addr)> = new.exclude.iter().cloned().collect();
     let mut fixed = Vec::new();
     for request in &new.ips {
         fixed.push(allocate(&tx, &new.network_id, request, &mut taken)?);

@@ -1,6 +1,7 @@
 //! This agent as a fleet member: who it is (name, tunnel address, API URL), its node record
 //! from live figures, and the registration task the daemon starts when `[fleet]` is set.
 
+pub mod ipam;
 pub mod l2pop;
 
 use crate::config::{Config, FleetConfig, PluginKind};
@@ -54,6 +55,37 @@ async fn route_source(fleet: &FleetConfig) -> Result<IpAddr, FleetError> {
     Ok(socket.local_addr().map_err(|e| fail(e.to_string()))?.ip())
 }
 
+/// This node's name: `fleet.node_name`, else the hostname.
+///
+/// # Errors
+/// [`FleetError::Setup`] when the hostname cannot be read or is not a valid node name.
+pub fn node_name(fleet: &FleetConfig) -> Result<String, FleetError> {
+    if let Some(name) = &fleet.node_name {
+        return Ok(name.clone());
+    }
+    let name = crate::host::hostname().map_err(|e| FleetError::Setup {
+        setting: "fleet.node_name",
+        reason: format!("cannot read the hostname: {e}"),
+    })?;
+    keys::check_node_name(&name).map_err(|reason| FleetError::Setup {
+        setting: "fleet.node_name",
+        reason: format!("the hostname is not a node name ({reason}); set fleet.node_name"),
+    })?;
+    Ok(name)
+}
+
+/// Turns fleet-wide address claims on when `[fleet]` is set. Called before anything can
+/// allocate an address (journal recovery, network restore, the API).
+///
+/// # Errors
+/// [`FleetError::Setup`] when the node name cannot be found.
+pub fn enable_claims(services: &Services) -> Result<(), FleetError> {
+    if let Some(fleet) = &services.config().fleet {
+        services.set_fleet_ipam(ipam::FleetIpam::new(fleet, &node_name(fleet)?));
+    }
+    Ok(())
+}
+
 /// Resolves this node's identity: the configured values, else the hostname, the route to etcd
 /// and the listening address.
 ///
@@ -64,20 +96,7 @@ pub async fn identity(
     fleet: &FleetConfig,
     listening: SocketAddr,
 ) -> Result<Identity, FleetError> {
-    let name = match &fleet.node_name {
-        Some(name) => name.clone(),
-        None => {
-            let name = crate::host::hostname().map_err(|e| FleetError::Setup {
-                setting: "fleet.node_name",
-                reason: format!("cannot read the hostname: {e}"),
-            })?;
-            keys::check_node_name(&name).map_err(|reason| FleetError::Setup {
-                setting: "fleet.node_name",
-                reason: format!("the hostname is not a node name ({reason}); set fleet.node_name"),
-            })?;
-            name
-        }
-    };
+    let name = node_name(fleet)?;
     let tunnel_ip = match fleet.tunnel_ip {
         Some(ip) => ip,
         None => route_source(fleet).await?,

@@ -64,7 +64,7 @@ pub(crate) async fn allocate(services: &Services, new: NewPort) -> Result<Port, 
             network.id
         )));
     }
-    services.store().create_port(new).await.map_err(alloc_error)
+    crate::ops::fleet::ipam::create_port(services, &network, new).await
 }
 
 /// Creates an unbound port (`POST /v1/ports`).
@@ -135,6 +135,7 @@ pub async fn create(services: &Services, req: PortCreate) -> Result<Port, OpErro
             security_groups: security.security_groups.unwrap_or_default(),
             port_security_enabled: security.port_security_enabled.unwrap_or(true),
             allowed_address_pairs: security.allowed_address_pairs.unwrap_or_default(),
+            exclude: Vec::new(),
         },
     )
     .await?;
@@ -289,7 +290,7 @@ pub async fn delete(services: &Services, id: &str) -> Result<(), OpError> {
             port.device_id
         )));
     }
-    services.store().delete_port(id).await?;
+    crate::ops::fleet::ipam::delete_port(services, &port).await?;
     runtime::refresh(services, &port.network_id).await;
     let _ = services
         .events()
@@ -466,13 +467,14 @@ pub async fn bind_for_server(
             security_groups: groups.to_vec(),
             port_security_enabled: true,
             allowed_address_pairs: Vec::new(),
+            exclude: Vec::new(),
         },
     )
     .await?;
     match ServerNic::new(&port, &network, true) {
         Ok(nic) => Ok((port, nic)),
         Err(e) => {
-            services.store().delete_port(&port.id).await?;
+            crate::ops::fleet::ipam::delete_port(services, &port).await?;
             Err(e)
         }
     }
@@ -486,7 +488,9 @@ pub async fn bind_for_server(
 pub async fn release_for_server(services: &Services, nic: &ServerNic) -> Result<(), OpError> {
     // Both store calls do nothing for a port that is gone.
     if nic.created {
-        services.store().delete_port(&nic.port_id).await?;
+        if let Some(port) = services.store().get_port(&nic.port_id).await? {
+            crate::ops::fleet::ipam::delete_port(services, &port).await?;
+        }
     } else {
         services
             .store()

@@ -409,14 +409,15 @@ async fn ensure_dhcp_port(
         }
     }
     for port in &existing {
-        services.store().delete_port(&port.id).await?;
+        crate::ops::fleet::ipam::delete_port(services, port).await?;
     }
     if subnets.is_empty() {
         return Ok(None);
     }
-    let port = services
-        .store()
-        .create_port(NewPort {
+    let port = crate::ops::fleet::ipam::create_port(
+        services,
+        network,
+        NewPort {
             id: uuid::Uuid::new_v4().to_string(),
             network_id: network.id.clone(),
             name: String::new(),
@@ -431,9 +432,10 @@ async fn ensure_dhcp_port(
             security_groups: Vec::new(),
             port_security_enabled: false,
             allowed_address_pairs: Vec::new(),
-        })
-        .await
-        .map_err(super::ports::alloc_error)?;
+            exclude: Vec::new(),
+        },
+    )
+    .await?;
     Ok(Some(port))
 }
 
