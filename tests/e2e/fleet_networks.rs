@@ -15,9 +15,15 @@ const VNI: u32 = 4242;
 
 /// A node's settings: the server test settings and the linux-bridge backend with this node's
 /// tunnel address.
-fn node_config(ip: &str) -> String {
+pub fn node_config(ip: &str) -> String {
+    node_config_with(ip, "")
+}
+
+/// [`node_config`] with `capacity` appended to its `[capacity]` table and `plugins` (more
+/// `[[plugins]]`) at the end.
+pub fn node_config_with(ip: &str, capacity: &str) -> String {
     format!(
-        "{CONFIG}\n[plugin_runtime]\ncache_dir = {cache:?}\n\n[[plugins]]\nname = \"linuxbridge\"\n\
+        "{CONFIG}{capacity}\n[plugin_runtime]\ncache_dir = {cache:?}\n\n[[plugins]]\nname = \"linuxbridge\"\n\
          kind = \"network-backend\"\npath = {path:?}\ngrants = [\"log\", \"netlink\"]\n\
          call_timeout_ms = 10000\nsettings = {{ vxlan_local_ip = \"{ip}\" }}\n",
         cache = shared_plugin_cache().display().to_string(),

@@ -11,6 +11,7 @@ mod firewall;
 mod firewall_guests;
 mod fleet;
 mod fleet_networks;
+mod fleet_place;
 mod fuzz;
 mod hypervisor;
 mod images;

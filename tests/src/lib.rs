@@ -195,8 +195,16 @@ impl Agent {
         format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// The admin token the agent generated.
+    /// The admin token: the config's `[auth] token`, else the one the agent generated.
     pub fn token(&self) -> String {
+        // A token set in the config file (`[auth] token`) wins, as in the agent.
+        let configured = std::fs::read_to_string(self.dir.path().join("hyperlet.toml"))
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| t.get("auth")?.get("token")?.as_str().map(str::to_string));
+        if let Some(token) = configured {
+            return token;
+        }
         std::fs::read_to_string(self.state_dir().join("admin.token"))
             .expect("admin.token")
             .trim()

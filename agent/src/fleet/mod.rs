@@ -10,10 +10,12 @@
 //! - [`link`]: the state of this node's link to etcd, for `/v1/host`, `/healthz`, `/metrics`.
 //! - [`registry`]: the agent side — lease, keep-alive, record updates, reconnection.
 //! - [`view`]: the controller side — nodes, stats, watch, forget.
+//! - [`place`]: fleet-wide placement with the nodes' scheduler plugins.
 
 pub mod etcd;
 pub mod keys;
 pub mod link;
+pub mod place;
 pub mod record;
 pub mod registry;
 pub mod view;

@@ -127,7 +127,7 @@ pub struct HostState {
 }
 
 /// A plugin the chain skipped because it is not loaded.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SkippedPlugin {
     /// Plugin name.
     pub name: String,
@@ -136,7 +136,7 @@ pub struct SkippedPlugin {
 }
 
 /// The outcome for one host.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostResult {
     /// Host name.
     pub name: String,
@@ -153,7 +153,7 @@ pub struct HostResult {
 }
 
 /// The outcome of the chain: hosts that passed first, best first.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Evaluation {
     /// How many hosts passed.
     pub passed: usize,
