@@ -1467,6 +1467,22 @@ mod tests {
     }
 
     #[test]
+    fn example_fleet_in_contrib_is_valid() {
+        let text = include_str!("../../contrib/hyperlet.toml");
+        let start = text.find("# [fleet]").expect("the fleet example");
+        let example: String = text[start..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let config = Config::from_toml(&example).unwrap();
+        config.validate().unwrap();
+        let fleet = config.fleet.unwrap();
+        assert_eq!(fleet.node_name.as_deref(), Some("compute-7"));
+        assert_eq!(config.availability_zone, "az1");
+    }
+
+    #[test]
     fn example_network_backend_in_contrib_is_valid() {
         let text = include_str!("../../contrib/hyperlet.toml");
         let start = text.find("# [[plugins]]").expect("the plugin example");

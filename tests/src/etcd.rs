@@ -42,6 +42,11 @@ impl Etcd {
         etcd
     }
 
+    /// etcd's PID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The client URL (`http://ip:port`).
     pub fn endpoint(&self) -> String {
         format!("http://{}:{}", self.ip, self.client_port)

@@ -154,6 +154,11 @@ impl FleetLink {
         self.record_writes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Times the link failed.
+    pub fn failures(&self) -> u64 {
+        self.keepalive_failures.load(Ordering::Relaxed)
+    }
+
     /// Keep-alives etcd confirmed.
     pub fn keepalives(&self) -> u64 {
         self.keepalives.load(Ordering::Relaxed)

@@ -24,7 +24,7 @@ pub struct ServerList {
         (status = 202, description = "Accepted, building", body = Server),
         (status = 400, description = "Invalid request; nothing created", body = ErrorBody),
         (status = 404, description = "image_id, boot_volume_id, a network_id or a port_id names nothing (`unknown_reference`)", body = ErrorBody),
-        (status = 409, description = "The node cannot take the server (capacity, disabled, another availability zone); or the client-chosen id belongs to a resource made by another request", body = ErrorBody),
+        (status = 409, description = "The node cannot take the server (capacity, disabled, another availability zone), an image is not active yet; or the client-chosen id belongs to a resource made by another request", body = ErrorBody),
     ))]
 pub async fn create(
     State(services): State<Services>,

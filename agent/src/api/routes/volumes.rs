@@ -122,7 +122,7 @@ pub async fn delete_type(
     responses((status = 202, description = "Accepted, creating", body = Volume),
         (status = 400, description = "Bad size or name, several sources, a source too large for the size; nothing created", body = ErrorBody),
         (status = 404, description = "volume_type, image_id, snapshot_id or source_volid names nothing (`unknown_reference`)", body = ErrorBody),
-        (status = 409, description = "The backend is full (names it and its free capacity), the source is busy, or no volume_type is given and none is the default; or the client-chosen id belongs to a resource made by another request", body = ErrorBody)))]
+        (status = 409, description = "The backend is full (names it and its free capacity), the source is busy or its image not active yet, or no volume_type is given and none is the default; or the client-chosen id belongs to a resource made by another request", body = ErrorBody)))]
 pub async fn create_volume(
     State(services): State<Services>,
     CreateJson(mut req, body): CreateJson<VolumeCreate>,

@@ -38,7 +38,8 @@ pub(crate) async fn active_image(
             id: id.to_string(),
         })?;
     if image.status != ImageStatus::Active {
-        return Err(OpError::InvalidInput(format!(
+        // The request is fine; the image is not ready yet (as a volume that is not available).
+        return Err(OpError::Conflict(format!(
             "{role} image {id} is not active (upload its bytes first)"
         )));
     }
