@@ -279,3 +279,63 @@ fn two_nodes_never_hand_out_the_same_address_on_a_shared_subnet() {
     );
     assert_eq!(resp.status(), 201, "free again after the delete");
 }
+
+#[test]
+fn address_claims_are_reconciled_after_a_crash_window_and_a_lost_release() {
+    use hyperlet::config::FleetConfig;
+    use hyperlet::fleet::etcd::Etcd;
+    use hyperlet::fleet::keys::Keys;
+    let fabric = Fabric::new();
+    let mut a = fabric.node("claims-a", 1, &node_config(&fabric.address(1)));
+    let net = uuid::Uuid::new_v4().to_string();
+    let subnet = uuid::Uuid::new_v4().to_string();
+    span(&a, &net, &subnet);
+    let port = post(&a.agent, "/v1/ports", &json!({"network_id": net}));
+    let (port_id, ip) = (
+        port["id"].as_str().expect("id").to_string(),
+        port["fixed_ips"][0]["ip_address"]
+            .as_str()
+            .expect("ip")
+            .parse()
+            .expect("ip"),
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let etcd = runtime
+        .block_on(Etcd::connect(&FleetConfig {
+            endpoints: vec![fabric.etcd.endpoint()],
+            ..FleetConfig::default()
+        }))
+        .expect("etcd");
+    let keys = Keys::new("/hyperlet");
+    let claim = keys.ipam(&subnet, ip);
+    let stale = keys.ipam(&subnet, "10.90.0.200".parse().expect("ip"));
+    let value = |key: &str| {
+        runtime
+            .block_on(etcd.get(key))
+            .expect("get")
+            .map(|kv| serde_json::from_slice::<Value>(kv.value()).expect("JSON"))
+    };
+    assert_eq!(value(&claim).expect("claimed")["port"], port_id.as_str());
+
+    // As if the agent died between recording the port and claiming its address, and a port
+    // was deleted while etcd was away (its claim stayed).
+    a.agent.kill9();
+    runtime.block_on(etcd.delete(&claim)).expect("delete");
+    let orphan = json!({"node": "claims-a", "port": uuid::Uuid::new_v4().to_string()});
+    runtime
+        .block_on(etcd.put(&stale, orphan.to_string().into_bytes(), 0))
+        .expect("put");
+    a.agent.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value(&claim).is_none() || value(&stale).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "reconciled after the restart: claim {:?}, stale {:?}\n{}",
+            value(&claim),
+            value(&stale),
+            a.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(value(&claim).expect("claimed")["port"], port_id.as_str());
+}

@@ -64,6 +64,11 @@ impl Keys {
         format!("{}{network}/nodes/{name}", self.networks())
     }
 
+    /// `<prefix>/ipam/` — every fleet-wide address claim.
+    pub fn ipam_all(&self) -> String {
+        format!("{}/ipam/", self.prefix)
+    }
+
     /// `<prefix>/ipam/<subnet id>/` — the fleet-wide claims on one subnet's addresses.
     pub fn ipam_subnet(&self, subnet: &str) -> String {
         format!("{}/ipam/{subnet}/", self.prefix)

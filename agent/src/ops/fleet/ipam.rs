@@ -7,7 +7,8 @@
 //! nodes claimed), then its addresses are claimed; if another node won one meanwhile, the
 //! port is removed and allocated again without it. etcd unreachable → the port is not created
 //! (503): an address is never handed out unclaimed. Deleting a port releases its claims (only
-//! claims that name it).
+//! claims that name it). [`reconcile`] closes the two windows a crash or an outage leaves: a
+//! port recorded but not yet claimed, and a claim whose release failed.
 
 use crate::config::FleetConfig;
 use crate::fleet::etcd::Etcd;
@@ -131,6 +132,112 @@ impl FleetIpam {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// What [`reconcile`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Addresses of local ports that had no claim (a crash between the port and its claim).
+    pub claimed: usize,
+    /// Claims of this node whose port is gone (a release that failed while etcd was away).
+    pub released: usize,
+    /// Addresses of local ports that another node holds (logged; an operator must choose).
+    pub conflicts: usize,
+}
+
+/// Makes etcd's claims match this node's ports: every address of a port on a network that
+/// can span nodes is claimed (if absent), and this node's claims whose port no longer exists
+/// are deleted. Run when the node joins its fleet and every few minutes.
+///
+/// # Errors
+/// [`OpError::Fleet`] when etcd cannot be reached, [`OpError::Store`].
+pub async fn reconcile(services: &Services) -> Result<Reconciled, OpError> {
+    let Some(ipam) = services.fleet_ipam() else {
+        return Ok(Reconciled::default());
+    };
+    let store = services.store();
+    let networks = store.list_networks().await?;
+    let ports = store.list_ports(crate::state::PortFilter::All).await?;
+    let mut done = Reconciled::default();
+    let mut local = std::collections::HashSet::new();
+    for port in &ports {
+        local.insert(port.id.clone());
+        let Some(network) = networks.iter().find(|n| n.id == port.network_id) else {
+            continue;
+        };
+        if applies(services, network).is_none() {
+            continue;
+        }
+        for fixed in &port.fixed_ips {
+            let key = ipam.keys.ipam(&fixed.subnet_id, fixed.ip_address);
+            let had = ipam.etcd().await?.get(&key).await?.is_some();
+            match ipam
+                .claim(&fixed.subnet_id, fixed.ip_address, &port.id)
+                .await?
+            {
+                None if !had => done.claimed += 1,
+                None => {}
+                Some(holder) => {
+                    done.conflicts += 1;
+                    tracing::error!(
+                        port = %port.id, ip = %fixed.ip_address, holder_node = %holder.node,
+                        holder_port = %holder.port,
+                        "an address of a local port is claimed by another node; one of the two ports must go"
+                    );
+                }
+            }
+        }
+    }
+    let etcd = ipam.etcd().await?;
+    let (claims, _) = etcd.get_prefix(&ipam.keys.ipam_all()).await?;
+    for kv in &claims {
+        let Ok(claim) = record::parse::<Claim>(kv.value()) else {
+            continue;
+        };
+        if claim.node != ipam.node || local.contains(&claim.port) {
+            continue;
+        }
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let gone = etcd
+            .txn(
+                Txn::new()
+                    .when([Compare::value(
+                        key.clone(),
+                        CompareOp::Equal,
+                        kv.value().to_vec(),
+                    )])
+                    .and_then([TxnOp::delete(key, None)]),
+            )
+            .await?;
+        if gone.succeeded() {
+            done.released += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Runs [`reconcile`] until `stop`: at once (again after failures, with backoff), then every
+/// five minutes.
+pub async fn keep_reconciled(services: Services, stop: tokio_util::sync::CancellationToken) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match reconcile(&services).await {
+            Ok(done) => {
+                if done != Reconciled::default() {
+                    tracing::warn!(?done, "fleet-wide address claims reconciled");
+                }
+                wait = std::time::Duration::from_secs(300);
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::api::error::chain(&e), "cannot reconcile fleet-wide address claims yet");
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 

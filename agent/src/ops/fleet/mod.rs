@@ -246,6 +246,7 @@ pub async fn start(
         changed: l2_changed,
     };
     let l2pop = tokio::spawn(l2pop.run(stop.clone()));
+    let claims = tokio::spawn(ipam::keep_reconciled(services.clone(), stop.clone()));
     let registration = Registration {
         connection: Connection::Config(Box::new(fleet.clone())),
         keys: Keys::new(&fleet.prefix),
@@ -263,5 +264,6 @@ pub async fn start(
     Ok(Some(tokio::spawn(async move {
         let _ = registration.await;
         let _ = l2pop.await;
+        let _ = claims.await;
     })))
 }
