@@ -145,13 +145,40 @@ impl Etcd {
     /// # Errors
     /// [`FleetError`] when etcd fails or does not answer in time.
     pub async fn get_prefix(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), FleetError> {
+        self.get_prefix_at(prefix, 0).await
+    }
+
+    /// The store's current revision.
+    ///
+    /// # Errors
+    /// [`FleetError`] when etcd fails or does not answer in time.
+    pub async fn revision(&self) -> Result<i64, FleetError> {
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .call(
+                "get",
+                kv.get("\0", Some(GetOptions::new().with_count_only())),
+            )
+            .await?;
+        Ok(resp.header().map_or(0, |h| h.revision()))
+    }
+
+    /// [`Etcd::get_prefix`] at `revision` (0: the current one).
+    ///
+    /// # Errors
+    /// [`FleetError`] when etcd fails, does not answer in time, or compacted `revision` away.
+    pub async fn get_prefix_at(
+        &self,
+        prefix: &str,
+        at: i64,
+    ) -> Result<(Vec<KeyValue>, i64), FleetError> {
         let mut kv = self
             .client
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE);
         let end = prefix_end(prefix.as_bytes());
         let mut start = prefix.as_bytes().to_vec();
-        let mut revision = 0;
+        let mut revision = at;
         let mut out = Vec::new();
         loop {
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);

@@ -51,8 +51,10 @@ pub async fn rank_with(
 
 /// Appends the nodes that were not ranked (down, or without a record) as refused.
 pub fn add_absent(evaluation: &mut Evaluation, nodes: &[Node]) {
+    let ranked: std::collections::HashSet<String> =
+        evaluation.hosts.iter().map(|h| h.name.clone()).collect();
     for node in nodes {
-        if evaluation.hosts.iter().any(|h| h.name == node.name) {
+        if ranked.contains(&node.name) {
             continue;
         }
         let reason = match node.state {
@@ -72,10 +74,12 @@ pub fn add_absent(evaluation: &mut Evaluation, nodes: &[Node]) {
 
 /// The passing nodes, best first.
 pub fn candidates<'a>(evaluation: &Evaluation, nodes: &'a [Node]) -> Vec<&'a Node> {
+    let by_name: std::collections::HashMap<&str, &Node> =
+        nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     evaluation
         .hosts
         .iter()
         .filter(|h| h.passed)
-        .filter_map(|h| nodes.iter().find(|n| n.name == h.name))
+        .filter_map(|h| by_name.get(h.name.as_str()).copied())
         .collect()
 }

@@ -132,8 +132,14 @@ impl Fleet {
         ),
         FleetError,
     > {
-        let (records, revision) = self.etcd.get_prefix(&self.keys.nodes()).await?;
-        let (alive, _) = self.etcd.get_prefix(&self.keys.alive_all()).await?;
+        // Both prefixes at once, at one revision.
+        let (nodes, alive_all) = (self.keys.nodes(), self.keys.alive_all());
+        let at = self.etcd.revision().await?;
+        let (records, alive) = tokio::join!(
+            self.etcd.get_prefix_at(&nodes, at),
+            self.etcd.get_prefix_at(&alive_all, at)
+        );
+        let ((records, revision), (alive, _)) = (records?, alive?);
         let nodes_dir = self.keys.nodes();
         let alive_dir = self.keys.alive_all();
         let mut by_name = BTreeMap::new();
