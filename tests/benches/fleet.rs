@@ -12,7 +12,7 @@
 //! `HYPERLET_BENCH_HOLD_SECS`, default 60). Needs etcd (scripts/setup.sh) and the plugins
 //! (scripts/build-plugins.sh).
 
-use hyperlet::config::{FleetConfig, PluginConfig, PluginKind};
+use hyperlet::config::FleetConfig;
 use hyperlet::fleet::etcd::Etcd;
 use hyperlet::fleet::keys::Keys;
 use hyperlet::fleet::link::{FleetLink, LinkState};
@@ -22,24 +22,12 @@ use hyperlet::fleet::registry::{Connection, RecordFuture, RecordSource, Registra
 use hyperlet::fleet::view::Fleet;
 use hyperlet::plugin::{PluginEngine, PluginRegistry};
 use hyperlet::sched::{HostState, RequestSpec};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const TTL: i64 = 15;
 const CLIENTS: usize = 8;
-const FILTERS: [(&str, &str); 4] = [
-    ("compute", "hyperlet-filter-compute-status"),
-    ("ram", "hyperlet-filter-ram"),
-    ("disk", "hyperlet-filter-disk"),
-    ("vcpu", "hyperlet-filter-vcpu"),
-];
-const WEIGHERS: [(&str, &str); 2] = [
-    ("ram-weigher", "hyperlet-weigher-ram"),
-    ("capacity-weigher", "hyperlet-weigher-capacity"),
-];
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -113,41 +101,8 @@ impl RecordSource for Simulated {
     }
 }
 
-fn wasm_path(krate: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", krate.replace('-', "_")));
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/build-plugins.sh",
-        path.display()
-    );
-    path
-}
-
 async fn chain(cache: &std::path::Path) -> Arc<PluginRegistry> {
-    let config = |name: &str, krate: &str, kind| PluginConfig {
-        name: name.into(),
-        kind,
-        path: wasm_path(krate),
-        grants: vec!["log".into()],
-        netlink: None,
-        lvm: None,
-        files: None,
-        settings: BTreeMap::new(),
-        multiplier: 1.0,
-        memory_limit_mb: 256,
-        call_timeout_ms: 10_000,
-    };
-    let mut configs: Vec<PluginConfig> = FILTERS
-        .iter()
-        .map(|(n, k)| config(n, k, PluginKind::Filter))
-        .collect();
-    configs.extend(
-        WEIGHERS
-            .iter()
-            .map(|(n, k)| config(n, k, PluginKind::Weigher)),
-    );
+    let configs = hyperlet_tests::plugins::scheduler_configs();
     let registry = PluginRegistry::load(
         PluginEngine::new().expect("engine"),
         cache.to_path_buf(),

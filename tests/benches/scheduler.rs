@@ -5,7 +5,7 @@
 //!
 //! Run: `scripts/build-plugins.sh && cargo bench -p hyperlet-tests --bench scheduler`.
 
-use hyperlet::config::{PluginConfig, PluginKind};
+use hyperlet::config::PluginKind;
 use hyperlet::plugin::{PluginEngine, PluginRegistry};
 use hyperlet::sched::{self, HostState, RequestSpec};
 use hyperlet_plugin_sdk::{Filter, HostBatch, Hosts, Settings, Weigher};
@@ -15,18 +15,7 @@ use std::time::{Duration, Instant};
 const HOSTS: usize = 10_000;
 const ROUNDS: usize = 30;
 
-const FILTERS: [(&str, &str); 6] = [
-    ("compute-status", "hyperlet-filter-compute-status"),
-    ("ram", "hyperlet-filter-ram"),
-    ("disk", "hyperlet-filter-disk"),
-    ("vcpu", "hyperlet-filter-vcpu"),
-    ("availability-zone", "hyperlet-filter-availability-zone"),
-    ("image-properties", "hyperlet-filter-image-properties"),
-];
-const WEIGHERS: [(&str, &str); 2] = [
-    ("ram-weigher", "hyperlet-weigher-ram"),
-    ("capacity-weigher", "hyperlet-weigher-capacity"),
-];
+use hyperlet_tests::plugins::scheduler_configs;
 
 fn hosts() -> Vec<HostState> {
     (0..HOSTS)
@@ -72,42 +61,8 @@ fn spec() -> RequestSpec {
     }
 }
 
-fn wasm_path(krate: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let path = root
-        .join("target/wasm32-wasip2/release")
-        .join(format!("{}.wasm", krate.replace('-', "_")));
-    assert!(
-        path.exists(),
-        "{} missing: run scripts/build-plugins.sh",
-        path.display()
-    );
-    path
-}
-
 fn registry(cache: &std::path::Path) -> PluginRegistry {
-    let config = |name: &str, krate: &str, kind| PluginConfig {
-        name: name.into(),
-        kind,
-        path: wasm_path(krate),
-        grants: vec!["log".into()],
-        netlink: None,
-        lvm: None,
-        files: None,
-        settings: BTreeMap::new(),
-        multiplier: 1.0,
-        memory_limit_mb: 256,
-        call_timeout_ms: 10_000,
-    };
-    let mut configs: Vec<PluginConfig> = FILTERS
-        .iter()
-        .map(|(n, k)| config(n, k, PluginKind::Filter))
-        .collect();
-    configs.extend(
-        WEIGHERS
-            .iter()
-            .map(|(n, k)| config(n, k, PluginKind::Weigher)),
-    );
+    let configs = scheduler_configs();
     let registry = block(PluginRegistry::load(
         PluginEngine::new().unwrap(),
         cache.to_path_buf(),

@@ -75,3 +75,60 @@ pub fn stanza(
         plugin_wasm(krate).display()
     )
 }
+
+/// The first-party scheduler filters the benches chain, as (name, crate).
+pub const SCHEDULER_FILTERS: [(&str, &str); 6] = [
+    ("compute-status", "hyperlet-filter-compute-status"),
+    ("ram", "hyperlet-filter-ram"),
+    ("disk", "hyperlet-filter-disk"),
+    ("vcpu", "hyperlet-filter-vcpu"),
+    ("availability-zone", "hyperlet-filter-availability-zone"),
+    ("image-properties", "hyperlet-filter-image-properties"),
+];
+/// The first-party scheduler weighers the benches chain, as (name, crate).
+pub const SCHEDULER_WEIGHERS: [(&str, &str); 2] = [
+    ("ram-weigher", "hyperlet-weigher-ram"),
+    ("capacity-weigher", "hyperlet-weigher-capacity"),
+];
+
+/// A component under `target/wasm32-wasip2/release` found from this crate's directory (for
+/// benches, which run without the agent binary next to them).
+pub fn release_wasm(krate: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", krate.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/build-plugins.sh",
+        path.display()
+    );
+    path
+}
+
+/// The configs of [`SCHEDULER_FILTERS`] then [`SCHEDULER_WEIGHERS`] (`log` granted, 256 MiB,
+/// 10 s per call).
+pub fn scheduler_configs() -> Vec<hyperlet::config::PluginConfig> {
+    use hyperlet::config::{PluginConfig, PluginKind};
+    let config = |(name, krate): &(&str, &str), kind| PluginConfig {
+        name: (*name).into(),
+        kind,
+        path: release_wasm(krate),
+        grants: vec!["log".into()],
+        netlink: None,
+        lvm: None,
+        files: None,
+        settings: std::collections::BTreeMap::new(),
+        multiplier: 1.0,
+        memory_limit_mb: 256,
+        call_timeout_ms: 10_000,
+    };
+    SCHEDULER_FILTERS
+        .iter()
+        .map(|p| config(p, PluginKind::Filter))
+        .chain(
+            SCHEDULER_WEIGHERS
+                .iter()
+                .map(|p| config(p, PluginKind::Weigher)),
+        )
+        .collect()
+}
