@@ -13,7 +13,7 @@ use super::link::FleetLink;
 use super::record::{self, Liveness, NodeRecord};
 use super::FleetError;
 use crate::config::FleetConfig;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -205,18 +205,23 @@ impl Registration {
             value.clone(),
             Some(PutOptions::new().with_lease(lease)),
         );
+        // Created when absent; otherwise the holder is read in the same transaction.
         let created = etcd
             .txn(
                 Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([put.clone()]),
+                    .and_then([put.clone()])
+                    .or_else([TxnOp::get(key.clone(), None)]),
             )
             .await?;
         if created.succeeded() {
             return Ok(());
         }
-        let Some(existing) = etcd.get(&key).await? else {
-            // Expired between the two calls: try again from the start.
+        let existing = created.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(mut get) => get.take_kvs().into_iter().next(),
+            _ => None,
+        });
+        let Some(existing) = existing else {
             return Err(FleetError::Record(
                 "the liveness key changed; retrying".into(),
             ));

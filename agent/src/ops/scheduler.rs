@@ -26,9 +26,20 @@ const CHAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// # Errors
 /// [`OpError`] when host facts or the store cannot be read.
 pub async fn this_node(services: &Services) -> Result<HostState, OpError> {
+    this_node_with(services, &super::servers::list(services).await?).await
+}
+
+/// [`this_node`] with the servers already read.
+///
+/// # Errors
+/// [`OpError`] when host facts cannot be read.
+pub async fn this_node_with(
+    services: &Services,
+    servers: &[super::servers::Server],
+) -> Result<HostState, OpError> {
     let report = host::describe(services).await?;
     let (mut vcpus, mut ram, mut disk) = (0u64, 0u64, 0u64);
-    for server in super::servers::list(services).await? {
+    for server in servers {
         if server.status != super::servers::ServerStatus::Deleted {
             vcpus += u64::from(server.flavor.vcpus);
             ram += server.flavor.ram_mb;

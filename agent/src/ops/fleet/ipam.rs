@@ -18,7 +18,7 @@ use crate::net::model::{Network, NetworkType, Port};
 use crate::ops::networks::ports::alloc_error;
 use crate::ops::{OpError, Services};
 use crate::state::{IpRequest, NewPort};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -32,6 +32,16 @@ pub struct Claim {
     pub node: String,
     /// The port.
     pub port: String,
+}
+
+/// What [`FleetIpam::claim`] found.
+enum Claimed {
+    /// The claim was created now.
+    Created,
+    /// This port already held it.
+    Already,
+    /// Another port (maybe of another node) holds it.
+    Held(Claim),
 }
 
 /// The claims of one agent.
@@ -78,41 +88,45 @@ impl FleetIpam {
             .collect())
     }
 
-    /// Claims `ip` of `subnet` for `port`: `None` when done (or already this port's), the
-    /// holder when another has it.
-    async fn claim(
-        &self,
-        subnet: &str,
-        ip: Ipv4Addr,
-        port: &str,
-    ) -> Result<Option<Claim>, FleetError> {
+    /// Claims `ip` of `subnet` for `port` in one transaction (create if absent, else read the
+    /// holder in the same transaction).
+    async fn claim(&self, subnet: &str, ip: Ipv4Addr, port: &str) -> Result<Claimed, FleetError> {
         let key = self.keys.ipam(subnet, ip);
         let mine = Claim {
             node: self.node.clone(),
             port: port.to_string(),
         };
         let value = serde_json::to_vec(&mine).map_err(|e| FleetError::Record(e.to_string()))?;
-        let etcd = self.etcd().await?;
-        let resp = etcd
+        let resp = self
+            .etcd()
+            .await?
             .txn(
                 Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                     .and_then([TxnOp::put(key.clone(), value, None)])
-                    .or_else([TxnOp::get(key.clone(), None)]),
+                    .or_else([TxnOp::get(key, None)]),
             )
             .await?;
         if resp.succeeded() {
-            return Ok(None);
+            return Ok(Claimed::Created);
         }
-        let holder = match etcd.get(&key).await? {
-            Some(kv) => record::parse::<Claim>(kv.value()).map_err(FleetError::Record)?,
+        let holder = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        let holder: Claim = match holder {
+            Some(bytes) => record::parse(&bytes).map_err(FleetError::Record)?,
             None => {
                 return Err(FleetError::Record(format!(
                     "the claim on {ip} changed; retry"
                 )))
             }
         };
-        Ok((holder != mine).then_some(holder))
+        Ok(if holder == mine {
+            Claimed::Already
+        } else {
+            Claimed::Held(holder)
+        })
     }
 
     /// Releases `ip` of `subnet` if `port` of this node holds it.
@@ -170,15 +184,13 @@ pub async fn reconcile(services: &Services) -> Result<Reconciled, OpError> {
             continue;
         }
         for fixed in &port.fixed_ips {
-            let key = ipam.keys.ipam(&fixed.subnet_id, fixed.ip_address);
-            let had = ipam.etcd().await?.get(&key).await?.is_some();
             match ipam
                 .claim(&fixed.subnet_id, fixed.ip_address, &port.id)
                 .await?
             {
-                None if !had => done.claimed += 1,
-                None => {}
-                Some(holder) => {
+                Claimed::Created => done.claimed += 1,
+                Claimed::Already => {}
+                Claimed::Held(holder) => {
                     done.conflicts += 1;
                     tracing::error!(
                         port = %port.id, ip = %fixed.ip_address, holder_node = %holder.node,
@@ -285,8 +297,8 @@ pub async fn create_port(
                 .claim(&fixed.subnet_id, fixed.ip_address, &port.id)
                 .await
             {
-                Ok(None) => done.push(fixed.clone()),
-                Ok(Some(holder)) => {
+                Ok(Claimed::Created | Claimed::Already) => done.push(fixed.clone()),
+                Ok(Claimed::Held(holder)) => {
                     lost = Some((fixed.clone(), holder));
                     break;
                 }

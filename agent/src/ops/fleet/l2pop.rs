@@ -155,6 +155,10 @@ impl L2Pop {
         stop: &CancellationToken,
     ) -> Result<(), FleetError> {
         let keys = self.keys();
+        // One netlink connection for the session's programming.
+        let netlink = Netlink::host()
+            .await
+            .map_err(|e| FleetError::Record(format!("no netlink connection: {e}")))?;
         if state.revision == 0 {
             let (kvs, revision) = etcd.get_prefix(&keys.networks()).await?;
             state.remote.clear();
@@ -166,7 +170,7 @@ impl L2Pop {
         // etcd may have lost what was published (restarted empty): put it all again.
         state.published.clear();
         self.publish(etcd, state).await?;
-        self.program(state).await;
+        self.program(state, &netlink).await;
         let (_watcher, mut events) = tokio::time::timeout(
             etcd.deadline(),
             etcd.client().watch_client().watch(
@@ -211,16 +215,16 @@ impl L2Pop {
                         self.apply(&keys, state, kv.key(), value);
                         state.revision = state.revision.max(kv.mod_revision());
                     }
-                    self.program(state).await;
+                    self.program(state, &netlink).await;
                 }
                 _ = recheck.tick() => {
                     self.publish(etcd, state).await?;
-                    self.program(state).await;
+                    self.program(state, &netlink).await;
                 }
                 () = self.changed.notified() => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     self.publish(etcd, state).await?;
-                    self.program(state).await;
+                    self.program(state, &netlink).await;
                 }
             }
         }
@@ -340,16 +344,9 @@ impl L2Pop {
     }
 
     /// Makes every local VXLAN link's remote entries what the peers ask for.
-    async fn program(&self, state: &State) {
+    async fn program(&self, state: &State, netlink: &Netlink) {
         let Ok(networks) = self.services.store().list_networks().await else {
             return;
-        };
-        let netlink = match Netlink::host().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, "l2population: no netlink");
-                return;
-            }
         };
         for network in networks
             .iter()

@@ -131,10 +131,11 @@ pub async fn identity(
 pub async fn node_record(services: &Services, identity: &Identity) -> Result<NodeRecord, String> {
     let err = |e: crate::ops::OpError| crate::api::error::chain(&e);
     let status = host::service_status(services).await.map_err(err)?;
-    let capacity = scheduler::this_node(services).await.map_err(err)?;
-    let servers = servers::list(services)
+    let all = servers::list(services).await.map_err(err)?;
+    let capacity = scheduler::this_node_with(services, &all)
         .await
-        .map_err(err)?
+        .map_err(err)?;
+    let servers = all
         .iter()
         .filter(|s| s.status != servers::ServerStatus::Deleted)
         .count();
