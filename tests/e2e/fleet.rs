@@ -356,18 +356,27 @@ fn watch_reports_comings_and_goings_and_forget_removes_only_down_nodes() {
     );
 }
 
+/// The three-node acceptance on sandboxed nodes (each its own namespaces, libvirtd and
+/// agent): all register over the fabric; a killed agent's node goes down within TTL + 2 s while
+/// its guest keeps running, and comes back up with the same identity; a 30 s etcd outage leaves
+/// every node serving, and all register again after it.
 #[test]
-fn three_sandboxed_nodes_register_over_the_fabric() {
-    let fabric = hyperlet_tests::fleet::Fabric::new();
-    let members: Vec<_> = (1..=3)
+fn three_sandboxed_nodes_survive_a_killed_agent_and_an_etcd_outage() {
+    let _vm = hyperlet_tests::vm_shared();
+    let mut fabric = hyperlet_tests::fleet::Fabric::new();
+    let mut members: Vec<_> = (1..=3)
         .map(|i| fabric.node(&format!("fab-{i}"), i, ""))
         .collect();
+    let all_up = |fabric: &hyperlet_tests::fleet::Fabric| {
+        let listed = nodes(&fabric.etcd);
+        (1..=3).all(|i| {
+            listed
+                .iter()
+                .any(|n| n["name"] == format!("fab-{i}") && n["state"] == "up")
+        })
+    };
     assert!(
-        wait_for(Duration::from_secs(15), || members.iter().all(|n| state(
-            &fabric.etcd,
-            &n.name
-        )
-            == "up")),
+        wait_for(Duration::from_secs(15), || all_up(&fabric)),
         "all up: {:?}\n{}",
         nodes(&fabric.etcd),
         members[0].agent.log()
@@ -383,4 +392,200 @@ fn three_sandboxed_nodes_register_over_the_fabric() {
         let host = member.agent.get_json("/v1/host");
         assert_eq!(host["fleet"]["state"], "up");
     }
+
+    // A guest on node 1.
+    let first = &members[0];
+    let image = crate::servers::import_guest(&first.agent, "");
+    let resp = first.agent.send(
+        reqwest::Method::POST,
+        "/v1/servers",
+        Some(&serde_json::json!({
+            "name": "survivor", "image_id": image,
+            "flavor": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1}, "networks": []
+        })),
+    );
+    assert!(
+        resp.status().is_success(),
+        "{}",
+        resp.text().unwrap_or_default()
+    );
+    let id = resp.json::<Value>().expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let server = first
+        .agent
+        .wait_server(&id, "ACTIVE", Duration::from_secs(240));
+    let domain = server["domain_name"].as_str().expect("domain").to_string();
+    let (_, domid) = first.libvirt.virsh(&["domid", &domain]);
+    let identity = node(&fabric.etcd, "fab-1").expect("listed")["node_id"].clone();
+
+    // kill -9 of node 1's agent: down within TTL + 2 s, the guest untouched.
+    members[0].agent.kill9();
+    let killed = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(TTL + 2), || state(
+            &fabric.etcd,
+            "fab-1"
+        ) == "down"),
+        "fab-1 down within TTL + 2 s: {:?}",
+        node(&fabric.etcd, "fab-1")
+    );
+    eprintln!(
+        "fab-1 down {:.1} s after kill -9",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(state(&fabric.etcd, "fab-2"), "up");
+    let (ok, domstate) = members[0].libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && domstate.contains("running"), "{domstate}");
+    members[0].agent.restart();
+    assert!(
+        wait_for(Duration::from_secs(15), || state(&fabric.etcd, "fab-1")
+            == "up"),
+        "fab-1 up again: {:?}\n{}",
+        node(&fabric.etcd, "fab-1"),
+        members[0].agent.log()
+    );
+    assert_eq!(
+        node(&fabric.etcd, "fab-1").expect("listed")["node_id"],
+        identity,
+        "the same identity after a restart"
+    );
+    let server = members[0]
+        .agent
+        .wait_server(&id, "ACTIVE", Duration::from_secs(30));
+    assert_eq!(server["domain_name"], domain.as_str());
+    let (_, domid_after) = members[0].libvirt.virsh(&["domid", &domain]);
+    assert_eq!(domid, domid_after, "the guest was not restarted");
+
+    // etcd away for 30 s: every node keeps serving and says its link is degraded.
+    fabric.etcd.stop();
+    let stopped = Instant::now();
+    for member in &members {
+        assert!(
+            wait_for(Duration::from_secs(20), || link(&member.agent) != "up"),
+            "{} degraded: {}",
+            member.name,
+            link(&member.agent)
+        );
+    }
+    while stopped.elapsed() < Duration::from_secs(30) {
+        for member in &members {
+            let resp = member.agent.get("/v1/servers");
+            assert!(resp.status().is_success(), "{} serves", member.name);
+            let host = member.agent.get_json("/v1/host");
+            assert_ne!(host["fleet"]["state"], "up", "{host}");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        members[0].agent.get_json(&format!("/v1/servers/{id}"))["status"],
+        "ACTIVE"
+    );
+    fabric.etcd.start_again();
+    assert!(
+        wait_for(Duration::from_secs(30), || all_up(&fabric)
+            && members.iter().all(|m| link(&m.agent) == "up")),
+        "all registered again: {:?}",
+        nodes(&fabric.etcd)
+    );
+    assert_eq!(
+        node(&fabric.etcd, "fab-1").expect("listed")["node_id"],
+        identity
+    );
+    let resp = members[0]
+        .agent
+        .send(reqwest::Method::DELETE, &format!("/v1/servers/{id}"), None);
+    assert!(resp.status().is_success());
+    members[0]
+        .agent
+        .wait_server_gone(&id, Duration::from_secs(60));
+}
+
+/// Placement reads the compact placement entries: a hostile writer's huge values (a page of
+/// them beyond one message) and garbage are read past and skipped, the honest nodes still rank.
+#[test]
+fn placement_reads_past_huge_and_garbage_entries() {
+    use hyperlet::fleet::record::{HostEntry, NodeRecord};
+    let etcd = Etcd::start();
+    let config = hyperlet::config::FleetConfig {
+        endpoints: vec![etcd.endpoint()],
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = hyperlet::fleet::etcd::Etcd::connect(&config)
+            .await
+            .expect("connect");
+        let keys = hyperlet::fleet::keys::Keys::new(&config.prefix);
+        // Twelve values of 1.4 MB: one page of them is beyond the 16 MiB message limit.
+        for i in 0..12 {
+            let huge = vec![b'x'; 1_400_000];
+            client
+                .put(&keys.host(&format!("huge-{i:02}")), huge, 0)
+                .await
+                .expect("put");
+        }
+        client
+            .put(&keys.host("garbage"), b"{not json".to_vec(), 0)
+            .await
+            .expect("put");
+        let honest: NodeRecord = serde_json::from_value(serde_json::json!({
+            "name": "honest", "node_id": "id-1", "region": "", "availability_zone": "nova",
+            "api_url": "http://127.0.0.1:1", "tunnel_ip": "", "version": "", "enabled": true,
+            "disabled_reason": null,
+            "capabilities": {"domain_type": "qemu", "network_types": [], "network_backends": [], "volume_backends": []},
+            "capacity": {"name": "honest", "vcpus_total": 8, "ram_total_mb": 16384, "disk_total_gb": 100},
+            "servers": 0, "started_at": "", "updated_at": ""
+        }))
+        .expect("record");
+        for name in ["honest", "lost"] {
+            let entry = HostEntry::of(&NodeRecord {
+                name: name.into(),
+                ..honest.clone()
+            });
+            client
+                .put(&keys.host(name), serde_json::to_vec(&entry).unwrap(), 0)
+                .await
+                .expect("put");
+        }
+        // `honest` and `garbage` are up; `lost` is down; `fresh` is up without an entry.
+        for name in ["honest", "garbage", "fresh"] {
+            client
+                .put(&keys.alive(name), b"{}".to_vec(), 0)
+                .await
+                .expect("put");
+        }
+        let fleet = hyperlet::fleet::view::Fleet::connect(&config)
+            .await
+            .expect("fleet");
+        let nodes = fleet.placement().await.expect("placement");
+        let names: Vec<(&str, bool, bool)> = nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.as_str(),
+                    n.state == hyperlet::fleet::view::NodeState::Up,
+                    n.host.is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("fresh", true, false),
+                ("garbage", true, false),
+                ("honest", true, true),
+                ("lost", false, true)
+            ]
+        );
+        let host = nodes[2].host.as_ref().expect("figures");
+        assert_eq!((host.vcpus_total, host.ram_total_mb), (8, 16384));
+        let ranked = hyperlet::fleet::place::hosts(&nodes);
+        assert_eq!(ranked.len(), 1, "only the up node with figures is ranked");
+        assert_eq!(ranked[0].name, "honest");
+    });
 }

@@ -6,7 +6,7 @@
 use super::table::{key_values, rows};
 use super::{ApiClient, ClientArgs, ClientError};
 use crate::config::{Config, FleetConfig, PluginKind};
-use crate::fleet::place;
+use crate::fleet::place::{self, Placeable};
 use crate::fleet::view::{Fleet, Node, NodeState};
 use crate::fleet::FleetError;
 use crate::plugin::{PluginEngine, PluginRegistry};
@@ -386,8 +386,8 @@ async fn rank(
     fleet: &FleetArgs,
     chain: &ChainArgs,
     flavor: &FlavorArgs,
-) -> Result<(Vec<Node>, Evaluation), FleetCliError> {
-    let nodes = fleet.connect().await?.nodes(false).await?;
+) -> Result<(Vec<Placeable>, Evaluation), FleetCliError> {
+    let nodes = fleet.connect().await?.placement().await?;
     let spec = flavor.spec();
     if let Some(via) = &chain.via {
         let body = serde_json::json!({ "spec": spec, "hosts": place::hosts(&nodes) });

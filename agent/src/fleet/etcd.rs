@@ -16,6 +16,38 @@ pub const PAGE: i64 = 500;
 /// Largest gRPC message accepted from etcd.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// How [`Etcd::read_prefix`] pages through a prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct Pages {
+    /// Keys per page (the first try; halved when a page is too large for one message).
+    pub size: i64,
+    /// Keys (and their leases and revisions) without values.
+    pub keys_only: bool,
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Self {
+            size: PAGE,
+            keys_only: false,
+        }
+    }
+}
+
+/// Whether a call failed because its answer exceeded the message limit.
+fn too_large(error: &FleetError) -> bool {
+    match error {
+        FleetError::Etcd {
+            source: etcd_client::Error::GRpcStatus(status),
+            ..
+        } => matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        _ => false,
+    }
+}
+
 /// A connected etcd client with a deadline on every unary call.
 #[derive(Clone)]
 pub struct Etcd {
@@ -172,6 +204,21 @@ impl Etcd {
         prefix: &str,
         at: i64,
     ) -> Result<(Vec<KeyValue>, i64), FleetError> {
+        self.read_prefix(prefix, at, Pages::default()).await
+    }
+
+    /// Every key under `prefix` at revision `at` (0: the current one), page by page as `pages`
+    /// says. A page too large for one message (someone wrote huge values) is read again in
+    /// halves, down to one key per page, so no value etcd accepts makes a prefix unreadable.
+    ///
+    /// # Errors
+    /// [`FleetError`] when etcd fails, does not answer in time, or compacted `at` away.
+    pub async fn read_prefix(
+        &self,
+        prefix: &str,
+        at: i64,
+        pages: Pages,
+    ) -> Result<(Vec<KeyValue>, i64), FleetError> {
         let mut kv = self
             .client
             .kv_client()
@@ -179,15 +226,24 @@ impl Etcd {
         let end = prefix_end(prefix.as_bytes());
         let mut start = prefix.as_bytes().to_vec();
         let mut revision = at;
+        let mut limit = pages.size.max(1);
         let mut out = Vec::new();
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 options = options.with_revision(revision);
             }
-            let mut resp = self
-                .call("get", kv.get(start.clone(), Some(options)))
-                .await?;
+            if pages.keys_only {
+                options = options.with_keys_only();
+            }
+            let mut resp = match self.call("get", kv.get(start.clone(), Some(options))).await {
+                Ok(resp) => resp,
+                Err(e) if limit > 1 && too_large(&e) => {
+                    limit = (limit / 2).max(1);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }

@@ -3,6 +3,8 @@
 //! ```text
 //! <prefix>/nodes/<name>   the node record (JSON, no lease): capabilities, capacity, status
 //! <prefix>/alive/<name>   the liveness key (small JSON) under the node's lease
+//! <prefix>/hosts/<name>   the scheduler's figures of the node (compact JSON, no lease),
+//!                         written with the record: what fleet placement reads
 //! <prefix>/networks/<network id>/nodes/<name>   a node's ports on a VXLAN network
 //! <prefix>/ipam/<subnet id>/<address>          which node and port hold an address
 //! ```
@@ -42,6 +44,16 @@ impl Keys {
     /// `<prefix>/nodes/<name>` — one node record.
     pub fn node(&self, name: &str) -> String {
         format!("{}{name}", self.nodes())
+    }
+
+    /// `<prefix>/hosts/` — every node's placement entry.
+    pub fn hosts(&self) -> String {
+        format!("{}/hosts/", self.prefix)
+    }
+
+    /// `<prefix>/hosts/<name>` — one node's placement entry.
+    pub fn host(&self, name: &str) -> String {
+        format!("{}{name}", self.hosts())
     }
 
     /// `<prefix>/alive/` — every liveness key.

@@ -260,7 +260,7 @@ impl Registration {
         Ok(())
     }
 
-    /// Writes the record when it changed, when the last write is older than
+    /// Writes the record (and its placement entry) when it changed, when the last write is older than
     /// [`RECORD_REFRESH`], or always with `force` (after a (re)registration).
     async fn write_record(
         &self,
@@ -287,7 +287,14 @@ impl Registration {
                 record::MAX_VALUE_BYTES
             )));
         }
-        etcd.put(&self.keys.node(&self.name), value, 0).await?;
+        let entry = serde_json::to_vec(&record::HostEntry::of(&record))
+            .map_err(|e| FleetError::Record(e.to_string()))?;
+        // Record and placement entry together: placement never sees one without the other.
+        etcd.txn(Txn::new().and_then(vec![
+            TxnOp::put(self.keys.node(&self.name), value, None),
+            TxnOp::put(self.keys.host(&self.name), entry, None),
+        ]))
+        .await?;
         self.link.record_written();
         held.written = Some((record, Instant::now()));
         Ok(())

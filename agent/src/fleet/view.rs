@@ -2,9 +2,10 @@
 //! up, what they hold, and their comings and goings. `hyperlet fleet …` is built on it, and a
 //! controller can use it as a library.
 
-use super::etcd::Etcd;
+use super::etcd::{Etcd, Pages};
 use super::keys::Keys;
-use super::record::{self, Liveness, NodeRecord};
+use super::place::Placeable;
+use super::record::{self, HostEntry, Liveness, NodeRecord};
 use super::FleetError;
 use crate::config::FleetConfig;
 use etcd_client::{EventType, WatchOptions};
@@ -14,6 +15,10 @@ use std::collections::BTreeMap;
 
 /// Lease lookups run at once by [`Fleet::nodes`] for heartbeat ages.
 const AGE_LOOKUPS: usize = 64;
+/// Placement entries per page (about 200 bytes each; larger ones make etcd halve the page).
+const ENTRY_PAGE: i64 = 2_000;
+/// Liveness key names per page.
+const NAME_PAGE: i64 = 5_000;
 
 /// One node as a controller sees it (`hyperlet fleet nodes --json`).
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +179,72 @@ impl Fleet {
         Ok((by_name, live, revision))
     }
 
+    /// Every node as fleet placement sees it, sorted by name: the placement entries and the
+    /// names of the live nodes (liveness keys without their values), read at one revision in
+    /// large pages, at once. A node with a liveness key but no entry is up without figures
+    /// (refused by placement); an unreadable entry is skipped with a warning.
+    ///
+    /// # Errors
+    /// [`FleetError`] when etcd fails or does not answer in time.
+    pub async fn placement(&self) -> Result<Vec<Placeable>, FleetError> {
+        let (hosts_dir, alive_dir) = (self.keys.hosts(), self.keys.alive_all());
+        let at = self.etcd.revision().await?;
+        let (entries, alive) = tokio::join!(
+            self.etcd.read_prefix(
+                &hosts_dir,
+                at,
+                Pages {
+                    size: ENTRY_PAGE,
+                    keys_only: false
+                }
+            ),
+            self.etcd.read_prefix(
+                &alive_dir,
+                at,
+                Pages {
+                    size: NAME_PAGE,
+                    keys_only: true
+                }
+            )
+        );
+        let ((entries, _), (alive, _)) = (entries?, alive?);
+        let live: std::collections::HashSet<&str> = alive
+            .iter()
+            .filter_map(|kv| self.keys.name_in(&alive_dir, kv.key()))
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for kv in &entries {
+            let Some(name) = self.keys.name_in(&hosts_dir, kv.key()) else {
+                continue;
+            };
+            let entry = match record::parse::<HostEntry>(kv.value()) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::warn!(node = name, error = %e, "unreadable placement entry; skipped");
+                    continue;
+                }
+            };
+            nodes.insert(
+                name,
+                Placeable {
+                    name: name.to_string(),
+                    state: state_of(live.contains(name)),
+                    host: Some(entry.host_state(name)),
+                    api_url: entry.api_url,
+                },
+            );
+        }
+        for name in live {
+            nodes.entry(name).or_insert_with(|| Placeable {
+                name: name.to_string(),
+                state: NodeState::Up,
+                api_url: String::new(),
+                host: None,
+            });
+        }
+        Ok(nodes.into_values().collect())
+    }
+
     /// Every node, up or down, sorted by name. With `ages`, up nodes' heartbeat ages are read
     /// from their leases (one lookup per up node, [`AGE_LOOKUPS`] at once).
     ///
@@ -196,11 +267,7 @@ impl Fleet {
                     .map(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0) as u64);
                 Node {
                     name: name.clone(),
-                    state: if liveness.is_some() {
-                        NodeState::Up
-                    } else {
-                        NodeState::Down
-                    },
+                    state: state_of(liveness.is_some()),
                     enabled: r.is_none_or(|r| r.enabled),
                     disabled_reason: r.and_then(|r| r.disabled_reason.clone()),
                     region: r.map(|r| r.region.clone()).unwrap_or_default(),
@@ -264,6 +331,7 @@ impl Fleet {
         }
         let mut deleted = self.etcd.delete(&self.keys.node(name)).await?
             + self.etcd.delete(&self.keys.alive(name)).await?;
+        self.etcd.delete(&self.keys.host(name)).await?;
         // Its ports on networks spanning nodes: peers drop their forwarding entries.
         let (presences, _) = self.etcd.get_prefix(&self.keys.networks()).await?;
         for kv in &presences {
@@ -414,6 +482,15 @@ impl Fleet {
                 }
             }
         }
+    }
+}
+
+/// `Up` or `Down`.
+fn state_of(live: bool) -> NodeState {
+    if live {
+        NodeState::Up
+    } else {
+        NodeState::Down
     }
 }
 
