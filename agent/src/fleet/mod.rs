@@ -5,6 +5,7 @@
 //! stays listed as down). Without the section the node is standalone and none of this runs.
 //!
 //! - [`keys`]: the key layout under the prefix.
+//! - [`backoff`]: the retry pacing of the long-running loops.
 //! - [`record`]: the node record and the liveness value.
 //! - [`etcd`]: connecting (TLS, user), deadlines on every call.
 //! - [`link`]: the state of this node's link to etcd, for `/v1/host`, `/healthz`, `/metrics`.
@@ -12,6 +13,7 @@
 //! - [`view`]: the controller side — nodes, stats, watch, forget.
 //! - [`place`]: fleet-wide placement with the nodes' scheduler plugins.
 
+pub mod backoff;
 pub mod etcd;
 pub mod keys;
 pub mod link;

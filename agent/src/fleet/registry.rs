@@ -7,6 +7,7 @@
 //! the same lease when etcd still has it, grants a new one otherwise, and puts its keys again.
 //! Stopping revokes the lease so the node shows down at once.
 
+use super::backoff::Backoff;
 use super::etcd::Etcd;
 use super::keys::Keys;
 use super::link::FleetLink;
@@ -27,8 +28,6 @@ pub const RECORD_CHECK: Duration = Duration::from_secs(5);
 pub const RECORD_REFRESH: Duration = Duration::from_secs(60);
 /// Changes announced through [`Registration::changed`] within this window are written once.
 pub const RECORD_DEBOUNCE: Duration = Duration::from_millis(500);
-/// Longest wait between two registration attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Boxed future returned by a [`RecordSource`].
 pub type RecordFuture<'a> = Pin<Box<dyn Future<Output = Result<NodeRecord, String>> + Send + 'a>>;
@@ -79,7 +78,7 @@ impl Registration {
     /// Registers and keeps the registration until `stop`, then revokes the lease.
     pub async fn run(self, stop: CancellationToken) {
         let mut held = Held::default();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::default();
         loop {
             let result = match &self.connection {
                 Connection::Config(config) => tokio::select! {
@@ -104,14 +103,11 @@ impl Registration {
                     }
                 }
             }
-            let jitter = Duration::from_millis(rand::random::<u64>() % 250);
-            tokio::select! {
-                () = tokio::time::sleep(backoff + jitter) => {}
-                () = stop.cancelled() => return,
+            if !backoff.wait(&stop).await {
+                return;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
             if self.link.state() == super::link::LinkState::Up {
-                backoff = Duration::from_millis(250);
+                backoff.reset();
             }
         }
     }

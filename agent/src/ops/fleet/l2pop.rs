@@ -13,6 +13,7 @@
 
 use super::Identity;
 use crate::config::FleetConfig;
+use crate::fleet::backoff::Backoff;
 use crate::fleet::etcd::Etcd;
 use crate::fleet::keys::Keys;
 use crate::fleet::record;
@@ -121,8 +122,9 @@ impl L2Pop {
     /// Runs until `stop`, reconnecting with backoff.
     pub async fn run(self, stop: CancellationToken) {
         let mut state = State::default();
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = Backoff::default();
         loop {
+            let began = std::time::Instant::now();
             let result = tokio::select! {
                 connected = Etcd::connect(&self.fleet) => match connected {
                     Ok(etcd) => self.session(&etcd, &mut state, &stop).await,
@@ -136,11 +138,13 @@ impl L2Pop {
                     tracing::warn!(error = %crate::api::error::chain(&e), "l2population: etcd link lost; retrying")
                 }
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = stop.cancelled() => return,
+            // A session that held longer than the longest wait worked: start over quickly.
+            if began.elapsed() > crate::fleet::backoff::MAX {
+                backoff.reset();
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if !backoff.wait(&stop).await {
+                return;
+            }
         }
     }
 
