@@ -18,6 +18,7 @@ mod images;
 mod journal_crash;
 mod lifecycle;
 mod limits;
+mod migration;
 mod mutations;
 mod network_plugins;
 mod networks;

@@ -8,7 +8,10 @@
 //! ([`PrivateLibvirt::uri`]); QEMU processes they start run inside the namespaces, invisible to
 //! the host's libvirtd. Private `/etc/libvirt` (a copy of the host's without domain
 //! definitions) keeps persistent domains out of the host's configuration; private `/run`
-//! keeps the pid files of the host's daemons from blocking this pair.
+//! keeps the pid files of the host's daemons from blocking this pair. Each libvirtd has its
+//! own host UUID and listens on TCP port 16509 in its namespace (no auth: only the namespace
+//! and a test's fabric reach it), so nodes of a fabric can migrate to each other
+//! ([`PrivateLibvirt::tcp_uri`]).
 //!
 //! Dropping it destroys and undefines its domains, stops its daemons by PID (resuming them
 //! first if a test stopped them), kills any process left in its network namespace, deletes the
@@ -104,6 +107,17 @@ impl PrivateLibvirt {
         // Seeds: the host's libvirt configuration and state, without its domains.
         copy_tree(Path::new("/etc/libvirt/."), &dir.path().join("etc"));
         copy_tree(Path::new("/var/lib/libvirt/."), &dir.path().join("lib"));
+        // Every node its own host UUID (libvirt refuses to migrate between hosts with the same
+        // one) and a TCP listener for migrations over the fabric: plain TCP without auth, as
+        // only this namespace and the test's fabric can reach it (TLS in production).
+        let mut conf =
+            std::fs::read_to_string(dir.path().join("etc/libvirtd.conf")).unwrap_or_default();
+        conf.push_str(&format!(
+            "\n# hyperlet test node\nlisten_tls = 0\nlisten_tcp = 1\nauth_tcp = \"none\"\n\
+             host_uuid = \"{}\"\n",
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::write(dir.path().join("etc/libvirtd.conf"), conf).expect("libvirtd.conf");
         let qemu_etc = dir.path().join("etc/qemu");
         if let Ok(entries) = std::fs::read_dir(&qemu_etc) {
             for entry in entries.flatten() {
@@ -132,7 +146,7 @@ impl PrivateLibvirt {
         }
         script.push_str(
             "mkdir -p /run/libvirt /run/netns /run/lock\nip link set lo up\n\
-             virtlogd -d\nlibvirtd -d\n",
+             virtlogd -d\nlibvirtd -d --listen\n",
         );
         let (ok, out) = run(Command::new("ip").args([
             "netns",
@@ -165,6 +179,11 @@ impl PrivateLibvirt {
             std::thread::sleep(Duration::from_millis(100));
         }
         node
+    }
+
+    /// The URI another node uses to reach this libvirtd at `address` (its fabric address).
+    pub fn tcp_uri(address: &str) -> String {
+        format!("qemu+tcp://{address}/system")
     }
 
     fn wait_pid(&self, daemon: &str) -> Pid {
