@@ -25,8 +25,18 @@ pub enum AuthError {
         source: std::io::Error,
     },
     /// The token file holds no usable token.
-    #[error("Token file {0} is empty or shorter than 16 characters")]
+    #[error(
+        "Token file {0} is empty or shorter than required (16 characters; 32 for the peer token)"
+    )]
     Empty(PathBuf),
+    /// A secret file others can read or write.
+    #[error("Token file {path} has mode {mode:o}; make it readable by its owner only (chmod 600)")]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// Where the admin token came from.
@@ -101,6 +111,31 @@ pub fn read_token(path: &Path) -> Result<AdminToken, AuthError> {
         return Err(AuthError::Empty(path.to_path_buf()));
     }
     Ok(AdminToken(token))
+}
+
+/// Reads a shared secret token (the fleet's peer token): the first line, at least `min_len`
+/// characters, from a file no one but its owner can read or write.
+///
+/// # Errors
+/// [`AuthError::Io`] when the file cannot be read, [`AuthError::Empty`] when the token is
+/// too short, [`AuthError::Exposed`] when group or others have access to the file.
+pub fn read_secret_token(path: &Path, min_len: usize) -> Result<AdminToken, AuthError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| AuthError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(AuthError::Exposed {
+            path: path.to_path_buf(),
+            mode: meta.mode() & 0o777,
+        });
+    }
+    let token = read_token(path)?;
+    if token.0.len() < min_len {
+        return Err(AuthError::Empty(path.to_path_buf()));
+    }
+    Ok(token)
 }
 
 fn generate_token() -> String {

@@ -20,6 +20,9 @@
 //!
 //! Every file is checked by [`Config::validate`] before the agent touches anything.
 
+mod migration;
+pub use migration::MigrationConfig;
+
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -109,6 +112,8 @@ pub struct Config {
     pub plugin_runtime: PluginRuntimeConfig,
     /// Membership of a fleet through etcd; absent = a standalone node.
     pub fleet: Option<FleetConfig>,
+    /// Moving servers between the fleet's nodes.
+    pub migration: MigrationConfig,
 }
 
 /// What a plugin is.
@@ -980,6 +985,7 @@ impl Default for Config {
             plugin_runtime: PluginRuntimeConfig::default(),
             metadata: MetadataConfig::default(),
             fleet: None,
+            migration: MigrationConfig::default(),
         }
     }
 }
@@ -1117,6 +1123,13 @@ impl Config {
         }
         if let Some(fleet) = &self.fleet {
             fleet.validate()?;
+        }
+        self.migration.validate()?;
+        if self.migration.peer_token_file.is_some() && self.fleet.is_none() {
+            return invalid(
+                "migration.peer_token_file",
+                "peers are the nodes of a fleet: add a [fleet] section",
+            );
         }
         if self.events.backlog == 0 {
             return invalid("events.backlog", "must be at least 1");

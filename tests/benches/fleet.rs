@@ -58,6 +58,7 @@ impl Simulated {
                     i % 256
                 ),
                 tunnel_ip: format!("10.{}.{}.{}", i / 65_536, (i / 256) % 256, i % 256),
+                libvirt_uri: None,
                 version: "0.1.0".into(),
                 enabled: !i.is_multiple_of(50),
                 disabled_reason: None,

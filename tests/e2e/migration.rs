@@ -38,3 +38,196 @@ fn fabric_libvirtds_migrate_a_running_domain() {
     let (_, list) = a.libvirt.virsh(&["list", "--name"]);
     assert!(!list.contains(&domain), "{list}");
 }
+
+fn sh(node: &hyperlet_tests::fleet::FleetNode, domain: &str, script: &str) -> String {
+    // The guest agent connects a moment after the guest says it booted (or arrived).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) =
+            node.libvirt
+                .virsh(&["qemu-agent-command", domain, r#"{"execute":"guest-ping"}"#]);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest agent of {domain} does not answer: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (code, out, err) = hyperlet_tests::guest::guest_sh_with(
+        |args| node.libvirt.virsh(args),
+        domain,
+        script,
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 0, "{script}: {out}{err}");
+    out
+}
+
+fn migrate(
+    agent: &hyperlet_tests::Agent,
+    id: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = agent.send(
+        reqwest::Method::POST,
+        &format!("/v1/servers/{id}/action"),
+        Some(&json!({ "live_migrate": body })),
+    );
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or_default())
+}
+
+/// Waits until the server is gone from `from` (301 to its new node) and returns the answer.
+fn wait_moved(from: &hyperlet_tests::Agent, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let resp = from
+            .client()
+            .get(format!("{}/v1/servers/{id}", from.url()))
+            .bearer_auth(from.token())
+            .send()
+            .expect("GET");
+        if resp.status().as_u16() == 301 {
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let mut body: serde_json::Value = resp.json().expect("JSON");
+            body["location"] = json!(location);
+            return body;
+        }
+        let server: serde_json::Value = resp.json().unwrap_or_default();
+        assert!(
+            server["task_state"] == "migrating" || server["fault"].is_null(),
+            "the migration failed: {server}\n{}",
+            from.log()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not moved within 300 s: {server}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Live migration with block copy (issue #14): a booted guest with a root overlay and an
+/// ephemeral disk moves from A to B, whose image cache lacks its images at first; its disks'
+/// contents and its uptime survive; A keeps a tombstone (301 to B); placement then takes it
+/// back to A. Wrong targets are refused with the reason; peer routes take only the peer token.
+#[test]
+fn live_migration_moves_a_server_with_local_disks_and_back() {
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let a = fabric.node("mig-a", 1, "");
+    let b = fabric.node("mig-b", 2, "");
+    let image = import_guest(&a.agent, "");
+    let id = create(
+        &a.agent,
+        "mover",
+        &image,
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1, "ephemeral_gb": 1}),
+    );
+    let server = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(240));
+    a.agent
+        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
+    let domain = server["domain_name"].as_str().expect("domain").to_string();
+    // Marks on both disks, past anything the base image holds.
+    sh(
+        &a,
+        &domain,
+        "echo ROOT-MARK | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; \
+         echo EPHEMERAL-MARK | dd of=/dev/vdb bs=512 seek=4096 conv=fsync 2>/dev/null",
+    );
+    let uptime = |node, domain: &str| -> f64 {
+        sh(node, domain, "cut -d' ' -f1 /proc/uptime")
+            .trim()
+            .parse()
+            .expect("uptime")
+    };
+    let before = uptime(&a, &domain);
+
+    // Refusals name the reason and change nothing.
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "mig-a"}));
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "no-such-node"}));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("no node named"), "{body}");
+    let (status, body) = migrate(
+        &a.agent,
+        &id,
+        json!({"host": "mig-b", "block_migration": false}),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = migrate(&a.agent, &id, json!({"host": "-bad"}));
+    assert_eq!(status, 400);
+    // Peer routes: the admin token opens nothing there; the peer token does.
+    let peer = format!("{}/v1/peer/migrations/{id}/abort", b.agent.url());
+    let resp = b
+        .agent
+        .client()
+        .post(&peer)
+        .bearer_auth(b.agent.token())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = b
+        .agent
+        .client()
+        .post(&peer)
+        .bearer_auth(fabric.peer_token())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        b.agent
+            .get(&format!("/v1/images/{image}"))
+            .status()
+            .as_u16(),
+        404,
+        "B starts without the image"
+    );
+
+    // A → B.
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "mig-b"}));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["task_state"], "migrating", "{body}");
+    let moved = wait_moved(&a.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "mig-b", "{moved}");
+    assert_eq!(
+        moved["location"],
+        format!("{}/v1/servers/{id}", b.agent.url()),
+        "{moved}"
+    );
+    let on_b = b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert!(on_b["task_state"].is_null(), "{on_b}");
+    let (ok, state) = b.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "{state}");
+    let (_, list) = a.libvirt.virsh(&["list", "--all", "--name"]);
+    assert!(!list.contains(&domain), "A keeps no domain: {list}");
+    let read = "dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | head -c 9; \
+                dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | head -c 14";
+    assert_eq!(sh(&b, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
+    let after = uptime(&b, &domain);
+    assert!(after >= before, "no reboot: uptime {before} → {after}");
+    let fetched = b.agent.get_json(&format!("/v1/images/{image}"));
+    assert_eq!(fetched["status"], "active", "{fetched}");
+
+    // B → A, the destination picked by placement.
+    let (status, body) = migrate(&b.agent, &id, json!({"host": null}));
+    assert_eq!(status, 202, "{body}");
+    let moved = wait_moved(&b.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "mig-a", "{moved}");
+    let home = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert!(home["fault"].is_null(), "{home}");
+    assert_eq!(sh(&a, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
+
+    let resp = a
+        .agent
+        .send(reqwest::Method::DELETE, &format!("/v1/servers/{id}"), None);
+    assert!(resp.status().is_success());
+    a.agent.wait_server_gone(&id, Duration::from_secs(60));
+}

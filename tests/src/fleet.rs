@@ -51,6 +51,7 @@ pub struct Fabric {
     bridge: String,
     net: String,
     pki: Pki,
+    peer_token: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -69,12 +70,25 @@ impl Fabric {
         must(&["link", "set", &bridge, "up"]);
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::new(dir.path());
+        // The fleet's peer token: one for every node, readable by its owner only.
+        let peer_token = dir.path().join("peer.token");
+        std::fs::write(
+            &peer_token,
+            format!("{}\n", uuid::Uuid::new_v4().simple().to_string().repeat(2)),
+        )
+        .expect("peer token");
+        std::fs::set_permissions(
+            &peer_token,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod peer token");
         let etcd = Etcd::start_on(&format!("{net}.1"));
         Self {
             etcd,
             bridge,
             net,
             pki,
+            peer_token,
             _dir: dir,
         }
     }
@@ -82,6 +96,14 @@ impl Fabric {
     /// The fabric's own address (etcd listens there).
     pub fn gateway(&self) -> String {
         format!("{}.1", self.net)
+    }
+
+    /// The fleet's peer token (what agents present to each other on `/v1/peer/…`).
+    pub fn peer_token(&self) -> String {
+        std::fs::read_to_string(&self.peer_token)
+            .expect("peer token")
+            .trim()
+            .to_string()
     }
 
     /// The CA every agent's certificate is signed by.
@@ -121,8 +143,13 @@ impl Fabric {
         let (cert, key) = self.pki.server(name, &address);
         let toml = format!(
             "[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[fleet]\nendpoints = [\"{etcd}\"]\n\
-             node_name = \"{name}\"\nlease_ttl_secs = {TTL}\n\n{extra}\n",
+             node_name = \"{name}\"\nlease_ttl_secs = {TTL}\n\n[migration]\n\
+             peer_token_file = {peer:?}\npeer_ca_cert = {ca:?}\n\
+             libvirt_uri = \"{libvirt}\"\n\n{extra}\n",
             etcd = self.etcd.endpoint(),
+            peer = self.peer_token,
+            ca = self.pki.ca(),
+            libvirt = PrivateLibvirt::tcp_uri(&address),
         );
         let agent = Agent::launch(Launch {
             toml,

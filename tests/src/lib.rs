@@ -272,9 +272,12 @@ impl Agent {
         );
     }
 
-    /// A blocking client for the agent (trusting [`Agent::ca`] when set).
+    /// A blocking client for the agent (trusting [`Agent::ca`] when set). It never follows
+    /// redirects: a test sees the agent's own answer (a moved server's 301).
     pub fn client(&self) -> reqwest::blocking::Client {
-        let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        let mut builder = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &self.ca {
             let pem = std::fs::read(ca).expect("CA certificate");
             builder = builder

@@ -87,6 +87,10 @@ pub async fn deadline(State(services): State<Services>, req: Request, next: Next
     {
         return next.run(req).await;
     }
+    // Peer calls run their work detached and are bounded by their callers' deadlines.
+    if req.uri().path().starts_with(PEER_PREFIX) {
+        return next.run(req).await;
+    }
     let limit = services.config().api.request_timeout();
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
@@ -191,7 +195,11 @@ fn code_for_status(status: StatusCode) -> &'static str {
     }
 }
 
-/// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`].
+/// The routes agents of one fleet call on each other (`/v1/peer/…`).
+pub const PEER_PREFIX: &str = "/v1/peer/";
+
+/// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`], and the fleet's
+/// peer token (only it) on [`PEER_PREFIX`].
 pub async fn require_token(State(services): State<Services>, req: Request, next: Next) -> Response {
     if PUBLIC_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
@@ -200,6 +208,24 @@ pub async fn require_token(State(services): State<Services>, req: Request, next:
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| bearer_credentials(v.as_bytes()));
+    if req.uri().path().starts_with(PEER_PREFIX) {
+        let Some(peer) = services.migrations().peer_token() else {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "peer_disabled",
+                "This node takes no peer calls: set [migration] peer_token_file",
+            )
+            .into_response();
+        };
+        return match presented {
+            Some(token) if peer.matches_bytes(token) => next.run(req).await,
+            Some(_) => ApiError::unauthorized("The peer token is not valid").into_response(),
+            None => ApiError::unauthorized(
+                "Missing bearer token: peers send Authorization: Bearer <the fleet's peer token>",
+            )
+            .into_response(),
+        };
+    }
     match presented {
         None => ApiError::unauthorized(
             "Missing bearer token: send Authorization: Bearer <token> (the admin token is in \

@@ -148,6 +148,13 @@ pub fn router(services: Services) -> Router {
         )
         .route("/v1/plugins", get(routes::plugins::list))
         .route("/v1/scheduler/evaluate", post(routes::plugins::evaluate))
+        .route("/v1/peer/migrations", post(routes::peer::prepare))
+        .route(
+            "/v1/peer/migrations/{id}/finish",
+            post(routes::peer::finish),
+        )
+        .route("/v1/peer/migrations/{id}/abort", post(routes::peer::abort))
+        .route("/v1/peer/images/{id}/file", get(routes::peer::image_file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -457,6 +457,30 @@ fn server_action_schema() -> Value {
             &["password"],
         ),
     ));
+    variants.push(action(
+        "live_migrate",
+        json!({
+            "oneOf": [
+                { "type": "null" },
+                object(json!({
+                    "host": {
+                        "description": "The destination node; null or absent: fleet placement picks one",
+                        "type": ["string", "null"],
+                        "minLength": 1,
+                        "maxLength": 253,
+                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+                    },
+                    "block_migration": {
+                        "description": "Copy the local disks: \"auto\" (default) or true; false needs shared storage",
+                        "oneOf": [
+                            { "type": "string", "enum": ["auto"] },
+                            { "type": "boolean" }
+                        ]
+                    }
+                }), &[])
+            ]
+        }),
+    ));
     json!({
         "description": "Exactly one action: its name as the only key, its arguments as the value",
         "oneOf": variants

@@ -68,6 +68,11 @@ impl Libvirt {
         }
     }
 
+    /// The libvirt URI this handle connects to.
+    pub fn uri(&self) -> &str {
+        &self.endpoint.uri
+    }
+
     /// The deadline of this handle's calls.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -10,6 +10,7 @@ mod connection;
 mod domain;
 mod domains;
 mod libvirt;
+mod migrate;
 mod pool;
 mod stats;
 mod xml;
@@ -17,6 +18,7 @@ mod xml;
 pub use domain::{Boot, Disk, DiskSource, DomainMetadata, DomainSpec, Nic, Smbios, METADATA_NS};
 pub use domains::{DomainStatus, PowerState};
 pub use libvirt::{HypervisorInfo, Libvirt};
+pub use migrate::{MigrationPlan, MigrationProgress};
 pub use stats::{BlockStats, DomainStats, InterfaceStats};
 
 use crate::config::DomainTypeSetting;

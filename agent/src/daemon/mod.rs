@@ -187,6 +187,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     crate::ops::volumes::register_handlers(&services);
     crate::ops::networks::register_handlers(&services);
     crate::ops::fleet::enable_claims(&services)?;
+    crate::ops::migration::register_handlers(&services);
+    crate::ops::migration::enable(&services)?;
 
     // The agent's nftables tables replaced whole (one transaction) before anything can start
     // a guest: running guests stay filtered across the restart.

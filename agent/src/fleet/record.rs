@@ -22,8 +22,12 @@ pub struct NodeRecord {
     pub availability_zone: String,
     /// The agent's API URL for controllers and peers.
     pub api_url: String,
-    /// VXLAN source address of the node.
+    /// VXLAN source address of the node (also where migrations send a guest's memory).
     pub tunnel_ip: String,
+    /// How other nodes' libvirtd reach this node's (`[migration] libvirt_uri`); absent on
+    /// nodes that take no migrations.
+    #[serde(default)]
+    pub libvirt_uri: Option<String>,
     /// Agent version.
     pub version: String,
     /// Whether the node takes new servers.
@@ -186,6 +190,7 @@ mod tests {
             availability_zone: "az-2".into(),
             api_url: "https://10.0.0.1:8443".into(),
             tunnel_ip: "10.0.0.1".into(),
+            libvirt_uri: None,
             version: "0.1.0".into(),
             enabled: false,
             disabled_reason: Some("maintenance".into()),

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod host;
 pub mod idempotent;
 pub mod images;
+pub mod migration;
 pub mod networks;
 pub mod scheduler;
 pub mod security_groups;
@@ -149,6 +150,7 @@ struct ServicesInner {
     fleet_ipam: std::sync::OnceLock<Arc<fleet::ipam::FleetIpam>>,
     admission: tokio::sync::Mutex<()>,
     idempotent_creates: tokio::sync::Mutex<()>,
+    migrations: migration::Migrations,
     token: AdminToken,
     started: Instant,
     shutdown: CancellationToken,
@@ -196,6 +198,7 @@ impl Services {
             config.hypervisor.call_timeout(),
             config.hypervisor.lifecycle_timeout(),
         );
+        let config_slots = config.migration.max_concurrent;
         let journal = Journal::new(store.clone());
         let events = EventLog::new(store.clone(), config.events.backlog);
         let firewall = security_groups::apply::Firewall::new(
@@ -227,11 +230,17 @@ impl Services {
                 fleet_ipam: std::sync::OnceLock::new(),
                 admission: tokio::sync::Mutex::new(()),
                 idempotent_creates: tokio::sync::Mutex::new(()),
+                migrations: migration::Migrations::new(config_slots),
                 token,
                 started: Instant::now(),
                 shutdown,
             }),
         }
+    }
+
+    /// Migrations in flight and the fleet's peer token.
+    pub fn migrations(&self) -> &migration::Migrations {
+        &self.inner.migrations
     }
 
     /// Serializes creates that chose their own id (see [`idempotent`]).

@@ -17,6 +17,7 @@ mod create_requests;
 mod events;
 mod images;
 mod journal;
+mod moved;
 mod networks;
 mod schema;
 mod security_groups;
@@ -31,6 +32,7 @@ pub use journal::{
     Journal, OpStatus, Operation, OperationHandler, OperationRecord, RecoveryReport, RestartPolicy,
     StepRecord, StepStatus, UndoFuture, FAILPOINT_ENV,
 };
+pub use moved::MovedServer;
 pub use networks::{AllocError, IpRequest, NewPort, PortFilter};
 pub use security_groups::{new_group, GroupError, PortChange};
 pub use servers::ServerRow;

@@ -185,6 +185,14 @@ const MIGRATIONS: &[&str] = &[
         created_at  TEXT NOT NULL,
         PRIMARY KEY (kind, id)
      );",
+    // 7: servers that moved to another node (live or cold migration): `GET` here points there.
+    "CREATE TABLE moved_servers (
+        id       TEXT PRIMARY KEY,
+        name     TEXT NOT NULL,
+        node     TEXT NOT NULL,
+        api_url  TEXT NOT NULL,
+        moved_at TEXT NOT NULL
+     );",
 ];
 
 /// Applies every migration the database has not seen yet, each in its own transaction.

@@ -7,6 +7,7 @@ pub mod images;
 pub mod metrics;
 pub mod networks;
 pub mod openapi;
+pub mod peer;
 pub mod plugins;
 pub mod security_groups;
 pub mod servers;

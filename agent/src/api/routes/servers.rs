@@ -52,12 +52,42 @@ pub async fn list(State(services): State<Services>) -> Result<Json<ServerList>, 
 #[utoipa::path(get, path = "/v1/servers/{id}", tag = "servers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Server id")),
     responses((status = 200, description = "The server", body = Server),
+        (status = 301, description = "The server moved to another node (live migration): \
+            `Location` is its URL there, the body names the node", body = MovedAnswer),
         (status = 404, description = "No such server", body = ErrorBody)))]
 pub async fn show(
     State(services): State<Services>,
     Path(id): Path<String>,
-) -> Result<Json<Server>, ApiError> {
-    Ok(Json(servers::get(&services, &id).await?))
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    match servers::get(&services, &id).await {
+        Ok(server) => Ok(Json(server).into_response()),
+        Err(e @ crate::ops::OpError::NotFound { .. }) => {
+            let moved = services
+                .store()
+                .get_moved(&id)
+                .await
+                .map_err(crate::ops::OpError::from)?;
+            let Some(moved) = moved else {
+                return Err(e.into());
+            };
+            let location = format!("{}/v1/servers/{id}", moved.api_url.trim_end_matches('/'));
+            Ok((
+                axum::http::StatusCode::MOVED_PERMANENTLY,
+                [(axum::http::header::LOCATION, location)],
+                Json(MovedAnswer { moved_to: moved }),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /v1/servers/{id}` of a server that moved away.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct MovedAnswer {
+    /// Where it went.
+    pub moved_to: crate::state::MovedServer,
 }
 
 /// Deletes a server: 202 with status DELETED; it is gone when the domain and files are.

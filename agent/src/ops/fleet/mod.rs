@@ -162,6 +162,11 @@ pub async fn node_record(services: &Services, identity: &Identity) -> Result<Nod
         availability_zone: config.availability_zone.clone(),
         api_url: identity.api_url.clone(),
         tunnel_ip: identity.tunnel_ip.to_string(),
+        libvirt_uri: config.migration.peer_token_file.as_ref().map(|_| {
+            config
+                .migration
+                .advertised_libvirt_uri(&identity.tunnel_ip.to_string())
+        }),
         version: crate::VERSION.to_string(),
         enabled: status.enabled,
         disabled_reason: status.disabled_reason,

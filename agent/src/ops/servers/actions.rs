@@ -60,6 +60,17 @@ pub enum ServerAction {
         /// The new password.
         password: String,
     },
+    /// Move the running server to another node of the fleet.
+    LiveMigrate(crate::ops::migration::outgoing::LiveMigrate),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LiveMigrateArgs {
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    block_migration: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +165,9 @@ impl ServerAction {
                 if uuid::Uuid::parse_str(&a.image_id).is_err() {
                     return Err(OpError::unknown("image_id", &a.image_id, "image"));
                 }
-                Ok(Self::Rebuild { image_id: a.image_id })
+                Ok(Self::Rebuild {
+                    image_id: a.image_id,
+                })
             }
             "resize" => {
                 let a: ResizeArgs = args(&name, value)?;
@@ -162,12 +175,18 @@ impl ServerAction {
                 Ok(Self::Resize { flavor: a.flavor })
             }
             "console_output" => {
-                let a: ConsoleArgs = if value.is_null() { ConsoleArgs { length: None } } else { args(&name, value)? };
+                let a: ConsoleArgs = if value.is_null() {
+                    ConsoleArgs { length: None }
+                } else {
+                    args(&name, value)?
+                };
                 match a.length {
                     Some(n) if n <= 0 => Err(OpError::InvalidInput(format!(
                         "console_output length must be positive, not {n}"
                     ))),
-                    n => Ok(Self::ConsoleOutput { length: n.map(|n| n as usize) }),
+                    n => Ok(Self::ConsoleOutput {
+                        length: n.map(|n| n as usize),
+                    }),
                 }
             }
             "set_password" => {
@@ -180,11 +199,45 @@ impl ServerAction {
                         "password needs 1 to 255 characters and no newline".into(),
                     ));
                 }
-                Ok(Self::SetPassword { password: a.password })
+                Ok(Self::SetPassword {
+                    password: a.password,
+                })
+            }
+            "live_migrate" => {
+                use crate::ops::migration::outgoing::{BlockMigration, LiveMigrate};
+                let a: LiveMigrateArgs = if value.is_null() {
+                    LiveMigrateArgs {
+                        host: None,
+                        block_migration: None,
+                    }
+                } else {
+                    args(&name, value)?
+                };
+                if let Some(host) = &a.host {
+                    crate::fleet::keys::check_node_name(host).map_err(|reason| {
+                        OpError::InvalidInput(format!("live_migrate host {host:?}: {reason}"))
+                    })?;
+                }
+                let block_migration = match a.block_migration {
+                    None => BlockMigration::Auto,
+                    Some(Value::String(s)) if s == "auto" => BlockMigration::Auto,
+                    Some(Value::Bool(true)) => BlockMigration::Yes,
+                    Some(Value::Bool(false)) => BlockMigration::No,
+                    Some(other) => {
+                        return Err(OpError::InvalidInput(format!(
+                        "live_migrate block_migration must be \"auto\", true or false, not {other}"
+                    )))
+                    }
+                };
+                Ok(Self::LiveMigrate(LiveMigrate {
+                    host: a.host,
+                    block_migration,
+                }))
             }
             other => Err(OpError::InvalidInput(format!(
                 "unknown action {other:?}; one of start, stop, reboot, pause, unpause, suspend, \
-                 resume, rebuild, resize, confirm_resize, revert_resize, console_output, set_password"
+                 resume, rebuild, resize, confirm_resize, revert_resize, console_output, \
+                 set_password, live_migrate"
             ))),
         }
     }
@@ -205,6 +258,7 @@ impl ServerAction {
             Self::RevertResize => "revert_resize",
             Self::ConsoleOutput { .. } => "console_output",
             Self::SetPassword { .. } => "set_password",
+            Self::LiveMigrate(_) => "live_migrate",
         }
     }
 
@@ -226,6 +280,7 @@ impl ServerAction {
                 &[Active, Shutoff, Paused, Suspended, Error, VerifyResize]
             }
             Self::SetPassword { .. } => &[Active],
+            Self::LiveMigrate(_) => &[Active, Paused],
         }
     }
 }
@@ -302,6 +357,10 @@ pub async fn action(
                 .unwrap_or("another operation")
         ))
     })?;
+    if let ServerAction::LiveMigrate(req) = action {
+        let server = crate::ops::migration::outgoing::start(services, loaded, guard, req).await?;
+        return Ok(ActionOutput::Accepted(Box::new(server)));
+    }
     // Checks that need lookups, before anything changes.
     let prepared = prepare(services, &loaded, &action).await?;
     let (status, task) = transitional(&action, loaded.status);
@@ -351,6 +410,7 @@ fn transitional(action: &ServerAction, current: ServerStatus) -> (ServerStatus, 
         ServerAction::ConfirmResize => (current, "resize_confirming"),
         ServerAction::RevertResize => (ServerStatus::Resize, "resize_reverting"),
         ServerAction::ConsoleOutput { .. } | ServerAction::SetPassword { .. } => (current, "busy"),
+        ServerAction::LiveMigrate(_) => (current, "migrating"),
     }
 }
 

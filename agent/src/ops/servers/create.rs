@@ -191,7 +191,7 @@ pub(crate) fn nic_networks(spec: &ServerSpec) -> Vec<String> {
 }
 
 /// Refuses a server the node cannot hold: disabled node, or vCPU/RAM/disk over the limits.
-async fn admit(services: &Services, spec: &ServerSpec) -> Result<(), OpError> {
+pub(crate) async fn admit(services: &Services, spec: &ServerSpec) -> Result<(), OpError> {
     let report = host::describe(services).await?;
     if !report.service_status.enabled {
         return Err(OpError::Conflict(format!(

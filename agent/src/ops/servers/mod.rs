@@ -23,6 +23,7 @@ mod sync;
 
 pub(crate) use actions::save_spec;
 pub use actions::{action, ActionOutput, ServerAction};
+pub(crate) use create::admit;
 pub use create::create;
 pub use delete::delete;
 pub use model::{Flavor, Server, ServerCreate, ServerSpec, ServerStatus};
@@ -76,6 +77,7 @@ impl Loaded {
             volumes: self.spec.volumes.clone(),
             created_at: self.row.created_at.clone(),
             updated_at: self.row.updated_at.clone(),
+            migration: None,
         }
     }
 }
@@ -113,7 +115,9 @@ pub(crate) async fn load(services: &Services, id: &str) -> Result<Loaded, OpErro
 /// # Errors
 /// [`OpError::NotFound`] when there is no such server.
 pub async fn get(services: &Services, id: &str) -> Result<Server, OpError> {
-    Ok(load(services, id).await?.view())
+    let mut server = load(services, id).await?.view();
+    server.migration = services.migrations().progress(id);
+    Ok(server)
 }
 
 /// A server's stored spec (keys, user data, flavor, NICs).

@@ -415,4 +415,7 @@ pub struct Server {
     pub created_at: String,
     /// Last change.
     pub updated_at: String,
+    /// A running live migration's figures (only while one runs from this node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<crate::compute::MigrationProgress>,
 }

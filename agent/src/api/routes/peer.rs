@@ -1,0 +1,77 @@
+//! `/v1/peer/…`: what agents of one fleet call on each other during a migration. Only the
+//! fleet's peer token opens these routes (the admin token does not), and they are not part of
+//! the public API document. The work runs detached from the request: a caller that goes away
+//! does not cut a preparation in half (it repeats the request and gets the same answer).
+
+use crate::api::error::ApiError;
+use crate::ops::migration::{incoming, wire};
+use crate::ops::{OpError, Services};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Runs `work` on its own task and waits for it.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, OpError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| ApiError::from(OpError::Interrupted(format!("the work failed: {e}"))))?
+        .map_err(ApiError::from)
+}
+
+/// `POST /v1/peer/migrations`: prepare for an incoming server.
+pub async fn prepare(
+    State(services): State<Services>,
+    Json(req): Json<wire::IncomingRequest>,
+) -> Result<Json<wire::IncomingAnswer>, ApiError> {
+    Ok(Json(
+        detached(async move { incoming::prepare(&services, req).await }).await?,
+    ))
+}
+
+/// `POST /v1/peer/migrations/{id}/finish`: the server arrived.
+pub async fn finish(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    detached(async move { incoming::finish(&services, &id).await }).await?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// `POST /v1/peer/migrations/{id}/abort`: undo the preparation.
+pub async fn abort(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    detached(async move { incoming::abort(&services, &id).await }).await?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// `GET /v1/peer/images/{id}/file`: the cached file of an active image, streamed.
+pub async fn image_file(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let image = crate::ops::servers::build::active_image(&services, &id, "requested").await?;
+    let path = crate::ops::servers::build::blob_of(&services, &image)?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::from(OpError::Interrupted(format!(
+            "cannot read the cached file of image {id}: {e}"
+        )))
+    })?;
+    let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, length.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

@@ -1,0 +1,592 @@
+//! The source side of a live migration (journal kind `server.migrate`).
+//!
+//! | step | does | undo |
+//! |---|---|---|
+//! | `prepare` | ask the destination to prepare (it fetches images, records the server, makes overlays) | ask it to abort |
+//! | `migrate` | libvirt's peer-to-peer migration with the destination's XML | none (a failed migration leaves the guest here) |
+//!
+//! Once `migrate` is done the guest runs on the destination and there is no way back: the
+//! source tells the destination to finish (retried until it lands), removes the server's
+//! files, forgets the server and keeps a tombstone pointing to its new node. After a restart,
+//! an open operation whose domain is gone from here is finished that way; one whose domain is
+//! still here is rolled back (a running job aborted first).
+
+use super::peer::{self, FleetNode, PeerClient};
+use super::wire::{ImageOffer, IncomingAnswer, IncomingRequest, PeerNode};
+use crate::compute::{MigrationPlan, MigrationProgress};
+use crate::fleet::backoff::Backoff;
+use crate::ops::servers::{self, build, Loaded, Server, ServerStatus};
+use crate::ops::{OpError, Services};
+use crate::sched::RequestSpec;
+use crate::state::{OperationHandler, OperationRecord, RestartPolicy, StepRecord, UndoFuture};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Journal kind of the source side.
+pub const KIND: &str = "server.migrate";
+/// How often a running migration's figures are read.
+const POLL: Duration = Duration::from_millis(500);
+/// How often they are published as a `server.migration` event.
+const PUBLISH: Duration = Duration::from_secs(2);
+/// The shortest completion deadline.
+const MIN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long finishing on the destination is retried before it is left to the next start.
+const FINISH_FOR: Duration = Duration::from_secs(600);
+
+/// Whether local disks are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockMigration {
+    /// Copy the local disks when the server has any (every server here has a root overlay
+    /// unless it boots from a volume).
+    Auto,
+    /// Copy them.
+    Yes,
+    /// Do not (only for storage both nodes share; this node has none, so it is refused).
+    No,
+}
+
+/// `{"live_migrate": {"host": …, "block_migration": …}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveMigrate {
+    /// The destination node; `None`: fleet placement picks one.
+    pub host: Option<String>,
+    /// Disk copying.
+    pub block_migration: BlockMigration,
+}
+
+/// Starts a live migration of a server whose lock the caller holds: checks the destination
+/// (named, or picked by fleet placement), marks the server `migrating` and runs the rest in
+/// the background.
+///
+/// # Errors
+/// [`OpError::Conflict`] naming why: not in a fleet or no peer token, the destination is this
+/// node, unknown, down, disabled, takes no migrations or fails a filter (with the filter's
+/// reason), no node fits, the server has ports or volumes, too many migrations running.
+pub(crate) async fn start(
+    services: &Services,
+    loaded: Loaded,
+    guard: tokio::sync::OwnedMutexGuard<()>,
+    req: LiveMigrate,
+) -> Result<Server, OpError> {
+    let id = loaded.row.id.clone();
+    if !loaded.spec.nics.is_empty()
+        || !loaded.spec.volumes.is_empty()
+        || loaded.spec.boot_volume.is_some()
+    {
+        return Err(OpError::Conflict(format!(
+            "server {id} has ports or volumes; such servers cannot migrate yet"
+        )));
+    }
+    if req.block_migration == BlockMigration::No {
+        return Err(OpError::Conflict(
+            "block_migration false needs storage both nodes share; this server's disks are \
+             local to this node (use auto)"
+                .into(),
+        ));
+    }
+    let client = PeerClient::new(services)?;
+    let me = me(services)?;
+    let dest = choose(services, &loaded, req.host.as_deref(), &me.name).await?;
+    let slot = services
+        .migrations()
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            OpError::Conflict(format!(
+                "{} migrations are running from this node already ([migration] max_concurrent)",
+                services.config().migration.max_concurrent
+            ))
+        })?;
+    servers::set_status(services, &id, loaded.status, Some("migrating"), None).await?;
+    let view = servers::get(services, &id).await?;
+    let services = services.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let _slot = slot;
+        if let Err(e) = run(&services, &loaded, &client, &me, &dest).await {
+            tracing::warn!(server_id = %loaded.row.id, error = %crate::api::error::chain(&e), "live migration failed");
+        }
+        services.migrations().set_progress(&loaded.row.id, None);
+    });
+    Ok(view)
+}
+
+/// This node as its peers address it.
+fn me(services: &Services) -> Result<PeerNode, OpError> {
+    let status = services.fleet_link().status();
+    match (status.node_name, status.api_url) {
+        (Some(name), Some(api_url)) => Ok(PeerNode { name, api_url }),
+        _ => Err(OpError::Conflict(
+            "this node is not in a fleet ([fleet] is not configured)".into(),
+        )),
+    }
+}
+
+/// The destination: the named node if it is up, enabled, takes migrations and passes this
+/// node's scheduler chain; else the best node the chain ranks.
+async fn choose(
+    services: &Services,
+    loaded: &Loaded,
+    host: Option<&str>,
+    me: &str,
+) -> Result<FleetNode, OpError> {
+    let Some(fleet_config) = &services.config().fleet else {
+        return Err(OpError::Conflict("this node is not in a fleet".into()));
+    };
+    if host == Some(me) {
+        return Err(OpError::Conflict(format!(
+            "the server is on node {me} already; name another node"
+        )));
+    }
+    let fleet = crate::fleet::view::Fleet::connect(fleet_config).await?;
+    let nodes = fleet.placement().await?;
+    let candidates: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.name != me)
+        .filter(|n| host.is_none_or(|h| n.name == h))
+        .collect();
+    if let Some(name) = host {
+        let Some(node) = candidates.first() else {
+            return Err(OpError::Conflict(format!(
+                "no node named {name:?} in the fleet"
+            )));
+        };
+        if node.state == crate::fleet::view::NodeState::Down {
+            return Err(OpError::Conflict(format!("node {name} is down")));
+        }
+        match &node.host {
+            None => {
+                return Err(OpError::Conflict(format!(
+                    "node {name} has not published its figures yet"
+                )))
+            }
+            Some(h) if !h.enabled => {
+                return Err(OpError::Conflict(format!(
+                    "node {name} is disabled for new servers"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let hosts: Vec<_> =
+        crate::fleet::place::hosts(&candidates.iter().map(|n| (*n).clone()).collect::<Vec<_>>())
+            .into_iter()
+            .filter(|h| h.enabled)
+            .collect();
+    let spec = RequestSpec {
+        vcpus: loaded.spec.flavor.vcpus,
+        ram_mb: loaded.spec.flavor.ram_mb,
+        disk_gb: loaded.spec.flavor.disk_gb + loaded.spec.flavor.ephemeral_gb,
+        volume_gb: 0,
+        availability_zone: None,
+        image_properties: services
+            .store()
+            .get_image(&loaded.spec.image_id)
+            .await?
+            .map(|i| i.properties)
+            .unwrap_or_default(),
+    };
+    let evaluation = crate::sched::evaluate_async(
+        services.plugins().clone(),
+        spec,
+        hosts,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let Some(best) = evaluation.hosts.iter().find(|h| h.passed) else {
+        let reasons: Vec<String> = evaluation
+            .hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{}: filter {} says {}",
+                    h.name,
+                    h.failed_by.as_deref().unwrap_or("?"),
+                    h.reason.as_deref().unwrap_or("no")
+                )
+            })
+            .collect();
+        return Err(OpError::Conflict(match host {
+            Some(name) if !reasons.is_empty() => {
+                format!("node {name} refuses the server: {}", reasons.join("; "))
+            }
+            _ if reasons.is_empty() => "no other node in the fleet can take the server".into(),
+            _ => format!("no node fits the server: {}", reasons.join("; ")),
+        }));
+    };
+    let node = peer::find(services, &best.name).await?;
+    if node.record.libvirt_uri.is_none() {
+        return Err(OpError::Conflict(format!(
+            "node {} takes no migrations (it has no [migration] peer_token_file)",
+            best.name
+        )));
+    }
+    Ok(node)
+}
+
+/// What the destination needs to prepare.
+async fn request(
+    services: &Services,
+    loaded: &Loaded,
+    me: &PeerNode,
+) -> Result<IncomingRequest, OpError> {
+    let spec = &loaded.spec;
+    let ids = [
+        Some(&spec.image_id),
+        spec.kernel_image_id.as_ref(),
+        spec.ramdisk_image_id.as_ref(),
+    ];
+    let mut images = Vec::new();
+    for id in ids.into_iter().flatten() {
+        let image = build::active_image(services, id, "server").await?;
+        let path = build::blob_of(services, &image)?;
+        let (blob_sha256, blob_size) = tokio::task::spawn_blocking(move || sha256_file(&path))
+            .await
+            .map_err(|e| OpError::Interrupted(format!("hashing worker failed: {e}")))??;
+        let stored = image.stored_format.clone().unwrap_or_else(|| "raw".into());
+        let disk_format = match image.container_format.as_str() {
+            "aki" | "ari" => image.container_format.clone(),
+            _ => stored,
+        };
+        images.push(ImageOffer {
+            id: image.id.clone(),
+            name: image.name.clone(),
+            disk_format,
+            container_format: image.container_format.clone(),
+            properties: image.properties.clone(),
+            blob_sha256,
+            blob_size,
+        });
+    }
+    Ok(IncomingRequest {
+        server_id: loaded.row.id.clone(),
+        name: loaded.row.name.clone(),
+        image_id: loaded.row.image_id.clone(),
+        spec: spec.clone(),
+        status: loaded.status,
+        source: me.clone(),
+        images,
+    })
+}
+
+/// SHA-256 (hex) and size of a file.
+pub(crate) fn sha256_file(path: &std::path::Path) -> Result<(String, u64), OpError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| OpError::Interrupted(format!("cannot read {}: {e}", path.display())))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| OpError::Interrupted(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// The journaled migration; the server's status and fault tell how it ended.
+async fn run(
+    services: &Services,
+    loaded: &Loaded,
+    client: &PeerClient,
+    me: &PeerNode,
+    dest: &FleetNode,
+) -> Result<(), OpError> {
+    let id = &loaded.row.id;
+    let dest_name = dest.record.name.clone();
+    let dest_url = dest.record.api_url.clone();
+    let mut op = services
+        .journal()
+        .begin(
+            KIND,
+            id,
+            json!({ "dest": dest_name, "api_url": dest_url, "status": loaded.status }),
+        )
+        .await?;
+    let steps = async {
+        let answer: IncomingAnswer = op
+            .step(
+                "prepare",
+                json!({ "dest": dest_name, "api_url": dest_url }),
+                || async {
+                    let body = request(services, loaded, me).await?;
+                    client
+                        .post(&dest_url, "/v1/peer/migrations", &body, peer::PREPARE)
+                        .await
+                },
+            )
+            .await?;
+        op.step(
+            "migrate",
+            json!({ "domain": loaded.spec.domain_name, "dest": dest_name }),
+            || migrate(services, loaded, dest, answer),
+        )
+        .await?;
+        Ok::<_, OpError>(())
+    }
+    .await;
+    if let Err(e) = steps {
+        let fault = format!(
+            "live migration to {dest_name} failed: {}",
+            crate::api::error::chain(&e)
+        );
+        if let Err(undo) = op.roll_back(&fault).await? {
+            tracing::error!(server_id = %id, %undo, "rollback of a failed migration is incomplete");
+        }
+        servers::set_status(services, id, loaded.status, None, Some(&fault)).await?;
+        return Err(e);
+    }
+    // The guest runs on the destination now: finish there, forget it here.
+    moved(services, client, loaded, &dest_name, &dest_url, FINISH_FOR).await?;
+    op.complete().await?;
+    Ok(())
+}
+
+/// libvirt's migration with progress, stepped downtime and a completion deadline.
+async fn migrate(
+    services: &Services,
+    loaded: &Loaded,
+    dest: &FleetNode,
+    answer: IncomingAnswer,
+) -> Result<(), OpError> {
+    let settings = &services.config().migration;
+    let domain = loaded.spec.domain_name.clone();
+    let tunnel = &dest.record.tunnel_ip;
+    let data_uri = match tunnel.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("tcp://[{v6}]"),
+        _ => format!("tcp://{tunnel}"),
+    };
+    let plan = MigrationPlan {
+        domain: domain.clone(),
+        dest_uri: dest.record.libvirt_uri.clone().unwrap_or_default(),
+        data_uri,
+        dest_xml: answer.dest_xml,
+        copy_disks: answer.copy_disks,
+        live: true,
+        post_copy: settings.allow_post_copy,
+    };
+    let flavor = &loaded.spec.flavor;
+    let gib = (flavor.ram_mb / 1024).max(1) + flavor.disk_gb + flavor.ephemeral_gb;
+    let deadline = Duration::from_secs(settings.completion_secs_per_gib * gib).max(MIN_DEADLINE);
+    let libvirt = services.libvirt();
+    let migration = libvirt.migrate(plan);
+    tokio::pin!(migration);
+    let started = Instant::now();
+    let max_ms = settings.max_downtime_ms;
+    let mut downtime = (max_ms / 5).max(10);
+    let _ = libvirt.set_max_downtime(&domain, downtime).await;
+    let mut last_iteration = 0;
+    let mut last_publish = Instant::now() - PUBLISH;
+    let mut aborted = false;
+    loop {
+        tokio::select! {
+            result = &mut migration => {
+                return match result {
+                    Ok(()) => Ok(()),
+                    Err(_) if aborted => Err(OpError::Interrupted(format!(
+                        "the migration did not complete within {} s and was aborted",
+                        deadline.as_secs()
+                    ))),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            () = tokio::time::sleep(POLL) => {}
+        }
+        if started.elapsed() > deadline && !aborted {
+            aborted = true;
+            if let Err(e) = libvirt.abort_job(&domain).await {
+                tracing::warn!(%domain, error = %e, "cannot abort an overdue migration");
+            }
+            continue;
+        }
+        let Ok(Some(progress)) = libvirt.migration_progress(&domain).await else {
+            continue;
+        };
+        // Memory that does not converge: allow a longer final pause, up to the limit.
+        if progress.iteration >= last_iteration + 2 && downtime < max_ms {
+            downtime = (downtime + max_ms / 5).min(max_ms);
+            let _ = libvirt.set_max_downtime(&domain, downtime).await;
+            last_iteration = progress.iteration;
+        }
+        services
+            .migrations()
+            .set_progress(&loaded.row.id, Some(progress.clone()));
+        if last_publish.elapsed() >= PUBLISH {
+            last_publish = Instant::now();
+            publish_progress(services, &loaded.row.id, &progress).await;
+        }
+    }
+}
+
+async fn publish_progress(services: &Services, id: &str, progress: &MigrationProgress) {
+    let _ = services
+        .events()
+        .publish(
+            "server.migration",
+            "server",
+            id,
+            serde_json::to_value(progress).unwrap_or_default(),
+        )
+        .await;
+}
+
+/// After libvirt moved the guest: finish on the destination (retried for `retry_for`), then
+/// forget the server here and leave a tombstone.
+async fn moved(
+    services: &Services,
+    client: &PeerClient,
+    loaded: &Loaded,
+    dest_name: &str,
+    dest_url: &str,
+    retry_for: Duration,
+) -> Result<(), OpError> {
+    let (id, spec, name) = (&loaded.row.id, &loaded.spec, &loaded.row.name);
+    let path = format!("/v1/peer/migrations/{id}/finish");
+    let started = Instant::now();
+    let mut backoff = Backoff::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    loop {
+        match client
+            .post::<_, serde_json::Value>(dest_url, &path, &json!({}), peer::CALL)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if started.elapsed() < retry_for => {
+                tracing::warn!(server_id = %id, error = %e, "finishing the migration on the destination failed; retrying");
+                backoff.wait(&stop).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Err(e) = build::remove_dir(spec) {
+        tracing::warn!(server_id = %id, error = %e, "cannot remove the files of a server that moved away");
+    }
+    services
+        .store()
+        .put_moved(id, name, dest_name, dest_url)
+        .await?;
+    services.store().delete_server(id).await?;
+    let _ = services
+        .events()
+        .publish(
+            "server.moved",
+            "server",
+            id,
+            json!({ "node": dest_name, "api_url": dest_url }),
+        )
+        .await;
+    Ok(())
+}
+
+/// Undo and restart handling of `server.migrate`.
+pub(crate) struct OutgoingHandler {
+    services: Services,
+}
+
+impl OutgoingHandler {
+    pub(crate) fn new(services: Services) -> Self {
+        Self { services }
+    }
+}
+
+impl OperationHandler for OutgoingHandler {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn undo<'a>(&'a self, op: &'a OperationRecord, step: &'a StepRecord) -> UndoFuture<'a> {
+        Box::pin(async move {
+            match step.name.as_str() {
+                "prepare" => {
+                    let client = PeerClient::new(&self.services).map_err(|e| e.to_string())?;
+                    let url = step.data["api_url"].as_str().unwrap_or_default();
+                    let path = format!("/v1/peer/migrations/{}/abort", op.resource_id);
+                    client
+                        .post::<_, serde_json::Value>(url, &path, &json!({}), peer::CALL)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                "migrate" => Ok(()),
+                other => Err(format!("unknown step {other}")),
+            }
+        })
+    }
+
+    fn on_restart(&self, _op: &OperationRecord) -> RestartPolicy {
+        RestartPolicy::Resume
+    }
+
+    fn resume<'a>(&'a self, op: &'a OperationRecord) -> UndoFuture<'a> {
+        Box::pin(async move { resume(&self.services, op).await })
+    }
+}
+
+/// An operation found open at start: moved (the domain is gone from here) → finish; else
+/// roll back (aborting a job libvirt still runs).
+async fn resume(services: &Services, op: &OperationRecord) -> Result<(), String> {
+    let id = &op.resource_id;
+    let err = |e: OpError| crate::api::error::chain(&e);
+    let loaded = match servers::load(services, id).await {
+        Ok(loaded) => loaded,
+        // Forgotten already: only the journal was left open.
+        Err(OpError::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(err(e)),
+    };
+    let domain = loaded.spec.domain_name.clone();
+    let dest = op.input["dest"].as_str().unwrap_or_default().to_string();
+    let url = op.input["api_url"].as_str().unwrap_or_default().to_string();
+    let here = services
+        .libvirt()
+        .state(&domain)
+        .await
+        .map_err(|e| e.to_string())?;
+    let prepared = op.steps.iter().any(|s| s.name == "prepare");
+    let client = PeerClient::new(services).map_err(err)?;
+    if here.is_none() && prepared {
+        // One attempt at start (a peer that is away must not hold the agent's start up);
+        // the operation stays open for the next start otherwise.
+        moved(services, &client, &loaded, &dest, &url, Duration::ZERO)
+            .await
+            .map_err(err)?;
+        return Ok(());
+    }
+    if services
+        .libvirt()
+        .migration_progress(&domain)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        let _ = services.libvirt().abort_job(&domain).await;
+    }
+    if prepared {
+        let path = format!("/v1/peer/migrations/{id}/abort");
+        client
+            .post::<_, serde_json::Value>(&url, &path, &json!({}), peer::CALL)
+            .await
+            .map_err(err)?;
+    }
+    let status: ServerStatus =
+        serde_json::from_value(op.input["status"].clone()).unwrap_or(ServerStatus::Active);
+    servers::set_status(
+        services,
+        id,
+        status,
+        None,
+        Some(&format!(
+            "live migration to {dest} was interrupted by an agent restart and rolled back"
+        )),
+    )
+    .await
+    .map_err(err)
+}

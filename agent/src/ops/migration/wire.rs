@@ -1,0 +1,65 @@
+//! What two agents send each other during a migration (`/v1/peer/…`).
+
+use crate::ops::servers::{ServerSpec, ServerStatus};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/peer/migrations`: the source asks the destination to prepare for a server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingRequest {
+    /// The server's id (kept on the destination).
+    pub server_id: String,
+    /// Its name.
+    pub name: String,
+    /// The image it was created from (`image_id` of the server).
+    pub image_id: String,
+    /// Its spec on the source (the destination puts its own paths in).
+    pub spec: ServerSpec,
+    /// Its status now (ACTIVE or PAUSED): what it will be on the destination.
+    pub status: ServerStatus,
+    /// The source node.
+    pub source: PeerNode,
+    /// The images the server's disks and boot need (root, kernel, ramdisk).
+    pub images: Vec<ImageOffer>,
+}
+
+/// A node as its peers address it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerNode {
+    /// Its fleet name.
+    pub name: String,
+    /// Its API URL.
+    pub api_url: String,
+}
+
+/// An image the destination may fetch from the source: the source's cached copy (raw or
+/// qcow2), registered on the destination under the same id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageOffer {
+    /// The image's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The format of the file sent (`raw` or `qcow2`; kernels and ramdisks are raw).
+    pub disk_format: String,
+    /// `bare`, `ami`, `aki` or `ari`.
+    pub container_format: String,
+    /// Its properties (`kernel_id`, `ramdisk_id`, `os_command_line`, …).
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// SHA-256 (hex) of the file the source will send.
+    pub blob_sha256: String,
+    /// Its size in bytes.
+    pub blob_size: u64,
+}
+
+/// The destination's answer: ready for the domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingAnswer {
+    /// The domain's definition on the destination (its own paths, its node id).
+    pub dest_xml: String,
+    /// The disk targets whose contents must be copied (local files).
+    pub copy_disks: Vec<String>,
+}
