@@ -1,43 +1,10 @@
-//! Migration between sandboxed nodes (issue #14).
+//! Live migration between sandboxed fleet nodes (issue #14): each node its own namespaces,
+//! libvirtd (listening on the fabric) and agent; real guests.
 
 use crate::servers::{create, import_guest};
 use hyperlet_tests::fleet::Fabric;
-use hyperlet_tests::node::PrivateLibvirt;
 use serde_json::json;
 use std::time::Duration;
-
-/// The fabric's libvirtds reach each other: a running domain moves from one node's libvirtd
-/// to another's over TCP (the ground every migration stands on).
-#[test]
-fn fabric_libvirtds_migrate_a_running_domain() {
-    let _vm = hyperlet_tests::vm_shared();
-    let fabric = Fabric::new();
-    let a = fabric.node("mig-a", 1, "");
-    let b = fabric.node("mig-b", 2, "");
-    let image = import_guest(&a.agent, "");
-    let id = create(
-        &a.agent,
-        "mover",
-        &image,
-        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
-    );
-    let server = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(240));
-    let domain = server["domain_name"].as_str().expect("domain").to_string();
-    let (ok, out) = a.libvirt.virsh(&[
-        "migrate",
-        "--live",
-        "--p2p",
-        "--unsafe",
-        &domain,
-        &PrivateLibvirt::tcp_uri(&b.ip),
-        &format!("tcp://{}", b.ip),
-    ]);
-    assert!(ok, "virsh migrate: {out}");
-    let (ok, state) = b.libvirt.virsh(&["domstate", &domain]);
-    assert!(ok && state.contains("running"), "{state}");
-    let (_, list) = a.libvirt.virsh(&["list", "--name"]);
-    assert!(!list.contains(&domain), "{list}");
-}
 
 fn sh(node: &hyperlet_tests::fleet::FleetNode, domain: &str, script: &str) -> String {
     // The guest agent connects a moment after the guest says it booted (or arrived).
@@ -191,10 +158,87 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
         "B starts without the image"
     );
 
-    // A → B.
+    // Aborted mid-way (slowed to 1 MiB/s so it is still copying): everything goes back.
+    let (ok, out) = a.libvirt.virsh(&["migrate-setspeed", &domain, "1"]);
+    assert!(ok, "{out}");
     let (status, body) = migrate(&a.agent, &id, json!({"host": "mig-b"}));
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["task_state"], "migrating", "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let server = a.agent.get_json(&format!("/v1/servers/{id}"));
+        if server["migration"]["memory_total_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            break;
+        }
+        assert!(server["task_state"] == "migrating", "{server}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress: {server}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let resp = a.agent.send(
+        reqwest::Method::POST,
+        &format!("/v1/servers/{id}/action"),
+        Some(&json!({"live_migrate_abort": null})),
+    );
+    assert_eq!(resp.status().as_u16(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let back = loop {
+        let server = a.agent.get_json(&format!("/v1/servers/{id}"));
+        if server["task_state"].is_null() {
+            break server;
+        }
+        assert!(std::time::Instant::now() < deadline, "abort: {server}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(back["status"], "ACTIVE", "{back}");
+    assert!(
+        back["fault"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("aborted on request"),
+        "{back}"
+    );
+    let (ok, state) = a.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "{state}");
+    assert_eq!(
+        b.agent.get(&format!("/v1/servers/{id}")).status().as_u16(),
+        404
+    );
+    let (_, list) = b.libvirt.virsh(&["list", "--all", "--name"]);
+    assert!(!list.contains(&domain), "B keeps no domain: {list}");
+    assert!(
+        !b.agent.state_dir().join("servers").join(&id).exists(),
+        "B keeps no disks"
+    );
+    let (ok, out) = a
+        .libvirt
+        .virsh(&["migrate-setspeed", &domain, "8796093022207"]);
+    assert!(ok, "{out}");
+
+    // A → B with the CLI, which follows the progress until the server moved.
+    let ca = fabric.ca().display().to_string();
+    let token = a.agent.token();
+    let url = a.agent.url();
+    let (status, out, err) = hyperlet_tests::run_cli(
+        &["server", "migrate", "--live", "--host", "mig-b", &id],
+        &[
+            ("HYPERLET_URL", url.as_str()),
+            ("HYPERLET_TOKEN", token.as_str()),
+            ("HYPERLET_CA_CERT", ca.as_str()),
+        ],
+    );
+    assert!(
+        status.success(),
+        "server migrate: {out}{err}\n{}",
+        a.agent.log()
+    );
+    assert!(out.contains("moved to node mig-b"), "{out}");
     let moved = wait_moved(&a.agent, &id);
     assert_eq!(moved["moved_to"]["node"], "mig-b", "{moved}");
     assert_eq!(

@@ -407,6 +407,8 @@ fn server_action_schema() -> Value {
         "resume",
         "confirm_resize",
         "revert_resize",
+        "live_migrate_abort",
+        "live_migrate_force_complete",
     ]
     .iter()
     .map(|name| action(name, no_args.clone()))

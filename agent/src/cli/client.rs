@@ -51,6 +51,14 @@ pub enum ClientError {
     /// The answer could not be decoded.
     #[error("Unexpected answer from the agent: {0}")]
     Decode(String),
+    /// The server moved to another node (a migration): ask that node's agent.
+    #[error("The server moved to node {node}: ask its agent at {api_url}")]
+    Moved {
+        /// The node.
+        node: String,
+        /// Its agent's URL.
+        api_url: String,
+    },
 }
 
 /// Connection options shared by every client command.
@@ -111,7 +119,9 @@ impl ApiClient {
                     .to_string()
             }
         };
+        // A redirect is an answer (a moved server): never followed, never sent the token.
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60));
@@ -227,6 +237,16 @@ impl ApiClient {
                 url: self.base.clone(),
                 source,
             })?;
+        if status == StatusCode::MOVED_PERMANENTLY {
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ClientError::Moved {
+                node: body["moved_to"]["node"].as_str().unwrap_or("?").to_string(),
+                api_url: body["moved_to"]["api_url"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            });
+        }
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBodyOwned>(&bytes) {
                 Ok(body) => ClientError::Api {

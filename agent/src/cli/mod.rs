@@ -16,6 +16,7 @@ mod client;
 mod fleet;
 mod host;
 mod image;
+mod migrate;
 mod network;
 mod plugin;
 mod security_group;

@@ -211,6 +211,14 @@ pub enum ServerCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Move the server to another node of the fleet (`--live`), following the progress.
+    Migrate(super::migrate::MigrateArgs),
+    /// Act on a running migration.
+    Migration {
+        /// What to do.
+        #[command(subcommand)]
+        command: super::migrate::MigrationCommand,
+    },
     /// Set root's password through the guest agent.
     SetPassword {
         /// The new password.
@@ -447,6 +455,8 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
                 println!("{}", out["output"].as_str().unwrap_or_default());
             }
         }
+        ServerCommand::Migrate(args) => super::migrate::migrate(args).await?,
+        ServerCommand::Migration { command } => super::migrate::migration(command).await?,
         ServerCommand::SetPassword { password, target } => {
             act(target, json!({"set_password": {"password": password}})).await?
         }

@@ -31,12 +31,13 @@ pub async fn prepare(
     ))
 }
 
-/// `POST /v1/peer/migrations/{id}/finish`: the server arrived.
+/// `POST /v1/peer/migrations/{id}/finish` `{"resume": bool}`: the server arrived.
 pub async fn finish(
     State(services): State<Services>,
     Path(id): Path<String>,
+    Json(body): Json<wire::FinishRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    detached(async move { incoming::finish(&services, &id).await }).await?;
+    detached(async move { incoming::finish(&services, &id, body.resume).await }).await?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 

@@ -264,12 +264,13 @@ async fn record(
     Ok(())
 }
 
-/// The server arrived: it is ACTIVE (or PAUSED) here; the operation is done.
+/// The server arrived: it is ACTIVE (or PAUSED) here; the operation is done. With `resume`,
+/// a guest the source paused to finish is resumed first.
 ///
 /// # Errors
 /// [`OpError::NotFound`] when no migration of that server is pending here,
 /// [`OpError::Conflict`] when its domain does not run here.
-pub async fn finish(services: &Services, server_id: &str) -> Result<(), OpError> {
+pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Result<(), OpError> {
     let pending = services
         .migrations()
         .incoming
@@ -287,6 +288,10 @@ pub async fn finish(services: &Services, server_id: &str) -> Result<(), OpError>
         };
     };
     let domain = format!("hyperlet-{server_id}");
+    if resume && services.libvirt().state(&domain).await? == Some(PowerState::Paused) {
+        // The source paused the guest to finish (force-complete): it runs again here.
+        services.libvirt().unpause(&domain).await?;
+    }
     let status = match services.libvirt().state(&domain).await? {
         Some(PowerState::Running) => ServerStatus::Active,
         Some(PowerState::Paused) => ServerStatus::Paused,

@@ -40,7 +40,17 @@ pub struct Migrations {
     peer_token: OnceLock<AdminToken>,
     slots: Arc<tokio::sync::Semaphore>,
     progress: Mutex<HashMap<String, MigrationProgress>>,
+    outgoing: Mutex<HashMap<String, Requests>>,
     incoming: tokio::sync::Mutex<HashMap<String, incoming::Pending>>,
+}
+
+/// What was asked of an outgoing migration while it runs.
+#[derive(Debug, Clone, Copy, Default)]
+struct Requests {
+    /// `live_migrate_abort`.
+    abort: bool,
+    /// `live_migrate_force_complete` paused the guest: resume it on the destination.
+    paused_to_finish: bool,
 }
 
 impl Migrations {
@@ -50,6 +60,7 @@ impl Migrations {
             peer_token: OnceLock::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
             progress: Mutex::default(),
+            outgoing: Mutex::default(),
             incoming: tokio::sync::Mutex::default(),
         }
     }
@@ -66,6 +77,15 @@ impl Migrations {
             .unwrap_or_else(|p| p.into_inner())
             .get(server_id)
             .cloned()
+    }
+
+    fn requests(&self) -> std::sync::MutexGuard<'_, HashMap<String, Requests>> {
+        self.outgoing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an outgoing migration of `server_id` runs from this agent.
+    pub fn outgoing(&self, server_id: &str) -> bool {
+        self.requests().contains_key(server_id)
     }
 
     fn set_progress(&self, server_id: &str, progress: Option<MigrationProgress>) {

@@ -99,6 +99,10 @@ pub(crate) async fn start(
             ))
         })?;
     servers::set_status(services, &id, loaded.status, Some("migrating"), None).await?;
+    services
+        .migrations()
+        .requests()
+        .insert(id.clone(), Default::default());
     let view = servers::get(services, &id).await?;
     let services = services.clone();
     tokio::spawn(async move {
@@ -108,8 +112,75 @@ pub(crate) async fn start(
             tracing::warn!(server_id = %loaded.row.id, error = %crate::api::error::chain(&e), "live migration failed");
         }
         services.migrations().set_progress(&loaded.row.id, None);
+        services.migrations().requests().remove(&loaded.row.id);
     });
     Ok(view)
+}
+
+fn requested(services: &Services, id: &str) -> super::Requests {
+    services
+        .migrations()
+        .requests()
+        .get(id)
+        .copied()
+        .unwrap_or_default()
+}
+
+/// `live_migrate_abort`: stops a running live migration; the server stays here, running.
+///
+/// # Errors
+/// [`OpError::Conflict`] when no live migration of the server runs from this node.
+pub(crate) async fn abort(services: &Services, loaded: &Loaded) -> Result<(), OpError> {
+    let id = &loaded.row.id;
+    match services.migrations().requests().get_mut(id) {
+        Some(requests) => requests.abort = true,
+        None => {
+            return Err(OpError::Conflict(format!(
+                "no live migration of server {id} runs from this node"
+            )))
+        }
+    }
+    let domain = &loaded.spec.domain_name;
+    if services
+        .libvirt()
+        .migration_progress(domain)
+        .await?
+        .is_some()
+    {
+        services.libvirt().abort_job(domain).await?;
+    }
+    Ok(())
+}
+
+/// `live_migrate_force_complete`: ends a live migration that does not converge — switched
+/// to post-copy when `[migration] allow_post_copy`, else by pausing the guest (it runs again
+/// on the destination).
+///
+/// # Errors
+/// [`OpError::Conflict`] when no live migration of the server is copying memory right now.
+pub(crate) async fn force_complete(services: &Services, loaded: &Loaded) -> Result<(), OpError> {
+    let id = &loaded.row.id;
+    let domain = &loaded.spec.domain_name;
+    if !services.migrations().outgoing(id)
+        || services
+            .libvirt()
+            .migration_progress(domain)
+            .await?
+            .is_none()
+    {
+        return Err(OpError::Conflict(format!(
+            "no live migration of server {id} is copying memory from this node"
+        )));
+    }
+    if services.config().migration.allow_post_copy {
+        services.libvirt().start_post_copy(domain).await?;
+        return Ok(());
+    }
+    if let Some(requests) = services.migrations().requests().get_mut(id) {
+        requests.paused_to_finish = true;
+    }
+    services.libvirt().pause(domain).await?;
+    Ok(())
 }
 
 /// This node as its peers address it.
@@ -324,6 +395,11 @@ async fn run(
                 },
             )
             .await?;
+        if requested(services, id).abort {
+            return Err(OpError::Interrupted(
+                "aborted on request (live_migrate_abort)".into(),
+            ));
+        }
         op.step(
             "migrate",
             json!({ "domain": loaded.spec.domain_name, "dest": dest_name }),
@@ -391,6 +467,9 @@ async fn migrate(
             result = &mut migration => {
                 return match result {
                     Ok(()) => Ok(()),
+                    Err(_) if requested(services, &loaded.row.id).abort => Err(
+                        OpError::Interrupted("aborted on request (live_migrate_abort)".into()),
+                    ),
                     Err(_) if aborted => Err(OpError::Interrupted(format!(
                         "the migration did not complete within {} s and was aborted",
                         deadline.as_secs()
@@ -454,8 +533,9 @@ async fn moved(
     let mut backoff = Backoff::default();
     let stop = tokio_util::sync::CancellationToken::new();
     loop {
+        let resume = requested(services, id).paused_to_finish;
         match client
-            .post::<_, serde_json::Value>(dest_url, &path, &json!({}), peer::CALL)
+            .post::<_, serde_json::Value>(dest_url, &path, &json!({ "resume": resume }), peer::CALL)
             .await
         {
             Ok(_) => break,

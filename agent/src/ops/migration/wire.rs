@@ -63,3 +63,12 @@ pub struct IncomingAnswer {
     /// The disk targets whose contents must be copied (local files).
     pub copy_disks: Vec<String>,
 }
+
+/// `POST /v1/peer/migrations/{id}/finish`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinishRequest {
+    /// The source paused the guest to finish: resume it.
+    #[serde(default)]
+    pub resume: bool,
+}

@@ -62,6 +62,10 @@ pub enum ServerAction {
     },
     /// Move the running server to another node of the fleet.
     LiveMigrate(crate::ops::migration::outgoing::LiveMigrate),
+    /// Stop a running live migration (the server stays here).
+    LiveMigrateAbort,
+    /// End a live migration that does not converge (post-copy, or pause to finish).
+    LiveMigrateForceComplete,
 }
 
 #[derive(Deserialize)]
@@ -146,6 +150,8 @@ impl ServerAction {
             "suspend" => simple(Self::Suspend),
             "resume" => simple(Self::Resume),
             "confirm_resize" => simple(Self::ConfirmResize),
+            "live_migrate_abort" => simple(Self::LiveMigrateAbort),
+            "live_migrate_force_complete" => simple(Self::LiveMigrateForceComplete),
             "revert_resize" => simple(Self::RevertResize),
             "reboot" => {
                 let a: RebootArgs = args(&name, value)?;
@@ -237,7 +243,7 @@ impl ServerAction {
             other => Err(OpError::InvalidInput(format!(
                 "unknown action {other:?}; one of start, stop, reboot, pause, unpause, suspend, \
                  resume, rebuild, resize, confirm_resize, revert_resize, console_output, \
-                 set_password, live_migrate"
+                 set_password, live_migrate, live_migrate_abort, live_migrate_force_complete"
             ))),
         }
     }
@@ -259,6 +265,8 @@ impl ServerAction {
             Self::ConsoleOutput { .. } => "console_output",
             Self::SetPassword { .. } => "set_password",
             Self::LiveMigrate(_) => "live_migrate",
+            Self::LiveMigrateAbort => "live_migrate_abort",
+            Self::LiveMigrateForceComplete => "live_migrate_force_complete",
         }
     }
 
@@ -280,7 +288,9 @@ impl ServerAction {
                 &[Active, Shutoff, Paused, Suspended, Error, VerifyResize]
             }
             Self::SetPassword { .. } => &[Active],
-            Self::LiveMigrate(_) => &[Active, Paused],
+            Self::LiveMigrate(_) | Self::LiveMigrateAbort | Self::LiveMigrateForceComplete => {
+                &[Active, Paused]
+            }
         }
     }
 }
@@ -343,6 +353,19 @@ pub async fn action(
         ServerAction::SetPassword { password } => {
             set_password(services, &loaded, password).await?;
             return Ok(ActionOutput::Done { ok: true });
+        }
+        // These act on a migration that holds the server's lock.
+        ServerAction::LiveMigrateAbort => {
+            crate::ops::migration::outgoing::abort(services, &loaded).await?;
+            return Ok(ActionOutput::Accepted(Box::new(
+                super::get(services, id).await?,
+            )));
+        }
+        ServerAction::LiveMigrateForceComplete => {
+            crate::ops::migration::outgoing::force_complete(services, &loaded).await?;
+            return Ok(ActionOutput::Accepted(Box::new(
+                super::get(services, id).await?,
+            )));
         }
         _ => {}
     }
@@ -410,7 +433,9 @@ fn transitional(action: &ServerAction, current: ServerStatus) -> (ServerStatus, 
         ServerAction::ConfirmResize => (current, "resize_confirming"),
         ServerAction::RevertResize => (ServerStatus::Resize, "resize_reverting"),
         ServerAction::ConsoleOutput { .. } | ServerAction::SetPassword { .. } => (current, "busy"),
-        ServerAction::LiveMigrate(_) => (current, "migrating"),
+        ServerAction::LiveMigrate(_)
+        | ServerAction::LiveMigrateAbort
+        | ServerAction::LiveMigrateForceComplete => (current, "migrating"),
     }
 }
 
