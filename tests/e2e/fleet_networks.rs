@@ -31,7 +31,7 @@ pub fn node_config_with(ip: &str, capacity: &str) -> String {
     )
 }
 
-fn post(agent: &Agent, path: &str, body: &Value) -> Value {
+pub fn post(agent: &Agent, path: &str, body: &Value) -> Value {
     let resp = agent.send(Method::POST, path, Some(body));
     let status = resp.status();
     let value: Value = resp.json().unwrap_or_default();
@@ -40,7 +40,7 @@ fn post(agent: &Agent, path: &str, body: &Value) -> Value {
 }
 
 /// The same network (id, VNI) and subnet (id, CIDR) on `node`.
-fn span(node: &FleetNode, net: &str, subnet: &str) {
+pub fn span(node: &FleetNode, net: &str, subnet: &str) {
     let agent = &node.agent;
     post(
         agent,
@@ -57,7 +57,7 @@ fn span(node: &FleetNode, net: &str, subnet: &str) {
 
 /// [`span`], an ICMP-open group, and a guest with an address the node allocates; returns the
 /// server id.
-fn guest_on(node: &FleetNode, net: &str, subnet: &str, name: &str) -> String {
+pub fn guest_on(node: &FleetNode, net: &str, subnet: &str, name: &str) -> String {
     span(node, net, subnet);
     let agent = &node.agent;
     let group = post(agent, "/v1/security-groups", &json!({"name": "icmp"}));

@@ -275,3 +275,175 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
     assert!(resp.status().is_success());
     a.agent.wait_server_gone(&id, Duration::from_secs(60));
 }
+
+/// Networks follow (issue #14 acceptance): a guest on a VXLAN network spanning three nodes is
+/// pinged every 0.1 s by a guest on a third node while it moves from A to B; the pinger loses
+/// at most 10 replies, the guest keeps its address and MAC, B holds its address claim and the
+/// third node's forwarding entry points to B; A keeps no port.
+#[test]
+fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
+    use crate::fleet_networks::{guest_on, node_config, post, span};
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let a = fabric.node("net-a", 1, &node_config(&fabric.address(1)));
+    let b = fabric.node("net-b", 2, &node_config(&fabric.address(2)));
+    let c = fabric.node("net-c", 3, &node_config(&fabric.address(3)));
+    let net = uuid::Uuid::new_v4().to_string();
+    let subnet = uuid::Uuid::new_v4().to_string();
+    let mover = guest_on(&a, &net, &subnet, "mover");
+    let pinger = guest_on(&c, &net, &subnet, "pinger");
+    // B has the network and a group of the same name and rules (groups are matched by name).
+    span(&b, &net, &subnet);
+    let group = post(&b.agent, "/v1/security-groups", &json!({"name": "icmp"}));
+    post(
+        &b.agent,
+        "/v1/security-group-rules",
+        &json!({"security_group_id": group["id"], "direction": "ingress", "protocol": "icmp"}),
+    );
+
+    let boot = Duration::from_secs(240);
+    let mut ips = Vec::new();
+    let mut domains = Vec::new();
+    for (node, id) in [(&a, &mover), (&c, &pinger)] {
+        let server = node.agent.wait_server(id, "ACTIVE", boot);
+        ips.push(
+            server["nics"][0]["fixed_ips"][0]
+                .as_str()
+                .expect("ip")
+                .to_string(),
+        );
+        domains.push(server["domain_name"].as_str().expect("domain").to_string());
+        node.agent
+            .wait_console(id, "HYPERLET-GUEST: meta-done", 1, boot);
+    }
+    let mac = a.agent.get_json(&format!("/v1/servers/{mover}"))["nics"][0]["mac"]
+        .as_str()
+        .expect("mac")
+        .to_string();
+    // Reachable before: then the pinger pings every 0.1 s in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, _, _) = hyperlet_tests::guest::guest_sh_with(
+            |args| c.libvirt.virsh(args),
+            &domains[1],
+            &format!("busybox ping -c 1 -W 2 {}", ips[0]),
+            Duration::from_secs(30),
+        );
+        if code == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ping before the migration"
+        );
+    }
+    sh(
+        &c,
+        &domains[1],
+        &format!(
+            "busybox ping -i 0.1 {} > /tmp/ping.log 2>&1 & echo $! > /tmp/ping.pid",
+            ips[0]
+        ),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, body) = migrate(&a.agent, &mover, json!({"host": "net-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_moved(&a.agent, &mover);
+    let on_b = b
+        .agent
+        .wait_server(&mover, "ACTIVE", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = sh(
+        &c,
+        &domains[1],
+        "kill -INT $(cat /tmp/ping.pid); sleep 1; grep -o 'seq=[0-9]*' /tmp/ping.log | tr '\\n' ' '; tail -3 /tmp/ping.log",
+    );
+    let (sent, received) = log
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| {
+            let n: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (n.len() >= 2).then(|| (n[0], n[1]))
+        })
+        .unwrap_or_else(|| panic!("ping summary: {log}"));
+    assert!(sent >= 50, "the pinger ran through the migration: {log}");
+    let timeline = |node: &hyperlet_tests::fleet::FleetNode| {
+        node.agent
+            .log()
+            .lines()
+            .filter(|l| {
+                l.contains("live migration")
+                    || l.contains("l2pop")
+                    || l.contains("request finished\",\"status\":200") && l.contains("peer")
+            })
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        sent - received <= 10,
+        "at most 10 replies lost (1 s): {sent} sent, {received} received\n{log}\nA:\n{}\nB:\n{}\nC:\n{}",
+        timeline(&a),
+        timeline(&b),
+        timeline(&c)
+    );
+    eprintln!("pinger: {sent} sent, {received} received during the migration");
+
+    // Same address and MAC.
+    assert_eq!(on_b["nics"][0]["fixed_ips"][0], ips[0].as_str(), "{on_b}");
+    assert_eq!(on_b["nics"][0]["mac"], mac.as_str(), "{on_b}");
+    // A forgot the port; B has it; C forwards the MAC to B.
+    let port_id = on_b["nics"][0]["port_id"]
+        .as_str()
+        .expect("port")
+        .to_string();
+    assert_eq!(
+        a.agent
+            .get(&format!("/v1/ports/{port_id}"))
+            .status()
+            .as_u16(),
+        404
+    );
+    assert_eq!(
+        b.agent
+            .get(&format!("/v1/ports/{port_id}"))
+            .status()
+            .as_u16(),
+        200
+    );
+    let fdb = c.exec(&["bridge", "fdb", "show", "dev", "vxlan-4242"]).1;
+    let line = fdb
+        .lines()
+        .find(|l| l.starts_with(&mac) && l.contains(" dst "))
+        .unwrap_or_else(|| panic!("C has an entry for {mac}: {fdb}"));
+    assert!(
+        line.contains(&format!("dst {}", b.ip)),
+        "C forwards to B: {line}"
+    );
+    // The address claim is B's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let claim = runtime.block_on(async {
+        let config = hyperlet::config::FleetConfig {
+            endpoints: vec![fabric.etcd.endpoint()],
+            ..Default::default()
+        };
+        let etcd = hyperlet::fleet::etcd::Etcd::connect(&config)
+            .await
+            .expect("etcd");
+        let key = hyperlet::fleet::keys::Keys::new(&config.prefix)
+            .ipam(&subnet, ips[0].parse().expect("ip"));
+        etcd.get(&key)
+            .await
+            .expect("get")
+            .map(|kv| kv.value().to_vec())
+    });
+    let claim: serde_json::Value =
+        serde_json::from_slice(&claim.expect("a claim")).expect("claim JSON");
+    assert_eq!(claim["node"], "net-b", "{claim}");
+}

@@ -129,6 +129,44 @@ impl FleetIpam {
         })
     }
 
+    /// Takes over `ip` of `subnet` for `port` when node `from` holds it for the same port (the
+    /// port moved here with its server). `true` when this node holds it now.
+    async fn transfer(
+        &self,
+        subnet: &str,
+        ip: Ipv4Addr,
+        port: &str,
+        from: &str,
+    ) -> Result<bool, FleetError> {
+        let key = self.keys.ipam(subnet, ip);
+        let value = |node: &str| {
+            serde_json::to_vec(&Claim {
+                node: node.to_string(),
+                port: port.to_string(),
+            })
+            .map_err(|e| FleetError::Record(e.to_string()))
+        };
+        let (theirs, mine) = (value(from)?, value(&self.node)?);
+        let resp = self
+            .etcd()
+            .await?
+            .txn(
+                Txn::new()
+                    .when([Compare::value(key.clone(), CompareOp::Equal, theirs)])
+                    .and_then([TxnOp::put(key.clone(), mine.clone(), None)])
+                    .or_else([TxnOp::get(key, None)]),
+            )
+            .await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        let holder = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        Ok(holder.as_deref() == Some(mine.as_slice()))
+    }
+
     /// Releases `ip` of `subnet` if `port` of this node holds it.
     async fn release(&self, subnet: &str, ip: Ipv4Addr, port: &str) -> Result<(), FleetError> {
         let key = self.keys.ipam(subnet, ip);
@@ -190,6 +228,16 @@ pub async fn reconcile(services: &Services) -> Result<Reconciled, OpError> {
             {
                 Claimed::Created => done.claimed += 1,
                 Claimed::Already => {}
+                // The same port on another node: it moved here with its server (a migration
+                // whose hand-over of the claim did not land).
+                Claimed::Held(holder)
+                    if holder.port == port.id
+                        && ipam
+                            .transfer(&fixed.subnet_id, fixed.ip_address, &port.id, &holder.node)
+                            .await? =>
+                {
+                    done.claimed += 1;
+                }
                 Claimed::Held(holder) => {
                     done.conflicts += 1;
                     tracing::error!(
@@ -371,4 +419,28 @@ pub async fn delete_port(services: &Services, port: &Port) -> Result<(), OpError
         }
     }
     Ok(())
+}
+
+/// Hands the fleet-wide claims of `port` (which moved here with its server) from node `from`
+/// to this node. Failures are logged: the periodic reconciliation takes them over later.
+pub async fn take_over(services: &Services, port: &Port, from: &str) {
+    let network = match services.store().get_network(&port.network_id).await {
+        Ok(Some(network)) => network,
+        _ => return,
+    };
+    let Some(ipam) = applies(services, &network) else {
+        return;
+    };
+    for fixed in &port.fixed_ips {
+        match ipam
+            .transfer(&fixed.subnet_id, fixed.ip_address, &port.id, from)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(port = %port.id, ip = %fixed.ip_address, from,
+                "the address of a port that moved here is claimed by someone else"),
+            Err(e) => tracing::warn!(port = %port.id, ip = %fixed.ip_address, error = %e,
+                "cannot take over a moved port's address claim yet; reconciliation will"),
+        }
+    }
 }

@@ -59,6 +59,10 @@ pub struct RemotePort {
     pub mac: String,
     /// Fixed addresses.
     pub ips: Vec<Ipv4Addr>,
+    /// Its server is still arriving here by live migration: peers flood to this node (so the
+    /// guest is reached the moment it runs here) but send its MAC to the node it leaves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub arriving: bool,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -71,25 +75,40 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// The forwarding entries `presences` ask for on a network whose VNI here is `vni`: peers
-/// (not `me`) with at least one port and the same VNI.
-pub fn desired(me: &str, vni: u32, presences: &[&Presence]) -> BTreeSet<RemoteEntry> {
+/// The forwarding entries `presences` (each with the etcd revision it was written at) ask for
+/// on a network whose VNI here is `vni`: a flooding entry per peer (not `me`) with at least one
+/// port and the same VNI, and one entry per MAC toward the node that published it. A MAC
+/// published by two nodes (a server that just moved) goes to the newer publication; when that
+/// is `me`'s, no remote entry is made for it.
+pub fn desired(me: &str, vni: u32, presences: &[(&Presence, i64)]) -> BTreeSet<RemoteEntry> {
     let mut entries = BTreeSet::new();
-    for p in presences {
-        if p.node == me || p.vni != vni || p.ports.is_empty() {
+    let mut owners: BTreeMap<[u8; 6], (i64, Option<Ipv4Addr>)> = BTreeMap::new();
+    for (p, revision) in presences {
+        if p.vni != vni || p.ports.is_empty() {
             continue;
         }
-        entries.insert(RemoteEntry {
-            mac: FLOOD,
-            dst: p.tunnel_ip,
-        });
+        let remote = (p.node != me).then_some(p.tunnel_ip);
+        if let Some(dst) = remote {
+            entries.insert(RemoteEntry { mac: FLOOD, dst });
+        }
         for port in &p.ports {
-            if let Some(mac) = parse_mac(&port.mac).filter(|m| *m != FLOOD && m[0] & 1 == 0) {
-                entries.insert(RemoteEntry {
-                    mac,
-                    dst: p.tunnel_ip,
-                });
+            let Some(mac) = parse_mac(&port.mac).filter(|m| *m != FLOOD && m[0] & 1 == 0) else {
+                continue;
+            };
+            if port.arriving {
+                continue;
             }
+            match owners.get(&mac) {
+                Some((newer, _)) if newer >= revision => {}
+                _ => {
+                    owners.insert(mac, (*revision, remote));
+                }
+            }
+        }
+    }
+    for (mac, (_, dst)) in owners {
+        if let Some(dst) = dst {
+            entries.insert(RemoteEntry { mac, dst });
         }
     }
     entries
@@ -99,7 +118,7 @@ pub fn desired(me: &str, vni: u32, presences: &[&Presence]) -> BTreeSet<RemoteEn
 #[derive(Default)]
 struct State {
     /// Every presence in etcd, by (network, node).
-    remote: BTreeMap<(String, String), Presence>,
+    remote: BTreeMap<(String, String), (Presence, i64)>,
     /// The revision `remote` is current at (0: read everything again).
     revision: i64,
     /// What this node last published, by network.
@@ -167,7 +186,7 @@ impl L2Pop {
             let (kvs, revision) = etcd.get_prefix(&keys.networks()).await?;
             state.remote.clear();
             for kv in &kvs {
-                self.apply(&keys, state, kv.key(), Some(kv.value()));
+                self.apply(&keys, state, kv.key(), Some(kv.value()), kv.mod_revision());
             }
             state.revision = revision;
         }
@@ -216,7 +235,7 @@ impl L2Pop {
                     for event in resp.events() {
                         let Some(kv) = event.kv() else { continue };
                         let value = (event.event_type() == EventType::Put).then(|| kv.value());
-                        self.apply(&keys, state, kv.key(), value);
+                        self.apply(&keys, state, kv.key(), value, kv.mod_revision());
                         state.revision = state.revision.max(kv.mod_revision());
                     }
                     self.program(state, &netlink).await;
@@ -236,7 +255,14 @@ impl L2Pop {
 
     /// Records one key's new value (`None`: deleted); values that do not parse or do not
     /// match their key are ignored with a warning.
-    fn apply(&self, keys: &Keys, state: &mut State, key: &[u8], value: Option<&[u8]>) {
+    fn apply(
+        &self,
+        keys: &Keys,
+        state: &mut State,
+        key: &[u8],
+        value: Option<&[u8]>,
+        revision: i64,
+    ) {
         let Some((network, node)) = keys.parse_network_node(key) else {
             return;
         };
@@ -247,7 +273,7 @@ impl L2Pop {
             }
             Some(bytes) => match record::parse::<Presence>(bytes) {
                 Ok(p) if p.node == node && p.ports.len() <= MAX_PORTS => {
-                    state.remote.insert(slot, p);
+                    state.remote.insert(slot, (p, revision));
                 }
                 Ok(_) => tracing::warn!(
                     network,
@@ -261,11 +287,21 @@ impl L2Pop {
         }
     }
 
-    /// This node's presence on each of its VXLAN networks, from the store.
+    /// This node's presence on each of its VXLAN networks, from the store. Ports of a server
+    /// still arriving by live migration are marked `arriving` until it runs here: until then
+    /// its MAC is reached on the source, and floods reach this node.
     async fn local(&self) -> Result<BTreeMap<String, Presence>, FleetError> {
         let store = self.services.store();
         let fail = |e: crate::state::StoreError| FleetError::Record(e.to_string());
         let networks = store.list_networks().await.map_err(fail)?;
+        let arriving: std::collections::HashSet<String> = store
+            .list_servers()
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .filter(|s| s.status == "BUILD" && s.task_state.as_deref() == Some("migrating"))
+            .map(|s| s.id)
+            .collect();
         let ports = store.list_ports(PortFilter::All).await.map_err(fail)?;
         let Ok(tunnel_ip) = self.identity.tunnel_ip.to_string().parse::<Ipv4Addr>() else {
             return Ok(BTreeMap::new());
@@ -290,6 +326,7 @@ impl L2Pop {
                     id: p.id.clone(),
                     mac: p.mac_address.to_lowercase(),
                     ips: p.fixed_ips.iter().map(|f| f.ip_address).collect(),
+                    arriving: arriving.contains(&p.device_id),
                 })
                 .collect();
             if !mine.is_empty() {
@@ -360,11 +397,11 @@ impl L2Pop {
                 continue;
             };
             let dev = format!("vxlan-{vni}");
-            let presences: Vec<&Presence> = state
+            let presences: Vec<(&Presence, i64)> = state
                 .remote
                 .iter()
                 .filter(|((n, _), _)| n == &network.id)
-                .map(|(_, p)| p)
+                .map(|(_, (p, revision))| (p, *revision))
                 .collect();
             let want = desired(&self.identity.name, vni, &presences);
             let have: BTreeSet<RemoteEntry> = match netlink.fdb_remotes(&dev).await {
@@ -412,9 +449,36 @@ mod tests {
                     id: format!("p-{m}"),
                     mac: (*m).into(),
                     ips: Vec::new(),
+                    arriving: false,
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_mac_on_two_nodes_goes_to_the_newer_publication() {
+        let a = presence("a", [10, 0, 0, 1], 7, &["fa:16:3e:00:00:01"]);
+        let b = presence("b", [10, 0, 0, 2], 7, &["fa:16:3e:00:00:01"]);
+        let moved = |from_rev, to_rev| desired("c", 7, &[(&a, from_rev), (&b, to_rev)]);
+        let unicast = |want: BTreeSet<RemoteEntry>| {
+            want.into_iter()
+                .filter(|e| e.mac != FLOOD)
+                .map(|e| e.dst)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(unicast(moved(1, 2)), vec![Ipv4Addr::from([10, 0, 0, 2])]);
+        assert_eq!(unicast(moved(3, 2)), vec![Ipv4Addr::from([10, 0, 0, 1])]);
+        // On the node that holds the newer one, no remote entry for its own guest.
+        assert!(unicast(desired("b", 7, &[(&a, 1), (&b, 2)])).is_empty());
+        // Still arriving: floods go to B, the MAC to A, however new B's publication is.
+        let mut arriving = b.clone();
+        arriving.ports[0].arriving = true;
+        let want = desired("c", 7, &[(&a, 1), (&arriving, 9)]);
+        assert!(want.contains(&RemoteEntry {
+            mac: FLOOD,
+            dst: [10, 0, 0, 2].into()
+        }));
+        assert_eq!(unicast(want), vec![Ipv4Addr::from([10, 0, 0, 1])]);
     }
 
     #[test]
@@ -434,7 +498,17 @@ mod tests {
             7,
             &["00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "x"],
         );
-        let want = desired("a", 7, &[&me, &b, &empty, &other_vni, &hostile]);
+        let want = desired(
+            "a",
+            7,
+            &[
+                (&me, 1),
+                (&b, 2),
+                (&empty, 3),
+                (&other_vni, 4),
+                (&hostile, 5),
+            ],
+        );
         let dst_b: Ipv4Addr = [10, 0, 0, 2].into();
         let dst_e: Ipv4Addr = [10, 0, 0, 5].into();
         assert_eq!(

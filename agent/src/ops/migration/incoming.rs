@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `images` | fetch the images this node lacks from the source, checked by SHA-256 | none (they stay cached, as any image) |
 //! | `record` | record the server (BUILD, task `migrating`) under the admission lock | forget it |
+//! | `ports` | its ports with the same ids, MACs and addresses on the same networks (which must exist here), filtered and served by DHCP before the guest arrives | delete them |
 //! | `disks` | the server's directory with empty overlays over this node's base image | destroy and undefine a domain left here, remove the directory |
 //!
 //! The operation stays open between the source's `prepare` and its `finish` or `abort`, the
@@ -50,10 +51,27 @@ fn check(req: &IncomingRequest) -> Result<(), OpError> {
             req.status.as_str()
         ));
     }
-    if !req.spec.nics.is_empty() || !req.spec.volumes.is_empty() || req.spec.boot_volume.is_some() {
+    if !req.spec.volumes.is_empty() || req.spec.boot_volume.is_some() {
         return Err(OpError::Conflict(
-            "servers with ports or volumes cannot migrate yet".into(),
+            "servers with volumes cannot migrate yet".into(),
         ));
+    }
+    if req.ports.len() != req.spec.nics.len()
+        || req.spec.nics.iter().zip(&req.ports).any(|(nic, offer)| {
+            nic.port_id != offer.port.id || nic.network_id != offer.port.network_id
+        })
+    {
+        return bad("the ports offered are not the server's NICs".into());
+    }
+    for offer in &req.ports {
+        if uuid::Uuid::parse_str(&offer.port.id).is_err()
+            || uuid::Uuid::parse_str(&offer.port.network_id).is_err()
+        {
+            return bad(format!("port {:?} has no usable ids", offer.port.id));
+        }
+        if offer.security_group_names.len() != offer.port.security_groups.len() {
+            return bad(format!("port {} names its groups wrongly", offer.port.id));
+        }
     }
     if req.images.len() > MAX_IMAGES {
         return bad(format!(
@@ -138,6 +156,20 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
             record(services, &req, &spec)
         })
         .await?;
+        let port_ids: Vec<&str> = req.ports.iter().map(|o| o.port.id.as_str()).collect();
+        spec.nics = op
+            .step("ports", json!({ "ports": port_ids }), || {
+                ports(services, &req)
+            })
+            .await?;
+        services
+            .store()
+            .set_server_spec(
+                &id,
+                &req.image_id,
+                &serde_json::to_string(&spec).expect("spec serialises"),
+            )
+            .await?;
         op.step(
             "disks",
             json!({ "dir": spec.dir, "domain": spec.domain_name }),
@@ -159,7 +191,7 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
     match steps {
         Ok(answer) => {
             services.migrations().incoming.lock().await.insert(
-                id,
+                id.clone(),
                 Pending {
                     op,
                     _guard: guard,
@@ -167,6 +199,7 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
                     source: req.source,
                 },
             );
+            tokio::spawn(watch_arrival(services.clone(), id, req.status));
             Ok(answer)
         }
         Err(e) => {
@@ -175,6 +208,45 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
                 tracing::error!(server_id = %id, %undo, "rollback of a failed migration preparation is incomplete");
             }
             Err(e)
+        }
+    }
+}
+
+/// How often a pending incoming domain is looked at.
+const ARRIVAL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest a pending migration is watched.
+const ARRIVAL_WATCH: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Watches a pending incoming server: the moment libvirt runs it here (the switch-over, which
+/// comes before the source's migration call returns), it gets its status here, so this node
+/// publishes its ports as its own and the fleet's traffic for it turns here at once, not only
+/// when the source finishes. `finish` completes the rest.
+async fn watch_arrival(services: Services, id: String, status: ServerStatus) {
+    let domain = format!("hyperlet-{id}");
+    let started = std::time::Instant::now();
+    while started.elapsed() < ARRIVAL_WATCH {
+        tokio::time::sleep(ARRIVAL_POLL).await;
+        if !services
+            .migrations()
+            .incoming
+            .lock()
+            .await
+            .contains_key(&id)
+        {
+            return;
+        }
+        if let Ok(Some(PowerState::Running)) = services.libvirt().state(&domain).await {
+            let now = if status == ServerStatus::Paused {
+                ServerStatus::Paused
+            } else {
+                ServerStatus::Active
+            };
+            if let Err(e) = servers::set_status(&services, &id, now, Some("migrating"), None).await
+            {
+                tracing::warn!(server_id = %id, error = %e, "cannot record an arrived server");
+            }
+            tracing::info!(server_id = %id, "live migration: the guest runs here");
+            return;
         }
     }
 }
@@ -236,6 +308,98 @@ async fn fetch_images(
         tracing::info!(image_id = %offer.id, from = %source.name, "fetched an image for an incoming migration");
     }
     Ok(())
+}
+
+/// The server's ports here: same ids, MACs, addresses and (by id, else by name) security
+/// groups, bound to the server; then filtered and served by DHCP on their networks.
+async fn ports(
+    services: &Services,
+    req: &IncomingRequest,
+) -> Result<Vec<crate::ops::networks::ports::ServerNic>, OpError> {
+    use crate::net::model::NetStatus;
+    use crate::ops::networks::ports::{alloc_error, ServerNic};
+    let store = services.store();
+    let owner = format!("compute:{}", services.config().availability_zone);
+    let mut nics = Vec::new();
+    for offer in &req.ports {
+        let port = &offer.port;
+        let network = store.get_network(&port.network_id).await?.ok_or_else(|| {
+            OpError::Conflict(format!(
+                "network {} does not exist on this node: create it here with the same id \
+                 (and segmentation id) first",
+                port.network_id
+            ))
+        })?;
+        if network.status != NetStatus::Active {
+            return Err(OpError::Conflict(format!(
+                "network {} is {} on this node, not ACTIVE",
+                network.id,
+                network.status.as_str()
+            )));
+        }
+        let mut groups = Vec::new();
+        for (id, name) in port.security_groups.iter().zip(&offer.security_group_names) {
+            let here = match store.get_security_group(id).await? {
+                Some(group) => group.id,
+                None => store
+                    .security_group_by_name(name)
+                    .await?
+                    .map(|g| g.id)
+                    .ok_or_else(|| {
+                        OpError::Conflict(format!(
+                            "this node has no security group {id} or named {name:?}: create it \
+                             here first"
+                        ))
+                    })?,
+            };
+            groups.push(here);
+        }
+        let made = match store.get_port(&port.id).await? {
+            Some(existing) if existing.device_id == req.server_id => existing,
+            Some(_) => {
+                return Err(OpError::Conflict(format!(
+                    "port {} already exists on this node",
+                    port.id
+                )))
+            }
+            None => {
+                let _guard = services.network_lock().lock().await;
+                store
+                    .create_port(crate::state::NewPort {
+                        id: port.id.clone(),
+                        network_id: port.network_id.clone(),
+                        name: port.name.clone(),
+                        mac_address: Some(port.mac_address.clone()),
+                        ips: port
+                            .fixed_ips
+                            .iter()
+                            .map(|f| crate::state::IpRequest::Fixed(f.ip_address))
+                            .collect(),
+                        device_id: req.server_id.clone(),
+                        device_owner: owner.clone(),
+                        security_groups: groups,
+                        port_security_enabled: port.port_security_enabled,
+                        allowed_address_pairs: port.allowed_address_pairs.clone(),
+                        exclude: Vec::new(),
+                    })
+                    .await
+                    .map_err(alloc_error)?
+            }
+        };
+        nics.push(ServerNic::new(&made, &network, offer.created)?);
+    }
+    // Filtered, and known to DHCP and metadata, before the guest's taps exist here.
+    for network_id in nic_networks(&nics) {
+        crate::ops::networks::runtime::refresh(services, &network_id).await;
+    }
+    Ok(nics)
+}
+
+fn nic_networks(nics: &[crate::ops::networks::ports::ServerNic]) -> Vec<String> {
+    let mut out: Vec<String> = nics.iter().map(|n| n.network_id.clone()).collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Admits and records the incoming server (BUILD, task `migrating`).
@@ -311,6 +475,18 @@ pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Resul
     Ok(())
 }
 
+/// Takes over the fleet-wide address claims of the server's ports from the source.
+async fn take_over_claims(services: &Services, server_id: &str, from: &str) {
+    let Ok(spec) = servers::spec_of(services, server_id).await else {
+        return;
+    };
+    for nic in &spec.nics {
+        if let Ok(Some(port)) = services.store().get_port(&nic.port_id).await {
+            crate::ops::fleet::ipam::take_over(services, &port, from).await;
+        }
+    }
+}
+
 /// Records the arrival: status, no tombstone, an event.
 async fn arrived(
     services: &Services,
@@ -318,6 +494,7 @@ async fn arrived(
     status: ServerStatus,
     from: &str,
 ) -> Result<(), OpError> {
+    take_over_claims(services, server_id, from).await;
     servers::set_status(services, server_id, status, None, None).await?;
     services.store().delete_moved(server_id).await?;
     let _ = services
@@ -379,6 +556,39 @@ async fn undo_step(services: &Services, step: &StepRecord) -> Result<(), String>
             .delete_server(&text("server_id"))
             .await
             .map_err(|e| e.to_string()),
+        "ports" => {
+            let ids: Vec<String> = step.data["ports"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut networks = Vec::new();
+            for id in ids {
+                if let Some(port) = services
+                    .store()
+                    .get_port(&id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    // Only the local record: the address claims stay with the source.
+                    services
+                        .store()
+                        .delete_port(&id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    networks.push(port.network_id);
+                }
+            }
+            networks.sort();
+            networks.dedup();
+            for network_id in networks {
+                crate::ops::networks::runtime::refresh(services, &network_id).await;
+            }
+            Ok(())
+        }
         "disks" => {
             let libvirt = services.libvirt();
             libvirt

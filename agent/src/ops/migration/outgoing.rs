@@ -12,7 +12,7 @@
 //! still here is rolled back (a running job aborted first).
 
 use super::peer::{self, FleetNode, PeerClient};
-use super::wire::{ImageOffer, IncomingAnswer, IncomingRequest, PeerNode};
+use super::wire::{ImageOffer, IncomingAnswer, IncomingRequest, PeerNode, PortOffer};
 use crate::compute::{MigrationPlan, MigrationProgress};
 use crate::fleet::backoff::Backoff;
 use crate::ops::servers::{self, build, Loaded, Server, ServerStatus};
@@ -69,12 +69,9 @@ pub(crate) async fn start(
     req: LiveMigrate,
 ) -> Result<Server, OpError> {
     let id = loaded.row.id.clone();
-    if !loaded.spec.nics.is_empty()
-        || !loaded.spec.volumes.is_empty()
-        || loaded.spec.boot_volume.is_some()
-    {
+    if !loaded.spec.volumes.is_empty() || loaded.spec.boot_volume.is_some() {
         return Err(OpError::Conflict(format!(
-            "server {id} has ports or volumes; such servers cannot migrate yet"
+            "server {id} has volumes; such servers cannot migrate yet"
         )));
     }
     if req.block_migration == BlockMigration::No {
@@ -330,7 +327,34 @@ async fn request(
             blob_size,
         });
     }
+    let mut ports = Vec::new();
+    for nic in &spec.nics {
+        let port = services
+            .store()
+            .get_port(&nic.port_id)
+            .await?
+            .ok_or_else(|| {
+                OpError::Conflict(format!("port {} of the server is missing", nic.port_id))
+            })?;
+        let mut names = Vec::new();
+        for group in &port.security_groups {
+            names.push(
+                services
+                    .store()
+                    .get_security_group(group)
+                    .await?
+                    .map(|g| g.name)
+                    .unwrap_or_default(),
+            );
+        }
+        ports.push(PortOffer {
+            port,
+            created: nic.created,
+            security_group_names: names,
+        });
+    }
     Ok(IncomingRequest {
+        ports,
         server_id: loaded.row.id.clone(),
         name: loaded.row.name.clone(),
         image_id: loaded.row.image_id.clone(),
@@ -420,6 +444,7 @@ async fn run(
         servers::set_status(services, id, loaded.status, None, Some(&fault)).await?;
         return Err(e);
     }
+    tracing::info!(server_id = %id, dest = %dest_name, "live migration: the guest runs on the destination");
     // The guest runs on the destination now: finish there, forget it here.
     moved(services, client, loaded, &dest_name, &dest_url, FINISH_FOR).await?;
     op.complete().await?;
@@ -528,6 +553,8 @@ async fn moved(
     retry_for: Duration,
 ) -> Result<(), OpError> {
     let (id, spec, name) = (&loaded.row.id, &loaded.spec, &loaded.row.name);
+    // The destination first: it publishes the guest's ports, and the fleet's traffic for it
+    // turns there.
     let path = format!("/v1/peer/migrations/{id}/finish");
     let started = Instant::now();
     let mut backoff = Backoff::default();
@@ -538,7 +565,10 @@ async fn moved(
             .post::<_, serde_json::Value>(dest_url, &path, &json!({ "resume": resume }), peer::CALL)
             .await
         {
-            Ok(_) => break,
+            Ok(_) => {
+                tracing::info!(server_id = %id, dest = %dest_name, "live migration: finished on the destination");
+                break;
+            }
             Err(e) if started.elapsed() < retry_for => {
                 tracing::warn!(server_id = %id, error = %e, "finishing the migration on the destination failed; retrying");
                 backoff.wait(&stop).await;
@@ -546,9 +576,26 @@ async fn moved(
             Err(e) => return Err(e),
         }
     }
+    // Its ports here go (only the local records: the address claims passed to the
+    // destination). Peers already forward its MAC to the destination: the destination's
+    // publication is the newer one.
     if let Err(e) = build::remove_dir(spec) {
         tracing::warn!(server_id = %id, error = %e, "cannot remove the files of a server that moved away");
     }
+    let mut networks = Vec::new();
+    for nic in &spec.nics {
+        services.store().delete_port(&nic.port_id).await?;
+        networks.push(nic.network_id.clone());
+    }
+    networks.sort();
+    networks.dedup();
+    for network_id in &networks {
+        crate::ops::networks::runtime::refresh(services, network_id).await;
+    }
+    let _ = services
+        .events()
+        .publish("server.leaving", "server", id, json!({ "node": dest_name }))
+        .await;
     services
         .store()
         .put_moved(id, name, dest_name, dest_url)

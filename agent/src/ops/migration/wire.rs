@@ -21,6 +21,22 @@ pub struct IncomingRequest {
     pub source: PeerNode,
     /// The images the server's disks and boot need (root, kernel, ramdisk).
     pub images: Vec<ImageOffer>,
+    /// The server's ports, recreated on the destination with the same id, MAC and addresses.
+    #[serde(default)]
+    pub ports: Vec<PortOffer>,
+}
+
+/// A port that moves with its server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortOffer {
+    /// The port as the source has it.
+    pub port: crate::net::model::Port,
+    /// Made for the server (deleted with it) rather than given by the caller.
+    pub created: bool,
+    /// Names of its security groups (the destination uses its groups of the same id, else
+    /// of the same name).
+    pub security_group_names: Vec<String>,
 }
 
 /// A node as its peers address it.

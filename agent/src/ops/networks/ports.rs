@@ -361,7 +361,8 @@ pub struct ServerNic {
 }
 
 impl ServerNic {
-    fn new(port: &Port, network: &Network, created: bool) -> Result<Self, OpError> {
+    /// The NIC of `port` on `network` (which must be ACTIVE: its bridge is needed).
+    pub(crate) fn new(port: &Port, network: &Network, created: bool) -> Result<Self, OpError> {
         let bridge = match (&network.bridge, network.status) {
             (Some(b), NetStatus::Active) => b.clone(),
             _ => {

@@ -383,6 +383,21 @@ fn metadata_options(services: &Services) -> MetadataOptions {
 
 /// The DHCP port with one address on every DHCP-enabled subnet, created or re-created as
 /// needed; `None` (and any DHCP port deleted) when no subnet has DHCP.
+/// The MAC of the DHCP/metadata port of a VXLAN network: the same on every node (derived
+/// from the network id), so a guest that moves to another node still reaches
+/// 169.254.169.254 at the MAC it has in its ARP cache — served there by that node's own
+/// namespace (DHCP taps never reach a tunnel). Flat and VLAN networks share a physical segment
+/// between nodes: their DHCP ports keep distinct, random MACs.
+pub fn dhcp_mac(network: &Network) -> Option<String> {
+    use sha2::Digest;
+    if network.network_type != crate::net::model::NetworkType::Vxlan {
+        return None;
+    }
+    let h = sha2::Sha256::digest(network.id.as_bytes());
+    // fa:16:3f: locally administered, unicast, apart from the guests' fa:16:3e.
+    Some(format!("fa:16:3f:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2]))
+}
+
 async fn ensure_dhcp_port(
     services: &Services,
     network: &Network,
@@ -421,7 +436,7 @@ async fn ensure_dhcp_port(
             id: uuid::Uuid::new_v4().to_string(),
             network_id: network.id.clone(),
             name: String::new(),
-            mac_address: None,
+            mac_address: dhcp_mac(network),
             ips: subnets
                 .iter()
                 .map(|s| IpRequest::InSubnet(s.id.clone()))
