@@ -1493,6 +1493,10 @@ mod tests {
         let fleet = config.fleet.unwrap();
         assert_eq!(fleet.node_name.as_deref(), Some("compute-7"));
         assert_eq!(config.availability_zone, "az1");
+        assert_eq!(
+            config.migration.libvirt_uri.as_deref(),
+            Some("qemu+tls://10.0.0.17/system")
+        );
     }
 
     #[test]

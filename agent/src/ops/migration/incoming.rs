@@ -428,6 +428,16 @@ async fn record(
     Ok(())
 }
 
+/// Takes the pending incoming migration of `server_id` out of the table.
+async fn take_pending(services: &Services, server_id: &str) -> Option<Pending> {
+    services
+        .migrations()
+        .incoming
+        .lock()
+        .await
+        .remove(server_id)
+}
+
 /// The server arrived: it is ACTIVE (or PAUSED) here; the operation is done. With `resume`,
 /// a guest the source paused to finish is resumed first.
 ///
@@ -435,12 +445,7 @@ async fn record(
 /// [`OpError::NotFound`] when no migration of that server is pending here,
 /// [`OpError::Conflict`] when its domain does not run here.
 pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Result<(), OpError> {
-    let pending = services
-        .migrations()
-        .incoming
-        .lock()
-        .await
-        .remove(server_id);
+    let pending = take_pending(services, server_id).await;
     let Some(pending) = pending else {
         // A repeat after the first finish (or after a restart finished it): done already.
         return match services.store().get_server(server_id).await? {
@@ -515,12 +520,7 @@ async fn arrived(
 /// [`OpError::Store`] when the journal cannot be written; an incomplete undo is reported and
 /// retried at the next start.
 pub async fn abort(services: &Services, server_id: &str) -> Result<(), OpError> {
-    let pending = services
-        .migrations()
-        .incoming
-        .lock()
-        .await
-        .remove(server_id);
+    let pending = take_pending(services, server_id).await;
     let Some(pending) = pending else {
         return Ok(());
     };
