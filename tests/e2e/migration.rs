@@ -447,3 +447,102 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
         serde_json::from_slice(&claim.expect("a claim")).expect("claim JSON");
     assert_eq!(claim["node"], "net-b", "{claim}");
 }
+
+/// Waits until the server's live migration reports progress (libvirt's job runs).
+fn wait_copying(agent: &hyperlet_tests::Agent, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let server = agent.get_json(&format!("/v1/servers/{id}"));
+        if server["migration"]["memory_total_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            return;
+        }
+        assert!(server["task_state"] == "migrating", "{server}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress: {server}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Either agent killed mid-migration (issue #14): after restarts the server runs on exactly one
+/// node, with nothing left on the other. Killing the source rolls the migration back (its
+/// libvirt job is aborted at restart); killing the destination lets libvirt finish the move,
+/// and the destination takes the server at restart while the source's finish is retried.
+#[test]
+fn either_agent_killed_mid_migration_leaves_the_server_on_one_node() {
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let mut a = fabric.node("kill-a", 1, "");
+    let mut b = fabric.node("kill-b", 2, "");
+    let image = import_guest(&a.agent, "");
+    let id = create(
+        &a.agent,
+        "survivor",
+        &image,
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
+    );
+    let server = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(240));
+    a.agent
+        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
+    let domain = server["domain_name"].as_str().expect("domain").to_string();
+    let speed = |node: &hyperlet_tests::fleet::FleetNode, mib: &str| {
+        let (ok, out) = node.libvirt.virsh(&["migrate-setspeed", &domain, mib]);
+        assert!(ok, "{out}");
+    };
+
+    // kill -9 of the source agent while libvirt copies: rolled back at its restart.
+    speed(&a, "1");
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "kill-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_copying(&a.agent, &id);
+    a.agent.kill9();
+    a.agent.restart();
+    let back = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert!(back["task_state"].is_null(), "{back}");
+    assert!(
+        back["fault"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rolled back"),
+        "{back}"
+    );
+    let (ok, state) = a.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "{state}");
+    assert_eq!(
+        b.agent.get(&format!("/v1/servers/{id}")).status().as_u16(),
+        404
+    );
+    let (_, list) = b.libvirt.virsh(&["list", "--all", "--name"]);
+    assert!(!list.contains(&domain), "B keeps no domain: {list}");
+    assert!(!b.agent.state_dir().join("servers").join(&id).exists());
+
+    // kill -9 of the destination agent while libvirt copies: the move completes.
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "kill-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_copying(&a.agent, &id);
+    b.agent.kill9();
+    speed(&a, "8796093022207");
+    // libvirt finishes without the destination agent; the source keeps asking it to finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, state) = b.libvirt.virsh(&["domstate", &domain]);
+        if state.contains("running") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the guest reached B");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    b.agent.restart();
+    let moved = wait_moved(&a.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "kill-b", "{moved}");
+    let on_b = b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert!(on_b["task_state"].is_null(), "{on_b}");
+    let (_, list) = a.libvirt.virsh(&["list", "--all", "--name"]);
+    assert!(!list.contains(&domain), "A keeps no domain: {list}");
+    assert!(!a.agent.state_dir().join("servers").join(&id).exists());
+}

@@ -447,14 +447,7 @@ async fn take_pending(services: &Services, server_id: &str) -> Option<Pending> {
 pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Result<(), OpError> {
     let pending = take_pending(services, server_id).await;
     let Some(pending) = pending else {
-        // A repeat after the first finish (or after a restart finished it): done already.
-        return match services.store().get_server(server_id).await? {
-            Some(row) if row.task_state.is_none() => Ok(()),
-            _ => Err(OpError::NotFound {
-                kind: "incoming migration",
-                id: server_id.to_string(),
-            }),
-        };
+        return finish_unpending(services, server_id, resume).await;
     };
     let domain = format!("hyperlet-{server_id}");
     if resume && services.libvirt().state(&domain).await? == Some(PowerState::Paused) {
@@ -490,6 +483,44 @@ async fn take_over_claims(services: &Services, server_id: &str, from: &str) {
             crate::ops::fleet::ipam::take_over(services, &port, from).await;
         }
     }
+}
+
+/// `finish` without a pending migration: a repeat (done already), or one this agent's restart
+/// left open (its domain ran in, or still runs in, while the agent was away).
+async fn finish_unpending(
+    services: &Services,
+    server_id: &str,
+    resume: bool,
+) -> Result<(), OpError> {
+    let not_pending = || OpError::NotFound {
+        kind: "incoming migration",
+        id: server_id.to_string(),
+    };
+    let row = services
+        .store()
+        .get_server(server_id)
+        .await?
+        .ok_or_else(not_pending)?;
+    match row.task_state.as_deref() {
+        None => return Ok(()),
+        Some("migrating") => {}
+        Some(_) => return Err(not_pending()),
+    }
+    let domain = format!("hyperlet-{server_id}");
+    if resume && services.libvirt().state(&domain).await? == Some(PowerState::Paused) {
+        services.libvirt().unpause(&domain).await?;
+    }
+    let status = match services.libvirt().state(&domain).await? {
+        Some(PowerState::Running) => ServerStatus::Active,
+        Some(PowerState::Paused) => ServerStatus::Paused,
+        other => {
+            return Err(OpError::Conflict(format!(
+                "the domain is {other:?} here, not running"
+            )))
+        }
+    };
+    // The journal's operation ends at the next start (it finds the domain running).
+    arrived(services, server_id, status, "the source").await
 }
 
 /// Records the arrival: status, no tombstone, an event.
