@@ -545,4 +545,35 @@ fn either_agent_killed_mid_migration_leaves_the_server_on_one_node() {
     let (_, list) = a.libvirt.virsh(&["list", "--all", "--name"]);
     assert!(!list.contains(&domain), "A keeps no domain: {list}");
     assert!(!a.agent.state_dir().join("servers").join(&id).exists());
+
+    // A destination that is down is refused, naming why; nothing changes.
+    a.agent.kill9();
+    let endpoint = fabric.etcd.endpoint();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) =
+            hyperlet_tests::run_cli(&["fleet", "nodes", "--json", "--endpoints", &endpoint], &[]);
+        let down = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["name"] == "kill-a" && n["state"] == "down")
+            });
+        if down {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never shown down: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (status, body) = migrate(&b.agent, &id, json!({"host": "kill-a"}));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains("node kill-a is down"), "{body}");
+    let still = b.agent.get_json(&format!("/v1/servers/{id}"));
+    assert_eq!(still["status"], "ACTIVE", "{still}");
+    assert!(still["task_state"].is_null(), "{still}");
 }

@@ -45,6 +45,8 @@ fn check(req: &IncomingRequest) -> Result<(), OpError> {
     if req.spec.domain_name != format!("hyperlet-{}", req.server_id) {
         return bad("the spec's domain name does not belong to the server".into());
     }
+    req.spec.flavor.validate()?;
+    servers::validate_name(&req.name)?;
     if !matches!(req.status, ServerStatus::Active | ServerStatus::Paused) {
         return bad(format!(
             "a live migration moves an ACTIVE or PAUSED server, not {}",

@@ -26,7 +26,7 @@ pub use actions::{action, ActionOutput, ServerAction};
 pub(crate) use create::admit;
 pub use create::create;
 pub use delete::delete;
-pub use model::{Flavor, Server, ServerCreate, ServerSpec, ServerStatus};
+pub use model::{validate_name, Flavor, Server, ServerCreate, ServerSpec, ServerStatus};
 pub use stats::{stats, ServerStats};
 pub use sync::{adopt_and_reconcile, recover_interrupted, run_sync};
 
