@@ -164,23 +164,7 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
     let (status, body) = migrate(&a.agent, &id, json!({"host": "mig-b"}));
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["task_state"], "migrating", "{body}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let server = a.agent.get_json(&format!("/v1/servers/{id}"));
-        if server["migration"]["memory_total_bytes"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0
-        {
-            break;
-        }
-        assert!(server["task_state"] == "migrating", "{server}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no progress: {server}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_copying(&a.agent, &id);
     let resp = a.agent.send(
         reqwest::Method::POST,
         &format!("/v1/servers/{id}/action"),

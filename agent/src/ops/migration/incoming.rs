@@ -451,28 +451,45 @@ pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Resul
     let Some(pending) = pending else {
         return finish_unpending(services, server_id, resume).await;
     };
-    let domain = format!("hyperlet-{server_id}");
-    if resume && services.libvirt().state(&domain).await? == Some(PowerState::Paused) {
-        // The source paused the guest to finish (force-complete): it runs again here.
-        services.libvirt().unpause(&domain).await?;
-    }
-    let status = match services.libvirt().state(&domain).await? {
-        Some(PowerState::Running) => ServerStatus::Active,
-        Some(PowerState::Paused) => ServerStatus::Paused,
-        other => {
-            let reason = format!("the domain is {other:?} here, not running");
+    let status = match running_here(services, server_id, resume).await {
+        Ok(status) => status,
+        Err(e) => {
             services
                 .migrations()
                 .incoming
                 .lock()
                 .await
                 .insert(server_id.to_string(), pending);
-            return Err(OpError::Conflict(reason));
+            return Err(e);
         }
     };
     arrived(services, server_id, status, &pending.source.name).await?;
     pending.op.complete().await?;
     Ok(())
+}
+
+/// The status of an arrived server from its domain here (resumed first when the source paused
+/// it to finish).
+///
+/// # Errors
+/// [`OpError::Conflict`] when the domain does not run here.
+async fn running_here(
+    services: &Services,
+    server_id: &str,
+    resume: bool,
+) -> Result<ServerStatus, OpError> {
+    let domain = format!("hyperlet-{server_id}");
+    if resume && services.libvirt().state(&domain).await? == Some(PowerState::Paused) {
+        // The source paused the guest to finish (force-complete): it runs again here.
+        services.libvirt().unpause(&domain).await?;
+    }
+    match services.libvirt().state(&domain).await? {
+        Some(PowerState::Running) => Ok(ServerStatus::Active),
+        Some(PowerState::Paused) => Ok(ServerStatus::Paused),
+        other => Err(OpError::Conflict(format!(
+            "the domain is {other:?} here, not running"
+        ))),
+    }
 }
 
 /// Takes over the fleet-wide address claims of the server's ports from the source.
@@ -508,19 +525,7 @@ async fn finish_unpending(
         Some("migrating") => {}
         Some(_) => return Err(not_pending()),
     }
-    let domain = format!("hyperlet-{server_id}");
-    if resume && services.libvirt().state(&domain).await? == Some(PowerState::Paused) {
-        services.libvirt().unpause(&domain).await?;
-    }
-    let status = match services.libvirt().state(&domain).await? {
-        Some(PowerState::Running) => ServerStatus::Active,
-        Some(PowerState::Paused) => ServerStatus::Paused,
-        other => {
-            return Err(OpError::Conflict(format!(
-                "the domain is {other:?} here, not running"
-            )))
-        }
-    };
+    let status = running_here(services, server_id, resume).await?;
     // The journal's operation ends at the next start (it finds the domain running).
     arrived(services, server_id, status, "the source").await
 }
