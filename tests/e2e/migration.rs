@@ -6,6 +6,23 @@ use hyperlet_tests::fleet::Fabric;
 use serde_json::json;
 use std::time::Duration;
 
+/// A booted test guest on `node` (its image imported there): (image, server id, domain).
+fn booted(
+    node: &hyperlet_tests::fleet::FleetNode,
+    name: &str,
+    flavor: serde_json::Value,
+) -> (String, String, String) {
+    let image = import_guest(&node.agent, "");
+    let id = create(&node.agent, name, &image, flavor);
+    let server = node
+        .agent
+        .wait_server(&id, "ACTIVE", Duration::from_secs(240));
+    node.agent
+        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
+    let domain = server["domain_name"].as_str().expect("domain").to_string();
+    (image, id, domain)
+}
+
 fn sh(node: &hyperlet_tests::fleet::FleetNode, domain: &str, script: &str) -> String {
     // The guest agent connects a moment after the guest says it booted (or arrived).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -91,17 +108,11 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
     let fabric = Fabric::new();
     let a = fabric.node("mig-a", 1, "");
     let b = fabric.node("mig-b", 2, "");
-    let image = import_guest(&a.agent, "");
-    let id = create(
-        &a.agent,
+    let (image, id, domain) = booted(
+        &a,
         "mover",
-        &image,
         json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1, "ephemeral_gb": 1}),
     );
-    let server = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(240));
-    a.agent
-        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
-    let domain = server["domain_name"].as_str().expect("domain").to_string();
     // Marks on both disks, past anything the base image holds.
     sh(
         &a,
@@ -463,17 +474,11 @@ fn either_agent_killed_mid_migration_leaves_the_server_on_one_node() {
     let fabric = Fabric::new();
     let mut a = fabric.node("kill-a", 1, "");
     let mut b = fabric.node("kill-b", 2, "");
-    let image = import_guest(&a.agent, "");
-    let id = create(
-        &a.agent,
+    let (_, id, domain) = booted(
+        &a,
         "survivor",
-        &image,
         json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
     );
-    let server = a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(240));
-    a.agent
-        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
-    let domain = server["domain_name"].as_str().expect("domain").to_string();
     let speed = |node: &hyperlet_tests::fleet::FleetNode, mib: &str| {
         let (ok, out) = node.libvirt.virsh(&["migrate-setspeed", &domain, mib]);
         assert!(ok, "{out}");
