@@ -391,17 +391,10 @@ async fn ports(
         nics.push(ServerNic::new(&made, &network, offer.created)?);
     }
     // Filtered, and known to DHCP and metadata, before the guest's taps exist here.
-    for network_id in nic_networks(&nics) {
+    for network_id in servers::nic_networks(&nics) {
         crate::ops::networks::runtime::refresh(services, &network_id).await;
     }
     Ok(nics)
-}
-
-fn nic_networks(nics: &[crate::ops::networks::ports::ServerNic]) -> Vec<String> {
-    let mut out: Vec<String> = nics.iter().map(|n| n.network_id.clone()).collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// Admits and records the incoming server (BUILD, task `migrating`).
@@ -667,16 +660,11 @@ impl OperationHandler for IncomingHandler {
                 .await
                 .map_err(|e| e.to_string())?
             {
-                Some(PowerState::Running) | Some(PowerState::Paused)
+                Some(state @ (PowerState::Running | PowerState::Paused))
                     if op.steps.iter().any(|s| s.name == "disks") =>
                 {
                     // The migration completed while this agent was away: the server is ours.
-                    let state = services
-                        .libvirt()
-                        .state(&domain)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let status = if state == Some(PowerState::Paused) {
+                    let status = if state == PowerState::Paused {
                         ServerStatus::Paused
                     } else {
                         ServerStatus::Active

@@ -582,15 +582,11 @@ async fn moved(
     if let Err(e) = build::remove_dir(spec) {
         tracing::warn!(server_id = %id, error = %e, "cannot remove the files of a server that moved away");
     }
-    let mut networks = Vec::new();
     for nic in &spec.nics {
         services.store().delete_port(&nic.port_id).await?;
-        networks.push(nic.network_id.clone());
     }
-    networks.sort();
-    networks.dedup();
-    for network_id in &networks {
-        crate::ops::networks::runtime::refresh(services, network_id).await;
+    for network_id in servers::nic_networks(&spec.nics) {
+        crate::ops::networks::runtime::refresh(services, &network_id).await;
     }
     let _ = services
         .events()

@@ -141,7 +141,7 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         release_nics(services, &spec).await;
         return Err(e);
     }
-    for network_id in nic_networks(&spec) {
+    for network_id in nic_networks(&spec.nics) {
         crate::ops::networks::runtime::refresh(services, &network_id).await;
     }
     let _ = services
@@ -183,8 +183,8 @@ pub(crate) async fn release_nics(services: &Services, spec: &ServerSpec) {
 }
 
 /// The networks a server has NICs on, each once.
-pub(crate) fn nic_networks(spec: &ServerSpec) -> Vec<String> {
-    let mut out: Vec<String> = spec.nics.iter().map(|n| n.network_id.clone()).collect();
+pub(crate) fn nic_networks(nics: &[crate::ops::networks::ports::ServerNic]) -> Vec<String> {
+    let mut out: Vec<String> = nics.iter().map(|n| n.network_id.clone()).collect();
     out.sort();
     out.dedup();
     out

@@ -23,8 +23,8 @@ mod sync;
 
 pub(crate) use actions::save_spec;
 pub use actions::{action, ActionOutput, ServerAction};
-pub(crate) use create::admit;
 pub use create::create;
+pub(crate) use create::{admit, nic_networks};
 pub use delete::delete;
 pub use model::{validate_name, Flavor, Server, ServerCreate, ServerSpec, ServerStatus};
 pub use stats::{stats, ServerStats};
