@@ -19,7 +19,7 @@ PACKAGES=(
     # Volume drivers: LVM tools; a userspace NFS server (the tests run their own ganesha with
     # rpcbind), libnfs-utils to look at shares, qemu-block-extra for qemu-img's nfs:// driver.
     # nfs-common: mount.nfs for a volume-nfs backend with `access = "mount"`.
-    lvm2
+    lvm2 e2fsprogs
     nfs-ganesha nfs-ganesha-vfs libnfs-utils rpcbind nfs-common
     busybox-static cpio
     # etcd-server: the fleet registry's tests start their own etcd; protobuf-compiler: protoc,

@@ -192,8 +192,13 @@ impl Drop for TestVg {
 
 /// Processes this test binary started, stopped by PID at exit.
 static STARTED: Mutex<Vec<Child>> = Mutex::new(Vec::new());
-/// Directories to remove at exit.
-static EXPORT_ROOT: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The exported file system: its mount point (removed at exit) and loop device.
+static EXPORT_ROOT: Mutex<Option<(PathBuf, String)>> = Mutex::new(None);
+
+/// Size of the file system the exports live on. The backing file is sparse: the disk holds only
+/// what the tests write, and the NFS driver's `nfs_used_ratio` check sees this file system, not
+/// however full the host's `/tmp` happens to be.
+const EXPORT_FS_BYTES: u64 = 16 * GIB;
 
 extern "C" fn stop_started() {
     let Ok(mut children) = STARTED.lock() else {
@@ -212,9 +217,51 @@ extern "C" fn stop_started() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    if let Some(root) = EXPORT_ROOT.lock().ok().and_then(|r| r.clone()) {
+    if let Some((root, dev)) = EXPORT_ROOT.lock().ok().and_then(|r| r.clone()) {
+        unmount_export_fs(&root, &dev);
         let _ = std::fs::remove_dir_all(root);
     }
+}
+
+/// Mounts a fresh ext4 of [`EXPORT_FS_BYTES`] on `root` (a loop device over a sparse file
+/// beside it); returns the loop device.
+fn mount_export_fs(root: &Path) -> String {
+    let image = root.with_extension("img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(EXPORT_FS_BYTES))
+        .expect("sparse backing file of the NFS exports");
+    sh(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "nodiscard,lazy_itable_init=1",
+            image.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let dev = sh("losetup", &["-f", "--show", image.to_str().unwrap()], &[])
+        .trim()
+        .to_owned();
+    // The image is reachable through the loop device alone from here on.
+    let _ = std::fs::remove_file(&image);
+    std::fs::create_dir_all(root).unwrap();
+    sh("mount", &[&dev, root.to_str().unwrap()], &[]);
+    dev
+}
+
+/// Undoes [`mount_export_fs`]; lazily when something still holds the file system.
+fn unmount_export_fs(root: &Path, dev: &str) {
+    let unmounted = Command::new("umount")
+        .arg(root)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unmounted {
+        let _ = Command::new("umount").arg("-l").arg(root).status();
+    }
+    let _ = Command::new("losetup").args(["-d", dev]).status();
 }
 
 static NFS_USE: RwLock<()> = RwLock::new(());
@@ -337,7 +384,8 @@ pub fn ganesha() -> &'static Ganesha {
             nix::libc::atexit(stop_started);
         }
         let root = std::env::temp_dir().join(format!("hyperlet-nfs-{}", std::process::id()));
-        *EXPORT_ROOT.lock().unwrap() = Some(root.clone());
+        let dev = mount_export_fs(&root);
+        *EXPORT_ROOT.lock().unwrap() = Some((root.clone(), dev));
         let (a, b) = (root.join("a"), root.join("b"));
         for d in [&root, &a, &b] {
             std::fs::create_dir_all(d).unwrap();
