@@ -450,6 +450,13 @@ impl NetlinkGrant {
         for phys in &self.physical_interfaces {
             crate::net::validate_ifname(phys)
                 .map_err(|e| format!("netlink.physical_interfaces: {e}"))?;
+            if phys.starts_with("tap") {
+                return Err(format!(
+                    "netlink.physical_interfaces: {phys:?} starts with \"tap\", which names the \
+                     agent's guest ports (the firewall treats such a device as a guest's); \
+                     rename the interface"
+                ));
+            }
             if let Some(prefix) = self
                 .name_prefixes
                 .iter()
@@ -1467,6 +1474,12 @@ mod tests {
             "network-backend",
         );
         assert!(err.contains("granted prefix \"brq\""), "{err}");
+        let err = refused(
+            "[plugins.netlink]\nphysical_interfaces = [\"tap0\"]",
+            ok,
+            "network-backend",
+        );
+        assert!(err.contains("guest ports"), "{err}");
         let err = refused(
             "[plugins.netlink]\nphysical_interfaces = [\"a/b\"]",
             ok,

@@ -441,6 +441,40 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
     let claim: serde_json::Value =
         serde_json::from_slice(&claim.expect("a claim")).expect("claim JSON");
     assert_eq!(claim["node"], "net-b", "{claim}");
+
+    // Metadata on B: the guest's route to 169.254.169.254 is on-link and B's namespace has the
+    // network's one DHCP MAC, so the entry the guest learnt on A is still right; and with the
+    // entry flushed, B's namespace answers ARP itself (A's cannot: the firewall keeps every
+    // DHCP tap off the tunnel).
+    let route = sh(&b, &domains[0], "ip route get 169.254.169.254");
+    assert!(
+        !route.contains(" via "),
+        "the metadata route is on-link: {route}"
+    );
+    let url = "http://169.254.169.254/latest/meta-data/instance-id";
+    let fetched = sh(&b, &domains[0], &format!("busybox wget -q -T 5 -O - {url}"));
+    assert_eq!(fetched.trim(), mover, "metadata on B, cached ARP entry");
+    let neighbour = sh(&b, &domains[0], "ip neigh flush dev eth0; ip neigh show dev eth0");
+    assert!(
+        !neighbour.contains("169.254.169.254 lladdr"),
+        "flushed: {neighbour}"
+    );
+    let fetched = sh(&b, &domains[0], &format!("busybox wget -q -T 5 -O - {url}"));
+    assert_eq!(fetched.trim(), mover, "metadata on B, ARP asked again");
+    let dhcp_mac = b
+        .agent
+        .get_json(&format!("/v1/ports?network_id={net}"))["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["device_owner"] == "network:dhcp")
+        .map(|p| p["mac_address"].as_str().expect("mac").to_string())
+        .expect("B's DHCP port");
+    let neighbour = sh(&b, &domains[0], "ip neigh show 169.254.169.254");
+    assert!(
+        neighbour.contains(&dhcp_mac),
+        "answered by B's namespace ({dhcp_mac}): {neighbour}"
+    );
 }
 
 /// Waits until the server's live migration reports progress (libvirt's job runs).

@@ -41,7 +41,7 @@ fn planted_links_are_refused(access: &str, mount_root: Option<&Path>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // A host file outside the export, on the same file system (so it can be hard-linked).
-    let outside_dir = tempfile::tempdir_in(a.parent().unwrap().parent().unwrap()).unwrap();
+    let outside_dir = server.outside();
     let secret = outside_dir.path().join("secret");
     std::fs::write(&secret, vec![7u8; 1 << 16]).unwrap();
     std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o600)).unwrap();
@@ -239,7 +239,7 @@ fn qemu_img_reads_the_file_the_host_checked_not_what_the_name_became() {
         .unwrap();
 
     // Another client swaps the name for a link to a 64 KiB raw host file.
-    let outside = tempfile::tempdir().unwrap();
+    let outside = server.outside();
     let secret = outside.path().join("secret");
     std::fs::write(&secret, vec![7u8; 1 << 16]).unwrap();
     std::fs::rename(server.a.join(&name), outside.path().join("moved")).unwrap();

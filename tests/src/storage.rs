@@ -316,6 +316,12 @@ pub struct Ganesha {
 }
 
 impl Ganesha {
+    /// A fresh directory on the exports' file system but outside both exports (a host file
+    /// a test links into or renames out of an export must live there).
+    pub fn outside(&self) -> tempfile::TempDir {
+        tempfile::tempdir_in(self.a.parent().expect("export root")).expect("temp dir")
+    }
+
     /// The server's process (to stop it: hold [`nfs_exclusive`]).
     pub fn pid(&self) -> nix::unistd::Pid {
         let started = STARTED.lock().unwrap();

@@ -28,8 +28,9 @@ fn chain(rules: Vec<String>) -> Chain {
     Chain { hook: None, rules }
 }
 
-/// The tunnel links of networks spanning nodes (the linux-bridge backend's `vxlan-<vni>`).
-const TUNNEL_LINKS: &str = "vxlan-*";
+/// Every guest port's device ([`crate::net::model::tap_name`]): the only bridge members a
+/// DHCP/metadata tap exchanges frames with.
+const GUEST_TAPS: &str = "tap*";
 
 fn base(hook: &str, rules: Vec<String>) -> Chain {
     Chain {
@@ -76,8 +77,10 @@ fn l2(ruleset: &Ruleset, indices: &Indices, name: &str) -> Table {
             }
         }
     }
-    // The DHCP/metadata taps answer this node's ports only: nothing of theirs crosses a VXLAN
-    // tunnel, in either direction (every node of a network spanning nodes has its own).
+    // The DHCP/metadata taps answer this node's ports only: nothing of theirs reaches an uplink
+    // (a VXLAN tunnel, a physical interface or its VLAN), in either direction. Every node of a
+    // network has its own, all with the network's one MAC, so a guest that moved here finds
+    // 169.254.169.254 at the MAC it already knows.
     let mut local_only = Set::of("type ifname;");
     for tap in &ruleset.trusted {
         local_only.elements.insert(quoted(tap), String::new());
@@ -97,8 +100,8 @@ fn l2(ruleset: &Ruleset, indices: &Indices, name: &str) -> Table {
         base(
             "forward priority -200",
             vec![
-                format!("iifname \"{TUNNEL_LINKS}\" oifname @local_only drop"),
-                format!("iifname @local_only oifname \"{TUNNEL_LINKS}\" drop"),
+                format!("iifname != \"{GUEST_TAPS}\" oifname @local_only drop"),
+                format!("iifname @local_only oifname != \"{GUEST_TAPS}\" drop"),
                 "oifname vmap @to_port".into(),
             ],
         ),

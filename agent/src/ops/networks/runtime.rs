@@ -381,23 +381,19 @@ fn metadata_options(services: &Services) -> MetadataOptions {
     }
 }
 
-/// The DHCP port with one address on every DHCP-enabled subnet, created or re-created as
-/// needed; `None` (and any DHCP port deleted) when no subnet has DHCP.
-/// The MAC of the DHCP/metadata port of a VXLAN network: the same on every node (derived
-/// from the network id), so a guest that moves to another node still reaches
-/// 169.254.169.254 at the MAC it has in its ARP cache — served there by that node's own
-/// namespace (DHCP taps never reach a tunnel). Flat and VLAN networks share a physical segment
-/// between nodes: their DHCP ports keep distinct, random MACs.
-pub fn dhcp_mac(network: &Network) -> Option<String> {
+/// The MAC of a network's DHCP/metadata port: the same on every node (derived from the network
+/// id), so a guest that moves to another node still reaches 169.254.169.254 at the MAC in its
+/// ARP cache, served there by that node's own namespace. The firewall keeps every node's copy
+/// off the uplinks (`net::firewall`), so the shared MAC is never seen on a wire or tunnel.
+pub fn dhcp_mac(network: &Network) -> String {
     use sha2::Digest;
-    if network.network_type != crate::net::model::NetworkType::Vxlan {
-        return None;
-    }
     let h = sha2::Sha256::digest(network.id.as_bytes());
     // fa:16:3f: locally administered, unicast, apart from the guests' fa:16:3e.
-    Some(format!("fa:16:3f:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2]))
+    format!("fa:16:3f:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
 }
 
+/// The DHCP port with one address on every DHCP-enabled subnet, created or re-created as
+/// needed; `None` (and any DHCP port deleted) when no subnet has DHCP.
 async fn ensure_dhcp_port(
     services: &Services,
     network: &Network,
@@ -436,7 +432,7 @@ async fn ensure_dhcp_port(
             id: uuid::Uuid::new_v4().to_string(),
             network_id: network.id.clone(),
             name: String::new(),
-            mac_address: dhcp_mac(network),
+            mac_address: Some(dhcp_mac(network)),
             ips: subnets
                 .iter()
                 .map(|s| IpRequest::InSubnet(s.id.clone()))
@@ -611,11 +607,13 @@ async fn fill_tables(
                 })
             })
             .collect();
-        if let Some(ip) = server_ip {
+        if server_ip.is_some() {
+            // On-link (RFC 3442 router 0.0.0.0): the guest asks ARP for 169.254.169.254 itself
+            // and this node's namespace answers, on whichever node the guest runs now.
             routes.push(DhcpRoute {
                 destination: METADATA_IP,
                 prefix_len: 32,
-                nexthop: ip,
+                nexthop: Ipv4Addr::UNSPECIFIED,
             });
         }
         leases.insert(
