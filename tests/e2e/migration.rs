@@ -444,7 +444,7 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
 
     // Metadata on B: the guest's route to 169.254.169.254 is on-link and B's namespace has the
     // network's one DHCP MAC, so the entry the guest learnt on A is still right; and with the
-    // entry flushed, B's namespace answers ARP itself (A's cannot: the firewall keeps every
+    // entry gone (the link bounced), B's namespace answers ARP itself (A's cannot: the firewall keeps every
     // DHCP tap off the tunnel).
     let route = sh(&b, &domains[0], "ip route get 169.254.169.254");
     assert!(
@@ -452,18 +452,21 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
         "the metadata route is on-link: {route}"
     );
     let url = "http://169.254.169.254/latest/meta-data/instance-id";
-    let fetched = sh(&b, &domains[0], &format!("busybox wget -q -T 5 -O - {url}"));
+    let fetched = sh(&b, &domains[0], &format!("timeout 10 wget -q -O - {url}"));
     assert_eq!(fetched.trim(), mover, "metadata on B, cached ARP entry");
-    let neighbour = sh(&b, &domains[0], "ip neigh flush dev eth0; ip neigh show dev eth0");
+    let neighbour = sh(
+        &b,
+        &domains[0],
+        "ip link set eth0 down; ip link set eth0 up; sleep 1; \
+         ip route replace 169.254.169.254/32 dev eth0; ip neigh show dev eth0",
+    );
     assert!(
         !neighbour.contains("169.254.169.254 lladdr"),
         "flushed: {neighbour}"
     );
-    let fetched = sh(&b, &domains[0], &format!("busybox wget -q -T 5 -O - {url}"));
+    let fetched = sh(&b, &domains[0], &format!("timeout 10 wget -q -O - {url}"));
     assert_eq!(fetched.trim(), mover, "metadata on B, ARP asked again");
-    let dhcp_mac = b
-        .agent
-        .get_json(&format!("/v1/ports?network_id={net}"))["ports"]
+    let dhcp_mac = b.agent.get_json(&format!("/v1/ports?network_id={net}"))["ports"]
         .as_array()
         .expect("ports")
         .iter()

@@ -25,7 +25,8 @@ impl DhcpClients {
         self.taps[i].clone()
     }
 
-    /// One client per MAC on `bridge`, on veths of their own (no port's tap: not filtered).
+    /// One client per MAC on `bridge`, on veths of their own (no port's tap: not filtered;
+    /// named `tap…` like every guest device, the only bridge members DHCP answers).
     pub fn new(bridge: &str, macs: &[String]) -> Self {
         Self::on_taps(bridge, macs, None)
     }
@@ -42,7 +43,7 @@ impl DhcpClients {
         assert!(ok, "ip netns add: {out}");
         let taps = match taps {
             Some(t) => t.to_vec(),
-            None => (0..macs.len()).map(|i| format!("hlq{tag}x{i}")).collect(),
+            None => (0..macs.len()).map(|i| format!("tapq{tag}x{i}")).collect(),
         };
         let clients = Self { ns, taps };
         for (i, mac) in macs.iter().enumerate() {

@@ -310,7 +310,8 @@ fn nic(server: &Value) -> (String, String) {
 }
 
 /// A namespace standing in for a guest: a veth on the bridge with the port's MAC and address.
-/// Its bridge end has a name of its own (no port's tap: the firewall does not filter it) or,
+/// Its bridge end has a `tap…` name of its own (no port's: the firewall does not filter it;
+/// DHCP and metadata answer only devices named like guests' taps) or,
 /// with `tap`, a port's tap name (filtered as that port).
 struct FakeGuest {
     ns: String,
@@ -326,7 +327,7 @@ impl FakeGuest {
     ) -> Self {
         let ns = format!("hlt-guest-{tag}-{}", std::process::id());
         let host_end = tap.map_or_else(
-            || format!("hlg{}{tag}", std::process::id() % 100_000),
+            || format!("tapg{}{tag}", std::process::id() % 100_000),
             str::to_string,
         );
         let _ = run(&["ip", "netns", "delete", &ns]);
