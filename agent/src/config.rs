@@ -23,6 +23,7 @@
 mod migration;
 pub use migration::MigrationConfig;
 
+use crate::net::model::TAP_PREFIX;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -446,13 +447,20 @@ impl NetlinkGrant {
             }
             crate::net::validate_ifname(prefix)
                 .map_err(|e| format!("netlink.name_prefixes: {e}"))?;
+            if prefix.starts_with(TAP_PREFIX) || TAP_PREFIX.starts_with(prefix.as_str()) {
+                return Err(format!(
+                    "netlink.name_prefixes: {prefix:?} overlaps \"{TAP_PREFIX}\", which names \
+                     the agent's guest ports: the plugin could create or delete devices the \
+                     firewall treats as guests'; use a prefix that does not"
+                ));
+            }
         }
         for phys in &self.physical_interfaces {
             crate::net::validate_ifname(phys)
                 .map_err(|e| format!("netlink.physical_interfaces: {e}"))?;
-            if phys.starts_with("tap") {
+            if phys.starts_with(TAP_PREFIX) {
                 return Err(format!(
-                    "netlink.physical_interfaces: {phys:?} starts with \"tap\", which names the \
+                    "netlink.physical_interfaces: {phys:?} starts with \"{TAP_PREFIX}\", which names the \
                      agent's guest ports (the firewall treats such a device as a guest's); \
                      rename the interface"
                 ));
@@ -1480,6 +1488,14 @@ mod tests {
             "network-backend",
         );
         assert!(err.contains("guest ports"), "{err}");
+        for prefix in ["t", "tap", "tapx"] {
+            let err = refused(
+                &format!("[plugins.netlink]\nname_prefixes = [\"{prefix}\"]"),
+                ok,
+                "network-backend",
+            );
+            assert!(err.contains("guest ports"), "{prefix}: {err}");
+        }
         let err = refused(
             "[plugins.netlink]\nphysical_interfaces = [\"a/b\"]",
             ok,

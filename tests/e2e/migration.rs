@@ -444,8 +444,8 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
 
     // Metadata on B: the guest's route to 169.254.169.254 is on-link and B's namespace has the
     // network's one DHCP MAC, so the entry the guest learnt on A is still right; and with the
-    // entry gone (the link bounced), B's namespace answers ARP itself (A's cannot: the firewall keeps every
-    // DHCP tap off the tunnel).
+    // entry gone (the link bounced), B's namespace answers ARP itself (A's cannot: the
+    // firewall keeps every DHCP tap off the tunnel).
     let route = sh(&b, &domains[0], "ip route get 169.254.169.254");
     assert!(
         !route.contains(" via "),

@@ -250,9 +250,13 @@ pub fn bridge_name(network_id: &str) -> String {
     format!("brq{}", prefix11(network_id))
 }
 
-/// The host-side device of a port: `tap` + the first 11 characters of the port id.
+/// How every port's host-side device is named: the firewall treats a bridge member with this
+/// prefix as a guest's, so no other device may carry it.
+pub const TAP_PREFIX: &str = "tap";
+
+/// The host-side device of a port: [`TAP_PREFIX`] + the first 11 characters of the port id.
 pub fn tap_name(port_id: &str) -> String {
-    format!("tap{}", prefix11(port_id))
+    format!("{TAP_PREFIX}{}", prefix11(port_id))
 }
 
 /// The namespace-side device of a DHCP port: `ns-` + the first 11 characters of the port id.

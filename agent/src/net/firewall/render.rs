@@ -2,6 +2,7 @@
 
 use super::tables::{Chain, Set, Table};
 use super::{Direction, FirewallPort, Indices, Protocol, Remote, Rule, Ruleset, TRUSTED};
+use crate::net::model::TAP_PREFIX;
 
 /// The agent's two tables for `ruleset`, numbered by `indices` (already
 /// [`Indices::update`]d for it): `bridge <prefix>_l2` and `inet <prefix>_sg`.
@@ -27,10 +28,6 @@ fn set_of(items: &[String]) -> String {
 fn chain(rules: Vec<String>) -> Chain {
     Chain { hook: None, rules }
 }
-
-/// Every guest port's device ([`crate::net::model::tap_name`]): the only bridge members a
-/// DHCP/metadata tap exchanges frames with.
-const GUEST_TAPS: &str = "tap*";
 
 fn base(hook: &str, rules: Vec<String>) -> Chain {
     Chain {
@@ -100,8 +97,9 @@ fn l2(ruleset: &Ruleset, indices: &Indices, name: &str) -> Table {
         base(
             "forward priority -200",
             vec![
-                format!("iifname != \"{GUEST_TAPS}\" oifname @local_only drop"),
-                format!("iifname @local_only oifname != \"{GUEST_TAPS}\" drop"),
+                // Guest ports' devices (`tap*`): the only members a DHCP tap talks to.
+                format!("iifname != \"{TAP_PREFIX}*\" oifname @local_only drop"),
+                format!("iifname @local_only oifname != \"{TAP_PREFIX}*\" drop"),
                 "oifname vmap @to_port".into(),
             ],
         ),
