@@ -603,3 +603,141 @@ fn either_agent_killed_mid_migration_leaves_the_server_on_one_node() {
     assert_eq!(still["status"], "ACTIVE", "{still}");
     assert!(still["task_state"].is_null(), "{still}");
 }
+
+/// The NFS volume driver of a fleet test node, over the shared test server's share A.
+fn nfs_stanza(nfs: &hyperlet_tests::storage::Ganesha) -> String {
+    use hyperlet_tests::storage::{files_table, stanza};
+    stanza(
+        "nfs",
+        "volume-nfs",
+        "[\"log\", \"files\", \"qemu-img\"]",
+        &format!("nfs_shares = \"{}\"", nfs.share_a()),
+        &files_table(&[nfs.share_a()], "libnfs", None),
+    )
+}
+
+/// POSTs and returns (status, body).
+fn post(
+    agent: &hyperlet_tests::Agent,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = agent.send(reqwest::Method::POST, path, Some(&body));
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or_default())
+}
+
+/// Volumes on shared storage follow their server (issue #14): a guest writes to an NFS data
+/// volume (with a snapshot) on A and moves to B; the volume's and the snapshot's records now
+/// live on B (in use by the server there, gone from A), the guest reads what it wrote and
+/// writes more; moved back to A it reads both. The data never left the share.
+#[test]
+fn live_migration_carries_nfs_volumes_and_their_snapshots() {
+    use crate::volumes::wait_volume;
+    let _nfs = hyperlet_tests::storage::nfs_shared();
+    let _vm = hyperlet_tests::vm_shared();
+    let nfs = hyperlet_tests::storage::ganesha();
+    let fabric = Fabric::new();
+    let a = fabric.node_with_nfs("vol-a", 1, &nfs_stanza(nfs));
+    let b = fabric.node_with_nfs("vol-b", 2, &nfs_stanza(nfs));
+    for node in [&a, &b] {
+        let (s, t) = post(
+            &node.agent,
+            "/v1/volume-types",
+            json!({"name": "shared", "backend": "nfs", "is_default": true}),
+        );
+        assert_eq!(s, 201, "{t}");
+    }
+    let (_image, id, domain) = booted(
+        &a,
+        "carrier",
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
+    );
+    let (s, v) = post(
+        &a.agent,
+        "/v1/volumes",
+        json!({"size_gb": 1, "name": "data"}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let vol = v["id"].as_str().expect("volume id").to_string();
+    wait_volume(&a.agent, &vol, "available");
+    let (s, v) = post(
+        &a.agent,
+        &format!("/v1/servers/{id}/volumes"),
+        json!({"volume_id": vol}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let attached = wait_volume(&a.agent, &vol, "in-use");
+    assert_eq!(attached["device"], "vdb", "{attached}");
+    sh(
+        &a,
+        &domain,
+        "for i in $(seq 50); do [ -b /dev/vdb ] && break; sleep 0.2; done; \
+         echo NFS-BEFORE | dd of=/dev/vdb bs=512 seek=4096 conv=fsync 2>/dev/null",
+    );
+    let (s, snap) = post(
+        &a.agent,
+        "/v1/snapshots",
+        json!({"volume_id": vol, "name": "before-move"}),
+    );
+    assert_eq!(s, 202, "{snap}");
+    let snap = snap["id"].as_str().expect("snapshot id").to_string();
+    a.agent
+        .wait_settled(&format!("/v1/snapshots/{snap}"), &["creating"]);
+
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "vol-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_moved(&a.agent, &id);
+    b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    let on_b = b.agent.get_json(&format!("/v1/volumes/{vol}"));
+    assert_eq!(on_b["status"], "in-use", "{on_b}");
+    assert_eq!(on_b["attached_to"], id.as_str(), "{on_b}");
+    assert_eq!(on_b["device"], "vdb", "{on_b}");
+    let snap_b = b.agent.get_json(&format!("/v1/snapshots/{snap}"));
+    assert_eq!(snap_b["status"], "available", "{snap_b}");
+    for path in [
+        format!("/v1/volumes/{vol}"),
+        format!("/v1/snapshots/{snap}"),
+    ] {
+        assert_eq!(a.agent.get(&path).status().as_u16(), 404, "A forgot {path}");
+    }
+    let read = "{ dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | head -c 10; \
+                dd if=/dev/vdb bs=512 skip=8192 count=1 2>/dev/null | head -c 9; } | tr -d '\\000'";
+    assert_eq!(sh(&b, &domain, read), "NFS-BEFORE");
+    sh(
+        &b,
+        &domain,
+        "echo NFS-AFTER | dd of=/dev/vdb bs=512 seek=8192 conv=fsync 2>/dev/null",
+    );
+
+    // Back to A (placement picks it): A adopts the records again and reads both marks.
+    let (status, body) = migrate(&b.agent, &id, json!({"host": null}));
+    assert_eq!(status, 202, "{body}");
+    let moved = wait_moved(&b.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "vol-a", "{moved}");
+    a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert_eq!(sh(&a, &domain, read), "NFS-BEFORENFS-AFTER");
+    assert_eq!(
+        b.agent.get(&format!("/v1/volumes/{vol}")).status().as_u16(),
+        404
+    );
+
+    // Deleting the server frees the volume on A, where it now is; then it goes.
+    let resp = a
+        .agent
+        .send(reqwest::Method::DELETE, &format!("/v1/servers/{id}"), None);
+    assert!(resp.status().is_success());
+    a.agent.wait_server_gone(&id, Duration::from_secs(60));
+    wait_volume(&a.agent, &vol, "available");
+    let resp = a.agent.send(
+        reqwest::Method::DELETE,
+        &format!("/v1/snapshots/{snap}"),
+        None,
+    );
+    assert!(resp.status().is_success(), "{:?}", resp.text());
+    crate::volumes::wait_gone(&a.agent, &format!("/v1/snapshots/{snap}"));
+    let resp = a
+        .agent
+        .send(reqwest::Method::DELETE, &format!("/v1/volumes/{vol}"), None);
+    assert!(resp.status().is_success(), "{:?}", resp.text());
+}

@@ -16,6 +16,7 @@
 use crate::etcd::Etcd;
 use crate::node::PrivateLibvirt;
 use crate::pki::Pki;
+use crate::storage::NfsRelay;
 use crate::{Agent, Launch};
 use std::process::{Command, Stdio};
 
@@ -118,6 +119,19 @@ impl Fabric {
 
     /// Starts node `name` at [`Fabric::address`] `index` with `extra` appended to its config.
     pub fn node(&self, name: &str, index: u8, extra: &str) -> FleetNode {
+        self.start_node(name, index, extra, false)
+    }
+
+    /// As [`Fabric::node`], with the test binary's shared NFS server reachable inside the
+    /// node at the host's address for it (`127.0.0.1`, through a [`NfsRelay`]) before the
+    /// agent starts: every such node sees the same shares, as nodes of a fleet see one filer.
+    /// The caller holds [`crate::storage::nfs_shared`] and has started the server
+    /// ([`crate::storage::ganesha`]).
+    pub fn node_with_nfs(&self, name: &str, index: u8, extra: &str) -> FleetNode {
+        self.start_node(name, index, extra, true)
+    }
+
+    fn start_node(&self, name: &str, index: u8, extra: &str, nfs: bool) -> FleetNode {
         let address = self.address(index);
         let libvirt = PrivateLibvirt::start();
         let host_end = format!("hlv{}", short_id());
@@ -129,6 +143,7 @@ impl Fabric {
         must(&["link", "set", &host_end, "up"]);
         must(&["link", "set", &node_end, "netns", libvirt.netns()]);
         let ns = libvirt.netns().to_string();
+        let relay = nfs.then(|| NfsRelay::start(&ns));
         must(&["-n", &ns, "link", "set", &node_end, "name", "eth0"]);
         must(&[
             "-n",
@@ -171,6 +186,7 @@ impl Fabric {
             ip: address,
             agent,
             libvirt,
+            _nfs: relay,
         }
     }
 }
@@ -189,7 +205,7 @@ impl Drop for Fabric {
 }
 
 /// One node of the fleet. Fields drop in order: the agent first, then its libvirtd and
-/// namespaces (the veth goes with the namespace).
+/// namespaces (the veth goes with the namespace), then the NFS relay.
 pub struct FleetNode {
     /// The node's name in the fleet.
     pub name: String,
@@ -199,6 +215,8 @@ pub struct FleetNode {
     pub agent: Agent,
     /// Its libvirtd and namespaces.
     pub libvirt: PrivateLibvirt,
+    /// The NFS relay into its namespace, if any (stopped last).
+    _nfs: Option<NfsRelay>,
 }
 
 impl FleetNode {

@@ -338,6 +338,109 @@ impl Ganesha {
     }
 }
 
+/// The port nfs-ganesha's MOUNT service listens on (fixed, so [`NfsRelay`] can carry it).
+pub const MOUNT_PORT: u16 = 20048;
+
+/// The shared NFS server as seen from another network namespace (a fleet test node): a TCP
+/// relay listening on that namespace's own 127.0.0.1 at the portmapper, MOUNT and NFS ports,
+/// each connection carried to the same port of the host's 127.0.0.1, where nfs-ganesha
+/// listens. Every node then reaches the same shares at the same address (`share_a()`), as
+/// nodes reach one filer in production. Stops on drop (listeners and open connections closed).
+pub struct NfsRelay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl NfsRelay {
+    /// Starts relaying in the named network namespace (`/run/netns/<netns>`).
+    pub fn start(netns: &str) -> Self {
+        let path = format!("/run/netns/{netns}");
+        // A socket belongs to the namespace of the thread that made it: bind from a thread
+        // that entered the node's namespace, serve from threads of this one.
+        let listeners = std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            [111, MOUNT_PORT, 2049].map(|port| {
+                let l = std::net::TcpListener::bind(("127.0.0.1", port))
+                    .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port} in {path}: {e}"));
+                l.set_nonblocking(true).expect("nonblocking listener");
+                (port, l)
+            })
+        })
+        .join()
+        .expect("relay listeners");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let threads = listeners
+            .into_iter()
+            .map(|(port, listener)| {
+                let (stop, open) = (stop.clone(), open.clone());
+                std::thread::spawn(move || relay_accept(port, listener, &stop, &open))
+            })
+            .collect();
+        Self {
+            stop,
+            open,
+            threads,
+        }
+    }
+}
+
+fn relay_accept(
+    port: u16,
+    listener: std::net::TcpListener,
+    stop: &std::sync::atomic::AtomicBool,
+    open: &Mutex<Vec<std::net::TcpStream>>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(_) => return,
+        };
+        let _ = client.set_nonblocking(false);
+        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let pairs = [
+            (client.try_clone(), server.try_clone()),
+            (server.try_clone(), client.try_clone()),
+        ];
+        if let Ok(mut list) = open.lock() {
+            list.extend([client, server]);
+        }
+        for (from, to) in pairs {
+            if let (Ok(mut from), Ok(mut to)) = (from, to) {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    }
+}
+
+impl Drop for NfsRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Ok(list) = self.open.lock() {
+            for s in list.iter() {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
 /// Whether a portmapper answers on 127.0.0.1.
 pub fn portmapper_answers() -> bool {
     match Command::new("rpcinfo")
@@ -430,7 +533,7 @@ pub fn ganesha() -> &'static Ganesha {
         };
         let config = format!(
             "NFS_CORE_PARAM {{\n  Bind_Addr = 127.0.0.1;\n  NFS_Port = 2049;\n  \
-             Protocols = 3, 4;\n  Enable_NLM = false;\n  Enable_RQUOTA = false;\n}}\n\
+             MNT_Port = {MOUNT_PORT};\n  Protocols = 3, 4;\n  Enable_NLM = false;\n  Enable_RQUOTA = false;\n}}\n\
              NFSV4 {{ Graceless = true; }}\nLOG {{ Default_Log_Level = WARN; }}\n{}{}",
             export(7101, &a),
             export(7102, &b)

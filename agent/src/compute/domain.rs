@@ -5,6 +5,7 @@
 //! ours (node id + server id) so a restarted agent can adopt it, and so several agents sharing
 //! one libvirtd never touch each other's domains.
 
+use super::addresses::{PciAddress, PciAddresses};
 use super::xml::{first_element_text, XmlWriter};
 use super::DomainType;
 use std::path::PathBuf;
@@ -188,6 +189,9 @@ pub struct DomainSpec {
     pub console_log: PathBuf,
     /// Agent metadata.
     pub metadata: DomainMetadata,
+    /// Guest PCI addresses to keep (a migrating domain's, from the source); devices not named
+    /// here are placed by libvirt.
+    pub addresses: PciAddresses,
 }
 
 impl DomainSpec {
@@ -221,10 +225,11 @@ impl DomainSpec {
         w.text("on_crash", &[], "destroy");
         w.open("devices", &[]);
         for disk in &self.disks {
-            write_disk(&mut w, disk);
+            write_disk(&mut w, disk, self.addresses.disks.get(&disk.target));
         }
         for nic in &self.nics {
-            write_nic(&mut w, nic);
+            let address = self.addresses.nics.get(&nic.mac.to_ascii_lowercase());
+            write_nic(&mut w, nic, address);
         }
         let log = self.console_log.display().to_string();
         w.open("serial", &[("type", "pty")])
@@ -303,7 +308,15 @@ impl DomainSpec {
     }
 }
 
-fn write_disk(w: &mut XmlWriter, disk: &Disk) {
+fn write_address(w: &mut XmlWriter, address: Option<&PciAddress>) {
+    if let Some(address) = address {
+        let attrs = address.attributes();
+        let refs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        w.empty("address", &refs);
+    }
+}
+
+fn write_disk(w: &mut XmlWriter, disk: &Disk, address: Option<&PciAddress>) {
     let (kind, format) = match &disk.source {
         DiskSource::File { format, .. } | DiskSource::ShareFile { format, .. } => {
             ("file", format.as_str())
@@ -354,6 +367,7 @@ fn write_disk(w: &mut XmlWriter, disk: &Disk) {
     if disk.read_only {
         w.empty("readonly", &[]);
     }
+    write_address(w, address);
     w.close();
 }
 
@@ -361,7 +375,7 @@ impl Disk {
     /// The `<disk>` element alone, for hot attach and detach.
     pub fn to_xml(&self) -> String {
         let mut w = XmlWriter::new();
-        write_disk(&mut w, self);
+        write_disk(&mut w, self, None);
         w.finish()
     }
 }
@@ -370,12 +384,12 @@ impl Nic {
     /// The `<interface>` element alone, for hot attach and detach.
     pub fn to_xml(&self) -> String {
         let mut w = XmlWriter::new();
-        write_nic(&mut w, self);
+        write_nic(&mut w, self, None);
         w.finish()
     }
 }
 
-fn write_nic(w: &mut XmlWriter, nic: &Nic) {
+fn write_nic(w: &mut XmlWriter, nic: &Nic, address: Option<&PciAddress>) {
     w.open("interface", &[("type", "bridge")]);
     w.empty("mac", &[("address", &nic.mac)]);
     w.empty("source", &[("bridge", &nic.bridge)]);
@@ -384,6 +398,7 @@ fn write_nic(w: &mut XmlWriter, nic: &Nic) {
     if let Some(mtu) = nic.mtu {
         w.empty("mtu", &[("size", &mtu.to_string())]);
     }
+    write_address(w, address);
     w.close();
 }
 
@@ -421,7 +436,33 @@ mod tests {
                 server_name: "web <1>".into(),
                 spec_json: "{\"a\":\"<b>\"}".into(),
             },
+            addresses: PciAddresses::default(),
         }
+    }
+
+    #[test]
+    fn kept_addresses_are_rendered_on_their_devices() {
+        let mut spec = spec();
+        spec.nics.push(Nic {
+            mac: "FA:16:3E:00:00:01".into(),
+            bridge: "brq1".into(),
+            tap: "tap1".into(),
+            mtu: None,
+        });
+        let at = |slot| PciAddress {
+            domain: 0,
+            bus: 0,
+            slot,
+            function: 0,
+        };
+        spec.addresses.disks.insert("vda".into(), at(6));
+        spec.addresses
+            .nics
+            .insert("fa:16:3e:00:00:01".into(), at(3));
+        let xml = spec.to_xml();
+        let found = PciAddresses::from_domain_xml(&xml).unwrap();
+        assert_eq!(found, spec.addresses, "{xml}");
+        assert!(!spec.disks[0].to_xml().contains("<address"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ([`DomainSpec`]); and knows which domain type the agent uses ([`DomainType`]), decided once
 //! at startup from the config and the real KVM probe ([`crate::host::probe_kvm`]).
 
+mod addresses;
 mod connection;
 mod domain;
 mod domains;
@@ -15,6 +16,7 @@ mod pool;
 mod stats;
 mod xml;
 
+pub use addresses::{AddressError, PciAddress, PciAddresses};
 pub use domain::{Boot, Disk, DiskSource, DomainMetadata, DomainSpec, Nic, Smbios, METADATA_NS};
 pub use domains::{DomainStatus, PowerState};
 pub use libvirt::{HypervisorInfo, Libvirt};

@@ -5,6 +5,7 @@
 //! | `images` | fetch the images this node lacks from the source, checked by SHA-256 | none (they stay cached, as any image) |
 //! | `record` | record the server (BUILD, task `migrating`) under the admission lock | forget it |
 //! | `ports` | its ports with the same ids, MACs and addresses on the same networks (which must exist here), filtered and served by DHCP before the guest arrives | delete them |
+//! | `volumes` | adopt the records of its volumes on shared storage (and their snapshots'): this node's driver must find each on its shares | forget the records (never the data) |
 //! | `disks` | the server's directory with empty overlays over this node's base image | destroy and undefine a domain left here, remove the directory |
 //!
 //! The operation stays open between the source's `prepare` and its `finish` or `abort`, the
@@ -53,9 +54,29 @@ fn check(req: &IncomingRequest) -> Result<(), OpError> {
             req.status.as_str()
         ));
     }
-    if !req.spec.volumes.is_empty() || req.spec.boot_volume.is_some() {
-        return Err(OpError::Conflict(
-            "servers with volumes cannot migrate yet".into(),
+    super::volumes::check_offers(req)?;
+    req.pci_addresses.check().map_err(OpError::InvalidInput)?;
+    let targets: Vec<String> = build::disks(&req.spec)
+        .into_iter()
+        .map(|d| d.target)
+        .collect();
+    if let Some(unknown) = req
+        .pci_addresses
+        .disks
+        .keys()
+        .find(|k| !targets.contains(k))
+    {
+        return bad(format!(
+            "the PCI addresses name a disk {unknown:?} the server lacks"
+        ));
+    }
+    if let Some(unknown) = req.pci_addresses.nics.keys().find(|k| {
+        !req.ports
+            .iter()
+            .any(|o| o.port.mac_address.eq_ignore_ascii_case(k))
+    }) {
+        return bad(format!(
+            "the PCI addresses name a NIC {unknown:?} the server lacks"
         ));
     }
     if req.ports.len() != req.spec.nics.len()
@@ -164,6 +185,13 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
                 ports(services, &req)
             })
             .await?;
+        let volume_ids = super::volumes::ids(&spec);
+        op.step(
+            "volumes",
+            json!({ "server_id": id, "volumes": volume_ids }),
+            || super::volumes::adopt(services, &req, &mut spec),
+        )
+        .await?;
         services
             .store()
             .set_server_spec(
@@ -178,7 +206,9 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
             || build::create_disks(&spec, &resolved),
         )
         .await?;
-        let dest_xml = build::domain_spec(services, &id, &req.name, &spec, &resolved).to_xml();
+        let mut domain = build::domain_spec(services, &id, &req.name, &spec, &resolved);
+        domain.addresses = req.pci_addresses.clone();
+        let dest_xml = domain.to_xml();
         let copy_disks = build::disks(&spec)
             .into_iter()
             .filter(|d| matches!(d.source, crate::compute::DiskSource::File { .. }))
@@ -619,6 +649,19 @@ async fn undo_step(services: &Services, step: &StepRecord) -> Result<(), String>
                 crate::ops::networks::runtime::refresh(services, &network_id).await;
             }
             Ok(())
+        }
+        "volumes" => {
+            let ids: Vec<String> = step.data["volumes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            super::volumes::forget(services, &text("server_id"), &ids)
+                .await
+                .map_err(|e| e.to_string())
         }
         "disks" => {
             let libvirt = services.libvirt();

@@ -22,10 +22,13 @@
 //! * `wire.rs` — what the agents send each other.
 //! * `peer.rs` — finding a node in the fleet and calling its agent.
 //! * `incoming.rs` / `outgoing.rs` — the two sides.
+//! * `volumes.rs` — volumes on shared storage that follow their server (records adopted by
+//!   the destination, forgotten by the source; the data stays on the share).
 
 pub mod incoming;
 pub mod outgoing;
 pub mod peer;
+mod volumes;
 pub mod wire;
 
 use crate::auth::AdminToken;

@@ -41,7 +41,8 @@ pub enum BlockMigration {
     Auto,
     /// Copy them.
     Yes,
-    /// Do not (only for storage both nodes share; this node has none, so it is refused).
+    /// Do not: only for a server whose disks are all on shared storage (it boots from an NFS
+    /// volume and has no ephemeral or swap disk); refused otherwise.
     No,
 }
 
@@ -61,7 +62,8 @@ pub struct LiveMigrate {
 /// # Errors
 /// [`OpError::Conflict`] naming why: not in a fleet or no peer token, the destination is this
 /// node, unknown, down, disabled, takes no migrations or fails a filter (with the filter's
-/// reason), no node fits, the server has ports or volumes, too many migrations running.
+/// reason), no node fits, the server has a volume local to this node, too many migrations
+/// running.
 pub(crate) async fn start(
     services: &Services,
     loaded: Loaded,
@@ -69,17 +71,12 @@ pub(crate) async fn start(
     req: LiveMigrate,
 ) -> Result<Server, OpError> {
     let id = loaded.row.id.clone();
-    if !loaded.spec.volumes.is_empty() || loaded.spec.boot_volume.is_some() {
+    super::volumes::check_movable(&loaded.spec)?;
+    if req.block_migration == BlockMigration::No && has_local_disks(&loaded.spec) {
         return Err(OpError::Conflict(format!(
-            "server {id} has volumes; such servers cannot migrate yet"
+            "block_migration false needs storage both nodes share; server {id} has disks local \
+             to this node (use auto)"
         )));
-    }
-    if req.block_migration == BlockMigration::No {
-        return Err(OpError::Conflict(
-            "block_migration false needs storage both nodes share; this server's disks are \
-             local to this node (use auto)"
-                .into(),
-        ));
     }
     let client = PeerClient::new(services)?;
     let me = me(services)?;
@@ -112,6 +109,12 @@ pub(crate) async fn start(
         services.migrations().requests().remove(&loaded.row.id);
     });
     Ok(view)
+}
+
+/// Whether the server has disks in its directory here (root overlay, ephemeral, swap), which
+/// the migration copies.
+fn has_local_disks(spec: &servers::ServerSpec) -> bool {
+    spec.boot_volume.is_none() || spec.flavor.ephemeral_gb > 0 || spec.flavor.swap_mb > 0
 }
 
 fn requested(services: &Services, id: &str) -> super::Requests {
@@ -353,8 +356,18 @@ async fn request(
             security_group_names: names,
         });
     }
+    let volumes = super::volumes::offers(services, &loaded.row.id, spec).await?;
+    let live = services
+        .libvirt()
+        .xml(&spec.domain_name, false)
+        .await?
+        .ok_or_else(|| OpError::Conflict(format!("the domain {} is gone", spec.domain_name)))?;
+    let pci_addresses = crate::compute::PciAddresses::from_domain_xml(&live)
+        .map_err(|e| OpError::Interrupted(e.to_string()))?;
     Ok(IncomingRequest {
+        pci_addresses,
         ports,
+        volumes,
         server_id: loaded.row.id.clone(),
         name: loaded.row.name.clone(),
         image_id: loaded.row.image_id.clone(),
@@ -592,6 +605,8 @@ async fn moved(
         .events()
         .publish("server.leaving", "server", id, json!({ "node": dest_name }))
         .await;
+    // Its volumes' records now live on the destination (the data stays on the share).
+    super::volumes::forget(services, id, &super::volumes::ids(spec)).await?;
     services
         .store()
         .put_moved(id, name, dest_name, dest_url)

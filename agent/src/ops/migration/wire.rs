@@ -24,6 +24,25 @@ pub struct IncomingRequest {
     /// The server's ports, recreated on the destination with the same id, MAC and addresses.
     #[serde(default)]
     pub ports: Vec<PortOffer>,
+    /// The server's volumes (boot volume first, then data volumes in the spec's order), all on
+    /// shared storage: the destination adopts their records.
+    #[serde(default)]
+    pub volumes: Vec<VolumeOffer>,
+    /// Where the running guest sees its disks and NICs on the PCI bus (hot-plugged ones
+    /// included): the destination's definition keeps them.
+    #[serde(default)]
+    pub pci_addresses: crate::compute::PciAddresses,
+}
+
+/// A volume on shared storage that follows its server: its record and its snapshots'.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeOffer {
+    /// The volume as the source has it (in use by the server).
+    pub volume: crate::state::Volume,
+    /// Its snapshots.
+    #[serde(default)]
+    pub snapshots: Vec<crate::state::Snapshot>,
 }
 
 /// A port that moves with its server.

@@ -204,6 +204,7 @@ pub(crate) fn domain_spec(
         nics: spec.nics.iter().map(|n| n.domain_nic()).collect(),
         console_log: spec.console_log(),
         metadata: domain_metadata(services, id, name, spec),
+        addresses: Default::default(),
     }
 }
 
