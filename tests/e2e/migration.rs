@@ -741,3 +741,124 @@ fn live_migration_carries_nfs_volumes_and_their_snapshots() {
         .send(reqwest::Method::DELETE, &format!("/v1/volumes/{vol}"), None);
     assert!(resp.status().is_success(), "{:?}", resp.text());
 }
+
+/// POSTs a server action and returns (status, body).
+fn act(
+    agent: &hyperlet_tests::Agent,
+    id: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    post(agent, &format!("/v1/servers/{id}/action"), body)
+}
+
+/// Cold migration (issue #14): a SHUTOFF server moves from A to B and is VERIFY_RESIZE there
+/// (not started; A keeps its disks, not its domain); revert brings it back to A untouched
+/// (SHUTOFF, boots with what it wrote before), B keeps nothing. Moved again while ACTIVE, it
+/// runs on B at once with its disks' contents; confirm there drops A's kept copy.
+#[test]
+fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let a = fabric.node("cold-a", 1, "");
+    let b = fabric.node("cold-b", 2, "");
+    let (_image, id, domain) = booted(
+        &a,
+        "cold",
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1, "ephemeral_gb": 1}),
+    );
+    sh(
+        &a,
+        &domain,
+        "echo ROOT-MARK | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; \
+         echo EPHEMERAL-MARK | dd of=/dev/vdb bs=512 seek=4096 conv=fsync 2>/dev/null",
+    );
+    let read = "dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | head -c 9; \
+                dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | head -c 14";
+    let (s, body) = act(&a.agent, &id, json!({"stop": null}));
+    assert_eq!(s, 202, "{body}");
+    a.agent
+        .wait_server(&id, "SHUTOFF", Duration::from_secs(120));
+    let kept_on = |node: &hyperlet_tests::fleet::FleetNode| {
+        node.agent
+            .state_dir()
+            .join("servers")
+            .join(format!("{id}.retained"))
+            .is_dir()
+    };
+    let domain_on = |node: &hyperlet_tests::fleet::FleetNode| {
+        let (_, list) = node.libvirt.virsh(&["list", "--all", "--name"]);
+        list.lines().any(|l| l.trim() == domain)
+    };
+
+    // Refusals name the reason and change nothing.
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "cold-a"}}));
+    assert_eq!(s, 409, "{body}");
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "nowhere"}}));
+    assert_eq!(s, 409, "{body}");
+    let (s, _) = act(&a.agent, &id, json!({"migrate": {"host": "-bad"}}));
+    assert_eq!(s, 400);
+    let (s, _) = act(&a.agent, &id, json!({"migrate": {"hots": "cold-b"}}));
+    assert_eq!(s, 400);
+    let (s, body) = act(&a.agent, &id, json!({"confirm_resize": null}));
+    assert_eq!(s, 409, "{body}");
+
+    // A → B, shut off: VERIFY_RESIZE on B, not running; A keeps the disks only.
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "cold-b"}}));
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["status"], "RESIZE", "{body}");
+    let moved = wait_moved(&a.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "cold-b", "{moved}");
+    let on_b = b
+        .agent
+        .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
+    assert!(on_b["fault"].is_null(), "{on_b}");
+    let (ok, state) = b.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("shut off"), "{state}");
+    assert!(!domain_on(&a), "A keeps no domain");
+    assert!(kept_on(&a), "A keeps the disks until confirmed or reverted");
+
+    // Revert on B: back on A as it was (SHUTOFF), B keeps nothing.
+    let (s, body) = act(&b.agent, &id, json!({"revert_resize": null}));
+    assert_eq!(s, 202, "{body}");
+    let moved = wait_moved(&b.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "cold-a", "{moved}");
+    let home = a.agent.wait_server(&id, "SHUTOFF", Duration::from_secs(60));
+    assert!(home["fault"].is_null(), "{home}");
+    assert!(!kept_on(&a), "the kept disks are the server's again");
+    assert!(!domain_on(&b), "B keeps no domain");
+    assert!(
+        !b.agent.state_dir().join("servers").join(&id).exists(),
+        "B keeps no disks"
+    );
+    let (s, body) = act(&a.agent, &id, json!({"start": null}));
+    assert_eq!(s, 202, "{body}");
+    a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(120));
+    a.agent
+        .wait_console(&id, "HYPERLET-GUEST: booted", 2, Duration::from_secs(240));
+    assert_eq!(sh(&a, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
+
+    // ACTIVE, placement picks B: it runs there at once; confirm drops A's copy.
+    let (s, body) = act(&a.agent, &id, json!({"migrate": null}));
+    assert_eq!(s, 202, "{body}");
+    wait_moved(&a.agent, &id);
+    let on_b = b
+        .agent
+        .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
+    assert!(on_b["fault"].is_null(), "{on_b}");
+    let (ok, state) = b.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "{state}");
+    b.agent
+        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
+    assert_eq!(sh(&b, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
+    let (s, body) = act(&b.agent, &id, json!({"confirm_resize": null}));
+    assert_eq!(s, 202, "{body}");
+    b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert!(!kept_on(&a), "confirmed: A dropped its copy");
+    assert!(!domain_on(&a));
+
+    let resp = b
+        .agent
+        .send(reqwest::Method::DELETE, &format!("/v1/servers/{id}"), None);
+    assert!(resp.status().is_success());
+    b.agent.wait_server_gone(&id, Duration::from_secs(60));
+}

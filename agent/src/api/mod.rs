@@ -154,6 +154,14 @@ pub fn router(services: Services) -> Router {
             post(routes::peer::finish),
         )
         .route("/v1/peer/migrations/{id}/abort", post(routes::peer::abort))
+        .route(
+            "/v1/peer/migrations/{id}/confirm",
+            post(routes::peer::confirm),
+        )
+        .route(
+            "/v1/peer/migrations/{id}/disks/{file}",
+            get(routes::peer::disk_file),
+        )
         .route("/v1/peer/images/{id}/file", get(routes::peer::image_file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

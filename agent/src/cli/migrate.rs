@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 /// `hyperlet server migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Live: the server keeps running while it moves (else cold: not available yet).
+    /// Live: the server keeps running while it moves (else cold: it is shut down, moved, and
+    /// VERIFY_RESIZE on the destination until `server resize confirm|revert` there).
     #[arg(long)]
     pub live: bool,
     /// The destination node [default: the fleet's placement picks one].
@@ -43,9 +44,10 @@ pub enum MigrationCommand {
 /// # Errors
 /// [`ClientError`] when the agent refuses or the migration fails.
 pub async fn migrate(args: MigrateArgs) -> Result<(), ClientError> {
-    if !args.live {
+    if args.block_migration && !args.live {
         return Err(ClientError::Usage(
-            "cold migration is not available yet; pass --live".into(),
+            "--block-migration is for --live; a cold migration always copies the local disks"
+                .into(),
         ));
     }
     let api = ApiClient::from_args(&args.target.client)?;
@@ -54,23 +56,29 @@ pub async fn migrate(args: MigrateArgs) -> Result<(), ClientError> {
     if args.block_migration {
         body["block_migration"] = json!(true);
     }
+    let action = if args.live { "live_migrate" } else { "migrate" };
     let _: Value = api
         .request(
             Method::POST,
             &format!("/v1/servers/{id}/action"),
-            Some(&json!({ "live_migrate": body })),
+            Some(&json!({ action: body })),
         )
         .await?;
     if args.no_wait {
         println!("migration of server {id} accepted");
         return Ok(());
     }
-    follow(&api, id, args.target.client.json).await
+    follow(&api, id, args.target.client.json, args.live).await
 }
 
-/// Follows a live migration: a progress line until the server moved (or came back with a
+/// Follows a migration: a progress line (live) until the server moved (or came back with a
 /// fault).
-async fn follow(api: &ApiClient, id: &str, json: bool) -> Result<(), ClientError> {
+async fn follow(api: &ApiClient, id: &str, json: bool, live: bool) -> Result<(), ClientError> {
+    let task = if live {
+        "migrating"
+    } else {
+        "resize_migrating"
+    };
     let deadline = Instant::now() + Duration::from_secs(24 * 3600);
     let tty = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
@@ -84,14 +92,19 @@ async fn follow(api: &ApiClient, id: &str, json: bool) -> Result<(), ClientError
                 }
                 if json {
                     println!("{}", json!({ "id": id, "node": node, "api_url": api_url }));
-                } else {
+                } else if live {
                     println!("server {id} moved to node {node} ({api_url})");
+                } else {
+                    println!(
+                        "server {id} moved to node {node} ({api_url}); it is VERIFY_RESIZE \
+                         there: `hyperlet server confirm-resize` or `revert-resize` it on that node"
+                    );
                 }
                 return Ok(());
             }
             Err(e) => return Err(e),
             Ok(server) => {
-                if server["task_state"] != "migrating" {
+                if server["task_state"] != task {
                     if tty {
                         eprintln!();
                     }
@@ -100,7 +113,7 @@ async fn follow(api: &ApiClient, id: &str, json: bool) -> Result<(), ClientError
                         server["fault"].as_str().unwrap_or("no fault recorded")
                     )));
                 }
-                if tty {
+                if tty && live {
                     eprint!("\r{}", progress_line(&server["migration"]));
                     let _ = std::io::stderr().flush();
                 }

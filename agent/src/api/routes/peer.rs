@@ -4,7 +4,7 @@
 //! does not cut a preparation in half (it repeats the request and gets the same answer).
 
 use crate::api::error::ApiError;
-use crate::ops::migration::{incoming, wire};
+use crate::ops::migration::{cold, incoming, wire};
 use crate::ops::{OpError, Services};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -50,6 +50,26 @@ pub async fn abort(
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
+/// `POST /v1/peer/migrations/{id}/confirm`: the cold migration of the server away from here
+/// is confirmed; the disks kept for a revert go.
+pub async fn confirm(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    detached(async move { cold::confirmed(&services, &id).await }).await?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+/// `GET /v1/peer/migrations/{id}/disks/{file}`: a disk file of a server this node is moving
+/// away cold, streamed (only while that migration runs, only the server's own disk files).
+pub async fn disk_file(
+    State(services): State<Services>,
+    Path((id, file)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let path = cold::served_disk(&services, &id, &file).await?;
+    stream_file(&path, &format!("disk {file} of server {id}")).await
+}
+
 /// `GET /v1/peer/images/{id}/file`: the cached file of an active image, streamed.
 pub async fn image_file(
     State(services): State<Services>,
@@ -57,11 +77,13 @@ pub async fn image_file(
 ) -> Result<Response, ApiError> {
     let image = crate::ops::servers::build::active_image(&services, &id, "requested").await?;
     let path = crate::ops::servers::build::blob_of(&services, &image)?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ApiError::from(OpError::Interrupted(format!(
-            "cannot read the cached file of image {id}: {e}"
-        )))
-    })?;
+    stream_file(&path, &format!("the cached file of image {id}")).await
+}
+
+async fn stream_file(path: &std::path::Path, what: &str) -> Result<Response, ApiError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| ApiError::from(OpError::Interrupted(format!("cannot read {what}: {e}"))))?;
     let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
     Ok((

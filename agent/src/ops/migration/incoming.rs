@@ -15,7 +15,7 @@
 //! is left for the next start (libvirt may still be migrating into it).
 
 use super::peer::PeerClient;
-use super::wire::{ImageOffer, IncomingAnswer, IncomingRequest, PeerNode};
+use super::wire::{ColdOffer, ImageOffer, IncomingAnswer, IncomingRequest, PeerNode};
 use crate::compute::PowerState;
 use crate::ops::servers::{self, build, ServerStatus};
 use crate::ops::{images, OpError, Services};
@@ -33,6 +33,7 @@ const MAX_IMAGES: usize = 3;
 /// An incoming migration between `prepare` and `finish`/`abort`.
 pub struct Pending {
     op: crate::state::Operation,
+    cold: Option<ColdOffer>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
     answer: IncomingAnswer,
     source: PeerNode,
@@ -48,11 +49,21 @@ fn check(req: &IncomingRequest) -> Result<(), OpError> {
     }
     req.spec.flavor.validate()?;
     servers::validate_name(&req.name)?;
-    if !matches!(req.status, ServerStatus::Active | ServerStatus::Paused) {
-        return bad(format!(
-            "a live migration moves an ACTIVE or PAUSED server, not {}",
-            req.status.as_str()
-        ));
+    match &req.cold {
+        None if !matches!(req.status, ServerStatus::Active | ServerStatus::Paused) => {
+            return bad(format!(
+                "a live migration moves an ACTIVE or PAUSED server, not {}",
+                req.status.as_str()
+            ));
+        }
+        Some(_) if req.status != ServerStatus::Shutoff => {
+            return bad(format!(
+                "a cold migration moves a SHUTOFF server, not {}",
+                req.status.as_str()
+            ));
+        }
+        Some(cold) => super::disks::check_offers(&req.spec, &cold.disks, cold.revert)?,
+        None => {}
     }
     super::volumes::check_offers(req)?;
     req.pci_addresses.check().map_err(OpError::InvalidInput)?;
@@ -164,11 +175,18 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
         .begin(
             KIND,
             &id,
-            json!({ "source": req.source.name, "name": req.name }),
+            json!({ "source": req.source.name, "name": req.name, "cold": req.cold.is_some() }),
         )
         .await?;
     let mut spec = req.spec.clone();
     spec.dir = services.config().servers_dir().join(&id);
+    if req.cold.as_ref().is_some_and(|c| c.revert)
+        && !super::disks::retained_dir(services, &id).is_dir()
+    {
+        return Err(OpError::Conflict(format!(
+            "this node kept no disks of server {id}: nothing to revert to"
+        )));
+    }
     let steps = async {
         op.step("images", json!({ "images": req.images.len() }), || {
             fetch_images(services, &req.source, &req.images)
@@ -200,15 +218,41 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
                 &serde_json::to_string(&spec).expect("spec serialises"),
             )
             .await?;
-        op.step(
-            "disks",
-            json!({ "dir": spec.dir, "domain": spec.domain_name }),
-            || build::create_disks(&spec, &resolved),
-        )
-        .await?;
+        let disks = json!({ "dir": spec.dir, "domain": spec.domain_name });
+        match &req.cold {
+            None => {
+                op.step("disks", disks, || build::create_disks(&spec, &resolved))
+                    .await?
+            }
+            Some(cold) if cold.revert => {
+                let retained = super::disks::retained_dir(services, &id);
+                let data =
+                    json!({ "dir": spec.dir, "retained": retained, "domain": spec.domain_name });
+                op.step("retained", data, || async {
+                    std::fs::rename(&retained, &spec.dir).map_err(|e| {
+                        OpError::Interrupted(format!("cannot take back the kept disks: {e}"))
+                    })
+                })
+                .await?
+            }
+            Some(cold) => {
+                op.step("disks", disks, || {
+                    super::disks::fetch(services, &req.source, &id, &spec, &cold.disks, &resolved)
+                })
+                .await?
+            }
+        }
         let mut domain = build::domain_spec(services, &id, &req.name, &spec, &resolved);
         domain.addresses = req.pci_addresses.clone();
         let dest_xml = domain.to_xml();
+        if req.cold.is_some() {
+            // Nothing runs it yet: defined here, started (or not) when the source finishes.
+            let xml = dest_xml.clone();
+            op.step("define", json!({ "domain": spec.domain_name }), || async {
+                Ok::<_, OpError>(services.libvirt().define(xml).await?)
+            })
+            .await?;
+        }
         let copy_disks = build::disks(&spec)
             .into_iter()
             .filter(|d| matches!(d.source, crate::compute::DiskSource::File { .. }))
@@ -226,12 +270,15 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
                 id.clone(),
                 Pending {
                     op,
+                    cold: req.cold.clone(),
                     _guard: guard,
                     answer: answer.clone(),
                     source: req.source,
                 },
             );
-            tokio::spawn(watch_arrival(services.clone(), id, req.status));
+            if req.cold.is_none() {
+                tokio::spawn(watch_arrival(services.clone(), id, req.status));
+            }
             Ok(answer)
         }
         Err(e) => {
@@ -474,6 +521,19 @@ pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Resul
     let Some(pending) = pending else {
         return finish_unpending(services, server_id, resume).await;
     };
+    if let Some(cold) = pending.cold.clone() {
+        if let Err(e) = finish_cold(services, server_id, &cold, &pending.source).await {
+            services
+                .migrations()
+                .incoming
+                .lock()
+                .await
+                .insert(server_id.to_string(), pending);
+            return Err(e);
+        }
+        pending.op.complete().await?;
+        return Ok(());
+    }
     let status = match running_here(services, server_id, resume).await {
         Ok(status) => status,
         Err(e) => {
@@ -488,6 +548,51 @@ pub async fn finish(services: &Services, server_id: &str, resume: bool) -> Resul
     };
     arrived(services, server_id, status, &pending.source.name).await?;
     pending.op.complete().await?;
+    Ok(())
+}
+
+/// A cold-migrated server is here: it remembers where it came from (until confirmed or
+/// reverted; a revert is final), is started when it ran before, and is VERIFY_RESIZE (a
+/// revert: ACTIVE or SHUTOFF).
+async fn finish_cold(
+    services: &Services,
+    server_id: &str,
+    cold: &ColdOffer,
+    source: &PeerNode,
+) -> Result<(), OpError> {
+    let loaded = servers::load(services, server_id).await?;
+    let mut spec = loaded.spec.clone();
+    spec.migrated_from = (!cold.revert).then(|| servers::MigratedFrom {
+        node: source.name.clone(),
+        api_url: source.api_url.clone(),
+        power_on: cold.power_on,
+    });
+    servers::save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
+    take_over_claims(services, server_id, &source.name).await;
+    services.store().delete_moved(server_id).await?;
+    let mut fault = None;
+    let mut running = false;
+    if cold.power_on {
+        match services.libvirt().start(&spec.domain_name).await {
+            Ok(()) => running = true,
+            Err(e) => fault = Some(format!("the server moved but did not start: {e}")),
+        }
+    }
+    let status = match (cold.revert, running) {
+        (false, _) => ServerStatus::VerifyResize,
+        (true, true) => ServerStatus::Active,
+        (true, false) => ServerStatus::Shutoff,
+    };
+    servers::set_status(services, server_id, status, None, fault.as_deref()).await?;
+    let _ = services
+        .events()
+        .publish(
+            "server.migrated",
+            "server",
+            server_id,
+            json!({ "from": source.name, "status": status, "cold": true, "revert": cold.revert }),
+        )
+        .await;
     Ok(())
 }
 
@@ -663,6 +768,24 @@ async fn undo_step(services: &Services, step: &StepRecord) -> Result<(), String>
                 .await
                 .map_err(|e| e.to_string())
         }
+        "define" => services
+            .libvirt()
+            .undefine(&text("domain"))
+            .await
+            .map_err(|e| e.to_string()),
+        "retained" => {
+            services
+                .libvirt()
+                .undefine(&text("domain"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (dir, retained) = (text("dir"), text("retained"));
+            if std::path::Path::new(&dir).is_dir() && !std::path::Path::new(&retained).exists() {
+                std::fs::rename(&dir, &retained)
+                    .map_err(|e| format!("cannot keep {dir} as {retained} again: {e}"))?;
+            }
+            Ok(())
+        }
         "disks" => {
             let libvirt = services.libvirt();
             libvirt
@@ -697,6 +820,14 @@ impl OperationHandler for IncomingHandler {
             let services = &self.services;
             let domain = format!("hyperlet-{}", op.resource_id);
             let from = op.input["source"].as_str().unwrap_or("another node");
+            if op.input["cold"].as_bool() == Some(true) {
+                // The source asks again to finish; without the pending state that answer is
+                // 404, and the source rolls its side back too.
+                for step in op.steps.iter().rev() {
+                    undo_step(services, step).await?;
+                }
+                return Ok(());
+            }
             match services
                 .libvirt()
                 .state(&domain)

@@ -22,9 +22,13 @@
 //! * `wire.rs` — what the agents send each other.
 //! * `peer.rs` — finding a node in the fleet and calling its agent.
 //! * `incoming.rs` / `outgoing.rs` — the two sides.
+//! * `cold.rs` — cold migration (the server shut off, its disk files fetched by the
+//!   destination, VERIFY_RESIZE there) and its confirm and revert; `disks.rs` — those files.
 //! * `volumes.rs` — volumes on shared storage that follow their server (records adopted by
 //!   the destination, forgotten by the source; the data stays on the share).
 
+pub mod cold;
+mod disks;
 pub mod incoming;
 pub mod outgoing;
 pub mod peer;
@@ -121,4 +125,7 @@ pub fn register_handlers(services: &Services) {
     services
         .journal()
         .register(Arc::new(outgoing::OutgoingHandler::new(services.clone())));
+    services
+        .journal()
+        .register(Arc::new(cold::ColdHandler::new(services.clone())));
 }

@@ -31,7 +31,7 @@ const PUBLISH: Duration = Duration::from_secs(2);
 /// The shortest completion deadline.
 const MIN_DEADLINE: Duration = Duration::from_secs(60);
 /// How long finishing on the destination is retried before it is left to the next start.
-const FINISH_FOR: Duration = Duration::from_secs(600);
+pub(super) const FINISH_FOR: Duration = Duration::from_secs(600);
 
 /// Whether local disks are copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,17 +81,7 @@ pub(crate) async fn start(
     let client = PeerClient::new(services)?;
     let me = me(services)?;
     let dest = choose(services, &loaded, req.host.as_deref(), &me.name).await?;
-    let slot = services
-        .migrations()
-        .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            OpError::Conflict(format!(
-                "{} migrations are running from this node already ([migration] max_concurrent)",
-                services.config().migration.max_concurrent
-            ))
-        })?;
+    let slot = slot(services)?;
     servers::set_status(services, &id, loaded.status, Some("migrating"), None).await?;
     services
         .migrations()
@@ -115,6 +105,24 @@ pub(crate) async fn start(
 /// the migration copies.
 fn has_local_disks(spec: &servers::ServerSpec) -> bool {
     spec.boot_volume.is_none() || spec.flavor.ephemeral_gb > 0 || spec.flavor.swap_mb > 0
+}
+
+/// One of the node's outgoing migration slots.
+///
+/// # Errors
+/// [`OpError::Conflict`] when all are taken.
+pub(super) fn slot(services: &Services) -> Result<tokio::sync::OwnedSemaphorePermit, OpError> {
+    services
+        .migrations()
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            OpError::Conflict(format!(
+                "{} migrations are running from this node already ([migration] max_concurrent)",
+                services.config().migration.max_concurrent
+            ))
+        })
 }
 
 fn requested(services: &Services, id: &str) -> super::Requests {
@@ -184,7 +192,7 @@ pub(crate) async fn force_complete(services: &Services, loaded: &Loaded) -> Resu
 }
 
 /// This node as its peers address it.
-fn me(services: &Services) -> Result<PeerNode, OpError> {
+pub(super) fn me(services: &Services) -> Result<PeerNode, OpError> {
     let status = services.fleet_link().status();
     match (status.node_name, status.api_url) {
         (Some(name), Some(api_url)) => Ok(PeerNode { name, api_url }),
@@ -196,7 +204,7 @@ fn me(services: &Services) -> Result<PeerNode, OpError> {
 
 /// The destination: the named node if it is up, enabled, takes migrations and passes this
 /// node's scheduler chain; else the best node the chain ranks.
-async fn choose(
+pub(super) async fn choose(
     services: &Services,
     loaded: &Loaded,
     host: Option<&str>,
@@ -297,7 +305,7 @@ async fn choose(
 }
 
 /// What the destination needs to prepare.
-async fn request(
+pub(super) async fn request(
     services: &Services,
     loaded: &Loaded,
     me: &PeerNode,
@@ -365,6 +373,7 @@ async fn request(
     let pci_addresses = crate::compute::PciAddresses::from_domain_xml(&live)
         .map_err(|e| OpError::Interrupted(e.to_string()))?;
     Ok(IncomingRequest {
+        cold: None,
         pci_addresses,
         ports,
         volumes,
@@ -459,7 +468,16 @@ async fn run(
     }
     tracing::info!(server_id = %id, dest = %dest_name, "live migration: the guest runs on the destination");
     // The guest runs on the destination now: finish there, forget it here.
-    moved(services, client, loaded, &dest_name, &dest_url, FINISH_FOR).await?;
+    moved(
+        services,
+        client,
+        loaded,
+        &dest_name,
+        &dest_url,
+        FINISH_FOR,
+        AfterMove::Live,
+    )
+    .await?;
     op.complete().await?;
     Ok(())
 }
@@ -555,15 +573,32 @@ async fn publish_progress(services: &Services, id: &str, progress: &MigrationPro
         .await;
 }
 
-/// After libvirt moved the guest: finish on the destination (retried for `retry_for`), then
-/// forget the server here and leave a tombstone.
-async fn moved(
+/// What becomes of the server's files here once it moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterMove {
+    /// A live migration: libvirt undefined the domain; the files go.
+    Live,
+    /// A cold migration: the domain goes, the files are kept until the move is confirmed
+    /// or reverted.
+    Keep,
+    /// The revert of a cold migration: the domain and the files go.
+    Drop,
+}
+
+/// After the guest moved: finish on the destination (retried for `retry_for`), then forget
+/// the server here and leave a tombstone.
+///
+/// # Errors
+/// The destination's answer when finishing fails for `retry_for` ([`OpError::NotFound`] when
+/// it has no such migration: it rolled its side back); the store's errors.
+pub(super) async fn moved(
     services: &Services,
     client: &PeerClient,
     loaded: &Loaded,
     dest_name: &str,
     dest_url: &str,
     retry_for: Duration,
+    after: AfterMove,
 ) -> Result<(), OpError> {
     let (id, spec, name) = (&loaded.row.id, &loaded.spec, &loaded.row.name);
     // The destination first: it publishes the guest's ports, and the fleet's traffic for it
@@ -582,6 +617,7 @@ async fn moved(
                 tracing::info!(server_id = %id, dest = %dest_name, "live migration: finished on the destination");
                 break;
             }
+            Err(e @ OpError::NotFound { .. }) => return Err(e),
             Err(e) if started.elapsed() < retry_for => {
                 tracing::warn!(server_id = %id, error = %e, "finishing the migration on the destination failed; retrying");
                 backoff.wait(&stop).await;
@@ -592,8 +628,16 @@ async fn moved(
     // Its ports here go (only the local records: the address claims passed to the
     // destination). Peers already forward its MAC to the destination: the destination's
     // publication is the newer one.
-    if let Err(e) = build::remove_dir(spec) {
-        tracing::warn!(server_id = %id, error = %e, "cannot remove the files of a server that moved away");
+    if after != AfterMove::Live {
+        services.libvirt().undefine(&spec.domain_name).await?;
+    }
+    let files = if after == AfterMove::Keep {
+        keep_files(services, spec)
+    } else {
+        build::remove_dir(spec)
+    };
+    if let Err(e) = files {
+        tracing::warn!(server_id = %id, error = %e, "cannot remove or keep the files of a server that moved away");
     }
     for nic in &spec.nics {
         services.store().delete_port(&nic.port_id).await?;
@@ -622,6 +666,28 @@ async fn moved(
         )
         .await;
     Ok(())
+}
+
+/// Keeps a cold-migrated server's directory as `<id>.retained` (replacing an older one).
+fn keep_files(services: &Services, spec: &servers::ServerSpec) -> Result<(), String> {
+    let Some(id) = spec
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        return Err("the server has no directory".into());
+    };
+    let retained = super::disks::retained_dir(services, &id);
+    if !spec.dir.exists() {
+        return Ok(());
+    }
+    match std::fs::remove_dir_all(&retained) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove {}: {e}", retained.display())),
+    }
+    std::fs::rename(&spec.dir, &retained)
+        .map_err(|e| format!("cannot keep {} for a revert: {e}", spec.dir.display()))
 }
 
 /// Undo and restart handling of `server.migrate`.
@@ -692,9 +758,17 @@ async fn resume(services: &Services, op: &OperationRecord) -> Result<(), String>
     if here.is_none() && prepared {
         // One attempt at start (a peer that is away must not hold the agent's start up);
         // the operation stays open for the next start otherwise.
-        moved(services, &client, &loaded, &dest, &url, Duration::ZERO)
-            .await
-            .map_err(err)?;
+        moved(
+            services,
+            &client,
+            &loaded,
+            &dest,
+            &url,
+            Duration::ZERO,
+            AfterMove::Live,
+        )
+        .await
+        .map_err(err)?;
         return Ok(());
     }
     if services

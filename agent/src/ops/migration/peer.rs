@@ -128,6 +128,12 @@ impl PeerClient {
             let bytes = read_bounded(resp, MAX_ANSWER)
                 .await
                 .map_err(|e| peer_error("reading the answer", &url, e))?;
+            if status == reqwest::StatusCode::NOT_FOUND {
+                return Err(OpError::NotFound {
+                    kind: "peer resource",
+                    id: url.clone(),
+                });
+            }
             if !status.is_success() {
                 let message = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()

@@ -32,6 +32,35 @@ pub struct IncomingRequest {
     /// included): the destination's definition keeps them.
     #[serde(default)]
     pub pci_addresses: crate::compute::PciAddresses,
+    /// Set for a cold migration (the server is shut off; its disk files are fetched, or kept
+    /// ones reused); absent for a live one.
+    #[serde(default)]
+    pub cold: Option<ColdOffer>,
+}
+
+/// What a cold migration (or the revert of one) adds to the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdOffer {
+    /// The server's disk files (in its directory on the source), fetched from
+    /// `GET /v1/peer/migrations/{id}/disks/{file}`; empty for a revert.
+    pub disks: Vec<DiskOffer>,
+    /// A revert: the destination is the node the server came from, which kept its disks.
+    pub revert: bool,
+    /// Start the server once it is there (it ran before the migration).
+    pub power_on: bool,
+}
+
+/// One disk file of a cold migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskOffer {
+    /// Its file name in the server's directory (`root.qcow2`, `ephemeral.qcow2`, `swap.raw`).
+    pub file: String,
+    /// SHA-256 (hex) of its contents.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub size: u64,
 }
 
 /// A volume on shared storage that follows its server: its record and its snapshots'.

@@ -66,6 +66,19 @@ pub enum ServerAction {
     LiveMigrateAbort,
     /// End a live migration that does not converge (post-copy, or pause to finish).
     LiveMigrateForceComplete,
+    /// Move the server, shut off, to another node of the fleet (cold migration); it ends
+    /// VERIFY_RESIZE there.
+    Migrate {
+        /// The destination node; `None`: fleet placement picks one.
+        host: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateArgs {
+    #[serde(default)]
+    host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +222,19 @@ impl ServerAction {
                     password: a.password,
                 })
             }
+            "migrate" => {
+                let a: MigrateArgs = if value.is_null() {
+                    MigrateArgs { host: None }
+                } else {
+                    args(&name, value)?
+                };
+                if let Some(host) = &a.host {
+                    crate::fleet::keys::check_node_name(host).map_err(|reason| {
+                        OpError::InvalidInput(format!("migrate host {host:?}: {reason}"))
+                    })?;
+                }
+                Ok(Self::Migrate { host: a.host })
+            }
             "live_migrate" => {
                 use crate::ops::migration::outgoing::{BlockMigration, LiveMigrate};
                 let a: LiveMigrateArgs = if value.is_null() {
@@ -243,7 +269,8 @@ impl ServerAction {
             other => Err(OpError::InvalidInput(format!(
                 "unknown action {other:?}; one of start, stop, reboot, pause, unpause, suspend, \
                  resume, rebuild, resize, confirm_resize, revert_resize, console_output, \
-                 set_password, live_migrate, live_migrate_abort, live_migrate_force_complete"
+                 set_password, migrate, live_migrate, live_migrate_abort, \
+                 live_migrate_force_complete"
             ))),
         }
     }
@@ -267,6 +294,7 @@ impl ServerAction {
             Self::LiveMigrate(_) => "live_migrate",
             Self::LiveMigrateAbort => "live_migrate_abort",
             Self::LiveMigrateForceComplete => "live_migrate_force_complete",
+            Self::Migrate { .. } => "migrate",
         }
     }
 
@@ -291,6 +319,7 @@ impl ServerAction {
             Self::LiveMigrate(_) | Self::LiveMigrateAbort | Self::LiveMigrateForceComplete => {
                 &[Active, Paused]
             }
+            Self::Migrate { .. } => &[Active, Shutoff],
         }
     }
 }
@@ -384,6 +413,14 @@ pub async fn action(
         let server = crate::ops::migration::outgoing::start(services, loaded, guard, req).await?;
         return Ok(ActionOutput::Accepted(Box::new(server)));
     }
+    if let ServerAction::Migrate { host } = action {
+        let server = crate::ops::migration::cold::start(services, loaded, guard, host).await?;
+        return Ok(ActionOutput::Accepted(Box::new(server)));
+    }
+    if matches!(action, ServerAction::RevertResize) && loaded.spec.migrated_from.is_some() {
+        let server = crate::ops::migration::cold::start_revert(services, loaded, guard).await?;
+        return Ok(ActionOutput::Accepted(Box::new(server)));
+    }
     // Checks that need lookups, before anything changes.
     let prepared = prepare(services, &loaded, &action).await?;
     let (status, task) = transitional(&action, loaded.status);
@@ -436,11 +473,16 @@ fn transitional(action: &ServerAction, current: ServerStatus) -> (ServerStatus, 
         ServerAction::LiveMigrate(_)
         | ServerAction::LiveMigrateAbort
         | ServerAction::LiveMigrateForceComplete => (current, "migrating"),
+        ServerAction::Migrate { .. } => (ServerStatus::Resize, "resize_migrating"),
     }
 }
 
 /// After a failed action: the status libvirt's view implies, or ERROR.
 async fn fallback_status(services: &Services, loaded: &Loaded) -> ServerStatus {
+    if loaded.status == ServerStatus::VerifyResize && loaded.spec.migrated_from.is_some() {
+        // A confirm that could not reach the old node: confirm again.
+        return ServerStatus::VerifyResize;
+    }
     match services.libvirt().state(&loaded.spec.domain_name).await {
         Ok(Some(PowerState::Running)) => ServerStatus::Active,
         Ok(Some(PowerState::Paused)) => ServerStatus::Paused,
@@ -532,7 +574,7 @@ fn clean_shutdown(services: &Services) -> Duration {
 }
 
 /// Powers a domain off: ACPI first, then forced after the timeout.
-async fn power_off(services: &Services, domain: &str) -> Result<(), OpError> {
+pub(crate) async fn power_off(services: &Services, domain: &str) -> Result<(), OpError> {
     let libvirt = services.libvirt();
     if libvirt.state(domain).await? == Some(PowerState::Running) {
         // A guest that ignores ACPI is powered off by force below.
@@ -604,6 +646,9 @@ async fn run(
             let (images, spec) = *p;
             resize(services, loaded, &spec, &images).await?;
             ServerStatus::VerifyResize
+        }
+        (ServerAction::ConfirmResize, _) if loaded.spec.migrated_from.is_some() => {
+            crate::ops::migration::cold::confirm(services, loaded).await?
         }
         (ServerAction::ConfirmResize, _) => {
             let mut spec = loaded.spec.clone();

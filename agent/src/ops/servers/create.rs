@@ -59,6 +59,7 @@ pub async fn create(services: &Services, req: ServerCreate) -> Result<Server, Op
         nics: Vec::new(),
         boot_volume: None,
         volumes: Vec::new(),
+        migrated_from: None,
     };
     let mut spec = spec;
     if req.boot_volume_id.is_none() {

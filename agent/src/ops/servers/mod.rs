@@ -21,12 +21,15 @@ mod model;
 mod stats;
 mod sync;
 
+pub(crate) use actions::power_off;
 pub(crate) use actions::save_spec;
 pub use actions::{action, ActionOutput, ServerAction};
 pub use create::create;
 pub(crate) use create::{admit, nic_networks};
 pub use delete::delete;
-pub use model::{validate_name, Flavor, Server, ServerCreate, ServerSpec, ServerStatus};
+pub use model::{
+    validate_name, Flavor, MigratedFrom, Server, ServerCreate, ServerSpec, ServerStatus,
+};
 pub use stats::{stats, ServerStats};
 pub use sync::{adopt_and_reconcile, recover_interrupted, run_sync};
 

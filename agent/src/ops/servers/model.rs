@@ -345,6 +345,21 @@ pub struct ServerSpec {
     /// Attached volumes.
     #[serde(default)]
     pub volumes: Vec<crate::ops::volumes::attach::AttachedVolume>,
+    /// Where an unconfirmed cold migration brought the server from (it is VERIFY_RESIZE here;
+    /// `confirm_resize` lets the old node drop its copy, `revert_resize` moves it back).
+    #[serde(default)]
+    pub migrated_from: Option<MigratedFrom>,
+}
+
+/// The node a cold-migrated server came from, kept until the move is confirmed or reverted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigratedFrom {
+    /// Its fleet name.
+    pub node: String,
+    /// Its API URL.
+    pub api_url: String,
+    /// The server ran there before the move (a revert starts it again).
+    pub power_on: bool,
 }
 
 impl ServerSpec {
