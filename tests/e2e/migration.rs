@@ -837,9 +837,24 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
         .wait_console(&id, "HYPERLET-GUEST: booted", 2, Duration::from_secs(240));
     assert_eq!(sh(&a, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
 
-    // ACTIVE, placement picks B: it runs there at once; confirm drops A's copy.
-    let (s, body) = act(&a.agent, &id, json!({"migrate": null}));
-    assert_eq!(s, 202, "{body}");
+    // ACTIVE, with the CLI, placement picks B: it runs there at once; confirm drops A's copy.
+    let ca = fabric.ca().display().to_string();
+    let (token, url) = (a.agent.token(), a.agent.url());
+    let (status, out, err) = hyperlet_tests::run_cli(
+        &["server", "migrate", &id],
+        &[
+            ("HYPERLET_URL", url.as_str()),
+            ("HYPERLET_TOKEN", token.as_str()),
+            ("HYPERLET_CA_CERT", ca.as_str()),
+        ],
+    );
+    assert!(
+        status.success(),
+        "server migrate: {out}{err}\n{}",
+        a.agent.log()
+    );
+    assert!(out.contains("moved to node cold-b"), "{out}");
+    assert!(out.contains("VERIFY_RESIZE"), "{out}");
     wait_moved(&a.agent, &id);
     let on_b = b
         .agent
@@ -856,9 +871,21 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     assert!(!kept_on(&a), "confirmed: A dropped its copy");
     assert!(!domain_on(&a));
 
-    let resp = b
+    // Deleted while VERIFY_RESIZE: the old node drops what it kept too.
+    let (s, body) = act(&b.agent, &id, json!({"migrate": {"host": "cold-a"}}));
+    assert_eq!(s, 202, "{body}");
+    wait_moved(&b.agent, &id);
+    a.agent
+        .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
+    assert!(kept_on(&b));
+    let resp = a
         .agent
         .send(reqwest::Method::DELETE, &format!("/v1/servers/{id}"), None);
     assert!(resp.status().is_success());
-    b.agent.wait_server_gone(&id, Duration::from_secs(60));
+    a.agent.wait_server_gone(&id, Duration::from_secs(60));
+    assert!(
+        !kept_on(&b),
+        "B dropped its kept copy when the server was deleted"
+    );
+    assert!(!domain_on(&a) && !domain_on(&b));
 }

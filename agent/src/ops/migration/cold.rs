@@ -282,11 +282,7 @@ pub(crate) async fn confirm(services: &Services, loaded: &Loaded) -> Result<Serv
             "the server did not come here by a cold migration".into(),
         ));
     };
-    let client = PeerClient::new(services)?;
-    let path = format!("/v1/peer/migrations/{}/confirm", loaded.row.id);
-    client
-        .post::<_, serde_json::Value>(&from.api_url, &path, &json!({}), peer::CALL)
-        .await?;
+    drop_kept(services, &loaded.row.id, &from).await?;
     let mut spec = loaded.spec.clone();
     spec.migrated_from = None;
     servers::save_spec(services, &loaded.row.id, &loaded.row.image_id, &spec).await?;
@@ -294,6 +290,23 @@ pub(crate) async fn confirm(services: &Services, loaded: &Loaded) -> Result<Serv
         Some(crate::compute::PowerState::Running) => ServerStatus::Active,
         _ => ServerStatus::Shutoff,
     })
+}
+
+/// Tells the node a server came from by cold migration to drop the disks it kept.
+///
+/// # Errors
+/// [`OpError::Conflict`] when that node cannot be reached or refuses.
+pub(crate) async fn drop_kept(
+    services: &Services,
+    server_id: &str,
+    from: &servers::MigratedFrom,
+) -> Result<(), OpError> {
+    let client = PeerClient::new(services)?;
+    let path = format!("/v1/peer/migrations/{server_id}/confirm");
+    client
+        .post::<_, serde_json::Value>(&from.api_url, &path, &json!({}), peer::CALL)
+        .await
+        .map(|_| ())
 }
 
 /// `POST /v1/peer/migrations/{id}/confirm`: the move of server `id` away from this node is

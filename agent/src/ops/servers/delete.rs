@@ -69,6 +69,13 @@ async fn steps(
             .await?;
     }
     super::build::remove_dir(spec).map_err(OpError::Conflict)?;
+    if let Some(from) = &spec.migrated_from {
+        // An unconfirmed cold migration: the old node may drop the disks it kept for a
+        // revert. Best effort: a node that is away keeps them (nothing refers to them).
+        if let Err(e) = crate::ops::migration::cold::drop_kept(services, id, from).await {
+            tracing::warn!(server_id = %id, node = %from.node, error = %e, "the old node could not drop the disks it kept for a revert");
+        }
+    }
     // libvirt's own per-domain log (QEMU's stderr).
     let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{domain}.log"));
     if let Some(op) = op.as_deref_mut() {
