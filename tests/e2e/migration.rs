@@ -889,3 +889,142 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     );
     assert!(!domain_on(&a) && !domain_on(&b));
 }
+
+/// Waits until `agent`'s log holds `needle` `n` times.
+fn wait_log(agent: &hyperlet_tests::Agent, needle: &str, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while agent.log().matches(needle).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{needle:?} not logged {n} times:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Restarts a killed agent with `failpoint` set (or none).
+fn restart_at(agent: &mut hyperlet_tests::Agent, failpoint: Option<&str>) {
+    agent.kill9();
+    agent.env = failpoint
+        .map(|f| vec![("HYPERLET_FAILPOINT".to_string(), f.to_string())])
+        .unwrap_or_default();
+    agent.restart();
+}
+
+/// Cold migration's crash matrix (issue #14): kill -9 of the source after the destination
+/// prepared (rolled back at its restart: SHUTOFF on A, nothing on B), of the source after the
+/// hand-over (finished at its restart: VERIFY_RESIZE on B), and of the destination while it
+/// prepares (its restart rolls its side back; the source's call fails and it rolls back).
+/// Each time the server is on exactly one node and the other keeps nothing.
+#[test]
+fn cold_migration_killed_on_either_side_leaves_the_server_on_one_node() {
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let mut a = fabric.node("crash-a", 1, "");
+    let mut b = fabric.node("crash-b", 2, "");
+    let (_image, id, domain) = booted(
+        &a,
+        "crashy",
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
+    );
+    let (s, body) = act(&a.agent, &id, json!({"stop": null}));
+    assert_eq!(s, 202, "{body}");
+    a.agent
+        .wait_server(&id, "SHUTOFF", Duration::from_secs(120));
+    let nothing_on = |node: &hyperlet_tests::fleet::FleetNode| {
+        // No record: unknown, or a tombstone pointing elsewhere.
+        let status = node
+            .agent
+            .get(&format!("/v1/servers/{id}"))
+            .status()
+            .as_u16();
+        assert!(
+            status == 404 || status == 301,
+            "{} keeps no record: {status}",
+            node.name
+        );
+        let (_, list) = node.libvirt.virsh(&["list", "--all", "--name"]);
+        assert!(
+            !list.contains(&domain),
+            "{} keeps no domain: {list}",
+            node.name
+        );
+        let servers = node.agent.state_dir().join("servers");
+        assert!(!servers.join(&id).exists(), "{} keeps no disks", node.name);
+    };
+    let rolled_back = |agent: &hyperlet_tests::Agent| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let server = agent.get_json(&format!("/v1/servers/{id}"));
+            if server["status"] == "SHUTOFF" && server["task_state"].is_null() {
+                assert!(server["fault"].as_str().is_some(), "{server}");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not rolled back: {server}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    // 1. The source dies once the destination prepared: rolled back at its restart.
+    restart_at(&mut a.agent, Some("server.cold_migrate:prepare"));
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "crash-b"}}));
+    assert_eq!(s, 202, "{body}");
+    wait_log(&a.agent, "failpoint reached", 1);
+    assert_eq!(
+        b.agent.get(&format!("/v1/servers/{id}")).status().as_u16(),
+        200,
+        "B prepared"
+    );
+    restart_at(&mut a.agent, None);
+    rolled_back(&a.agent);
+    nothing_on(&b);
+
+    // 2. The source dies after the hand-over: its restart finishes the move.
+    restart_at(&mut a.agent, Some("server.cold_migrate:handover"));
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "crash-b"}}));
+    assert_eq!(s, 202, "{body}");
+    wait_log(&a.agent, "failpoint reached", 1);
+    restart_at(&mut a.agent, None);
+    let moved = wait_moved(&a.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "crash-b", "{moved}");
+    b.agent
+        .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
+    let (_, list) = a.libvirt.virsh(&["list", "--all", "--name"]);
+    assert!(!list.contains(&domain), "A keeps no domain: {list}");
+    let (s, body) = act(&b.agent, &id, json!({"revert_resize": null}));
+    assert_eq!(s, 202, "{body}");
+    wait_moved(&b.agent, &id);
+    a.agent.wait_server(&id, "SHUTOFF", Duration::from_secs(60));
+    nothing_on(&b);
+
+    // 3. The destination dies while it prepares: both sides roll back.
+    restart_at(&mut b.agent, Some("server.incoming:disks"));
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "crash-b"}}));
+    assert_eq!(s, 202, "{body}");
+    wait_log(&b.agent, "failpoint reached", 1);
+    restart_at(&mut b.agent, None);
+    rolled_back(&a.agent);
+    nothing_on(&b);
+    let (ok, state) = a.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("shut off"), "{state}");
+
+    // Still movable after all that.
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "crash-b"}}));
+    assert_eq!(s, 202, "{body}");
+    wait_moved(&a.agent, &id);
+    b.agent
+        .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
+    let (s, body) = act(&b.agent, &id, json!({"confirm_resize": null}));
+    assert_eq!(s, 202, "{body}");
+    b.agent.wait_server(&id, "SHUTOFF", Duration::from_secs(60));
+    assert!(!a
+        .agent
+        .state_dir()
+        .join("servers")
+        .join(format!("{id}.retained"))
+        .exists());
+}
