@@ -278,10 +278,13 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
 #[test]
 fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
     use crate::fleet_networks::{guest_on, node_config, post, span};
+    let _nfs = hyperlet_tests::storage::nfs_shared();
     let _vm = hyperlet_tests::vm_shared();
+    let nfs = hyperlet_tests::storage::ganesha();
     let fabric = Fabric::new();
-    let a = fabric.node("net-a", 1, &node_config(&fabric.address(1)));
-    let b = fabric.node("net-b", 2, &node_config(&fabric.address(2)));
+    let with_nfs = |i| format!("{}\n{}", node_config(&fabric.address(i)), nfs_stanza(nfs));
+    let a = fabric.node_with_nfs("net-a", 1, &with_nfs(1));
+    let b = fabric.node_with_nfs("net-b", 2, &with_nfs(2));
     let c = fabric.node("net-c", 3, &node_config(&fabric.address(3)));
     let net = uuid::Uuid::new_v4().to_string();
     let subnet = uuid::Uuid::new_v4().to_string();
@@ -340,6 +343,38 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
             ips[0]
         ),
     );
+    // A data volume on NFS, written before the move.
+    for node in [&a, &b] {
+        post(
+            &node.agent,
+            "/v1/volume-types",
+            &json!({"name": "shared", "backend": "nfs", "is_default": true}),
+        );
+    }
+    let vol = post(&a.agent, "/v1/volumes", &json!({"size_gb": 1}))["id"]
+        .as_str()
+        .expect("volume id")
+        .to_string();
+    crate::volumes::wait_volume(&a.agent, &vol, "available");
+    post(
+        &a.agent,
+        &format!("/v1/servers/{mover}/volumes"),
+        &json!({"volume_id": vol}),
+    );
+    crate::volumes::wait_volume(&a.agent, &vol, "in-use");
+    sh(
+        &a,
+        &domains[0],
+        "for i in $(seq 50); do [ -b /dev/vdb ] && break; sleep 0.2; done; \
+         echo SPAN-BEFORE | dd of=/dev/vdb bs=512 seek=2048 conv=fsync 2>/dev/null",
+    );
+    let uptime = |node, domain: &str| -> f64 {
+        sh(node, domain, "cut -d' ' -f1 /proc/uptime")
+            .trim()
+            .parse()
+            .expect("uptime")
+    };
+    let up_before = uptime(&a, &domains[0]);
     std::thread::sleep(Duration::from_secs(2));
     let (status, body) = migrate(&a.agent, &mover, json!({"host": "net-b"}));
     assert_eq!(status, 202, "{body}");
@@ -386,6 +421,24 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
         timeline(&c)
     );
     eprintln!("pinger: {sent} sent, {received} received during the migration");
+
+    // No reboot; the volume holds what was written and takes more.
+    let up_after = uptime(&b, &domains[0]);
+    assert!(
+        up_after >= up_before,
+        "no reboot: uptime {up_before} → {up_after}"
+    );
+    let volume = sh(
+        &b,
+        &domains[0],
+        "echo SPAN-AFTER | dd of=/dev/vdb bs=512 seek=2049 conv=fsync 2>/dev/null; \
+         dd if=/dev/vdb bs=512 skip=2048 count=2 2>/dev/null | tr -d '\\000'",
+    );
+    assert_eq!(volume, "SPAN-BEFORE\nSPAN-AFTER\n", "the NFS volume on B");
+    assert_eq!(
+        b.agent.get_json(&format!("/v1/volumes/{vol}"))["attached_to"],
+        mover.as_str()
+    );
 
     // Same address and MAC.
     assert_eq!(on_b["nics"][0]["fixed_ips"][0], ips[0].as_str(), "{on_b}");
