@@ -1081,3 +1081,62 @@ fn cold_migration_killed_on_either_side_leaves_the_server_on_one_node() {
         .join(format!("{id}.retained"))
         .exists());
 }
+
+/// `live_migrate_force_complete` (issue #14): a migration that cannot converge (a 1 MiB/s
+/// link) is ended by pausing the guest on the source (post-copy is off by default); once
+/// it is over, the guest runs again on the destination, not rebooted. Asked when no migration
+/// runs, it is refused.
+#[test]
+fn force_complete_pauses_a_migration_that_does_not_converge_and_finishes_it() {
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let a = fabric.node("fc-a", 1, "");
+    let b = fabric.node("fc-b", 2, "");
+    let (_, id, domain) = booted(
+        &a,
+        "stubborn",
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
+    );
+    let up = |node, domain: &str| -> f64 {
+        sh(node, domain, "cut -d' ' -f1 /proc/uptime")
+            .trim()
+            .parse()
+            .expect("uptime")
+    };
+    let before = up(&a, &domain);
+    let (s, body) = act(&a.agent, &id, json!({"live_migrate_force_complete": null}));
+    assert_eq!(s, 409, "nothing to complete: {body}");
+
+    let (ok, out) = a.libvirt.virsh(&["migrate-setspeed", &domain, "1"]);
+    assert!(ok, "{out}");
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "fc-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_copying(&a.agent, &id);
+    let (s, body) = act(&a.agent, &id, json!({"live_migrate_force_complete": null}));
+    assert_eq!(s, 202, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, state) = a.libvirt.virsh(&["domstate", &domain]);
+        if state.contains("paused") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest was not paused to finish: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Paused, what is left goes over (the test lifts the cap so it does not take minutes).
+    let (ok, out) = a
+        .libvirt
+        .virsh(&["migrate-setspeed", &domain, "8796093022207"]);
+    assert!(ok, "{out}");
+    let moved = wait_moved(&a.agent, &id);
+    assert_eq!(moved["moved_to"]["node"], "fc-b", "{moved}");
+    let on_b = b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+    assert!(on_b["fault"].is_null(), "{on_b}");
+    let (ok, state) = b.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "resumed on B: {state}");
+    let after = up(&b, &domain);
+    assert!(after >= before, "no reboot: uptime {before} → {after}");
+}
