@@ -93,7 +93,10 @@ fn server(node: &FleetNode) -> (String, String) {
     let id = body["id"].as_str().expect("id").to_string();
     let server = agent.wait_server(&id, "ACTIVE", Duration::from_secs(300));
     agent.wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(300));
-    (id, server["domain_name"].as_str().expect("domain").to_string())
+    (
+        id,
+        server["domain_name"].as_str().expect("domain").to_string(),
+    )
 }
 
 /// Moves the server from `from` to `to` through hyperlet.
@@ -236,7 +239,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn report(name: &str, runs: &[Figures]) -> f64 {
-    let total = median(runs.iter().map(|f| f.total.as_secs_f64() * 1000.0).collect());
+    let total = median(
+        runs.iter()
+            .map(|f| f.total.as_secs_f64() * 1000.0)
+            .collect(),
+    );
     let job = median(runs.iter().map(|f| f.job_ms as f64).collect());
     let down = median(runs.iter().map(|f| f.downtime_ms as f64).collect());
     let worst_down = runs.iter().map(|f| f.downtime_ms).max().unwrap_or(0);
@@ -267,7 +274,10 @@ fn main() {
     overlay(&dirs[0]);
     let xml = dirs[0].join("domain.xml");
     std::fs::write(&xml, bare_xml(&dirs[0], &uuid)).expect("xml");
-    must(a.libvirt.virsh(&["define", xml.to_str().unwrap()]), "define");
+    must(
+        a.libvirt.virsh(&["define", xml.to_str().unwrap()]),
+        "define",
+    );
     must(a.libvirt.virsh(&["start", "bench-bare"]), "start");
     wait_console(&dirs[0].join("console.log"), "HYPERLET-GUEST: booted");
 
@@ -288,10 +298,15 @@ fn main() {
         eprintln!("round {}/{n} done", round + 1);
     }
     let max_downtime = hyperlet::config::MigrationConfig::default().max_downtime_ms;
-    println!("\n| 256 MiB TCG guest, A ⇄ B | total (median) | libvirt job | downtime (median) | moves |");
+    println!(
+        "\n| 256 MiB TCG guest, A ⇄ B | total (median) | libvirt job | downtime (median) | moves |"
+    );
     println!("|---|---|---|---|---|");
     let t_ours = report("hyperlet `live_migrate`", &ours);
-    let t_bare = report("`virsh migrate --live --p2p --copy-storage-inc` (baseline)", &bare);
+    let t_bare = report(
+        "`virsh migrate --live --p2p --copy-storage-inc` (baseline)",
+        &bare,
+    );
     println!(
         "\nhyperlet / baseline total: {:.2}× (target ≤ 1.2×); hyperlet's worst downtime {} ms \
          (limit [migration] max_downtime_ms = {max_downtime} ms)",

@@ -14,7 +14,8 @@ use std::time::Duration;
 /// One token for every node (a controller's).
 const TOKEN: &str = "fleet-controller-token-0123456789";
 
-fn ram_filter() -> String {
+/// The RAM filter plugin stanza (nova's `RamFilter`).
+pub fn ram_filter() -> String {
     stanza(
         "filter",
         1000,

@@ -804,7 +804,8 @@ fn act(
     post(agent, &format!("/v1/servers/{id}/action"), body)
 }
 
-/// Cold migration (issue #14): a SHUTOFF server moves from A to B and is VERIFY_RESIZE there
+/// Cold migration (issue #14): a node the scheduler chain refuses is refused with the filter's
+/// reason (the same check as live); a SHUTOFF server moves from A to B and is VERIFY_RESIZE there
 /// (not started; A keeps its disks, not its domain); revert brings it back to A untouched
 /// (SHUTOFF, boots with what it wrote before), B keeps nothing. Moved again while ACTIVE, it
 /// runs on B at once with its disks' contents; confirm there drops A's kept copy.
@@ -812,8 +813,10 @@ fn act(
 fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     let _vm = hyperlet_tests::vm_shared();
     let fabric = Fabric::new();
-    let a = fabric.node("cold-a", 1, "");
+    // A runs the RAM filter; C offers almost no RAM, so A's chain refuses it.
+    let a = fabric.node("cold-a", 1, &crate::fleet_place::ram_filter());
     let b = fabric.node("cold-b", 2, "");
+    let _c = fabric.node("cold-c", 3, "[capacity]\nram_allocation_ratio = 0.001\n");
     let (_image, id, domain) = booted(
         &a,
         "cold",
@@ -850,6 +853,14 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     assert_eq!(s, 409, "{body}");
     let (s, _) = act(&a.agent, &id, json!({"migrate": {"host": "-bad"}}));
     assert_eq!(s, 400);
+    let (s, body) = act(&a.agent, &id, json!({"migrate": {"host": "cold-c"}}));
+    assert_eq!(s, 409, "{body}");
+    let reason = body.to_string();
+    assert!(
+        reason.contains("refuses the server") && reason.to_lowercase().contains("ram"),
+        "the filter's reason: {body}"
+    );
+
     let (s, _) = act(&a.agent, &id, json!({"migrate": {"hots": "cold-b"}}));
     assert_eq!(s, 400);
     let (s, body) = act(&a.agent, &id, json!({"confirm_resize": null}));

@@ -483,6 +483,24 @@ fn server_action_schema() -> Value {
             ]
         }),
     ));
+    variants.push(action(
+        "migrate",
+        json!({
+            "description": "Cold migration: the server is shut down, moved with its disks and VERIFY_RESIZE on the destination (started if it ran) until confirm_resize or revert_resize there",
+            "oneOf": [
+                { "type": "null" },
+                object(json!({
+                    "host": {
+                        "description": "The destination node; null or absent: fleet placement picks one",
+                        "type": ["string", "null"],
+                        "minLength": 1,
+                        "maxLength": 253,
+                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+                    }
+                }), &[])
+            ]
+        }),
+    ));
     json!({
         "description": "Exactly one action: its name as the only key, its arguments as the value",
         "oneOf": variants

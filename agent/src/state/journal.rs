@@ -334,6 +334,15 @@ impl Journal {
         Ok(Ok(()))
     }
 
+    /// Marks an operation found open at start finished, once work its handler left running in
+    /// the background has done it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the record cannot be written.
+    pub async fn mark_done(&self, id: &str) -> Result<(), StoreError> {
+        self.set_status(id, OpStatus::Done, None).await
+    }
+
     async fn set_status(
         &self,
         id: &str,

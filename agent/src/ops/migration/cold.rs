@@ -16,7 +16,7 @@
 //! A destination that restarts mid-way rolls its side back and answers `finish` with 404; the
 //! source then rolls back too (the guest starts again here if it ran). After a source restart
 //! an operation without `handover` is rolled back; one with it asks the destination to finish
-//! again.
+//! again (once at start, then in the background for a while).
 
 use super::outgoing::{self, AfterMove};
 use super::peer::{self, FleetNode, PeerClient};
@@ -474,7 +474,10 @@ async fn resume(services: &Services, op: &OperationRecord) -> Result<(), String>
         {
             Ok(()) => return Ok(()),
             Err(OpError::NotFound { .. }) => {}
-            Err(e) => return Err(err(e)),
+            Err(e) => {
+                outgoing::finish_in_background(services, op, loaded, after);
+                return Err(err(e));
+            }
         }
     }
     for step in op.steps.iter().rev() {

@@ -293,3 +293,64 @@ async fn check_file(
         other => Err(bad(format!("unknown disk file {other:?}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(ephemeral_gb: u64, swap_mb: u64) -> ServerSpec {
+        serde_json::from_value(serde_json::json!({
+            "flavor": {"vcpus": 1, "ram_mb": 128, "disk_gb": 1,
+                       "ephemeral_gb": ephemeral_gb, "swap_mb": swap_mb},
+            "image_id": "i", "kernel_image_id": null, "ramdisk_image_id": null,
+            "os_command_line": null, "key_name": null, "public_keys": {}, "user_data": null,
+            "metadata": {}, "availability_zone": "nova", "domain_name": "hyperlet-x",
+            "dir": "/srv/servers/x"
+        }))
+        .expect("spec")
+    }
+
+    fn offer(file: &str, size: u64) -> DiskOffer {
+        DiskOffer {
+            file: file.into(),
+            sha256: "ab".repeat(32),
+            size,
+        }
+    }
+
+    #[test]
+    fn offers_must_be_the_servers_own_disk_files() {
+        let s = spec(1, 64);
+        let names: Vec<String> = local_files(&s).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(names, ["root.qcow2", "ephemeral.qcow2", "swap.raw"]);
+        let good = [
+            offer("root.qcow2", 1 << 20),
+            offer("ephemeral.qcow2", 1 << 20),
+            offer("swap.raw", 64 << 20),
+        ];
+        check_offers(&s, &good, false).expect("the server's files");
+        assert!(check_offers(&s, &good[..2], false).is_err(), "one missing");
+        let mut renamed = good.clone();
+        renamed[0].file = "../../etc/shadow".into();
+        assert!(check_offers(&s, &renamed, false).is_err());
+        let mut huge = good.clone();
+        huge[2].size = (64 << 20) + 1;
+        assert!(
+            check_offers(&s, &huge, false).is_err(),
+            "swap larger than the flavor"
+        );
+        let mut unhashed = good.clone();
+        unhashed[1].sha256 = "zz".repeat(32);
+        assert!(check_offers(&s, &unhashed, false).is_err());
+        assert!(
+            check_offers(&s, &good, true).is_err(),
+            "a revert fetches nothing"
+        );
+        check_offers(&s, &[], true).expect("a revert");
+        assert!(served(&s, "root.qcow2").is_ok());
+        assert!(
+            served(&s, "console.log").is_err(),
+            "only disk files are served"
+        );
+    }
+}

@@ -668,6 +668,38 @@ pub(super) async fn moved(
     Ok(())
 }
 
+/// Retries finishing a move found open at start for [`FINISH_FOR`] in the background, the
+/// server's lock held; marks the operation done when it lands (else the next start tries
+/// again).
+pub(super) fn finish_in_background(
+    services: &Services,
+    op: &OperationRecord,
+    loaded: Loaded,
+    after: AfterMove,
+) {
+    let services = services.clone();
+    let op_id = op.id.clone();
+    let dest = op.input["dest"].as_str().unwrap_or_default().to_string();
+    let url = op.input["api_url"].as_str().unwrap_or_default().to_string();
+    tokio::spawn(async move {
+        let lock = services.server_lock(&loaded.row.id);
+        let _guard = lock.lock().await;
+        let Ok(client) = PeerClient::new(&services) else {
+            return;
+        };
+        match moved(&services, &client, &loaded, &dest, &url, FINISH_FOR, after).await {
+            Ok(()) => {
+                if let Err(e) = services.journal().mark_done(&op_id).await {
+                    tracing::warn!(server_id = %loaded.row.id, error = %e, "cannot record a finished move");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server_id = %loaded.row.id, error = %crate::api::error::chain(&e), "finishing a move on the destination keeps failing; the next start tries again");
+            }
+        }
+    });
+}
+
 /// Keeps a cold-migrated server's directory as `<id>.retained` (replacing an older one).
 fn keep_files(services: &Services, spec: &servers::ServerSpec) -> Result<(), String> {
     let Some(id) = spec
@@ -756,9 +788,9 @@ async fn resume(services: &Services, op: &OperationRecord) -> Result<(), String>
     let prepared = op.steps.iter().any(|s| s.name == "prepare");
     let client = PeerClient::new(services).map_err(err)?;
     if here.is_none() && prepared {
-        // One attempt at start (a peer that is away must not hold the agent's start up);
-        // the operation stays open for the next start otherwise.
-        moved(
+        // One attempt at start (a peer that is away must not hold the agent's start up),
+        // then retried in the background.
+        if let Err(e) = moved(
             services,
             &client,
             &loaded,
@@ -768,7 +800,10 @@ async fn resume(services: &Services, op: &OperationRecord) -> Result<(), String>
             AfterMove::Live,
         )
         .await
-        .map_err(err)?;
+        {
+            finish_in_background(services, op, loaded, AfterMove::Live);
+            return Err(err(e));
+        }
         return Ok(());
     }
     if services
