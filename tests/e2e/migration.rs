@@ -1151,3 +1151,68 @@ fn force_complete_pauses_a_migration_that_does_not_converge_and_finishes_it() {
     let after = up(&b, &domain);
     assert!(after >= before, "no reboot: uptime {before} → {after}");
 }
+
+/// The destination's libvirtd killed mid-copy (issue #14): the source's libvirt gives up, the
+/// guest keeps running on A (ACTIVE, with the fault), and once B's libvirtd is back B keeps
+/// nothing — its agent finishes the undo it could not do without libvirtd in the background.
+/// The server can move again afterwards.
+#[test]
+fn destination_libvirtd_killed_mid_copy_leaves_the_server_on_the_source() {
+    let _vm = hyperlet_tests::vm_shared();
+    let fabric = Fabric::new();
+    let a = fabric.node("lvd-a", 1, "");
+    let mut b = fabric.node("lvd-b", 2, "");
+    let (_, id, domain) = booted(
+        &a,
+        "orphan",
+        json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1}),
+    );
+    let (ok, out) = a.libvirt.virsh(&["migrate-setspeed", &domain, "1"]);
+    assert!(ok, "{out}");
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "lvd-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_copying(&a.agent, &id);
+    b.libvirt.kill_libvirtd();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let back = loop {
+        let server = a.agent.get_json(&format!("/v1/servers/{id}"));
+        if server["task_state"].is_null() {
+            break server;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never gave up: {server}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(back["status"], "ACTIVE", "{back}");
+    assert!(back["fault"].as_str().is_some(), "{back}");
+    let (ok, state) = a.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "{state}");
+
+    b.libvirt.restart_libvirtd();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let record = b.agent.get(&format!("/v1/servers/{id}")).status().as_u16();
+        let (_, list) = b.libvirt.virsh(&["list", "--all", "--name"]);
+        let dir = b.agent.state_dir().join("servers").join(&id).exists();
+        if record == 404 && !list.contains(&domain) && !dir {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still has: record {record}, domains {list:?}, disks {dir}\n{}",
+            b.agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let (ok, out) = a
+        .libvirt
+        .virsh(&["migrate-setspeed", &domain, "8796093022207"]);
+    assert!(ok, "{out}");
+    let (status, body) = migrate(&a.agent, &id, json!({"host": "lvd-b"}));
+    assert_eq!(status, 202, "{body}");
+    wait_moved(&a.agent, &id);
+    b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
+}

@@ -255,6 +255,37 @@ impl PrivateLibvirt {
             .args(args))
     }
 
+    /// Kills libvirtd with SIGKILL, as a crash would: its guests (QEMU) keep running.
+    pub fn kill_libvirtd(&mut self) {
+        let pid = self.libvirtd.take().expect("libvirtd started");
+        let _ = kill(pid, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts libvirtd again in the node's namespaces (entered through virtlogd's) after
+    /// [`PrivateLibvirt::kill_libvirtd`]; waits until it answers.
+    pub fn restart_libvirtd(&mut self) {
+        assert!(self.libvirtd.is_none(), "libvirtd still runs");
+        let _ = std::fs::remove_file(self.root().join("run/libvirtd.pid"));
+        let via = self.virtlogd.expect("virtlogd started").to_string();
+        let (ok, out) = run(Command::new("nsenter")
+            .args(["-t", &via, "-m", "-n", "--", "libvirtd", "-d", "--listen"]));
+        assert!(ok, "restarting libvirtd: {out}");
+        self.libvirtd = Some(self.wait_pid("libvirtd"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out) = self.virsh(&["list", "--all"]);
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "libvirtd does not answer: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// PIDs of the processes in this node's network namespace (its daemons and guests).
     fn processes_in_netns(&self) -> Vec<Pid> {
         let Ok(ns) = std::fs::metadata(format!("/run/netns/{}", self.netns)) else {

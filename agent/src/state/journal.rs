@@ -334,6 +334,25 @@ impl Journal {
         Ok(Ok(()))
     }
 
+    /// Retries the rollback of operation `id` whose undo failed before (the steps still to
+    /// undo, newest first). Nothing to do when it is no longer rolling back.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the journal cannot be read or written; an undo failure is returned
+    /// as `Ok(Err(reason))`.
+    pub async fn retry_roll_back(&self, id: &str) -> Result<Result<(), String>, StoreError> {
+        let Some(op) = self.get(id).await? else {
+            return Ok(Ok(()));
+        };
+        if op.status != OpStatus::RollingBack {
+            return Ok(Ok(()));
+        }
+        let Some(handler) = self.handler(&op.kind) else {
+            return Ok(Err(format!("no handler for operation kind {}", op.kind)));
+        };
+        self.undo_steps(&*handler, &op).await
+    }
+
     /// Marks an operation found open at start finished, once work its handler left running in
     /// the background has done it.
     ///

@@ -683,23 +683,50 @@ async fn arrived(
 /// The source gave up: everything prepared here is undone.
 ///
 /// # Errors
-/// [`OpError::Store`] when the journal cannot be written; an incomplete undo is reported and
-/// retried at the next start.
+/// [`OpError::Store`] when the journal cannot be written; an incomplete undo (libvirtd away)
+/// is retried in the background, and at the next start.
 pub async fn abort(services: &Services, server_id: &str) -> Result<(), OpError> {
     let pending = take_pending(services, server_id).await;
     let Some(pending) = pending else {
         return Ok(());
     };
+    let op_id = pending.op.id().to_string();
     if let Err(undo) = pending
         .op
         .roll_back("the source aborted the migration")
         .await?
     {
-        return Err(OpError::Interrupted(format!(
-            "the migration's preparation could not be fully undone: {undo}"
-        )));
+        // libvirtd may be away (restarting): the undo is this node's to finish; its journal
+        // keeps it rolling back until then (and a restart retries it too).
+        tracing::warn!(server_id, %undo, "undoing an aborted migration's preparation failed; retrying in the background");
+        tokio::spawn(retry_undo(services.clone(), server_id.to_string(), op_id));
     }
     Ok(())
+}
+
+/// How often, and how long, an incomplete undo is retried in the background.
+const UNDO_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+const UNDO_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(1800);
+
+async fn retry_undo(services: Services, server_id: String, op_id: String) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < UNDO_RETRY_FOR {
+        tokio::time::sleep(UNDO_RETRY).await;
+        let lock = services.server_lock(&server_id);
+        let _guard = lock.lock().await;
+        match services.journal().retry_roll_back(&op_id).await {
+            Ok(Ok(())) => {
+                tracing::info!(server_id, "the aborted migration's preparation is undone");
+                return;
+            }
+            Ok(Err(reason)) => tracing::debug!(server_id, %reason, "undo still failing"),
+            Err(e) => tracing::warn!(server_id, error = %e, "cannot read the journal"),
+        }
+    }
+    tracing::error!(
+        server_id,
+        "the aborted migration's preparation is still not undone; the next start retries"
+    );
 }
 
 /// Undo and restart handling of `server.incoming`.
