@@ -807,8 +807,9 @@ fn act(
 /// Cold migration (issue #14): a node the scheduler chain refuses is refused with the filter's
 /// reason (the same check as live); a SHUTOFF server moves from A to B and is VERIFY_RESIZE there
 /// (not started; A keeps its disks, not its domain); revert brings it back to A untouched
-/// (SHUTOFF, boots with what it wrote before), B keeps nothing. Moved again while ACTIVE, it
-/// runs on B at once with its disks' contents; confirm there drops A's kept copy.
+/// (SHUTOFF, its disk files byte for byte the same), B keeps nothing. Moved again (CLI) and
+/// confirmed, A drops its copy and it boots on B with what it wrote on A. Moved back while
+/// ACTIVE it runs on A at once; deleted while VERIFY_RESIZE, B drops its copy too.
 #[test]
 fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     let _vm = hyperlet_tests::vm_shared();
@@ -834,6 +835,25 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     assert_eq!(s, 202, "{body}");
     a.agent
         .wait_server(&id, "SHUTOFF", Duration::from_secs(120));
+    let disks_of = |node: &hyperlet_tests::fleet::FleetNode| -> Vec<String> {
+        let dir = node.agent.state_dir().join("servers").join(&id);
+        ["root.qcow2", "ephemeral.qcow2"]
+            .iter()
+            .map(|f| {
+                let out = std::process::Command::new("sha256sum")
+                    .arg(dir.join(f))
+                    .output()
+                    .expect("sha256sum");
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let untouched = disks_of(&a);
+    assert!(untouched.iter().all(|h| h.len() == 64), "{untouched:?}");
     let kept_on = |node: &hyperlet_tests::fleet::FleetNode| {
         node.agent
             .state_dir()
@@ -894,14 +914,14 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
         !b.agent.state_dir().join("servers").join(&id).exists(),
         "B keeps no disks"
     );
-    let (s, body) = act(&a.agent, &id, json!({"start": null}));
-    assert_eq!(s, 202, "{body}");
-    a.agent.wait_server(&id, "ACTIVE", Duration::from_secs(120));
-    a.agent
-        .wait_console(&id, "HYPERLET-GUEST: booted", 2, Duration::from_secs(240));
-    assert_eq!(sh(&a, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
+    assert_eq!(
+        disks_of(&a),
+        untouched,
+        "A's disks are byte for byte what they were"
+    );
 
-    // ACTIVE, with the CLI, placement picks B: it runs there at once; confirm drops A's copy.
+    // Shut off again, with the CLI, placement picks B; confirmed there (A drops its copy),
+    // then started: it boots on B with what it wrote on A.
     let ca = fabric.ca().display().to_string();
     let (token, url) = (a.agent.token(), a.agent.url());
     let (status, out, err) = hyperlet_tests::run_cli(
@@ -920,27 +940,33 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
     assert!(out.contains("moved to node cold-b"), "{out}");
     assert!(out.contains("VERIFY_RESIZE"), "{out}");
     wait_moved(&a.agent, &id);
-    let on_b = b
-        .agent
+    b.agent
         .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
-    assert!(on_b["fault"].is_null(), "{on_b}");
-    let (ok, state) = b.libvirt.virsh(&["domstate", &domain]);
-    assert!(ok && state.contains("running"), "{state}");
+    let (s, body) = act(&b.agent, &id, json!({"start": null}));
+    assert_eq!(s, 409, "confirm or revert first: {body}");
+    let (s, body) = act(&b.agent, &id, json!({"confirm_resize": null}));
+    assert_eq!(s, 202, "{body}");
+    b.agent.wait_server(&id, "SHUTOFF", Duration::from_secs(60));
+    assert!(!kept_on(&a), "confirmed: A dropped its copy");
+    assert!(!domain_on(&a));
+    let (s, body) = act(&b.agent, &id, json!({"start": null}));
+    assert_eq!(s, 202, "{body}");
+    b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(120));
     b.agent
         .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
     assert_eq!(sh(&b, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
-    let (s, body) = act(&b.agent, &id, json!({"confirm_resize": null}));
-    assert_eq!(s, 202, "{body}");
-    b.agent.wait_server(&id, "ACTIVE", Duration::from_secs(60));
-    assert!(!kept_on(&a), "confirmed: A dropped its copy");
-    assert!(!domain_on(&a));
 
-    // Deleted while VERIFY_RESIZE: the old node drops what it kept too.
+    // ACTIVE, B → A: it runs on A at once. Deleted while VERIFY_RESIZE: B drops its copy.
     let (s, body) = act(&b.agent, &id, json!({"migrate": {"host": "cold-a"}}));
     assert_eq!(s, 202, "{body}");
     wait_moved(&b.agent, &id);
     a.agent
         .wait_server(&id, "VERIFY_RESIZE", Duration::from_secs(60));
+    let (ok, state) = a.libvirt.virsh(&["domstate", &domain]);
+    assert!(ok && state.contains("running"), "it ran on B: {state}");
+    a.agent
+        .wait_console(&id, "HYPERLET-GUEST: booted", 1, Duration::from_secs(240));
+    assert_eq!(sh(&a, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
     assert!(kept_on(&b));
     let resp = a
         .agent
