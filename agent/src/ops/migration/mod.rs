@@ -58,6 +58,8 @@ struct Requests {
     abort: bool,
     /// `live_migrate_force_complete` paused the guest: resume it on the destination.
     paused_to_finish: bool,
+    /// Post-copy is allowed but QEMU refused it for this migration: force-complete pauses.
+    post_copy_off: bool,
 }
 
 impl Migrations {

@@ -180,7 +180,7 @@ pub(crate) async fn force_complete(services: &Services, loaded: &Loaded) -> Resu
             "no live migration of server {id} is copying memory from this node"
         )));
     }
-    if services.config().migration.allow_post_copy {
+    if services.config().migration.allow_post_copy && !requested(services, id).post_copy_off {
         services.libvirt().start_post_copy(domain).await?;
         return Ok(());
     }
@@ -509,6 +509,11 @@ async fn migrate(
     let gib = (flavor.ram_mb / 1024).max(1) + flavor.disk_gb + flavor.ephemeral_gb;
     let deadline = Duration::from_secs(settings.completion_secs_per_gib * gib).max(MIN_DEADLINE);
     let libvirt = services.libvirt();
+    let fallback = MigrationPlan {
+        post_copy: false,
+        ..plan.clone()
+    };
+    let mut post_copy = plan.post_copy;
     let migration = libvirt.migrate(plan);
     tokio::pin!(migration);
     let started = Instant::now();
@@ -521,6 +526,20 @@ async fn migrate(
     loop {
         tokio::select! {
             result = &mut migration => {
+                if let Err(e) = &result {
+                    if post_copy && post_copy_unsupported(e) {
+                        // QEMU refuses the capability before anything moved (no userfaultfd on
+                        // the destination): migrate without it; force-complete then pauses.
+                        tracing::warn!(%domain, error = %e, "post-copy is not available between these nodes; migrating without it");
+                        post_copy = false;
+                        if let Some(r) = services.migrations().requests().get_mut(&loaded.row.id) {
+                            r.post_copy_off = true;
+                        }
+                        migration.set(libvirt.migrate(fallback.clone()));
+                        let _ = libvirt.set_max_downtime(&domain, downtime).await;
+                        continue;
+                    }
+                }
                 return match result {
                     Ok(()) => Ok(()),
                     Err(_) if requested(services, &loaded.row.id).abort => Err(
@@ -559,6 +578,12 @@ async fn migrate(
             publish_progress(services, &loaded.row.id, &progress).await;
         }
     }
+}
+
+/// Whether a failed start of a migration is QEMU refusing post-copy.
+fn post_copy_unsupported(e: &crate::compute::ComputeError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("postcopy") && text.contains("not supported")
 }
 
 async fn publish_progress(services: &Services, id: &str, progress: &MigrationProgress) {
