@@ -176,12 +176,16 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["task_state"], "migrating", "{body}");
     wait_copying(&a.agent, &id);
-    let resp = a.agent.send(
-        reqwest::Method::POST,
-        &format!("/v1/servers/{id}/action"),
-        Some(&json!({"live_migrate_abort": null})),
-    );
-    assert_eq!(resp.status().as_u16(), 202);
+    let ca = fabric.ca().display().to_string();
+    let (token, url) = (a.agent.token(), a.agent.url());
+    let cli_env = [
+        ("HYPERLET_URL", url.as_str()),
+        ("HYPERLET_TOKEN", token.as_str()),
+        ("HYPERLET_CA_CERT", ca.as_str()),
+    ];
+    let (status, out, err) =
+        hyperlet_tests::run_cli(&["server", "migration", "abort", &id], &cli_env);
+    assert!(status.success(), "server migration abort: {out}{err}");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let back = loop {
         let server = a.agent.get_json(&format!("/v1/servers/{id}"));
@@ -217,16 +221,9 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
     assert!(ok, "{out}");
 
     // A → B with the CLI, which follows the progress until the server moved.
-    let ca = fabric.ca().display().to_string();
-    let token = a.agent.token();
-    let url = a.agent.url();
     let (status, out, err) = hyperlet_tests::run_cli(
         &["server", "migrate", "--live", "--host", "mig-b", &id],
-        &[
-            ("HYPERLET_URL", url.as_str()),
-            ("HYPERLET_TOKEN", token.as_str()),
-            ("HYPERLET_CA_CERT", ca.as_str()),
-        ],
+        &cli_env,
     );
     assert!(
         status.success(),
@@ -1119,8 +1116,9 @@ fn cold_migration_killed_on_either_side_leaves_the_server_on_one_node() {
         .exists());
 }
 
-/// `live_migrate_force_complete` (issue #14): a migration that cannot converge (a 1 MiB/s
-/// link) is ended by pausing the guest on the source (post-copy is off by default); once
+/// `live_migrate_force_complete` (issue #14, CLI `server migration force-complete`): a
+/// migration that cannot converge (a 1 MiB/s link) is ended by pausing the guest on the source
+/// (post-copy is off by default); once
 /// it is over, the guest runs again on the destination, not rebooted. Asked when no migration
 /// runs, it is refused.
 #[test]
@@ -1149,8 +1147,20 @@ fn force_complete_pauses_a_migration_that_does_not_converge_and_finishes_it() {
     let (status, body) = migrate(&a.agent, &id, json!({"host": "fc-b"}));
     assert_eq!(status, 202, "{body}");
     wait_copying(&a.agent, &id);
-    let (s, body) = act(&a.agent, &id, json!({"live_migrate_force_complete": null}));
-    assert_eq!(s, 202, "{body}");
+    let ca = fabric.ca().display().to_string();
+    let (token, url) = (a.agent.token(), a.agent.url());
+    let (status, out, err) = hyperlet_tests::run_cli(
+        &["server", "migration", "force-complete", &id],
+        &[
+            ("HYPERLET_URL", url.as_str()),
+            ("HYPERLET_TOKEN", token.as_str()),
+            ("HYPERLET_CA_CERT", ca.as_str()),
+        ],
+    );
+    assert!(
+        status.success(),
+        "server migration force-complete: {out}{err}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (_, state) = a.libvirt.virsh(&["domstate", &domain]);
