@@ -23,6 +23,14 @@ fn booted(
     (image, id, domain)
 }
 
+/// Marks on the root and ephemeral disks, past anything the base image holds.
+const WRITE_MARKS: &str =
+    "echo ROOT-MARK | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; \
+     echo EPHEMERAL-MARK | dd of=/dev/vdb bs=512 seek=4096 conv=fsync 2>/dev/null";
+/// Reads [`WRITE_MARKS`] back: `ROOT-MARKEPHEMERAL-MARK`.
+const READ_MARKS: &str = "dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | head -c 9; \
+     dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | head -c 14";
+
 fn sh(node: &hyperlet_tests::fleet::FleetNode, domain: &str, script: &str) -> String {
     // The guest agent connects a moment after the guest says it booted (or arrived).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -114,12 +122,7 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
         json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1, "ephemeral_gb": 1}),
     );
     // Marks on both disks, past anything the base image holds.
-    sh(
-        &a,
-        &domain,
-        "echo ROOT-MARK | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; \
-         echo EPHEMERAL-MARK | dd of=/dev/vdb bs=512 seek=4096 conv=fsync 2>/dev/null",
-    );
+    sh(&a, &domain, WRITE_MARKS);
     let uptime = |node, domain: &str| -> f64 {
         sh(node, domain, "cut -d' ' -f1 /proc/uptime")
             .trim()
@@ -244,8 +247,7 @@ fn live_migration_moves_a_server_with_local_disks_and_back() {
     assert!(ok && state.contains("running"), "{state}");
     let (_, list) = a.libvirt.virsh(&["list", "--all", "--name"]);
     assert!(!list.contains(&domain), "A keeps no domain: {list}");
-    let read = "dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | head -c 9; \
-                dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | head -c 14";
+    let read = READ_MARKS;
     assert_eq!(sh(&b, &domain, read), "ROOT-MARKEPHEMERAL-MARK");
     let after = uptime(&b, &domain);
     assert!(after >= before, "no reboot: uptime {before} → {after}");
@@ -279,7 +281,13 @@ fn live_migration_keeps_a_guest_on_a_spanning_network_reachable() {
     let _vm = hyperlet_tests::vm_shared();
     let nfs = hyperlet_tests::storage::ganesha();
     let fabric = Fabric::new();
-    let with_nfs = |i| format!("{}\n{}", node_config(&fabric.address(i)), nfs_stanza(nfs));
+    let with_nfs = |i| {
+        format!(
+            "{}\n{}",
+            node_config(&fabric.address(i)),
+            nfs.driver_stanza()
+        )
+    };
     let a = fabric.node_with_nfs("net-a", 1, &with_nfs(1));
     let b = fabric.node_with_nfs("net-b", 2, &with_nfs(2));
     let c = fabric.node("net-c", 3, &node_config(&fabric.address(3)));
@@ -654,18 +662,6 @@ fn either_agent_killed_mid_migration_leaves_the_server_on_one_node() {
     assert!(still["task_state"].is_null(), "{still}");
 }
 
-/// The NFS volume driver of a fleet test node, over the shared test server's share A.
-fn nfs_stanza(nfs: &hyperlet_tests::storage::Ganesha) -> String {
-    use hyperlet_tests::storage::{files_table, stanza};
-    stanza(
-        "nfs",
-        "volume-nfs",
-        "[\"log\", \"files\", \"qemu-img\"]",
-        &format!("nfs_shares = \"{}\"", nfs.share_a()),
-        &files_table(&[nfs.share_a()], "libnfs", None),
-    )
-}
-
 /// POSTs and returns (status, body).
 fn post(
     agent: &hyperlet_tests::Agent,
@@ -688,8 +684,8 @@ fn live_migration_carries_nfs_volumes_and_their_snapshots() {
     let _vm = hyperlet_tests::vm_shared();
     let nfs = hyperlet_tests::storage::ganesha();
     let fabric = Fabric::new();
-    let a = fabric.node_with_nfs("vol-a", 1, &nfs_stanza(nfs));
-    let b = fabric.node_with_nfs("vol-b", 2, &nfs_stanza(nfs));
+    let a = fabric.node_with_nfs("vol-a", 1, &nfs.driver_stanza());
+    let b = fabric.node_with_nfs("vol-b", 2, &nfs.driver_stanza());
     for node in [&a, &b] {
         let (s, t) = post(
             &node.agent,
@@ -820,14 +816,8 @@ fn cold_migration_moves_a_server_and_revert_brings_it_back_untouched() {
         "cold",
         json!({"vcpus": 1, "ram_mb": 128, "disk_gb": 1, "ephemeral_gb": 1}),
     );
-    sh(
-        &a,
-        &domain,
-        "echo ROOT-MARK | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null; \
-         echo EPHEMERAL-MARK | dd of=/dev/vdb bs=512 seek=4096 conv=fsync 2>/dev/null",
-    );
-    let read = "dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | head -c 9; \
-                dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | head -c 14";
+    sh(&a, &domain, WRITE_MARKS);
+    let read = READ_MARKS;
     let (s, body) = act(&a.agent, &id, json!({"stop": null}));
     assert_eq!(s, 202, "{body}");
     a.agent

@@ -5,7 +5,7 @@
 use crate::networks::{link_exists, local_network, namespaces, net_config, post, run};
 use crate::servers::{import_guest, CONFIG};
 use crate::volumes::{boot, lvm_config, wait_for, wait_gone, wait_volume};
-use hyperlet_tests::storage::{files_table, ganesha, stanza, TestVg};
+use hyperlet_tests::storage::{ganesha, TestVg};
 use hyperlet_tests::{virsh, Agent};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -274,17 +274,7 @@ fn plugged(domain: &str, volume_id: &str) -> bool {
 /// An agent with the NFS backend as the default volume type.
 pub fn nfs_agent(extra: &str) -> (Agent, String) {
     let nfs = ganesha();
-    let config = format!(
-        "{}\n{}\n{extra}",
-        CONFIG,
-        stanza(
-            "nfs",
-            "volume-nfs",
-            "[\"log\", \"files\", \"qemu-img\"]",
-            &format!("nfs_shares = \"{}\"", nfs.share_a()),
-            &files_table(&[nfs.share_a()], "libnfs", None),
-        )
-    );
+    let config = format!("{}\n{}\n{extra}", CONFIG, nfs.driver_stanza());
     let agent = Agent::start_with_config(&config);
     let (s, t) = post(
         &agent,

@@ -5,7 +5,7 @@
 
 use crate::networks::post;
 use crate::servers::{import_guest, CONFIG};
-use hyperlet_tests::storage::{files_table, ganesha, stanza, Observe, TestVg};
+use hyperlet_tests::storage::{ganesha, stanza, Observe, TestVg};
 use hyperlet_tests::{virsh, Agent};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -227,17 +227,7 @@ fn nfs_volumes_boot_attach_and_carry_data_between_servers() {
     let _nfs = hyperlet_tests::storage::nfs_shared();
     let _vm = hyperlet_tests::vm_shared();
     let nfs = ganesha();
-    let config = format!(
-        "{}\n{}",
-        CONFIG,
-        stanza(
-            "nfs",
-            "volume-nfs",
-            "[\"log\", \"files\", \"qemu-img\"]",
-            &format!("nfs_shares = \"{}\"", nfs.share_a()),
-            &files_table(&[nfs.share_a()], "libnfs", None),
-        )
-    );
+    let config = format!("{}\n{}", CONFIG, nfs.driver_stanza());
     let agent = Agent::start_with_config(&config);
     let image = import_guest(&agent, "");
     let (s, t) = post(

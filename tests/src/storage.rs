@@ -332,6 +332,17 @@ impl Ganesha {
     pub fn share_a(&self) -> String {
         format!("127.0.0.1:{}", self.a.display())
     }
+    /// The `[[plugins]]` stanza of the NFS volume driver (backend `nfs`) over share A,
+    /// reached with the agent's own NFS client (libnfs).
+    pub fn driver_stanza(&self) -> String {
+        stanza(
+            "nfs",
+            "volume-nfs",
+            "[\"log\", \"files\", \"qemu-img\"]",
+            &format!("nfs_shares = \"{}\"", self.share_a()),
+            &files_table(&[self.share_a()], "libnfs", None),
+        )
+    }
     /// Share B as `host:/path`.
     pub fn share_b(&self) -> String {
         format!("127.0.0.1:{}", self.b.display())

@@ -465,13 +465,7 @@ fn server_action_schema() -> Value {
             "oneOf": [
                 { "type": "null" },
                 object(json!({
-                    "host": {
-                        "description": "The destination node; null or absent: fleet placement picks one",
-                        "type": ["string", "null"],
-                        "minLength": 1,
-                        "maxLength": 253,
-                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-                    },
+                    "host": destination(),
                     "block_migration": {
                         "description": "Copy the local disks: \"auto\" (default) or true; false needs shared storage",
                         "oneOf": [
@@ -490,13 +484,7 @@ fn server_action_schema() -> Value {
             "oneOf": [
                 { "type": "null" },
                 object(json!({
-                    "host": {
-                        "description": "The destination node; null or absent: fleet placement picks one",
-                        "type": ["string", "null"],
-                        "minLength": 1,
-                        "maxLength": 253,
-                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-                    }
+                    "host": destination()
                 }), &[])
             ]
         }),
@@ -504,6 +492,17 @@ fn server_action_schema() -> Value {
     json!({
         "description": "Exactly one action: its name as the only key, its arguments as the value",
         "oneOf": variants
+    })
+}
+
+/// A migration's `host`: a node name, or null for fleet placement.
+fn destination() -> Value {
+    json!({
+        "description": "The destination node; null or absent: fleet placement picks one",
+        "type": ["string", "null"],
+        "minLength": 1,
+        "maxLength": 253,
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$"
     })
 }
 

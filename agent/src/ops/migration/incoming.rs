@@ -740,6 +740,18 @@ impl IncomingHandler {
     }
 }
 
+/// The strings of a JSON array (none for anything else).
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 async fn undo_step(services: &Services, step: &StepRecord) -> Result<(), String> {
     let text = |key: &str| step.data[key].as_str().unwrap_or_default().to_string();
     match step.name.as_str() {
@@ -750,14 +762,7 @@ async fn undo_step(services: &Services, step: &StepRecord) -> Result<(), String>
             .await
             .map_err(|e| e.to_string()),
         "ports" => {
-            let ids: Vec<String> = step.data["ports"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let ids = strings(&step.data["ports"]);
             let mut networks = Vec::new();
             for id in ids {
                 if let Some(port) = services
@@ -783,14 +788,7 @@ async fn undo_step(services: &Services, step: &StepRecord) -> Result<(), String>
             Ok(())
         }
         "volumes" => {
-            let ids: Vec<String> = step.data["volumes"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let ids = strings(&step.data["volumes"]);
             super::volumes::forget(services, &text("server_id"), &ids)
                 .await
                 .map_err(|e| e.to_string())
