@@ -8,8 +8,10 @@ use serde_json::Value;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-/// Lease TTL of the test agents.
+/// Lease TTL of the test agents started here.
 const TTL: u64 = 5;
+/// Lease TTL of the agents of a test fabric.
+const FABRIC_TTL: u64 = hyperlet_tests::fleet::TTL;
 
 fn fleet_config(etcd: &Etcd, name: &str) -> String {
     format!(
@@ -424,7 +426,7 @@ fn three_sandboxed_nodes_survive_a_killed_agent_and_an_etcd_outage() {
     members[0].agent.kill9();
     let killed = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(TTL + 2), || state(
+        wait_for(Duration::from_secs(FABRIC_TTL + 2), || state(
             &fabric.etcd,
             "fab-1"
         ) == "down"),

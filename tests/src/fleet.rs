@@ -22,8 +22,10 @@ use std::process::{Command, Stdio};
 
 /// The agents' API port on their fabric address.
 pub const API_PORT: u16 = 8787;
-/// Lease TTL of fleet test agents, seconds.
-pub const TTL: u64 = 5;
+/// Lease TTL of fleet test agents, seconds: short enough for tests of a node going down,
+/// long enough that a node of a loaded 2-core machine (TCG guests booting beside it) keeps
+/// its lease.
+pub const TTL: u64 = 10;
 
 fn ip(args: &[&str]) -> (bool, String) {
     let out = Command::new("ip")

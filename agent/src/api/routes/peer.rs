@@ -55,8 +55,9 @@ pub async fn abort(
 pub async fn confirm(
     State(services): State<Services>,
     Path(id): Path<String>,
+    Json(body): Json<wire::ConfirmRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    detached(async move { cold::confirmed(&services, &id).await }).await?;
+    detached(async move { cold::confirmed(&services, &id, &body.secret).await }).await?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }
 
@@ -65,8 +66,13 @@ pub async fn confirm(
 pub async fn disk_file(
     State(services): State<Services>,
     Path((id, file)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let path = cold::served_disk(&services, &id, &file).await?;
+    let secret = headers
+        .get(cold::SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let path = cold::served_disk(&services, &id, &file, secret).await?;
     stream_file(&path, &format!("disk {file} of server {id}")).await
 }
 

@@ -27,6 +27,8 @@ use crate::state::{OperationHandler, OperationRecord, RestartPolicy, StepRecord,
 use serde_json::json;
 use std::time::Duration;
 
+pub use super::disks::SECRET_HEADER;
+
 /// Journal kind of the source side of a cold migration or of its revert.
 pub const KIND: &str = "server.cold_migrate";
 /// Transfer rate a disk fetch is given time for (bytes per second), beyond
@@ -215,8 +217,10 @@ async fn run(services: &Services, loaded: &Loaded, mv: &Move) -> Result<(), OpEr
                 "{what} to {dest_name} failed: {}",
                 crate::api::error::chain(&e)
             );
+            let op_id = op.id().to_string();
             if let Err(undo) = op.roll_back(&fault).await? {
-                tracing::error!(server_id = %id, %undo, "rollback of a failed cold migration is incomplete");
+                tracing::warn!(server_id = %id, %undo, "rollback of a failed cold migration is incomplete; retrying in the background");
+                super::retry_undo(services, id, op_id, true);
             }
             let status = back_status(services, &domain, before(loaded, mv)).await;
             servers::set_status(services, id, status, None, Some(&fault)).await?;
@@ -248,16 +252,27 @@ async fn prepare(
 ) -> Result<IncomingAnswer, OpError> {
     let mut body = outgoing::request(services, loaded, &mv.me).await?;
     body.status = ServerStatus::Shutoff;
-    let disks = if mv.revert {
-        Vec::new()
+    let (disks, secret) = if mv.revert {
+        // The old node checks it against the one it kept.
+        let secret = loaded
+            .spec
+            .migrated_from
+            .as_ref()
+            .map(|m| m.secret.clone())
+            .unwrap_or_default();
+        (Vec::new(), secret)
     } else {
-        super::disks::offers(&loaded.spec).await?
+        // Written beside the disks: served only to whoever presents it, and kept with them.
+        let secret = super::disks::new_secret();
+        super::disks::write_secret(&loaded.spec.dir, &secret)?;
+        (super::disks::offers(&loaded.spec).await?, secret)
     };
     let bytes: u64 = disks.iter().map(|d| d.size).sum();
     body.cold = Some(ColdOffer {
         disks,
         revert: mv.revert,
         power_on: mv.power_on,
+        secret,
     });
     let deadline = peer::PREPARE + Duration::from_secs(bytes / MIN_RATE);
     mv.client
@@ -304,7 +319,12 @@ pub(crate) async fn drop_kept(
     let client = PeerClient::new(services)?;
     let path = format!("/v1/peer/migrations/{server_id}/confirm");
     client
-        .post::<_, serde_json::Value>(&from.api_url, &path, &json!({}), peer::CALL)
+        .post::<_, serde_json::Value>(
+            &from.api_url,
+            &path,
+            &json!({ "secret": from.secret }),
+            peer::CALL,
+        )
         .await
         .map(|_| ())
 }
@@ -315,18 +335,25 @@ pub(crate) async fn drop_kept(
 /// # Errors
 /// [`OpError::InvalidInput`] for an id that is not a UUID; [`OpError::Conflict`] when the
 /// server is (again) on this node.
-pub async fn confirmed(services: &Services, server_id: &str) -> Result<(), OpError> {
+pub async fn confirmed(services: &Services, server_id: &str, secret: &str) -> Result<(), OpError> {
     if uuid::Uuid::parse_str(server_id).is_err() {
         return Err(OpError::InvalidInput(format!(
             "server id {server_id:?} is not a UUID"
         )));
     }
+    // Not while a revert takes the kept disks back.
+    let lock = services.server_lock(server_id);
+    let _guard = lock.lock().await;
     if services.store().get_server(server_id).await?.is_some() {
         return Err(OpError::Conflict(format!(
             "server {server_id} is on this node; nothing kept to drop"
         )));
     }
     let kept = super::disks::retained_dir(services, server_id);
+    if !kept.exists() {
+        return Ok(());
+    }
+    super::disks::check_secret(&kept, secret)?;
     match std::fs::remove_dir_all(&kept) {
         Ok(()) => {
             tracing::info!(
@@ -353,6 +380,7 @@ pub async fn served_disk(
     services: &Services,
     server_id: &str,
     file: &str,
+    secret: &str,
 ) -> Result<std::path::PathBuf, OpError> {
     let not_moving = || OpError::NotFound {
         kind: "outgoing cold migration",
@@ -368,6 +396,7 @@ pub async fn served_disk(
     {
         return Err(not_moving());
     }
+    super::disks::check_secret(&loaded.spec.dir, secret).map_err(|_| not_moving())?;
     super::disks::served(&loaded.spec, file)
 }
 

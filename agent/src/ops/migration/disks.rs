@@ -25,6 +25,62 @@ const IDLE: Duration = Duration::from_secs(60);
 /// Deadline of `qemu-img rebase -u` (a header rewrite).
 const REBASE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The file in a server's directory holding the secret of its cold move away (carried into
+/// the kept directory).
+const SECRET_FILE: &str = "migration.secret";
+/// The header a destination presents that secret in when it fetches disk files.
+pub const SECRET_HEADER: &str = "x-hyperlet-migration-secret";
+
+/// A new secret for a cold move (256 random bits, hex).
+pub(crate) fn new_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Writes the secret of a cold move into the server's directory (mode 0600).
+///
+/// # Errors
+/// [`OpError::Interrupted`] when it cannot be written.
+pub(crate) fn write_secret(dir: &Path, secret: &str) -> Result<(), OpError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(SECRET_FILE);
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(secret.as_bytes())?;
+            f.sync_all()
+        })
+        .map_err(|e| OpError::Interrupted(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Checks a presented secret against the one kept in `dir`.
+///
+/// # Errors
+/// [`OpError::Conflict`] when none is kept or it differs.
+pub(crate) fn check_secret(dir: &Path, presented: &str) -> Result<(), OpError> {
+    let kept = std::fs::read_to_string(dir.join(SECRET_FILE)).unwrap_or_default();
+    let same = kept.len() == presented.len()
+        && kept
+            .bytes()
+            .zip(presented.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if kept.is_empty() || !same {
+        return Err(OpError::Conflict(
+            "the migration secret is not this move's".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The server's disk files in its directory (root overlay unless it boots from a volume,
 /// ephemeral, swap): (file name, path).
 pub(crate) fn local_files(spec: &ServerSpec) -> Vec<(String, PathBuf)> {
@@ -79,7 +135,9 @@ pub(crate) async fn offers(spec: &ServerSpec) -> Result<Vec<DiskOffer>, OpError>
 fn max_len(spec: &ServerSpec, file: &str) -> u64 {
     let flavor = &spec.flavor;
     match file {
-        "root.qcow2" => (flavor.disk_gb.max(1) * GIB).saturating_mul(2) + QCOW2_SLACK,
+        // disk_gb 0 takes the image's size: checked in `fetch`, where the image is known.
+        "root.qcow2" if flavor.disk_gb == 0 => u64::MAX,
+        "root.qcow2" => (flavor.disk_gb * GIB).saturating_mul(2) + QCOW2_SLACK,
         "ephemeral.qcow2" => flavor.ephemeral_gb * GIB + QCOW2_SLACK,
         "swap.raw" => flavor.swap_mb << 20,
         _ => 0,
@@ -152,8 +210,19 @@ pub(crate) async fn fetch(
     server_id: &str,
     spec: &ServerSpec,
     offers: &[DiskOffer],
+    secret: &str,
     images: &build::ResolvedImages,
 ) -> Result<(), OpError> {
+    if let Some(root) = offers.iter().find(|o| o.file == "root.qcow2") {
+        // The root may be the image's size (disk_gb 0): bounded once the image is known.
+        let max = build::root_size(spec, images).saturating_mul(2) + QCOW2_SLACK;
+        if root.size > max {
+            return Err(OpError::InvalidInput(format!(
+                "disk root.qcow2 of {} bytes is larger than the server's root disk allows",
+                root.size
+            )));
+        }
+    }
     let dir = spec.dir.clone();
     std::fs::create_dir(&dir)
         .map_err(|e| OpError::Interrupted(format!("cannot create {}: {e}", dir.display())))?;
@@ -163,7 +232,7 @@ pub(crate) async fn fetch(
     for offer in offers {
         let path = dir.join(&offer.file);
         let url_path = format!("/v1/peer/migrations/{server_id}/disks/{}", offer.file);
-        download(&client, &source.api_url, &url_path, &path, offer).await?;
+        download(&client, &source.api_url, &url_path, secret, &path, offer).await?;
         check_file(spec, images, &offer.file, &path).await?;
     }
     Ok(())
@@ -173,6 +242,7 @@ async fn download(
     client: &PeerClient,
     base: &str,
     url_path: &str,
+    secret: &str,
     path: &Path,
     offer: &DiskOffer,
 ) -> Result<(), OpError> {
@@ -182,7 +252,9 @@ async fn download(
     let differs = |what: String| OpError::Conflict(format!("disk {} arrived {what}", offer.file));
     let io =
         |e: std::io::Error| OpError::Interrupted(format!("cannot write {}: {e}", path.display()));
-    let stream = client.get_stream(base, url_path).await?;
+    let stream = client
+        .get_stream(base, url_path, Some((SECRET_HEADER, secret)))
+        .await?;
     tokio::pin!(stream);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)

@@ -34,6 +34,7 @@ const MAX_IMAGES: usize = 3;
 pub struct Pending {
     op: crate::state::Operation,
     cold: Option<ColdOffer>,
+    fingerprint: String,
     _guard: tokio::sync::OwnedMutexGuard<()>,
     answer: IncomingAnswer,
     source: PeerNode,
@@ -152,12 +153,13 @@ fn check(req: &IncomingRequest) -> Result<(), OpError> {
 pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<IncomingAnswer, OpError> {
     check(&req)?;
     let id = req.server_id.clone();
+    let fingerprint = fingerprint(&req);
     if let Some(pending) = services.migrations().incoming.lock().await.get(&id) {
-        if pending.source == req.source {
+        if pending.source == req.source && pending.fingerprint == fingerprint {
             return Ok(pending.answer.clone());
         }
         return Err(OpError::Conflict(format!(
-            "server {id} is already coming here from node {}",
+            "another migration of server {id} from node {} is pending here; abort it first",
             pending.source.name
         )));
     }
@@ -165,6 +167,9 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
         return Err(OpError::Conflict(format!(
             "server {id} already exists on this node"
         )));
+    }
+    if let Some(cold) = req.cold.as_ref().filter(|c| c.revert) {
+        check_revert(services, &id, &req.source, cold).await?;
     }
     let guard = services
         .server_lock(&id)
@@ -180,13 +185,16 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
         .await?;
     let mut spec = req.spec.clone();
     spec.dir = services.config().servers_dir().join(&id);
-    if req.cold.as_ref().is_some_and(|c| c.revert)
-        && !super::disks::retained_dir(services, &id).is_dir()
-    {
-        return Err(OpError::Conflict(format!(
-            "this node kept no disks of server {id}: nothing to revert to"
-        )));
-    }
+    // Only this node's own finish of a cold move sets it.
+    spec.migrated_from = None;
+    // An abort that comes while this runs stops it (its own rollback undoes what it did).
+    let cancel = tokio_util::sync::CancellationToken::new();
+    services
+        .migrations()
+        .preparing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), cancel.clone());
     let steps = async {
         op.step("images", json!({ "images": req.images.len() }), || {
             fetch_images(services, &req.source, &req.images)
@@ -237,7 +245,15 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
             }
             Some(cold) => {
                 op.step("disks", disks, || {
-                    super::disks::fetch(services, &req.source, &id, &spec, &cold.disks, &resolved)
+                    super::disks::fetch(
+                        services,
+                        &req.source,
+                        &id,
+                        &spec,
+                        &cold.disks,
+                        &cold.secret,
+                        &resolved,
+                    )
                 })
                 .await?
             }
@@ -262,33 +278,89 @@ pub async fn prepare(services: &Services, req: IncomingRequest) -> Result<Incomi
             dest_xml,
             copy_disks,
         })
-    }
-    .await;
+    };
+    let steps = tokio::select! {
+        answer = steps => answer,
+        () = cancel.cancelled() => Err(OpError::Interrupted(
+            "the source aborted the migration while this node prepared".into(),
+        )),
+    };
+    // Under the table's lock: an abort either found this pending or cancelled it before.
+    let mut table = services.migrations().incoming.lock().await;
+    services
+        .migrations()
+        .preparing
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    let steps = match steps {
+        Ok(_) if cancel.is_cancelled() => Err(OpError::Interrupted(
+            "the source aborted the migration while this node prepared".into(),
+        )),
+        other => other,
+    };
     match steps {
         Ok(answer) => {
-            services.migrations().incoming.lock().await.insert(
+            table.insert(
                 id.clone(),
                 Pending {
                     op,
                     cold: req.cold.clone(),
+                    fingerprint,
                     _guard: guard,
                     answer: answer.clone(),
                     source: req.source,
                 },
             );
+            drop(table);
             if req.cold.is_none() {
                 tokio::spawn(watch_arrival(services.clone(), id, req.status));
             }
             Ok(answer)
         }
         Err(e) => {
+            drop(table);
             let fault = crate::api::error::chain(&e);
+            let op_id = op.id().to_string();
             if let Err(undo) = op.roll_back(&fault).await? {
-                tracing::error!(server_id = %id, %undo, "rollback of a failed migration preparation is incomplete");
+                tracing::warn!(server_id = %id, %undo, "rollback of a failed migration preparation is incomplete; retrying in the background");
+                super::retry_undo(services, &id, op_id, false);
             }
             Err(e)
         }
     }
+}
+
+/// SHA-256 of a request: a repeat of the same request gets the same answer; a different one
+/// for the same server is another migration.
+fn fingerprint(req: &IncomingRequest) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(req).expect("a request serialises");
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A revert comes back to this node only from the node the server moved to, for disks this
+/// node kept.
+async fn check_revert(
+    services: &Services,
+    id: &str,
+    source: &PeerNode,
+    cold: &ColdOffer,
+) -> Result<(), OpError> {
+    let moved_to = services.store().get_moved(id).await?.map(|m| m.node);
+    if moved_to.as_deref() != Some(source.name.as_str()) {
+        return Err(OpError::Conflict(format!(
+            "server {id} did not move from this node to node {}: nothing to revert",
+            source.name
+        )));
+    }
+    let kept = super::disks::retained_dir(services, id);
+    if !kept.is_dir() {
+        return Err(OpError::Conflict(format!(
+            "this node kept no disks of server {id}: nothing to revert to"
+        )));
+    }
+    super::disks::check_secret(&kept, &cold.secret)
 }
 
 /// How often a pending incoming domain is looked at.
@@ -364,7 +436,7 @@ async fn fetch_images(
         .await?;
         let fetched = async {
             let path = format!("/v1/peer/images/{}/file", offer.id);
-            let stream = client.get_stream(&source.api_url, &path).await?;
+            let stream = client.get_stream(&source.api_url, &path, None).await?;
             let image = images::upload(services, &offer.id, Box::pin(stream)).await?;
             if image.checksum.as_deref() != Some(offer.blob_sha256.as_str()) {
                 return Err(OpError::Conflict(format!(
@@ -566,6 +638,7 @@ async fn finish_cold(
         node: source.name.clone(),
         api_url: source.api_url.clone(),
         power_on: cold.power_on,
+        secret: cold.secret.clone(),
     });
     servers::save_spec(services, server_id, &loaded.row.image_id, &spec).await?;
     take_over_claims(services, server_id, &source.name).await;
@@ -648,10 +721,9 @@ async fn finish_unpending(
         .get_server(server_id)
         .await?
         .ok_or_else(not_pending)?;
-    match row.task_state.as_deref() {
-        None => return Ok(()),
-        Some("migrating") => {}
-        Some(_) => return Err(not_pending()),
+    if row.task_state.as_deref() != Some("migrating") {
+        // It arrived and lives here now (whatever it does since): the move is finished.
+        return Ok(());
     }
     let status = running_here(services, server_id, resume).await?;
     // The journal's operation ends at the next start (it finds the domain running).
@@ -686,7 +758,23 @@ async fn arrived(
 /// [`OpError::Store`] when the journal cannot be written; an incomplete undo (libvirtd away)
 /// is retried in the background, and at the next start.
 pub async fn abort(services: &Services, server_id: &str) -> Result<(), OpError> {
-    let pending = take_pending(services, server_id).await;
+    let pending = {
+        let mut table = services.migrations().incoming.lock().await;
+        let pending = table.remove(server_id);
+        if pending.is_none() {
+            // Still preparing: stopped there (its rollback undoes what it did).
+            if let Some(cancel) = services
+                .migrations()
+                .preparing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(server_id)
+            {
+                cancel.cancel();
+            }
+        }
+        pending
+    };
     let Some(pending) = pending else {
         return Ok(());
     };
@@ -699,34 +787,9 @@ pub async fn abort(services: &Services, server_id: &str) -> Result<(), OpError> 
         // libvirtd may be away (restarting): the undo is this node's to finish; its journal
         // keeps it rolling back until then (and a restart retries it too).
         tracing::warn!(server_id, %undo, "undoing an aborted migration's preparation failed; retrying in the background");
-        tokio::spawn(retry_undo(services.clone(), server_id.to_string(), op_id));
+        super::retry_undo(services, server_id, op_id, false);
     }
     Ok(())
-}
-
-/// How often, and how long, an incomplete undo is retried in the background.
-const UNDO_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
-const UNDO_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(1800);
-
-async fn retry_undo(services: Services, server_id: String, op_id: String) {
-    let started = std::time::Instant::now();
-    while started.elapsed() < UNDO_RETRY_FOR {
-        tokio::time::sleep(UNDO_RETRY).await;
-        let lock = services.server_lock(&server_id);
-        let _guard = lock.lock().await;
-        match services.journal().retry_roll_back(&op_id).await {
-            Ok(Ok(())) => {
-                tracing::info!(server_id, "the aborted migration's preparation is undone");
-                return;
-            }
-            Ok(Err(reason)) => tracing::debug!(server_id, %reason, "undo still failing"),
-            Err(e) => tracing::warn!(server_id, error = %e, "cannot read the journal"),
-        }
-    }
-    tracing::error!(
-        server_id,
-        "the aborted migration's preparation is still not undone; the next start retries"
-    );
 }
 
 /// Undo and restart handling of `server.incoming`.

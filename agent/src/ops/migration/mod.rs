@@ -41,6 +41,9 @@ use crate::ops::Services;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// The journal kinds of migrations (either side, live or cold).
+pub const KINDS: [&str; 3] = [outgoing::KIND, incoming::KIND, cold::KIND];
+
 /// The migration state of one agent: the peer token, the outgoing slots, and what is in
 /// flight.
 pub struct Migrations {
@@ -49,6 +52,8 @@ pub struct Migrations {
     progress: Mutex<HashMap<String, MigrationProgress>>,
     outgoing: Mutex<HashMap<String, Requests>>,
     incoming: tokio::sync::Mutex<HashMap<String, incoming::Pending>>,
+    /// Incoming migrations still preparing, each with the token that stops it.
+    preparing: Mutex<HashMap<String, tokio_util::sync::CancellationToken>>,
 }
 
 /// What was asked of an outgoing migration while it runs.
@@ -71,6 +76,7 @@ impl Migrations {
             progress: Mutex::default(),
             outgoing: Mutex::default(),
             incoming: tokio::sync::Mutex::default(),
+            preparing: Mutex::default(),
         }
     }
 
@@ -104,6 +110,63 @@ impl Migrations {
             None => map.remove(server_id),
         };
     }
+}
+
+/// How often, and how long, an incomplete rollback is retried in the background.
+const UNDO_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+const UNDO_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(1800);
+
+/// Retries the rollback of journal operation `op_id` on server `server_id` in the background
+/// (a peer or libvirtd that was away), the server's lock held each time; with `settle`, the
+/// server's status then follows libvirt's (a guest started again is ACTIVE). The journal keeps
+/// the operation rolling back for the next start if this gives up.
+pub(super) fn retry_undo(services: &Services, server_id: &str, op_id: String, settle: bool) {
+    let services = services.clone();
+    let server_id = server_id.to_string();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        while started.elapsed() < UNDO_RETRY_FOR {
+            tokio::time::sleep(UNDO_RETRY).await;
+            let lock = services.server_lock(&server_id);
+            let _guard = lock.lock().await;
+            match services.journal().retry_roll_back(&op_id).await {
+                Ok(Ok(())) => {
+                    tracing::info!(server_id, "the rollback is complete");
+                    if settle {
+                        settle_status(&services, &server_id).await;
+                    }
+                    return;
+                }
+                Ok(Err(reason)) => tracing::debug!(server_id, %reason, "rollback still failing"),
+                Err(e) => tracing::warn!(server_id, error = %e, "cannot read the journal"),
+            }
+        }
+        tracing::error!(
+            server_id,
+            "the rollback is still incomplete; the next start retries"
+        );
+    });
+}
+
+/// Gives an idle server the status its domain shows (after a rollback finished late).
+async fn settle_status(services: &Services, server_id: &str) {
+    use crate::compute::PowerState;
+    use crate::ops::servers::ServerStatus;
+    let Ok(loaded) = crate::ops::servers::load(services, server_id).await else {
+        return;
+    };
+    if loaded.row.task_state.is_some() || loaded.status == ServerStatus::VerifyResize {
+        return;
+    }
+    let status = match services.libvirt().state(&loaded.spec.domain_name).await {
+        Ok(Some(PowerState::Running)) => ServerStatus::Active,
+        Ok(Some(PowerState::Paused)) => ServerStatus::Paused,
+        Ok(Some(PowerState::Shutoff)) => ServerStatus::Shutoff,
+        _ => return,
+    };
+    let fault = loaded.row.fault.clone();
+    let _ =
+        crate::ops::servers::set_status(services, server_id, status, None, fault.as_deref()).await;
 }
 
 /// Reads the peer token when `[migration] peer_token_file` is set. Called once at start.

@@ -460,8 +460,10 @@ async fn run(
             "live migration to {dest_name} failed: {}",
             crate::api::error::chain(&e)
         );
+        let op_id = op.id().to_string();
         if let Err(undo) = op.roll_back(&fault).await? {
-            tracing::error!(server_id = %id, %undo, "rollback of a failed migration is incomplete");
+            tracing::warn!(server_id = %id, %undo, "rollback of a failed migration is incomplete; retrying in the background");
+            super::retry_undo(services, id, op_id, true);
         }
         servers::set_status(services, id, loaded.status, None, Some(&fault)).await?;
         return Err(e);

@@ -158,9 +158,14 @@ impl PeerClient {
         &self,
         base: &str,
         path: &str,
+        header: Option<(&str, &str)>,
     ) -> Result<impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>, OpError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let resp = tokio::time::timeout(CALL, self.http.get(&url).bearer_auth(&self.token).send())
+        let mut request = self.http.get(&url).bearer_auth(&self.token);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let resp = tokio::time::timeout(CALL, request.send())
             .await
             .map_err(|_| peer_error("the call", &url, "no answer within 30 s"))?
             .map_err(|e| peer_error("the call", &url, e))?;

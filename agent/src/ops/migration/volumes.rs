@@ -102,13 +102,42 @@ pub(crate) fn check_offers(req: &IncomingRequest) -> Result<(), OpError> {
         if offer.snapshots.len() > MAX_SNAPSHOTS {
             return bad(format!("volume {} has too many snapshots", v.id));
         }
+        if !plain_text(&v.name) || !plain_text(&v.volume_type) || v.volume_type.is_empty() {
+            return bad(format!("volume {} has an unusable name or type", v.id));
+        }
+        if v.image_id
+            .as_deref()
+            .is_some_and(|i| uuid::Uuid::parse_str(i).is_err())
+        {
+            return bad(format!("volume {} names no image by UUID", v.id));
+        }
         for s in &offer.snapshots {
             if s.volume_id != v.id || uuid::Uuid::parse_str(&s.id).is_err() {
                 return bad(format!("snapshot {:?} is not volume {}'s", s.id, v.id));
             }
+            if !matches!(s.status.as_str(), "available" | "error")
+                || s.size_gb == 0
+                || s.size_gb > v.size_gb
+                || !plain_text(&s.name)
+            {
+                return bad(format!(
+                    "snapshot {} is not a settled snapshot of volume {}",
+                    s.id, v.id
+                ));
+            }
         }
     }
+    let mut ids: Vec<&str> = req.volumes.iter().map(|o| o.volume.id.as_str()).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return bad("a volume is offered twice".into());
+    }
     Ok(())
+}
+
+/// At most 255 characters, no control characters (as the API takes names).
+fn plain_text(text: &str) -> bool {
+    text.chars().count() <= 255 && !text.chars().any(char::is_control)
 }
 
 /// Adopts the offered volumes: this node's driver of the same backend must find each on its

@@ -49,6 +49,9 @@ pub struct ColdOffer {
     pub revert: bool,
     /// Start the server once it is there (it ran before the migration).
     pub power_on: bool,
+    /// This move's secret (made by the node the server leaves first): the disk downloads,
+    /// the confirm and the revert present it, so no other node of the fleet can.
+    pub secret: String,
 }
 
 /// One disk file of a cold migration.
@@ -126,6 +129,14 @@ pub struct IncomingAnswer {
     pub dest_xml: String,
     /// The disk targets whose contents must be copied (local files).
     pub copy_disks: Vec<String>,
+}
+
+/// `POST /v1/peer/migrations/{id}/confirm`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// The move's secret ([`ColdOffer::secret`]).
+    pub secret: String,
 }
 
 /// `POST /v1/peer/migrations/{id}/finish`.

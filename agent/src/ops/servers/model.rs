@@ -360,6 +360,9 @@ pub struct MigratedFrom {
     pub api_url: String,
     /// The server ran there before the move (a revert starts it again).
     pub power_on: bool,
+    /// The move's secret, which that node asks for on confirm and revert.
+    #[serde(default)]
+    pub secret: String,
 }
 
 impl ServerSpec {
@@ -369,6 +372,10 @@ impl ServerSpec {
         Self {
             public_keys: BTreeMap::new(),
             user_data: None,
+            migrated_from: self.migrated_from.clone().map(|m| MigratedFrom {
+                secret: String::new(),
+                ..m
+            }),
             ..self.clone()
         }
     }

@@ -35,9 +35,24 @@ async fn domains_by_server(services: &Services) -> Result<HashMap<String, Domain
 /// [`OpError`] when libvirt or the store fail.
 pub async fn recover_interrupted(services: &Services) -> Result<(), OpError> {
     let domains = domains_by_server(services).await?;
+    // A server whose migration is still open (a move being finished in the background, an
+    // undo left for later) is that operation's to settle: giving it a status from libvirt here
+    // could make a server that runs on another node startable on this one.
+    let open: std::collections::HashSet<String> = services
+        .journal()
+        .unfinished()
+        .await?
+        .into_iter()
+        .filter(|op| crate::ops::migration::KINDS.contains(&op.kind.as_str()))
+        .map(|op| op.resource_id)
+        .collect();
     for row in services.store().list_servers().await? {
         let loaded = decode(row)?;
         let id = loaded.row.id.clone();
+        if open.contains(&id) {
+            tracing::warn!(server_id = %id, status = loaded.status.as_str(), "an interrupted operation on this server is still open; left to it");
+            continue;
+        }
         if loaded.status == ServerStatus::Deleted {
             tracing::warn!(server_id = %id, "finishing a delete interrupted by a restart");
             super::delete(services, &id).await?;
@@ -54,7 +69,11 @@ pub async fn recover_interrupted(services: &Services) -> Result<(), OpError> {
         let status = domains
             .get(&id)
             .and_then(|d| status_of(d, loaded.status))
-            .filter(|s| *s != ServerStatus::VerifyResize || loaded.spec.previous_flavor.is_some())
+            .filter(|s| {
+                *s != ServerStatus::VerifyResize
+                    || loaded.spec.previous_flavor.is_some()
+                    || loaded.spec.migrated_from.is_some()
+            })
             .unwrap_or(ServerStatus::Error);
         let fault = format!("{what} was interrupted by an agent restart");
         tracing::warn!(server_id = %id, %fault, status = status.as_str());
@@ -127,7 +146,10 @@ async fn adopt(services: &Services, domain: &DomainStatus) -> Result<(), OpError
 /// The status a domain's state implies for a server now in `current`.
 fn status_of(domain: &DomainStatus, current: ServerStatus) -> Option<ServerStatus> {
     Some(match domain.state {
-        PowerState::Running | PowerState::ShuttingDown if current == ServerStatus::VerifyResize => {
+        // A resize or cold migration waiting for confirm or revert stays so, running or not.
+        PowerState::Running | PowerState::ShuttingDown | PowerState::Shutoff
+            if current == ServerStatus::VerifyResize && !domain.has_managed_save =>
+        {
             ServerStatus::VerifyResize
         }
         PowerState::Running | PowerState::ShuttingDown => ServerStatus::Active,
