@@ -428,51 +428,92 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
         "{out}"
     );
 
-    // A scaffold that builds and loads.
+    // Scaffolds of each kind: their unit tests pass on the mock host, they build, load and
+    // answer with the settings their README shows.
     let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("my-filter");
-    let (status, _, err) = run_cli(
-        &[
-            "plugin",
-            "new",
+    let target = dir.path().join("target");
+    let mut config = runtime();
+    for (kind, name, settings) in [
+        (
             "filter",
             "my-filter",
-            "--dir",
-            crate_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(status.success(), "{err}");
-    let target = dir.path().join("target");
-    let build = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--offline",
-            "--target",
-            "wasm32-wasip2",
-            "--release",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&crate_dir)
-        .output()
-        .expect("cargo");
-    assert!(
-        build.status.success(),
-        "scaffold build: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    let wasm = target.join("wasm32-wasip2/release/my_filter.wasm");
-    let mut config = runtime();
-    let _ = write!(config, "{}", stanza("mine", "filter", &wasm, ""));
+            "settings = { headroom_mb = \"512\" }",
+        ),
+        (
+            "weigher",
+            "my-weigher",
+            "settings = { multiplier = \"1.0\" }",
+        ),
+    ] {
+        let crate_dir = dir.path().join(name);
+        let (status, _, err) = run_cli(
+            &[
+                "plugin",
+                "new",
+                kind,
+                name,
+                "--dir",
+                crate_dir.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(status.success(), "{err}");
+        let readme = std::fs::read_to_string(crate_dir.join("README.md")).unwrap();
+        assert!(
+            readme.contains(&format!("kind = \"{kind}\"")) && readme.contains(settings),
+            "the README's stanza: {readme}"
+        );
+        let cargo = |args: &[&str]| {
+            let out = std::process::Command::new("cargo")
+                .args(args)
+                .arg("--offline")
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&crate_dir)
+                .output()
+                .expect("cargo");
+            assert!(
+                out.status.success(),
+                "{name}: cargo {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        cargo(&["test", "--quiet"]);
+        cargo(&["build", "--target", "wasm32-wasip2", "--release"]);
+        let wasm = target.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let _ = write!(config, "{}", stanza(name, kind, &wasm, settings));
+    }
     let agent = Agent::start_with_config(&config);
-    assert_eq!(
-        plugin_view(&agent, "mine")["status"],
-        "loaded",
-        "{}",
-        agent.log()
+    for name in ["my-filter", "my-weigher"] {
+        assert_eq!(
+            plugin_view(&agent, name)["status"],
+            "loaded",
+            "{name}: {}",
+            agent.log()
+        );
+    }
+    // h1 has fewer vCPUs left than h2; h3 too little free memory for the filter's headroom.
+    let mut h1 = host("h1", 4096, 0);
+    h1["vcpus_used"] = json!(6);
+    let mut h2 = host("h2", 4096, 0);
+    h2["vcpus_used"] = json!(2);
+    let (status, body) = evaluate(
+        &agent,
+        json!({"spec": {}, "hosts": [h1, h2, host("h3", 1024, 800)]}),
     );
-    let (status, _) = evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]}));
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["passed"], 2, "{body}");
+    assert_eq!(
+        body["hosts"][0]["name"], "h2",
+        "the weigher's choice: {body}"
+    );
+    assert!(
+        body["hosts"][0]["weights"]["my-weigher"].is_number(),
+        "{body}"
+    );
+    assert_eq!(body["hosts"][2]["failed_by"], "my-filter", "{body}");
 }
 
 /// `wasm` plus a custom section: the same component, but a different file (a new version).

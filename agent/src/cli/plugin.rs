@@ -14,6 +14,18 @@ use std::path::{Path, PathBuf};
 pub enum ScaffoldKind {
     /// A scheduler filter.
     Filter,
+    /// A scheduler weigher.
+    Weigher,
+}
+
+impl ScaffoldKind {
+    /// The template's files: (relative path, text).
+    fn files(self) -> &'static [(&'static str, &'static str); 3] {
+        match self {
+            Self::Filter => &FILTER_TEMPLATE,
+            Self::Weigher => &WEIGHER_TEMPLATE,
+        }
+    }
 }
 
 /// `hyperlet plugin` subcommands.
@@ -141,7 +153,7 @@ pub async fn run(cmd: PluginCommand) -> Result<(), ClientError> {
             }
         }
         PluginCommand::New {
-            kind: ScaffoldKind::Filter,
+            kind,
             name,
             dir,
             sdk_path,
@@ -156,7 +168,7 @@ pub async fn run(cmd: PluginCommand) -> Result<(), ClientError> {
                     )
                 })?,
             };
-            scaffold_filter(&name, &dir, &sdk)?;
+            scaffold(kind, &name, &dir, &sdk)?;
             println!(
                 "created {} — build it with: cd {} && cargo build --target wasm32-wasip2 --release",
                 dir.display(),
@@ -188,11 +200,27 @@ const FILTER_TEMPLATE: [(&str, &str); 3] = [
     ),
 ];
 
-/// Writes a filter crate named `name` into `dir` (which must not exist yet).
+/// Files of the weigher scaffold.
+const WEIGHER_TEMPLATE: [(&str, &str); 3] = [
+    (
+        "Cargo.toml",
+        include_str!("../../templates/weigher/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/weigher/src/lib.rs.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../templates/weigher/README.md.tmpl"),
+    ),
+];
+
+/// Writes a plugin crate of `kind` named `name` into `dir` (which must not exist yet).
 ///
 /// # Errors
 /// [`ClientError::Usage`] for a bad name, an existing directory or a write failure.
-pub fn scaffold_filter(name: &str, dir: &Path, sdk: &Path) -> Result<(), ClientError> {
+pub fn scaffold(kind: ScaffoldKind, name: &str, dir: &Path, sdk: &Path) -> Result<(), ClientError> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -210,7 +238,7 @@ pub fn scaffold_filter(name: &str, dir: &Path, sdk: &Path) -> Result<(), ClientE
         )));
     }
     let crate_name = name.replace('-', "_");
-    for (rel, template) in FILTER_TEMPLATE {
+    for (rel, template) in kind.files() {
         let text = template
             .replace("{{name}}", name)
             .replace("{{crate_name}}", &crate_name)
