@@ -433,16 +433,30 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("target");
     let mut config = runtime();
-    for (kind, name, settings) in [
+    let vg = hyperlet_tests::storage::TestVg::new(2);
+    let driver_settings = format!(
+        "settings = {{ volume_group = \"{}\" }}\n{}",
+        vg.vg,
+        vg.grant()
+    );
+    for (kind, name, settings, readme_has) in [
         (
             "filter",
             "my-filter",
+            "settings = { headroom_mb = \"512\" }".to_string(),
             "settings = { headroom_mb = \"512\" }",
         ),
         (
             "weigher",
             "my-weigher",
+            "settings = { multiplier = \"1.0\" }".to_string(),
             "settings = { multiplier = \"1.0\" }",
+        ),
+        (
+            "volume-driver",
+            "my-driver",
+            driver_settings,
+            "[plugins.lvm]\nvolume_groups = [\"my-volumes\"]",
         ),
     ] {
         let crate_dir = dir.path().join(name);
@@ -460,7 +474,7 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
         assert!(status.success(), "{err}");
         let readme = std::fs::read_to_string(crate_dir.join("README.md")).unwrap();
         assert!(
-            readme.contains(&format!("kind = \"{kind}\"")) && readme.contains(settings),
+            readme.contains(&format!("kind = \"{kind}\"")) && readme.contains(readme_has),
             "the README's stanza: {readme}"
         );
         let cargo = |args: &[&str]| {
@@ -483,10 +497,16 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
             "wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")
         ));
-        let _ = write!(config, "{}", stanza(name, kind, &wasm, settings));
+        let grants = if kind == "volume-driver" {
+            "grants = [\"log\", \"lvm\"]\n"
+        } else {
+            "grants = [\"log\"]\n"
+        };
+        let stanza = stanza(name, kind, &wasm, &settings).replace("grants = [\"log\"]\n", grants);
+        let _ = write!(config, "{stanza}");
     }
     let agent = Agent::start_with_config(&config);
-    for name in ["my-filter", "my-weigher"] {
+    for name in ["my-filter", "my-weigher", "my-driver"] {
         assert_eq!(
             plugin_view(&agent, name)["status"],
             "loaded",
@@ -514,6 +534,13 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
         "{body}"
     );
     assert_eq!(body["hosts"][2]["failed_by"], "my-filter", "{body}");
+    // The scaffolded driver reports its group's capacity as a backend.
+    let backends = agent.get_json("/v1/backends");
+    let mine = backends["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == "my-driver").cloned())
+        .unwrap_or_else(|| panic!("my-driver among the backends: {backends}"));
+    assert_eq!(mine["total_gb"], 1, "{mine}");
 }
 
 /// `wasm` plus a custom section: the same component, but a different file (a new version).

@@ -16,6 +16,8 @@ pub enum ScaffoldKind {
     Filter,
     /// A scheduler weigher.
     Weigher,
+    /// A volume driver.
+    VolumeDriver,
 }
 
 impl ScaffoldKind {
@@ -24,6 +26,7 @@ impl ScaffoldKind {
         match self {
             Self::Filter => &FILTER_TEMPLATE,
             Self::Weigher => &WEIGHER_TEMPLATE,
+            Self::VolumeDriver => &VOLUME_DRIVER_TEMPLATE,
         }
     }
 }
@@ -213,6 +216,22 @@ const WEIGHER_TEMPLATE: [(&str, &str); 3] = [
     (
         "README.md",
         include_str!("../../templates/weigher/README.md.tmpl"),
+    ),
+];
+
+/// Files of the volume driver scaffold.
+const VOLUME_DRIVER_TEMPLATE: [(&str, &str); 3] = [
+    (
+        "Cargo.toml",
+        include_str!("../../templates/volume-driver/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/volume-driver/src/lib.rs.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../templates/volume-driver/README.md.tmpl"),
     ),
 ];
 
