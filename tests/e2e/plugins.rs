@@ -458,6 +458,13 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
             driver_settings,
             "[plugins.lvm]\nvolume_groups = [\"my-volumes\"]",
         ),
+        (
+            "network-backend",
+            "my-backend",
+            "settings = { bridge_prefix = \"brq\" }\n[plugins.netlink]\nname_prefixes = [\"brq\"]"
+                .to_string(),
+            "[plugins.netlink]\nname_prefixes = [\"brq\"]",
+        ),
     ] {
         let crate_dir = dir.path().join(name);
         let (status, _, err) = run_cli(
@@ -497,16 +504,16 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
             "wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")
         ));
-        let grants = if kind == "volume-driver" {
-            "grants = [\"log\", \"lvm\"]\n"
-        } else {
-            "grants = [\"log\"]\n"
+        let grants = match kind {
+            "volume-driver" => "grants = [\"log\", \"lvm\"]\n",
+            "network-backend" => "grants = [\"log\", \"netlink\"]\n",
+            _ => "grants = [\"log\"]\n",
         };
         let stanza = stanza(name, kind, &wasm, &settings).replace("grants = [\"log\"]\n", grants);
         let _ = write!(config, "{stanza}");
     }
     let agent = Agent::start_with_config(&config);
-    for name in ["my-filter", "my-weigher", "my-driver"] {
+    for name in ["my-filter", "my-weigher", "my-driver", "my-backend"] {
         assert_eq!(
             plugin_view(&agent, name)["status"],
             "loaded",
@@ -541,6 +548,37 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
         .and_then(|b| b.iter().find(|b| b["name"] == "my-driver").cloned())
         .unwrap_or_else(|| panic!("my-driver among the backends: {backends}"));
     assert_eq!(mine["total_gb"], 1, "{mine}");
+    // The scaffolded backend refuses what it does not serve, before anything is made.
+    let resp = agent.send(
+        Method::POST,
+        "/v1/networks",
+        Some(&json!({"name": "v", "network_type": "vxlan", "segmentation_id": 4242, "backend": "my-backend"})),
+    );
+    let status = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    assert!(
+        (400..500).contains(&status) && text.contains("not supported by this backend"),
+        "{status} {text}"
+    );
+    // And makes the bridge of a local network, which goes with the network.
+    let net = crate::networks::create_network(
+        &agent,
+        json!({"name": "l", "network_type": "local", "backend": "my-backend"}),
+    );
+    assert_eq!(net["status"], "ACTIVE", "{net}");
+    let id = net["id"].as_str().expect("id");
+    let bridge = format!("brq{}", &id[..11]);
+    let shown = |name: &str| {
+        std::process::Command::new("ip")
+            .args(["link", "show", name])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(shown(&bridge), "{bridge} made by the scaffolded backend");
+    let resp = agent.send(Method::DELETE, &format!("/v1/networks/{id}"), None);
+    assert!(resp.status().is_success(), "{:?}", resp.text());
+    agent.wait_gone(&format!("/v1/networks/{id}"));
+    assert!(!shown(&bridge), "{bridge} removed with its network");
 }
 
 /// `wasm` plus a custom section: the same component, but a different file (a new version).

@@ -18,6 +18,8 @@ pub enum ScaffoldKind {
     Weigher,
     /// A volume driver.
     VolumeDriver,
+    /// A network backend.
+    NetworkBackend,
 }
 
 impl ScaffoldKind {
@@ -27,6 +29,7 @@ impl ScaffoldKind {
             Self::Filter => &FILTER_TEMPLATE,
             Self::Weigher => &WEIGHER_TEMPLATE,
             Self::VolumeDriver => &VOLUME_DRIVER_TEMPLATE,
+            Self::NetworkBackend => &NETWORK_BACKEND_TEMPLATE,
         }
     }
 }
@@ -232,6 +235,22 @@ const VOLUME_DRIVER_TEMPLATE: [(&str, &str); 3] = [
     (
         "README.md",
         include_str!("../../templates/volume-driver/README.md.tmpl"),
+    ),
+];
+
+/// Files of the network backend scaffold.
+const NETWORK_BACKEND_TEMPLATE: [(&str, &str); 3] = [
+    (
+        "Cargo.toml",
+        include_str!("../../templates/network-backend/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/network-backend/src/lib.rs.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../templates/network-backend/README.md.tmpl"),
     ),
 ];
 
