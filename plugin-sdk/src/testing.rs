@@ -199,7 +199,7 @@ impl HostBuilder {
         self
     }
 
-    /// Physical CPUs and vCPUs allocated.
+    /// `vcpus(total, used)`: physical CPUs, and vCPUs allocated.
     #[must_use]
     pub fn vcpus(mut self, total: u32, used: u32) -> Self {
         self.state.vcpus_total = total;
@@ -207,7 +207,7 @@ impl HostBuilder {
         self
     }
 
-    /// Physical memory and memory allocated, MiB. Unless [`HostBuilder::ram_free`] is given,
+    /// `ram(total_mb, used_mb)`: physical memory, and memory allocated, MiB. Unless [`HostBuilder::ram_free`] is given,
     /// the free memory is `total − used`.
     #[must_use]
     pub fn ram(mut self, total_mb: u64, used_mb: u64) -> Self {
@@ -223,7 +223,7 @@ impl HostBuilder {
         self
     }
 
-    /// Disk for servers and disk allocated, GiB.
+    /// `disk(total_gb, used_gb)`: disk for servers, and disk allocated, GiB.
     #[must_use]
     pub fn disk(mut self, total_gb: u64, used_gb: u64) -> Self {
         self.state.disk_total_gb = total_gb;
