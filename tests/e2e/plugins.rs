@@ -816,3 +816,131 @@ fn an_agent_starts_when_a_plugin_sleeps_in_configure() {
     let (status, _) = evaluate(&agent, json!({"spec": {}, "hosts": [host("h", 1024, 0)]}));
     assert_eq!(status, 200);
 }
+
+/// Strips what differs between two runs of the same chain (its timing).
+fn ranking(evaluation: &Value) -> Value {
+    let mut e = evaluation.clone();
+    e.as_object_mut().unwrap().remove("elapsed_us");
+    e
+}
+
+#[test]
+fn plugin_eval_offline_answers_as_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = json!({"vcpus": 2, "ram_mb": 2048, "disk_gb": 10, "availability_zone": "nova",
+                      "image_properties": {"architecture": "x86_64"}});
+    let mut far = host("far", 16384, 0);
+    far["availability_zone"] = json!("az2");
+    let hosts = json!([
+        host("small", 4096, 3072),
+        host("big", 32768, 0),
+        host("medium", 16384, 0),
+        far
+    ]);
+    let spec_file = dir.path().join("spec.json");
+    let hosts_file = dir.path().join("hosts.json");
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+    std::fs::write(&hosts_file, hosts.to_string()).unwrap();
+    let chain_file = dir.path().join("chain.toml");
+    let config = chain_config(-1.0);
+    std::fs::write(&chain_file, &config).unwrap();
+    let files = [
+        "--spec",
+        spec_file.to_str().unwrap(),
+        "--hosts",
+        hosts_file.to_str().unwrap(),
+    ];
+
+    // The whole chain offline, then the same config in a running agent: the same answer.
+    let mut args = vec![
+        "plugin",
+        "eval",
+        "--json",
+        "--chain",
+        chain_file.to_str().unwrap(),
+    ];
+    args.extend(files);
+    let (status, out, err) = run_cli(&args, &[]);
+    assert!(status.success(), "{err}");
+    let offline: Value = serde_json::from_str(&out).unwrap();
+    let agent = Agent::start_with_config(&config);
+    let (status, online) = evaluate(&agent, json!({"spec": spec, "hosts": hosts}));
+    assert_eq!(status, 200, "{online}");
+    assert_eq!(ranking(&offline), ranking(&online));
+    assert_eq!(offline["hosts"][0]["name"], "medium", "{offline}");
+    assert_eq!(result(&offline, "far")["failed_by"], "availability-zone");
+
+    // The table names each refusal and the ranking.
+    let mut args = vec!["plugin", "eval", "--chain", chain_file.to_str().unwrap()];
+    args.extend(files);
+    let (status, out, err) = run_cli(&args, &[]);
+    assert!(status.success(), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].starts_with("medium") && lines[1].contains("passed"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("small") && l.contains("ram: needs 2048 MiB")),
+        "{out}"
+    );
+    assert!(out.contains("2 of 4 hosts passed"), "{out}");
+
+    // One component with settings: a weigher's multiplier turns the ranking round.
+    let weigher = plugin_wasm("hyperlet-weigher-ram");
+    let mut args = vec![
+        "plugin",
+        "eval",
+        "--json",
+        weigher.to_str().unwrap(),
+        "--name",
+        "ram-weigher",
+        "--multiplier",
+        "-1",
+        "--settings",
+        "basis=free",
+    ];
+    args.extend(files);
+    let (status, out, err) = run_cli(&args, &[]);
+    assert!(status.success(), "{err}");
+    let single: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(single["passed"], 4, "{single}");
+    assert_eq!(single["hosts"][0]["name"], "small", "{single}");
+    assert_eq!(single["hosts"][3]["name"], "big", "{single}");
+    assert_eq!(
+        single["hosts"][3]["weights"]["ram-weigher"], -1.0,
+        "{single}"
+    );
+
+    // What the agent would refuse, eval refuses too, saying why; nothing is evaluated.
+    let filter = plugin_wasm("hyperlet-filter-ram");
+    for (extra, expect) in [
+        (vec!["--settings", "bogus=1"], "Unknown setting bogus"),
+        (vec!["--grant", "filesystem"], "grant"),
+        (vec!["--settings", "novalue"], "KEY=VALUE"),
+    ] {
+        let mut args = vec!["plugin", "eval", filter.to_str().unwrap()];
+        args.extend(extra);
+        args.extend(files);
+        let (status, out, err) = run_cli(&args, &[]);
+        assert!(!status.success(), "{out}");
+        assert!(err.contains(expect), "{expect}: {err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    let driver = plugin_wasm("volume-nfs");
+    let mut args = vec!["plugin", "eval", driver.to_str().unwrap()];
+    args.extend(files);
+    let (status, _, err) = run_cli(&args, &[]);
+    assert!(!status.success());
+    assert!(err.contains("volume-driver plugin"), "{err}");
+    let mut args = vec!["plugin", "eval", filter.to_str().unwrap(), "--spec"];
+    args.extend([
+        hosts_file.to_str().unwrap(),
+        "--hosts",
+        hosts_file.to_str().unwrap(),
+    ]);
+    let (status, _, err) = run_cli(&args, &[]);
+    assert!(!status.success());
+    assert!(err.contains("is not a RequestSpec"), "{err}");
+}

@@ -51,6 +51,9 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a filter or weigher (or a configured chain) over hosts from a file, offline, as the
+    /// agent would.
+    Eval(super::eval::EvalArgs),
     /// Write a new plugin crate that builds (`cargo build --target wasm32-wasip2 --release`).
     New {
         /// What kind of plugin.
@@ -158,6 +161,7 @@ pub async fn run(cmd: PluginCommand) -> Result<(), ClientError> {
                 );
             }
         }
+        PluginCommand::Eval(args) => super::eval::eval(args).await?,
         PluginCommand::New {
             kind,
             name,
