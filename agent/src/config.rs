@@ -89,6 +89,8 @@ pub struct Config {
     pub insecure: bool,
     /// Availability zone this node reports.
     pub availability_zone: String,
+    /// Who this node is to scheduler plugins: its traits and aggregate metadata.
+    pub host: HostIdentityConfig,
     /// Authentication.
     pub auth: AuthConfig,
     /// TLS for the API.
@@ -953,6 +955,19 @@ impl HypervisorConfig {
     }
 }
 
+/// `[host]`: what this node reports about itself besides capacity — to scheduler plugins
+/// (WIT scheduler 1.1 `hosts.identity`), in `/v1/host` and in its fleet record.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostIdentityConfig {
+    /// Traits, as placement names them: `["HW_CPU_X86_AVX2", "CUSTOM_GPU"]` (upper-case
+    /// letters, digits, `_`; at most 256). Default: none.
+    pub traits: Vec<String>,
+    /// Metadata, as host aggregates carry it: `{ ssd = "true", tenant = "t1" }` (at most 128
+    /// entries, keys and values up to 255 bytes). Default: none.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
 /// Capacity reporting, with nova's allocation ratios.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -981,6 +996,26 @@ impl Default for CapacityConfig {
     }
 }
 
+/// A TOML error in words an operator can act on: the message, the line and the table it is in
+/// (`unknown field `colour`, expected `traits` or `metadata` (line 3, in [host])`).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().to_string();
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'));
+    match table {
+        Some(table) => format!("{message} (line {line}, in {table})"),
+        None => format!("{message} (line {line})"),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -988,6 +1023,7 @@ impl Default for Config {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             insecure: false,
             availability_zone: "nova".into(),
+            host: HostIdentityConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             api: ApiConfig::default(),
@@ -1028,7 +1064,7 @@ impl Config {
     /// # Errors
     /// The parser's message when the text is not valid.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        let mut config: Self = toml::from_str(text).map_err(|e| e.message().to_string())?;
+        let mut config: Self = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         if let Some(zone) = config
             .fleet
             .as_ref()
@@ -1265,6 +1301,11 @@ impl Config {
         }
         if self.availability_zone.is_empty() {
             return invalid("availability_zone", "must not be empty");
+        }
+        if let Some(e) =
+            crate::sched::identity_error("this node", &self.host.traits, &self.host.metadata)
+        {
+            return invalid("host", &e);
         }
         Ok(())
     }

@@ -11,7 +11,7 @@
 pub mod filter {
     wit_bindgen::generate!({
         path: concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/scheduler"),
-        world: "hyperlet:scheduler/filter-plugin@1.0.0",
+        world: "hyperlet:scheduler/filter-plugin@1.1.0",
         pub_export_macro: true,
         export_macro_name: "export_filter_world",
         default_bindings_module: "hyperlet_plugin_sdk::__private::filter",
@@ -25,7 +25,7 @@ pub mod filter {
 pub mod weigher {
     wit_bindgen::generate!({
         path: concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/scheduler"),
-        world: "hyperlet:scheduler/weigher-plugin@1.0.0",
+        world: "hyperlet:scheduler/weigher-plugin@1.1.0",
         pub_export_macro: true,
         export_macro_name: "export_weigher_world",
         default_bindings_module: "hyperlet_plugin_sdk::__private::weigher",
@@ -33,7 +33,8 @@ pub mod weigher {
         with: {
             "hyperlet:common/types@1.0.0": crate::bindings::filter::hyperlet::common::types,
             "hyperlet:common/log@1.0.0": crate::bindings::filter::hyperlet::common::log,
-            "hyperlet:scheduler/types@1.0.0": crate::bindings::filter::hyperlet::scheduler::types,
+            "hyperlet:scheduler/types@1.1.0": crate::bindings::filter::hyperlet::scheduler::types,
+            "hyperlet:scheduler/hosts@1.1.0": crate::bindings::filter::hyperlet::scheduler::hosts,
         },
     });
 }

@@ -1,6 +1,8 @@
-//! Views over a [`HostBatch`] that resolve the hosts' string indexes.
+//! Views over a [`HostBatch`] that resolve the hosts' string indexes, and over the hosts'
+//! [`Identities`] (names, traits, metadata).
 
-use crate::{codes, HostBatch, PluginError};
+use crate::identity::Identities;
+use crate::{codes, HostBatch, HostIdentity, PluginError};
 
 /// A checked [`HostBatch`]: every column has one entry per host and every string index is in
 /// range, so [`Host`]'s accessors never fail.
@@ -8,6 +10,7 @@ use crate::{codes, HostBatch, PluginError};
 pub struct Hosts<'a> {
     batch: &'a HostBatch,
     len: usize,
+    identity: Option<&'a Identities>,
 }
 
 impl<'a> Hosts<'a> {
@@ -66,7 +69,27 @@ impl<'a> Hosts<'a> {
                 }
             }
         }
-        Ok(Self { batch, len })
+        Ok(Self {
+            batch,
+            len,
+            identity: None,
+        })
+    }
+
+    /// Checks `batch`, and takes the hosts' names, traits and metadata from `identity`
+    /// (fetched when first asked for). Without it ([`Hosts::new`]) every host's name is empty
+    /// and it has no traits or metadata.
+    ///
+    /// # Errors
+    ///
+    /// As [`Hosts::new`].
+    pub fn with_identity(
+        batch: &'a HostBatch,
+        identity: &'a Identities,
+    ) -> Result<Self, PluginError> {
+        let mut hosts = Self::new(batch)?;
+        hosts.identity = Some(identity);
+        Ok(hosts)
     }
 
     /// Number of hosts.
@@ -84,13 +107,18 @@ impl<'a> Hosts<'a> {
         (index < self.len).then_some(Host {
             batch: self.batch,
             index,
+            identity: self.identity,
         })
     }
 
     /// The hosts in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = Host<'a>> + 'a {
-        let batch = self.batch;
-        (0..self.len).map(move |index| Host { batch, index })
+        let (batch, identity) = (self.batch, self.identity);
+        (0..self.len).map(move |index| Host {
+            batch,
+            index,
+            identity,
+        })
     }
 
     /// The batch's shared strings.
@@ -110,9 +138,64 @@ impl<'a> Hosts<'a> {
 pub struct Host<'a> {
     batch: &'a HostBatch,
     index: usize,
+    identity: Option<&'a Identities>,
 }
 
 impl<'a> Host<'a> {
+    fn identity(&self) -> Option<&'a HostIdentity> {
+        self.identity.map(Identities::get)
+    }
+
+    /// The host's name (as the controller or the fleet knows it; unique within a call), e.g.
+    /// to refuse hosts named `maint-*`. The first call of any of the identity accessors
+    /// ([`Host::name`], [`Host::traits`], [`Host::has_trait`], [`Host::metadata`],
+    /// [`Host::metadata_entries`]) in a call fetches every host's identity from the agent at
+    /// once; a plugin that never calls them never pays for them.
+    pub fn name(&self) -> &'a str {
+        self.identity()
+            .map_or("", |id| id.names[self.index].as_str())
+    }
+
+    /// The host's traits (placement-style names such as `HW_CPU_X86_AVX2` or `CUSTOM_GPU`),
+    /// in ascending order, each once.
+    pub fn traits(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let id = self.identity();
+        let range = id.map_or(0..0, |id| {
+            id.trait_start[self.index] as usize..id.trait_start[self.index + 1] as usize
+        });
+        range.map(move |j| {
+            let id = id.expect("a non-empty range has an identity");
+            id.strings[id.trait_idx[j] as usize].as_str()
+        })
+    }
+
+    /// Whether the host has trait `name` (exact, case-sensitive).
+    pub fn has_trait(&self, name: &str) -> bool {
+        self.traits().any(|t| t == name)
+    }
+
+    /// The host's metadata value of `key` (exact key), as host aggregates' metadata.
+    pub fn metadata(&self, key: &str) -> Option<&'a str> {
+        self.metadata_entries()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Every metadata entry of the host, keys in ascending order.
+    pub fn metadata_entries(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let id = self.identity();
+        let range = id.map_or(0..0, |id| {
+            id.metadata_start[self.index] as usize..id.metadata_start[self.index + 1] as usize
+        });
+        range.map(move |j| {
+            let id = id.expect("a non-empty range has an identity");
+            (
+                id.strings[id.metadata_key_idx[j] as usize].as_str(),
+                id.strings[id.metadata_value_idx[j] as usize].as_str(),
+            )
+        })
+    }
+
     fn string(&self, column: &[u32]) -> &'a str {
         // In range: `Hosts::new` checked every column's length and every index.
         self.batch.strings[column[self.index] as usize].as_str()
@@ -317,6 +400,64 @@ mod tests {
         let hosts = Hosts::new(&b).unwrap();
         assert!(hosts.is_empty());
         assert_eq!(hosts.iter().len(), 0);
+    }
+
+    #[test]
+    fn identity_accessors_resolve_names_traits_and_metadata() {
+        let builders = [
+            HostBuilder::new()
+                .name("maint-1")
+                .with_trait("CUSTOM_GPU")
+                .with_trait("HW_CPU_X86_AVX2")
+                .with_trait("CUSTOM_GPU")
+                .metadata("ssd", "true"),
+            HostBuilder::new(),
+        ];
+        let b = batch(&builders);
+        let identity = Identities::given(crate::testing::identity(&builders));
+        let hosts = Hosts::with_identity(&b, &identity).unwrap();
+        assert!(!identity.is_loaded());
+        let first = hosts.get(0).unwrap();
+        assert_eq!(first.name(), "maint-1");
+        assert!(identity.is_loaded());
+        assert_eq!(
+            first.traits().collect::<Vec<_>>(),
+            ["CUSTOM_GPU", "HW_CPU_X86_AVX2"]
+        );
+        assert!(first.has_trait("CUSTOM_GPU") && !first.has_trait("custom_gpu"));
+        assert_eq!(first.metadata("ssd"), Some("true"));
+        assert_eq!(first.metadata("tenant"), None);
+        let second = hosts.get(1).unwrap();
+        assert_eq!(second.name(), "host-1");
+        assert_eq!(second.traits().count(), 0);
+        assert_eq!(second.metadata_entries().count(), 0);
+        // Without an identity: no name, no traits.
+        let bare = Hosts::new(&b).unwrap();
+        assert_eq!(bare.get(0).unwrap().name(), "");
+        assert!(!bare.get(0).unwrap().has_trait("CUSTOM_GPU"));
+    }
+
+    #[test]
+    fn identities_that_do_not_fit_the_batch_are_refused() {
+        let builders = [HostBuilder::new().with_trait("A").metadata("k", "v")];
+        let good = crate::testing::identity(&builders);
+        assert_eq!(crate::check_identity(&good, 1), Ok(()));
+        assert!(crate::check_identity(&good, 2)
+            .unwrap_err()
+            .contains("1 names for 2 hosts"));
+        let mut bad = good.clone();
+        bad.trait_start = vec![0, 5];
+        assert!(crate::check_identity(&bad, 1)
+            .unwrap_err()
+            .contains("trait-start"));
+        let mut bad = good.clone();
+        bad.metadata_value_idx[0] = 99;
+        assert!(crate::check_identity(&bad, 1)
+            .unwrap_err()
+            .contains("string index 99"));
+        let mut bad = good;
+        bad.metadata_value_idx.clear();
+        assert!(crate::check_identity(&bad, 1).is_err());
     }
 
     #[test]

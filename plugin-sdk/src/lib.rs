@@ -76,6 +76,7 @@ extern crate self as hyperlet_plugin_sdk;
 )]
 mod bindings;
 mod host;
+mod identity;
 pub mod log;
 pub mod network;
 mod plugin;
@@ -85,8 +86,11 @@ mod types;
 pub mod volume;
 
 pub use bindings::filter::hyperlet::common::types::{PluginError, Properties};
-pub use bindings::filter::hyperlet::scheduler::types::{HostBatch, RequestSpec, Verdicts};
+pub use bindings::filter::hyperlet::scheduler::types::{
+    HostBatch, HostIdentity, RequestSpec, Verdicts,
+};
 pub use host::{Host, Hosts};
+pub use identity::{check as check_identity, Identities};
 pub use plugin::{Filter, Weigher};
 pub use settings::Settings;
 pub use types::{codes, Verdict};

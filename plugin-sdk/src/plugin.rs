@@ -4,7 +4,8 @@ use std::cell::RefCell;
 
 use crate::host::Host;
 use crate::{
-    codes, HostBatch, Hosts, PluginError, Properties, RequestSpec, Settings, Verdict, Verdicts,
+    codes, HostBatch, Hosts, Identities, PluginError, Properties, RequestSpec, Settings, Verdict,
+    Verdicts,
 };
 
 /// A scheduler filter: decides, host by host, whether a host can take a request.
@@ -136,7 +137,8 @@ pub(crate) fn run_filter_batch<F: Filter>(
     spec: &RequestSpec,
     batch: &HostBatch,
 ) -> Result<Verdicts, PluginError> {
-    let hosts = Hosts::new(batch)?;
+    let identity = Identities::from_agent(batch.enabled.len());
+    let hosts = Hosts::with_identity(batch, &identity)?;
     let verdicts = filter.filter_all(spec, &hosts)?;
     check_verdicts(&verdicts, hosts.len())?;
     Ok(verdicts)
@@ -192,7 +194,8 @@ pub(crate) fn run_weigher_batch<W: Weigher>(
     spec: &RequestSpec,
     batch: &HostBatch,
 ) -> Result<Vec<f64>, PluginError> {
-    let hosts = Hosts::new(batch)?;
+    let identity = Identities::from_agent(batch.enabled.len());
+    let hosts = Hosts::with_identity(batch, &identity)?;
     let weights = weigher.weigh_all(spec, &hosts)?;
     check_len("weights", weights.len(), hosts.len())?;
     if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {

@@ -43,7 +43,9 @@ use crate::log::Level;
 use crate::network::{Network, NetworkBackend, NetworkType};
 use crate::plugin::{run_filter_batch, run_weigher_batch};
 use crate::volume::{Snapshot, Volume, VolumeDriver};
-use crate::{Filter, HostBatch, PluginError, RequestSpec, Settings, Verdict, Weigher};
+use crate::{
+    Filter, HostBatch, HostIdentity, PluginError, RequestSpec, Settings, Verdict, Weigher,
+};
 
 /// Builds a [`RequestSpec`]. Defaults: 1 vCPU, 512 MiB, 1 GiB disk, no volume, no zone, no
 /// image properties.
@@ -130,6 +132,9 @@ impl RequestBuilder {
 pub struct HostBuilder {
     state: State,
     ram_free: Option<u64>,
+    name: Option<String>,
+    traits: Vec<String>,
+    metadata: std::collections::BTreeMap<String, String>,
     availability_zone: String,
     hypervisor_type: String,
     architecture: String,
@@ -178,6 +183,9 @@ impl HostBuilder {
                 disk_allocation_ratio: 1.0,
             },
             ram_free: None,
+            name: None,
+            traits: Vec::new(),
+            metadata: std::collections::BTreeMap::new(),
             availability_zone: "nova".to_owned(),
             hypervisor_type: "qemu".to_owned(),
             architecture: "x86_64".to_owned(),
@@ -286,6 +294,99 @@ impl HostBuilder {
         vm_mode.clone_into(&mut self.vm_mode);
         self
     }
+
+    /// The host's name [default: `host-<i>`, `i` its position in the batch].
+    #[must_use]
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Adds trait `name` (e.g. `CUSTOM_GPU`) [default: no traits].
+    #[must_use]
+    pub fn with_trait(mut self, name: &str) -> Self {
+        self.traits.push(name.to_owned());
+        self
+    }
+
+    /// `metadata(key, value)`: sets a metadata entry, as a host aggregate's [default: none].
+    #[must_use]
+    pub fn metadata(mut self, key: &str, value: &str) -> Self {
+        self.metadata.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// The [`HostIdentity`] the agent would answer `hosts.identity` with for `hosts`: names
+/// (`host-<i>` unless given), traits sorted without repeats, metadata by key, each distinct
+/// trait, key and value once in `strings`.
+pub fn identity(hosts: &[HostBuilder]) -> HostIdentity {
+    let mut strings: Vec<String> = Vec::new();
+    let mut intern = |s: &str| -> u32 {
+        let idx = strings
+            .iter()
+            .position(|known| known == s)
+            .unwrap_or_else(|| {
+                strings.push(s.to_owned());
+                strings.len() - 1
+            });
+        u32::try_from(idx).expect("fewer than 2^32 strings")
+    };
+    let mut id = HostIdentity {
+        strings: Vec::new(),
+        names: Vec::new(),
+        trait_start: Vec::new(),
+        trait_idx: Vec::new(),
+        metadata_start: Vec::new(),
+        metadata_key_idx: Vec::new(),
+        metadata_value_idx: Vec::new(),
+    };
+    let offset = |len: usize| u32::try_from(len).expect("fewer than 2^32 entries");
+    for (i, h) in hosts.iter().enumerate() {
+        id.names
+            .push(h.name.clone().unwrap_or_else(|| format!("host-{i}")));
+        id.trait_start.push(offset(id.trait_idx.len()));
+        let mut traits = h.traits.clone();
+        traits.sort();
+        traits.dedup();
+        for t in &traits {
+            id.trait_idx.push(intern(t));
+        }
+        id.metadata_start.push(offset(id.metadata_key_idx.len()));
+        for (k, v) in &h.metadata {
+            id.metadata_key_idx.push(intern(k));
+            id.metadata_value_idx.push(intern(v));
+        }
+    }
+    id.trait_start.push(offset(id.trait_idx.len()));
+    id.metadata_start.push(offset(id.metadata_key_idx.len()));
+    id.strings = strings;
+    id
+}
+
+thread_local! {
+    static CURRENT_IDENTITY: std::cell::RefCell<Option<HostIdentity>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// What the mock host answers `hosts.identity` with: the identity of the hosts of the
+/// [`run_filter`] / [`run_weigher`] call in progress (no hosts outside one).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn current_identity() -> HostIdentity {
+    CURRENT_IDENTITY.with(|current| current.borrow().clone().unwrap_or_else(|| identity(&[])))
+}
+
+/// Runs `f` while the mock host's `hosts.identity` answers for `hosts`.
+fn with_identity<T>(hosts: &[HostBuilder], f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CURRENT_IDENTITY.with(|current| current.borrow_mut().take());
+        }
+    }
+    CURRENT_IDENTITY.with(|current| *current.borrow_mut() = Some(identity(hosts)));
+    let _reset = Reset;
+    f()
 }
 
 /// The [`HostBatch`] the agent would send for `hosts`: one column per field, each distinct
@@ -363,7 +464,8 @@ pub fn run_filter<F: Filter>(
     hosts: &[HostBuilder],
 ) -> Result<Vec<Verdict>, PluginError> {
     let filter = F::new(&Settings::from_pairs(settings.iter().copied()))?;
-    run_filter_batch(&filter, spec, &batch(hosts)).map(crate::Verdicts::into_vec)
+    with_identity(hosts, || run_filter_batch(&filter, spec, &batch(hosts)))
+        .map(crate::Verdicts::into_vec)
 }
 
 /// Configures weigher `W` with `settings` and runs it over `hosts` (the raw weights, before
@@ -378,7 +480,7 @@ pub fn run_weigher<W: Weigher>(
     hosts: &[HostBuilder],
 ) -> Result<Vec<f64>, PluginError> {
     let weigher = W::new(&Settings::from_pairs(settings.iter().copied()))?;
-    run_weigher_batch(&weigher, spec, &batch(hosts))
+    with_identity(hosts, || run_weigher_batch(&weigher, spec, &batch(hosts)))
 }
 
 /// One captured log line.

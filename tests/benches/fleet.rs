@@ -87,6 +87,8 @@ impl Simulated {
                     hypervisor_type: "qemu".into(),
                     architecture: "x86_64".into(),
                     vm_mode: "hvm".into(),
+                    traits: Vec::new(),
+                    metadata: Default::default(),
                 },
                 servers: (i % 30) as u32,
                 started_at: "2026-12-03T00:00:00Z".into(),

@@ -1,5 +1,6 @@
-//! Scheduler benchmark: the full first-party chain (6 filters + 2 weighers) over 10,000 hosts
-//! in one batched call per plugin, as WebAssembly components in the agent's plugin host vs the
+//! Scheduler benchmark: the full first-party chain (8 filters + 2 weighers) over 10,000 hosts
+//! in one batched call per plugin — the traits and aggregate-metadata filters read every
+//! host's name, traits and metadata (WIT scheduler 1.1's `hosts.identity`) — as WebAssembly components in the agent's plugin host vs the
 //! same plugin code compiled natively (the baseline), measured side by side in one run; plus
 //! the instantiation latency and per-call overhead of a component.
 //!
@@ -8,8 +9,9 @@
 use hyperlet::config::PluginKind;
 use hyperlet::plugin::{PluginEngine, PluginRegistry};
 use hyperlet::sched::{self, HostState, RequestSpec};
-use hyperlet_plugin_sdk::{Filter, HostBatch, Hosts, Settings, Weigher};
+use hyperlet_plugin_sdk::{Filter, HostBatch, HostIdentity, Hosts, Identities, Settings, Weigher};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const HOSTS: usize = 10_000;
@@ -46,6 +48,20 @@ fn hosts() -> Vec<HostState> {
                 "x86_64".into()
             },
             vm_mode: "hvm".into(),
+            // Most hosts have AVX2, a third a GPU; racks and disks as aggregate metadata.
+            traits: [
+                (i % 20 != 0).then_some("HW_CPU_X86_AVX2"),
+                (i % 3 == 0).then_some("CUSTOM_GPU"),
+                Some("COMPUTE_STATUS_ENABLED"),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::from)
+            .collect(),
+            metadata: BTreeMap::from([
+                ("rack".to_string(), format!("r{:02}", i % 40)),
+                ("ssd".to_string(), (i % 7 != 0).to_string()),
+            ]),
         })
         .collect()
 }
@@ -57,7 +73,11 @@ fn spec() -> RequestSpec {
         disk_gb: 40,
         volume_gb: 0,
         availability_zone: Some("nova".into()),
-        image_properties: BTreeMap::from([("architecture".into(), "x86_64".into())]),
+        image_properties: BTreeMap::from([
+            ("architecture".into(), "x86_64".into()),
+            ("trait:HW_CPU_X86_AVX2".into(), "required".into()),
+            ("aggregate_instance_extra_specs:ssd".into(), "true".into()),
+        ]),
     }
 }
 
@@ -126,15 +146,65 @@ fn sdk_batch(hosts: &[HostState], indexes: &[usize]) -> HostBatch {
     }
 }
 
+/// The SDK-side identity (names, traits, metadata) for the native baseline, built as the
+/// agent builds its own.
+fn sdk_identity(hosts: &[HostState], indexes: &[usize]) -> HostIdentity {
+    let mut strings: Vec<String> = Vec::new();
+    let mut lookup: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut idx = |s: &str| -> u32 {
+        if let Some(&i) = lookup.get(s) {
+            return i;
+        }
+        strings.push(s.to_string());
+        let i = (strings.len() - 1) as u32;
+        lookup.insert(s.to_string(), i);
+        i
+    };
+    let mut id = HostIdentity {
+        strings: Vec::new(),
+        names: Vec::with_capacity(indexes.len()),
+        trait_start: Vec::with_capacity(indexes.len() + 1),
+        trait_idx: Vec::new(),
+        metadata_start: Vec::with_capacity(indexes.len() + 1),
+        metadata_key_idx: Vec::new(),
+        metadata_value_idx: Vec::new(),
+    };
+    for &i in indexes {
+        let h = &hosts[i];
+        id.names.push(h.name.clone());
+        id.trait_start.push(id.trait_idx.len() as u32);
+        for t in &h.traits {
+            id.trait_idx.push(idx(t));
+        }
+        id.metadata_start.push(id.metadata_key_idx.len() as u32);
+        for (k, v) in &h.metadata {
+            id.metadata_key_idx.push(idx(k));
+            id.metadata_value_idx.push(idx(v));
+        }
+    }
+    id.trait_start.push(id.trait_idx.len() as u32);
+    id.metadata_start.push(id.metadata_key_idx.len() as u32);
+    id.strings = strings;
+    id
+}
+
+/// The identity of the hosts at `standing`, built (like the agent's) only when the plugin
+/// asks for it.
+fn lazy_identity(hosts: &Arc<Vec<HostState>>, standing: &[usize]) -> Identities {
+    let (hosts, standing) = (hosts.clone(), standing.to_vec());
+    Identities::from_fn(standing.len(), move || sdk_identity(&hosts, &standing))
+}
+
 fn native_filter<F: Filter>(
     spec: &hyperlet_plugin_sdk::RequestSpec,
-    hosts: &[HostState],
+    hosts: &Arc<Vec<HostState>>,
     standing: Vec<usize>,
 ) -> Vec<usize> {
     let filter = F::new(&Settings::new(Vec::new())).unwrap();
     let batch = sdk_batch(hosts, &standing);
+    let identity = lazy_identity(hosts, &standing);
     let verdicts = filter
-        .filter_all(spec, &Hosts::new(&batch).unwrap())
+        .filter_all(spec, &Hosts::with_identity(&batch, &identity).unwrap())
         .unwrap();
     standing
         .into_iter()
@@ -146,14 +216,15 @@ fn native_filter<F: Filter>(
 
 fn native_weigh<W: Weigher>(
     spec: &hyperlet_plugin_sdk::RequestSpec,
-    hosts: &[HostState],
+    hosts: &Arc<Vec<HostState>>,
     standing: &[usize],
     total: &mut [f64],
 ) {
     let weigher = W::new(&Settings::new(Vec::new())).unwrap();
     let batch = sdk_batch(hosts, standing);
+    let identity = lazy_identity(hosts, standing);
     let raw = weigher
-        .weigh_all(spec, &Hosts::new(&batch).unwrap())
+        .weigh_all(spec, &Hosts::with_identity(&batch, &identity).unwrap())
         .unwrap();
     for (t, w) in total.iter_mut().zip(sched::normalise(&raw)) {
         *t += w;
@@ -178,14 +249,16 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
 fn wasm_chain(
     registry: &PluginRegistry,
     spec: &RequestSpec,
-    hosts: &[HostState],
+    hosts: &Arc<Vec<HostState>>,
 ) -> (usize, Vec<f64>) {
     let wit_spec = spec.to_wit();
+    let identities = sched::Identities::new(hosts.clone());
     let full = sched::batch_of(hosts, &(0..hosts.len()).collect::<Vec<_>>());
     let mut standing: Vec<usize> = (0..hosts.len()).collect();
     for (_, plugin) in registry.chain(PluginKind::Filter) {
         let batch = sched::subset(&full, &standing);
-        let verdicts = block(plugin.unwrap().filter(&wit_spec, &batch)).unwrap();
+        let call_hosts = Some(identities.for_call(&standing));
+        let verdicts = block(plugin.unwrap().filter(&wit_spec, &batch, call_hosts)).unwrap();
         standing = standing
             .into_iter()
             .zip(verdicts)
@@ -196,7 +269,8 @@ fn wasm_chain(
     let batch = sched::subset(&full, &standing);
     let mut total = vec![0.0; standing.len()];
     for (_, plugin) in registry.chain(PluginKind::Weigher) {
-        let raw = block(plugin.unwrap().weigh(&wit_spec, &batch)).unwrap();
+        let call_hosts = Some(identities.for_call(&standing));
+        let raw = block(plugin.unwrap().weigh(&wit_spec, &batch, call_hosts)).unwrap();
         for (t, w) in total.iter_mut().zip(sched::normalise(&raw)) {
             *t += w;
         }
@@ -205,7 +279,7 @@ fn wasm_chain(
 }
 
 /// The same chain as the agent's, natively.
-fn native_chain(spec: &RequestSpec, hosts: &[HostState]) -> (usize, Vec<f64>) {
+fn native_chain(spec: &RequestSpec, hosts: &Arc<Vec<HostState>>) -> (usize, Vec<f64>) {
     let s = hyperlet_plugin_sdk::RequestSpec {
         vcpus: spec.vcpus,
         ram_mb: spec.ram_mb,
@@ -228,6 +302,10 @@ fn native_chain(spec: &RequestSpec, hosts: &[HostState]) -> (usize, Vec<f64>) {
         &s, hosts, standing,
     );
     standing = native_filter::<hyperlet_filter_image_properties::ImagePropertiesFilter>(
+        &s, hosts, standing,
+    );
+    standing = native_filter::<hyperlet_filter_traits::TraitsFilter>(&s, hosts, standing);
+    standing = native_filter::<hyperlet_filter_aggregate_metadata::AggregateMetadataFilter>(
         &s, hosts, standing,
     );
     let mut total = vec![0.0; standing.len()];
@@ -253,11 +331,11 @@ fn us(d: Duration) -> String {
 fn main() {
     let cache = tempfile::tempdir().unwrap();
     let registry = registry(cache.path());
-    let hosts = hosts();
+    let hosts = Arc::new(hosts());
     let spec = spec();
 
     // Same answer both ways.
-    let wasm = block(sched::evaluate(&registry, &spec, &hosts)).unwrap();
+    let wasm = block(sched::evaluate(&registry, &spec, hosts.clone())).unwrap();
     let (native_passed, _) = native_chain(&spec, &hosts);
     assert_eq!(
         wasm.passed, native_passed,
@@ -276,7 +354,7 @@ fn main() {
         native_t.push(t.elapsed());
         assert_eq!(passed, native_passed);
         let t = Instant::now();
-        let r = block(sched::evaluate(&registry, &spec, &hosts)).unwrap();
+        let r = block(sched::evaluate(&registry, &spec, hosts.clone())).unwrap();
         api_t.push(t.elapsed());
         assert_eq!(r.passed, native_passed);
     }
@@ -298,11 +376,16 @@ fn main() {
         block(ram.instantiate_once()).unwrap();
         inst.push(t.elapsed());
     }
-    let one = [hosts[1].clone()];
+    let one = Arc::new(vec![hosts[1].clone()]);
     let mut call = Vec::new();
     for _ in 0..2000 {
         let t = Instant::now();
-        block(sched::evaluate(&registry, &RequestSpec::default(), &one)).unwrap();
+        block(sched::evaluate(
+            &registry,
+            &RequestSpec::default(),
+            one.clone(),
+        ))
+        .unwrap();
         call.push(t.elapsed());
     }
     let (i50, i90, _) = stats(inst);

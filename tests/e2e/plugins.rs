@@ -944,3 +944,187 @@ fn plugin_eval_offline_answers_as_the_agent() {
     assert!(!status.success());
     assert!(err.contains("is not a RequestSpec"), "{err}");
 }
+
+/// A chain of the identity-aware first-party filters (WIT scheduler 1.1) and a filter built
+/// against 1.0, on a node with traits and metadata of its own.
+fn identity_chain_config() -> String {
+    let mut config = runtime();
+    config.push_str(&stanza(
+        "traits",
+        "filter",
+        &plugin_wasm("hyperlet-filter-traits"),
+        "",
+    ));
+    config.push_str(&stanza(
+        "aggregate-metadata",
+        "filter",
+        &plugin_wasm("hyperlet-filter-aggregate-metadata"),
+        "settings = { isolate = \"true\" }",
+    ));
+    config.push_str(&stanza(
+        "v1-0",
+        "filter",
+        &plugin_wasm("hyperlet-fixture-v1-0-filter"),
+        "",
+    ));
+    config.push_str(
+        "[host]\ntraits = [\"CUSTOM_GPU\", \"HW_CPU_X86_AVX2\"]\nmetadata = { ssd = \"true\" }\n",
+    );
+    config
+}
+
+#[test]
+fn scheduler_plugins_see_host_names_traits_and_metadata() {
+    let agent = Agent::start_with_config(&identity_chain_config());
+    let plugins = agent.get_json("/v1/plugins");
+    let versions: Vec<(&str, &str)> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["status"], "loaded", "{p}");
+            (p["name"].as_str().unwrap(), p["version"].as_str().unwrap())
+        })
+        .collect();
+    // A 1.0 plugin loads unchanged beside 1.1 ones.
+    assert_eq!(
+        versions,
+        [
+            ("traits", "1.1.0"),
+            ("aggregate-metadata", "1.1.0"),
+            ("v1-0", "1.0.0")
+        ]
+    );
+
+    let with = |name: &str, traits: &[&str], metadata: Value| {
+        let mut h = host(name, 16384, 0);
+        h["traits"] = json!(traits);
+        h["metadata"] = metadata;
+        h
+    };
+    let hosts = json!([
+        with(
+            "gpu-1",
+            &["CUSTOM_GPU", "HW_CPU_X86_AVX2"],
+            json!({"ssd": "true"})
+        ),
+        with("gpu-2", &["CUSTOM_GPU"], json!({"ssd": "false"})),
+        with("plain", &["HW_CPU_X86_AVX2"], json!({"ssd": "true"})),
+        with(
+            "win",
+            &["CUSTOM_GPU"],
+            json!({"ssd": "true", "os_distro": "windows"})
+        ),
+        host("tiny", 1024, 0),
+    ]);
+    let spec = json!({"ram_mb": 2048, "image_properties": {
+        "trait:CUSTOM_GPU": "required", "trait:CUSTOM_WINDOWS": "forbidden",
+        "aggregate_instance_extra_specs:ssd": "true", "os_distro": "debian"}});
+    let (status, evaluation) = evaluate(&agent, json!({"spec": spec, "hosts": hosts}));
+    assert_eq!(status, 200, "{evaluation}");
+    assert_eq!(evaluation["passed"], 1, "{evaluation}");
+    assert_eq!(evaluation["hosts"][0]["name"], "gpu-1");
+    assert_eq!(result(&evaluation, "plain")["failed_by"], "traits");
+    assert_eq!(
+        result(&evaluation, "plain")["reason"],
+        "host plain lacks required trait CUSTOM_GPU"
+    );
+    assert_eq!(
+        result(&evaluation, "gpu-2")["failed_by"],
+        "aggregate-metadata"
+    );
+    assert_eq!(
+        result(&evaluation, "gpu-2")["reason"],
+        "host gpu-2 has ssd=false, wanted true"
+    );
+    assert_eq!(
+        result(&evaluation, "win")["reason"],
+        "host win is set aside for os_distro=windows, the image has debian"
+    );
+    // A host without traits fails the traits filter first, by its name.
+    assert_eq!(
+        result(&evaluation, "tiny")["reason"],
+        "host tiny lacks required trait CUSTOM_GPU"
+    );
+    // The 1.0 filter still gets the same batch: without the identity filters' demands, tiny
+    // falls to it.
+    let (status, evaluation) = evaluate(
+        &agent,
+        json!({"spec": {"ram_mb": 2048}, "hosts": [host("tiny", 1024, 0), host("big", 4096, 0)]}),
+    );
+    assert_eq!(status, 200, "{evaluation}");
+    assert_eq!(result(&evaluation, "tiny")["failed_by"], "v1-0");
+    assert_eq!(
+        result(&evaluation, "tiny")["reason"],
+        "1.0 filter: 1024 MiB free"
+    );
+
+    // This node reports its own traits and metadata from `[host]`, to plugins and in /v1/host.
+    let me = agent.get_json("/v1/host");
+    assert_eq!(
+        me["traits"],
+        json!(["CUSTOM_GPU", "HW_CPU_X86_AVX2"]),
+        "{me}"
+    );
+    assert_eq!(me["metadata"], json!({"ssd": "true"}));
+    let (status, evaluation) = evaluate(
+        &agent,
+        json!({"spec": {"ram_mb": 16, "image_properties": {
+        "trait:CUSTOM_GPU": "required", "aggregate_instance_extra_specs:ssd": "true"}}}),
+    );
+    assert_eq!(status, 200, "{evaluation}");
+    assert_eq!(evaluation["passed"], 1, "{evaluation}");
+    let (_, evaluation) = evaluate(
+        &agent,
+        json!({"spec": {"ram_mb": 16, "image_properties": {
+        "trait:CUSTOM_FPGA": "required"}}}),
+    );
+    assert_eq!(evaluation["passed"], 0, "{evaluation}");
+    assert!(evaluation["hosts"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .ends_with("lacks required trait CUSTOM_FPGA"));
+
+    // Bad identities are refused with 400, naming what is wrong.
+    let too_many: Vec<String> = (0..257).map(|i| format!("CUSTOM_T{i}")).collect();
+    let long = "x".repeat(256);
+    for (bad_hosts, expect) in [
+        (json!([with("a", &["custom_gpu"], json!({}))]), "upper-case"),
+        (
+            json!([with("a", &[], json!({})), with("a", &[], json!({}))]),
+            "appears twice",
+        ),
+        (json!([{"name": ""}]), "needs a name"),
+        (json!([{"name": "a", "traits": too_many}]), "at most 256"),
+        (json!([with("a", &[], json!({"k": long}))]), "at most 255"),
+        (json!([with("a", &[], json!({"": "v"}))]), "metadata key"),
+    ] {
+        let (status, body) = evaluate(&agent, json!({"spec": {}, "hosts": bad_hosts}));
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(expect), "{expect}: {body}");
+    }
+}
+
+#[test]
+fn bad_host_identity_config_is_refused_at_start() {
+    for bad in [
+        "[host]\ntraits = [\"not a trait\"]\n",
+        "[host]\nmetadata = { \"\" = \"x\" }\n",
+        "[host]\ncolour = \"red\"\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, format!("listen = \"127.0.0.1:1\"\n{bad}")).unwrap();
+        let out = std::process::Command::new(hyperlet_tests::hyperlet_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("host"), "{bad}: {err}");
+    }
+}

@@ -77,13 +77,15 @@ pub fn stanza(
 }
 
 /// The first-party scheduler filters the benches chain, as (name, crate).
-pub const SCHEDULER_FILTERS: [(&str, &str); 6] = [
+pub const SCHEDULER_FILTERS: [(&str, &str); 8] = [
     ("compute-status", "hyperlet-filter-compute-status"),
     ("ram", "hyperlet-filter-ram"),
     ("disk", "hyperlet-filter-disk"),
     ("vcpu", "hyperlet-filter-vcpu"),
     ("availability-zone", "hyperlet-filter-availability-zone"),
     ("image-properties", "hyperlet-filter-image-properties"),
+    ("traits", "hyperlet-filter-traits"),
+    ("aggregate-metadata", "hyperlet-filter-aggregate-metadata"),
 ];
 /// The first-party scheduler weighers the benches chain, as (name, crate).
 pub const SCHEDULER_WEIGHERS: [(&str, &str); 2] = [

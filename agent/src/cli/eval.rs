@@ -173,6 +173,9 @@ pub async fn eval(args: EvalArgs) -> Result<(), ClientError> {
             crate::ops::scheduler::MAX_HOSTS
         )));
     }
+    if let Some(e) = crate::sched::hosts_error(&hosts) {
+        return Err(usage(format!("{}: {e}", args.hosts.display())));
+    }
     let plugins: Vec<_> = config
         .plugins
         .iter()

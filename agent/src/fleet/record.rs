@@ -112,6 +112,16 @@ pub struct HostEntry {
     /// `[hypervisor_type, architecture, vm_mode]`.
     #[serde(rename = "t")]
     pub kind: [String; 3],
+    /// Traits (`[host] traits`); absent when none.
+    #[serde(rename = "x", default, skip_serializing_if = "Vec::is_empty")]
+    pub traits: Vec<String>,
+    /// Aggregate metadata (`[host] metadata`); absent when none.
+    #[serde(
+        rename = "m",
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl HostEntry {
@@ -135,6 +145,8 @@ impl HostEntry {
                 c.architecture.clone(),
                 c.vm_mode.clone(),
             ],
+            traits: c.traits.clone(),
+            metadata: c.metadata.clone(),
         }
     }
 
@@ -160,6 +172,8 @@ impl HostEntry {
             hypervisor_type,
             architecture,
             vm_mode,
+            traits: self.traits.clone(),
+            metadata: self.metadata.clone(),
         }
     }
 }
@@ -214,6 +228,8 @@ mod tests {
                 hypervisor_type: "kvm".into(),
                 architecture: "aarch64".into(),
                 vm_mode: "xen".into(),
+                traits: vec!["CUSTOM_GPU".into()],
+                metadata: [("ssd".to_string(), "true".to_string())].into(),
             },
             servers: 3,
             started_at: String::new(),
@@ -230,6 +246,15 @@ mod tests {
         let back: HostEntry = parse(&json).unwrap();
         assert_eq!(back.host_state("node-a"), r.capacity);
         assert_eq!(back.api_url, r.api_url);
+        // Without traits and metadata the entry stays as small as before (they are left out).
+        let mut bare = r.clone();
+        bare.capacity.traits.clear();
+        bare.capacity.metadata.clear();
+        let json = serde_json::to_vec(&HostEntry::of(&bare)).unwrap();
         assert!(json.len() < 200, "{} bytes", json.len());
+        assert_eq!(
+            parse::<HostEntry>(&json).unwrap().host_state("node-a"),
+            bare.capacity
+        );
     }
 }

@@ -217,7 +217,12 @@ impl Fleet {
             let Some(name) = self.keys.name_in(&hosts_dir, kv.key()) else {
                 continue;
             };
-            let entry = match record::parse::<HostEntry>(kv.value()) {
+            let entry = match record::parse::<HostEntry>(kv.value()).and_then(|entry| {
+                match crate::sched::identity_error("its entry", &entry.traits, &entry.metadata) {
+                    Some(e) => Err(e),
+                    None => Ok(entry),
+                }
+            }) {
                 Ok(entry) => entry,
                 Err(e) => {
                     tracing::warn!(node = name, error = %e, "unreadable placement entry; skipped");

@@ -27,6 +27,11 @@ pub struct HostReport {
     pub capacity: CapacityReport,
     /// The node's link to the fleet (`state: standalone` without `[fleet]`).
     pub fleet: crate::fleet::link::FleetStatus,
+    /// Traits scheduler plugins see for this node (config `[host] traits`; default none).
+    pub traits: Vec<String>,
+    /// Aggregate metadata scheduler plugins see for this node (config `[host] metadata`;
+    /// default none).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The hypervisor part of [`HostReport`].
@@ -220,6 +225,8 @@ pub async fn describe(services: &Services) -> Result<HostReport, OpError> {
             reserved_host_disk_gb: cap.reserved_host_disk_gb,
         },
         fleet: services.fleet_link().status(),
+        traits: config.host.traits.clone(),
+        metadata: config.host.metadata.clone(),
     })
 }
 

@@ -66,6 +66,8 @@ pub async fn this_node_with(
         hypervisor_type: "qemu".into(),
         architecture: std::env::consts::ARCH.into(),
         vm_mode: "hvm".into(),
+        traits: services.config().host.traits.clone(),
+        metadata: services.config().host.metadata.clone(),
     })
 }
 
@@ -81,6 +83,9 @@ pub async fn evaluate(services: &Services, req: EvaluateRequest) -> Result<Evalu
                     "{} hosts; at most {MAX_HOSTS} per evaluation",
                     hosts.len()
                 )));
+            }
+            if let Some(e) = sched::hosts_error(&hosts) {
+                return Err(OpError::InvalidInput(e));
             }
             hosts
         }

@@ -24,13 +24,15 @@ pub mod weigher {
             "hyperlet:common/types": super::filter::hyperlet::common::types,
             "hyperlet:common/log": super::filter::hyperlet::common::log,
             "hyperlet:scheduler/types": super::filter::hyperlet::scheduler::types,
+            "hyperlet:scheduler/hosts": super::filter::hyperlet::scheduler::hosts,
         },
     });
 }
 
 pub use filter::hyperlet::common::log::Level as LogLevel;
 pub use filter::hyperlet::scheduler::types::{
-    HostBatch as WitHostBatch, RequestSpec as WitRequestSpec, Verdicts as WitVerdicts,
+    HostBatch as WitHostBatch, HostIdentity as WitHostIdentity, RequestSpec as WitRequestSpec,
+    Verdicts as WitVerdicts,
 };
 
 /// `hyperlet:network/network-backend`, sharing the common types and the `log` import with

@@ -4,7 +4,7 @@
 //! capabilities of volume drivers in `volume_host.rs`.)
 
 use super::answer::cap;
-use super::bindings::{filter, LogLevel};
+use super::bindings::{filter, LogLevel, WitHostIdentity};
 use super::memory::MemoryBudget;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -149,6 +149,29 @@ pub struct HostState {
     /// When the call in progress must be over: the epoch callback traps a computing guest
     /// then, and host work gets at most what is left.
     pub call_deadline: Option<Instant>,
+    /// Who the hosts of the scheduler call in progress are (the `hosts` import); `None`
+    /// outside a call.
+    pub call_hosts: Option<Arc<dyn HostIdentitySource>>,
+}
+
+/// Answers a scheduler plugin's `hosts.identity` for the batch of the call in progress: the
+/// scheduler builds it (lazily — most plugins never ask) from the hosts it evaluates.
+pub trait HostIdentitySource: Send + Sync {
+    /// Names, traits and metadata of the call's hosts, in batch order.
+    fn identity(&self) -> WitHostIdentity;
+}
+
+/// The identity of no hosts: what `hosts.identity` answers outside a call.
+pub fn no_hosts() -> WitHostIdentity {
+    WitHostIdentity {
+        strings: Vec::new(),
+        names: Vec::new(),
+        trait_start: vec![0],
+        trait_idx: Vec::new(),
+        metadata_start: vec![0],
+        metadata_key_idx: Vec::new(),
+        metadata_value_idx: Vec::new(),
+    }
 }
 
 impl HostState {
@@ -173,6 +196,7 @@ impl HostState {
             netlink: None,
             volume: None,
             call_deadline: None,
+            call_hosts: None,
         }
     }
 
@@ -206,3 +230,12 @@ impl filter::hyperlet::common::log::Host for HostState {
 
 impl filter::hyperlet::common::types::Host for HostState {}
 impl filter::hyperlet::scheduler::types::Host for HostState {}
+
+impl filter::hyperlet::scheduler::hosts::Host for HostState {
+    async fn identity(&mut self) -> WitHostIdentity {
+        match &self.call_hosts {
+            Some(source) => source.identity(),
+            None => no_hosts(),
+        }
+    }
+}

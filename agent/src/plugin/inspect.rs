@@ -7,7 +7,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 /// The scheduler package version this agent speaks.
-pub const SCHEDULER_VERSION: (u64, u64, u64) = (1, 0, 0);
+pub const SCHEDULER_VERSION: (u64, u64, u64) = (1, 1, 0);
 /// The network package version this agent speaks.
 pub const NETWORK_VERSION: (u64, u64, u64) = (1, 0, 0);
 /// The volume package version this agent speaks.
@@ -73,6 +73,7 @@ fn capability_of(import: &str) -> Result<Option<&'static str>, String> {
         "hyperlet:common/log" => Some("log"),
         "hyperlet:common/types"
         | "hyperlet:scheduler/types"
+        | "hyperlet:scheduler/hosts"
         | "hyperlet:network/types"
         | "hyperlet:volume/types" => None,
         "hyperlet:network/netlink" => Some("netlink"),

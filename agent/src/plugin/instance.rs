@@ -17,7 +17,7 @@ use super::bindings::{
     WitRequestSpec, WitVerdicts,
 };
 use super::engine::{PluginEngine, SLICE_TICKS};
-use super::host::{HostState, LogBudget};
+use super::host::{HostIdentitySource, HostState, LogBudget};
 use super::inspect::{inspect_component, Compatibility, ComponentInfo};
 use super::net_grant::NetGrant;
 use super::netlink::NetlinkHost;
@@ -378,6 +378,23 @@ impl LoadedPlugin {
         P: ComponentNamedList + Lower + Send + Sync,
         L: Lift + Send + Sync + 'static,
     {
+        self.call_with(what, pick, params, None, read).await
+    }
+
+    /// [`LoadedPlugin::call`] of a scheduler export, whose `hosts` import answers from
+    /// `call_hosts` during the call.
+    async fn call_with<P, L, T>(
+        &self,
+        what: &str,
+        pick: impl FnOnce(&Bound) -> Option<Func>,
+        params: P,
+        call_hosts: Option<Arc<dyn HostIdentitySource>>,
+        read: impl FnOnce(L) -> Result<T, String>,
+    ) -> Result<T, PluginError>
+    where
+        P: ComponentNamedList + Lower + Send + Sync,
+        L: Lift + Send + Sync + 'static,
+    {
         let result = async {
             let mut ready = self.take().await?;
             let Some(func) = pick(&ready.bound) else {
@@ -390,10 +407,12 @@ impl LoadedPlugin {
                 .typed::<P, (Result<L, WitPluginError>,)>(&ready.store)
                 .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
             ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
+            ready.store.data_mut().call_hosts = call_hosts;
             ready.store.set_epoch_deadline(SLICE_TICKS);
             let outcome =
                 tokio::time::timeout(self.timeout(), typed.call_async(&mut ready.store, params))
                     .await;
+            ready.store.data_mut().call_hosts = None;
             ready.store.data().flush_output();
             // A timeout or a trap drops `ready` here: the instance is discarded.
             let (answer,) = match outcome {
@@ -434,15 +453,17 @@ impl LoadedPlugin {
         &self,
         spec: &WitRequestSpec,
         batch: &WitHostBatch,
+        call_hosts: Option<Arc<dyn HostIdentitySource>>,
     ) -> Result<Vec<Option<String>>, PluginError> {
         let hosts = batch.enabled.len();
-        self.call(
+        self.call_with(
             "a filter",
             |b| match b {
                 Bound::Filter(f) => Some(*f.hyperlet_scheduler_filter().func_filter_hosts().func()),
                 _ => None,
             },
             (spec, batch),
+            call_hosts,
             |v: WitVerdicts| answer::verdicts(v, hosts),
         )
         .await
@@ -456,9 +477,10 @@ impl LoadedPlugin {
         &self,
         spec: &WitRequestSpec,
         batch: &WitHostBatch,
+        call_hosts: Option<Arc<dyn HostIdentitySource>>,
     ) -> Result<Vec<f64>, PluginError> {
         let hosts = batch.enabled.len();
-        self.call(
+        self.call_with(
             "a weigher",
             |b| match b {
                 Bound::Weigher(w) => {
@@ -467,6 +489,7 @@ impl LoadedPlugin {
                 _ => None,
             },
             (spec, batch),
+            call_hosts,
             |w: Vec<f64>| answer::weights(w, hosts),
         )
         .await
@@ -709,7 +732,11 @@ mod tests {
             .unwrap();
         let started = Instant::now();
         let e = plugin
-            .filter(&crate::sched::RequestSpec::default().to_wit(), &one_host())
+            .filter(
+                &crate::sched::RequestSpec::default().to_wit(),
+                &one_host(),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, PluginError::Timeout { ms: 300, .. }), "{e}");
@@ -754,7 +781,11 @@ mod tests {
         ] {
             let plugin = load(&hostile(&settings, 64, 10_000)).await.unwrap();
             let e = plugin
-                .filter(&crate::sched::RequestSpec::default().to_wit(), &one_host())
+                .filter(
+                    &crate::sched::RequestSpec::default().to_wit(),
+                    &one_host(),
+                    None,
+                )
                 .await
                 .unwrap_err();
             assert!(
@@ -768,7 +799,11 @@ mod tests {
             .await
             .unwrap();
         let e = plugin
-            .filter(&crate::sched::RequestSpec::default().to_wit(), &one_host())
+            .filter(
+                &crate::sched::RequestSpec::default().to_wit(),
+                &one_host(),
+                None,
+            )
             .await
             .unwrap_err();
         let PluginError::Reported { code, message, .. } = e else {

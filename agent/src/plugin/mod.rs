@@ -48,10 +48,11 @@ mod volume_host;
 
 pub use answer::{cap, MAX_REASONS_BYTES, MAX_TEXT_BYTES};
 pub use bindings::{
-    WitHostBatch, WitLinkInfo, WitNetwork, WitNetworkType, WitPluginError, WitRequestSpec,
-    WitVerdicts,
+    WitHostBatch, WitHostIdentity, WitLinkInfo, WitNetwork, WitNetworkType, WitPluginError,
+    WitRequestSpec, WitVerdicts,
 };
 pub use engine::PluginEngine;
+pub use host::{no_hosts, HostIdentitySource};
 pub use inspect::{inspect_component, Compatibility, ComponentInfo};
 pub use instance::LoadedPlugin;
 pub use net_grant::{NetGrant, NetGrantError, NetlinkOp};

@@ -7,9 +7,14 @@
 //! A negative multiplier turns spreading into stacking. Plugins that are not loaded are skipped
 //! and reported.
 
+mod identity;
 mod model;
 
-pub use model::{Evaluation, HostResult, HostState, RequestSpec, SkippedPlugin};
+pub use identity::Identities;
+pub use model::{
+    hosts_error, identity_error, trait_error, Evaluation, HostResult, HostState, RequestSpec,
+    SkippedPlugin, MAX_IDENTITY_LEN, MAX_METADATA, MAX_TRAITS,
+};
 
 use crate::config::PluginKind;
 use crate::plugin::{PluginError, PluginRegistry, WitHostBatch};
@@ -28,16 +33,18 @@ pub enum SchedError {
     Invalid(String),
 }
 
-/// Runs the chain. Each plugin call runs under its own deadline.
+/// Runs the chain. Each plugin call runs under its own deadline; a plugin asking who the hosts
+/// of its call are (`hosts.identity`) gets their names, traits and metadata.
 ///
 /// # Errors
 /// [`SchedError::Plugin`] when a plugin fails, naming it.
 pub async fn evaluate(
     registry: &PluginRegistry,
     spec: &RequestSpec,
-    hosts: &[HostState],
+    hosts: Arc<Vec<HostState>>,
 ) -> Result<Evaluation, SchedError> {
     let started = Instant::now();
+    let identities = Identities::new(hosts.clone());
     let wit_spec = spec.to_wit();
     let mut results: Vec<HostResult> = hosts
         .iter()
@@ -53,7 +60,7 @@ pub async fn evaluate(
     let mut skipped = Vec::new();
     let mut standing: Vec<usize> = (0..hosts.len()).collect();
     // Interned once; later calls send subsets of the same records and strings.
-    let full = batch_of(hosts, &standing);
+    let full = batch_of(&hosts, &standing);
     for (name, plugin) in registry.chain(PluginKind::Filter) {
         let plugin = match plugin {
             Ok(p) => p,
@@ -66,7 +73,9 @@ pub async fn evaluate(
             break;
         }
         let batch = subset(&full, &standing);
-        let verdicts = plugin.filter(&wit_spec, &batch).await?;
+        let verdicts = plugin
+            .filter(&wit_spec, &batch, Some(identities.for_call(&standing)))
+            .await?;
         let mut still = Vec::with_capacity(standing.len());
         for (index, verdict) in standing.iter().zip(verdicts) {
             match verdict {
@@ -91,7 +100,9 @@ pub async fn evaluate(
                     continue;
                 }
             };
-            let raw = plugin.weigh(&wit_spec, &batch).await?;
+            let raw = plugin
+                .weigh(&wit_spec, &batch, Some(identities.for_call(&standing)))
+                .await?;
             let normalised = normalise(&raw);
             for (index, w) in standing.iter().zip(normalised) {
                 let weighted = bounded(w * plugin.config.multiplier);
@@ -126,7 +137,8 @@ pub async fn evaluate_async(
     hosts: Vec<HostState>,
     deadline: Duration,
 ) -> Result<Evaluation, SchedError> {
-    match tokio::time::timeout(deadline, evaluate(&registry, &spec, &hosts)).await {
+    let hosts = Arc::new(hosts);
+    match tokio::time::timeout(deadline, evaluate(&registry, &spec, hosts)).await {
         Ok(result) => result,
         Err(_) => Err(SchedError::Plugin(PluginError::Timeout {
             plugin: "scheduler chain".into(),

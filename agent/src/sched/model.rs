@@ -124,6 +124,105 @@ pub struct HostState {
     /// VM mode (`hvm`).
     #[serde(default = "default_mode")]
     pub vm_mode: String,
+    /// Traits, as placement names them (`HW_CPU_X86_AVX2`, `CUSTOM_GPU`): upper-case
+    /// letters, digits and `_`, at most 255 characters, at most 256 per host. Default: none.
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Metadata, as host aggregates carry it (`ssd = "true"`, `tenant = "t1"`): at most 128
+    /// entries, keys of 1–255 characters, values of at most 255. Default: none.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Most traits one host carries.
+pub const MAX_TRAITS: usize = 256;
+/// Most metadata entries one host carries.
+pub const MAX_METADATA: usize = 128;
+/// Longest trait name, metadata key or value, host name.
+pub const MAX_IDENTITY_LEN: usize = 255;
+
+/// Why a trait name is not one: `None` when it is.
+pub fn trait_error(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_IDENTITY_LEN {
+        return Some(format!(
+            "trait {name:?} must have 1 to {MAX_IDENTITY_LEN} characters"
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Some(format!(
+            "trait {name:?} may hold only upper-case letters, digits and _ (as HW_CPU_X86_AVX2 or CUSTOM_GPU)"
+        ));
+    }
+    None
+}
+
+/// Why a host's traits or metadata are unusable: `None` when they are fine. `who` names the
+/// host in the message.
+pub fn identity_error(
+    who: &str,
+    traits: &[String],
+    metadata: &BTreeMap<String, String>,
+) -> Option<String> {
+    if traits.len() > MAX_TRAITS {
+        return Some(format!(
+            "{who} has {} traits; at most {MAX_TRAITS}",
+            traits.len()
+        ));
+    }
+    if let Some(e) = traits.iter().find_map(|t| trait_error(t)) {
+        return Some(format!("{who}: {e}"));
+    }
+    if metadata.len() > MAX_METADATA {
+        return Some(format!(
+            "{who} has {} metadata entries; at most {MAX_METADATA}",
+            metadata.len()
+        ));
+    }
+    for (key, value) in metadata {
+        if key.is_empty() || key.len() > MAX_IDENTITY_LEN || key.chars().any(char::is_control) {
+            return Some(format!(
+                "{who}: metadata key {key:?} must have 1 to {MAX_IDENTITY_LEN} characters, none a control character"
+            ));
+        }
+        if value.len() > MAX_IDENTITY_LEN || value.chars().any(char::is_control) {
+            return Some(format!(
+                "{who}: metadata {key:?} has a value of {} bytes or a control character; at most {MAX_IDENTITY_LEN} bytes",
+                value.len()
+            ));
+        }
+    }
+    None
+}
+
+/// Why a list of candidate hosts is unusable: a host without a name or with a name longer
+/// than [`MAX_IDENTITY_LEN`], two hosts of one name (results are reported by name), bad
+/// traits or metadata. `None` when it is usable.
+pub fn hosts_error(hosts: &[HostState]) -> Option<String> {
+    let mut seen = std::collections::HashSet::with_capacity(hosts.len());
+    for (i, host) in hosts.iter().enumerate() {
+        if host.name.is_empty() || host.name.len() > MAX_IDENTITY_LEN {
+            return Some(format!(
+                "host {i} needs a name of 1 to {MAX_IDENTITY_LEN} bytes"
+            ));
+        }
+        if !seen.insert(host.name.as_str()) {
+            return Some(format!(
+                "host name {:?} appears twice; results are reported by name",
+                host.name
+            ));
+        }
+        if let Some(e) = identity_error(
+            &format!("host {:?}", host.name),
+            &host.traits,
+            &host.metadata,
+        ) {
+            return Some(e);
+        }
+    }
+    None
 }
 
 /// A plugin the chain skipped because it is not loaded.
