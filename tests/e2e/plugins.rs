@@ -1128,3 +1128,139 @@ fn bad_host_identity_config_is_refused_at_start() {
         assert!(err.contains("host"), "{bad}: {err}");
     }
 }
+
+/// The guide's examples of one kind of block: `<!-- example: KIND NAME -->` then a fenced
+/// block, as (kind, name, code).
+fn guide_examples() -> Vec<(String, String, String)> {
+    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk/README.md");
+    let text = std::fs::read_to_string(guide).unwrap();
+    let mut examples = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(marker) = line
+            .strip_prefix("<!-- example: ")
+            .and_then(|r| r.strip_suffix(" -->"))
+        else {
+            continue;
+        };
+        let (kind, name) = marker.split_once(' ').unwrap();
+        assert!(lines.next().unwrap().starts_with("```"), "{marker}");
+        let code: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        examples.push((kind.to_string(), name.to_string(), code.join("\n") + "\n"));
+    }
+    examples
+}
+
+/// Acceptance of #16: plugins written only from the guide — a filter refusing hosts in
+/// maintenance by name, one refusing hosts without a trait, a weigher preferring a metadata
+/// value — scaffolded with `plugin new`, built, evaluated offline with `plugin eval`, then in a
+/// running agent through `POST /v1/scheduler/evaluate`, with the same result.
+#[test]
+fn guide_plugins_scaffolded_evaluated_offline_and_in_an_agent() {
+    let examples = guide_examples();
+    let names: Vec<&str> = examples.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(names, ["no-maintenance", "needs-trait", "by-metadata"]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target");
+    let mut config = runtime();
+    for (kind, name, code) in &examples {
+        let crate_dir = dir.path().join(name);
+        let (status, _, err) = run_cli(
+            &[
+                "plugin",
+                "new",
+                kind,
+                name,
+                "--dir",
+                crate_dir.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(status.success(), "{err}");
+        std::fs::write(crate_dir.join("src/lib.rs"), code).unwrap();
+        for args in [
+            &["test", "--quiet"][..],
+            &["build", "--target", "wasm32-wasip2", "--release"][..],
+        ] {
+            let out = std::process::Command::new("cargo")
+                .args(args)
+                .arg("--offline")
+                .env("CARGO_TARGET_DIR", &target)
+                .current_dir(&crate_dir)
+                .output()
+                .expect("cargo");
+            assert!(
+                out.status.success(),
+                "{name}: cargo {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let wasm = target.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        let settings = match name.as_str() {
+            "needs-trait" => "settings = { trait = \"CUSTOM_GPU\" }",
+            "by-metadata" => "settings = { key = \"priority\" }",
+            _ => "",
+        };
+        config.push_str(&stanza(name, kind, &wasm, settings));
+    }
+    let chain = dir.path().join("chain.toml");
+    std::fs::write(&chain, &config).unwrap();
+    let node = |name: &str, gpu: bool, priority: &str| {
+        let mut h = host(name, 16384, 0);
+        h["traits"] = if gpu {
+            json!(["CUSTOM_GPU"])
+        } else {
+            json!([])
+        };
+        h["metadata"] = json!({"priority": priority});
+        h
+    };
+    let hosts = json!([
+        node("maint-1", true, "9"),
+        node("node-a", true, "3"),
+        node("node-b", true, "7"),
+        node("node-c", false, "10"),
+    ]);
+    let spec = json!({"vcpus": 1, "ram_mb": 512});
+    let hosts_file = dir.path().join("hosts.json");
+    let spec_file = dir.path().join("spec.json");
+    std::fs::write(&hosts_file, hosts.to_string()).unwrap();
+    std::fs::write(&spec_file, spec.to_string()).unwrap();
+
+    let (status, out, err) = run_cli(
+        &[
+            "plugin",
+            "eval",
+            "--json",
+            "--chain",
+            chain.to_str().unwrap(),
+            "--spec",
+            spec_file.to_str().unwrap(),
+            "--hosts",
+            hosts_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let offline: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(offline["passed"], 2, "{offline}");
+    assert_eq!(offline["hosts"][0]["name"], "node-b", "{offline}");
+    assert_eq!(offline["hosts"][1]["name"], "node-a", "{offline}");
+    assert_eq!(result(&offline, "maint-1")["failed_by"], "no-maintenance");
+    assert_eq!(
+        result(&offline, "maint-1")["reason"],
+        "maint-1 is in maintenance"
+    );
+    assert_eq!(
+        result(&offline, "node-c")["reason"],
+        "node-c lacks trait CUSTOM_GPU"
+    );
+
+    let agent = Agent::start_with_config(&config);
+    let (status, online) = evaluate(&agent, json!({"spec": spec, "hosts": hosts}));
+    assert_eq!(status, 200, "{online}");
+    assert_eq!(ranking(&offline), ranking(&online));
+}
