@@ -188,3 +188,28 @@ fn a_real_server_matches_the_document() {
         "GET /v1/servers/{id}/stats",
     );
 }
+
+/// What a controller may leave out of a scheduler request, the document says the value of.
+#[test]
+fn optional_scheduler_fields_state_their_defaults() {
+    let doc = repo_doc();
+    for name in ["EvaluateRequest", "RequestSpec", "HostState"] {
+        let schema = &doc["components"]["schemas"][name];
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let properties = schema["properties"].as_object().unwrap();
+        for (field, property) in properties {
+            if !required.contains(&field.as_str()) {
+                assert!(
+                    property.get("default").is_some(),
+                    "{name}.{field} is optional but the document states no default: {property}"
+                );
+            }
+        }
+    }
+    let host = &doc["components"]["schemas"]["HostState"]["properties"];
+    assert_eq!(host["traits"]["default"], serde_json::json!([]));
+    assert_eq!(host["availability_zone"]["default"], "nova");
+}

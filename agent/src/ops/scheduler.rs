@@ -12,7 +12,9 @@ use utoipa::ToSchema;
 pub struct EvaluateRequest {
     /// What is being placed.
     pub spec: RequestSpec,
-    /// Hosts to rank; this node's live state when absent.
+    /// Hosts to rank; this node's live state when absent (or null).
+    #[serde(default)]
+    #[schema(default = json!(null))]
     pub hosts: Option<Vec<HostState>>,
 }
 

@@ -11,22 +11,28 @@ use utoipa::ToSchema;
 pub struct RequestSpec {
     /// Virtual CPUs.
     #[serde(default)]
+    #[schema(default = 0)]
     #[schema(format = Int64, minimum = 0, maximum = 4_294_967_295_i64)]
     pub vcpus: u32,
     /// Memory, MiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub ram_mb: u64,
     /// Root + ephemeral disk, GiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub disk_gb: u64,
     /// Volume capacity, GiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub volume_gb: u64,
-    /// Availability zone asked for.
+    /// Availability zone asked for (none: any zone).
     #[serde(default)]
+    #[schema(default = json!(null))]
     pub availability_zone: Option<String>,
     /// Image properties (architecture, hypervisor_type, vm_mode, …).
     #[serde(default)]
+    #[schema(default = json!({}))]
     pub image_properties: BTreeMap<String, String>,
 }
 
@@ -75,62 +81,81 @@ pub struct HostState {
     pub name: String,
     /// Takes new servers.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub enabled: bool,
     /// Seconds since the host last reported.
     #[serde(default)]
+    #[schema(default = 0)]
     pub heartbeat_age_s: u32,
     /// Physical CPUs.
     #[serde(default)]
+    #[schema(default = 0)]
     pub vcpus_total: u32,
     /// vCPUs allocated.
     #[serde(default)]
+    #[schema(default = 0)]
     pub vcpus_used: u32,
     /// Physical memory, MiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub ram_total_mb: u64,
     /// Memory allocated, MiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub ram_used_mb: u64,
     /// Memory free right now, MiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub ram_free_mb: u64,
     /// Disk for servers, GiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub disk_total_gb: u64,
     /// Disk allocated, GiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub disk_used_gb: u64,
     /// Volume capacity free, GiB.
     #[serde(default)]
+    #[schema(default = 0)]
     pub volume_free_gb: u64,
     /// vCPU allocation ratio.
     #[serde(default = "default_ratio")]
+    #[schema(default = 1.0)]
     pub cpu_allocation_ratio: f32,
     /// RAM allocation ratio.
     #[serde(default = "default_ratio")]
+    #[schema(default = 1.0)]
     pub ram_allocation_ratio: f32,
     /// Disk allocation ratio.
     #[serde(default = "default_ratio")]
+    #[schema(default = 1.0)]
     pub disk_allocation_ratio: f32,
     /// Availability zone.
     #[serde(default = "default_az")]
+    #[schema(default = "nova")]
     pub availability_zone: String,
     /// Hypervisor type (`qemu`).
     #[serde(default = "default_hv")]
+    #[schema(default = "qemu")]
     pub hypervisor_type: String,
     /// CPU architecture (`x86_64`).
     #[serde(default = "default_arch")]
+    #[schema(default = "x86_64")]
     pub architecture: String,
     /// VM mode (`hvm`).
     #[serde(default = "default_mode")]
+    #[schema(default = "hvm")]
     pub vm_mode: String,
     /// Traits, as placement names them (`HW_CPU_X86_AVX2`, `CUSTOM_GPU`): upper-case
     /// letters, digits and `_`, at most 255 characters, at most 256 per host. Default: none.
     #[serde(default)]
+    #[schema(default = json!([]))]
     pub traits: Vec<String>,
     /// Metadata, as host aggregates carry it (`ssd = "true"`, `tenant = "t1"`): at most 128
     /// entries, keys of 1–255 characters, values of at most 255. Default: none.
     #[serde(default)]
+    #[schema(default = json!({}))]
     pub metadata: BTreeMap<String, String>,
 }
 
