@@ -591,3 +591,78 @@ fn placement_reads_past_huge_and_garbage_entries() {
         assert_eq!(ranked[0].name, "honest");
     });
 }
+
+/// Nodes publish their `[host]` traits and metadata in their records and placement entries,
+/// and fleet-wide placement ranks with them: the traits filter keeps a GPU request on the
+/// node that has the trait, and says why the other cannot take it.
+#[test]
+fn fleet_placement_sees_each_nodes_traits_and_metadata() {
+    let etcd = Etcd::start();
+    let gpu = "[host]\ntraits = [\"CUSTOM_GPU\"]\nmetadata = { rack = \"r1\" }\n";
+    let _a = Agent::start_with_config(&(fleet_config(&etcd, "node-a") + gpu));
+    let _b = Agent::start_with_config(&fleet_config(&etcd, "node-b"));
+    assert!(
+        wait_for(Duration::from_secs(10), || ["node-a", "node-b"].iter().all(
+            |n| node(&etcd, n).is_some_and(|n| n["state"] == "up" && !n["record"].is_null())
+        )),
+        "both up: {:?}",
+        nodes(&etcd)
+    );
+    let a = node(&etcd, "node-a").expect("node-a");
+    assert_eq!(
+        a["record"]["capacity"]["traits"],
+        serde_json::json!(["CUSTOM_GPU"]),
+        "{a}"
+    );
+    assert_eq!(a["record"]["capacity"]["metadata"]["rack"], "r1", "{a}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = dir.path().join("controller.toml");
+    std::fs::write(
+        &controller,
+        format!(
+            "[fleet]\nendpoints = [\"{}\"]\n\n{}",
+            etcd.endpoint(),
+            hyperlet_tests::plugins::stanza(
+                "filter",
+                2000,
+                "traits",
+                "hyperlet-filter-traits",
+                "[]",
+                "",
+                ""
+            )
+        ),
+    )
+    .expect("config");
+    let (status, out, err) = run_cli(
+        &[
+            "fleet",
+            "place",
+            "--json",
+            "--config",
+            controller.to_str().unwrap(),
+            "--vcpus",
+            "1",
+            "--ram",
+            "64",
+            "--image-property",
+            "trait:CUSTOM_GPU=required",
+        ],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+    let evaluation: Value = serde_json::from_str(&out).expect("JSON");
+    let hosts = evaluation["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts[0]["name"], "node-a", "{evaluation}");
+    assert_eq!(hosts[0]["passed"], true, "{evaluation}");
+    let b = hosts
+        .iter()
+        .find(|h| h["name"] == "node-b")
+        .expect("node-b");
+    assert_eq!(b["failed_by"], "traits", "{evaluation}");
+    assert_eq!(
+        b["reason"], "host node-b lacks required trait CUSTOM_GPU",
+        "{evaluation}"
+    );
+}
