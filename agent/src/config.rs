@@ -20,7 +20,9 @@
 //!
 //! Every file is checked by [`Config::validate`] before the agent touches anything.
 
+mod http_grant;
 mod migration;
+pub use http_grant::{HttpGrant, Origin};
 pub use migration::MigrationConfig;
 
 use crate::net::model::TAP_PREFIX;
@@ -166,7 +168,7 @@ pub struct PluginConfig {
     /// The component file (`.wasm`).
     pub path: PathBuf,
     /// Capabilities the plugin may import (`log`, `clocks`, `random`, `netlink`, `lvm`,
-    /// `files`, `qemu-img`).
+    /// `files`, `qemu-img`, `http`).
     #[serde(default)]
     pub grants: Vec<String>,
     /// The parameters of the `netlink` grant (network backends): which links the plugin may
@@ -181,6 +183,10 @@ pub struct PluginConfig {
     /// and how they are reached. Required with either grant.
     #[serde(default)]
     pub files: Option<FilesGrant>,
+    /// The parameters of the `http` grant (any kind): which origins and methods outgoing
+    /// `wasi:http` requests may use, their deadline and size caps. Required with the grant.
+    #[serde(default)]
+    pub http: Option<HttpGrant>,
     /// Settings passed to the plugin's `configure`.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
@@ -213,8 +219,8 @@ fn default_plugin_timeout() -> u64 {
 pub const MAX_PLUGIN_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Capabilities a plugin can be granted.
-pub const PLUGIN_GRANTS: [&str; 7] = [
-    "log", "clocks", "random", "netlink", "lvm", "files", "qemu-img",
+pub const PLUGIN_GRANTS: [&str; 8] = [
+    "log", "clocks", "random", "netlink", "lvm", "files", "qemu-img", "http",
 ];
 
 /// The grants only volume drivers may have.
@@ -1297,6 +1303,25 @@ impl Config {
             }
             if let Err(reason) = plugin.validate_volume_grants() {
                 return bad(reason);
+            }
+            let http_granted = plugin.grants.iter().any(|g| g == "http");
+            match (&plugin.http, http_granted) {
+                (Some(http), true) => {
+                    if let Err(reason) = http.validate() {
+                        return bad(reason);
+                    }
+                }
+                (Some(_), false) => {
+                    return bad("[plugins.http] is set but \"http\" is not in grants; add it \
+                                to grants or remove the table"
+                        .into())
+                }
+                (None, true) => {
+                    return bad("the http grant needs a [plugins.http] table listing its \
+                                origins"
+                        .into())
+                }
+                (None, false) => {}
             }
         }
         if self.availability_zone.is_empty() {

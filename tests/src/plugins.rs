@@ -119,6 +119,7 @@ pub fn scheduler_configs() -> Vec<hyperlet::config::PluginConfig> {
         netlink: None,
         lvm: None,
         files: None,
+        http: None,
         settings: std::collections::BTreeMap::new(),
         multiplier: 1.0,
         memory_limit_mb: 256,

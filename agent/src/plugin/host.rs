@@ -152,6 +152,30 @@ pub struct HostState {
     /// Who the hosts of the scheduler call in progress are (the `hosts` import); `None`
     /// outside a call.
     pub call_hosts: Option<Arc<dyn HostIdentitySource>>,
+    /// The `http` capability's hooks (its grant, the call's deadline, requests made).
+    pub http: super::http::HttpHooks,
+    /// `wasi:http`'s own state.
+    pub http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+}
+
+impl HostState {
+    /// Arms the store for a call ending at `deadline`: the epoch callback's deadline, the
+    /// deadline and request count of its outgoing HTTP requests.
+    pub fn begin_call(&mut self, deadline: Instant) {
+        self.call_deadline = Some(deadline);
+        self.http.deadline = Some(deadline);
+        self.http.requests = 0;
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 /// Answers a scheduler plugin's `hosts.identity` for the batch of the call in progress: the
@@ -197,6 +221,8 @@ impl HostState {
             volume: None,
             call_deadline: None,
             call_hosts: None,
+            http: super::http::HttpHooks::default(),
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
         }
     }
 

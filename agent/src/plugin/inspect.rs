@@ -90,6 +90,7 @@ fn capability_of(import: &str) -> Result<Option<&'static str>, String> {
         "wasi:random/insecure-seed" => None,
         "wasi:random/random" | "wasi:random/insecure" => Some("random"),
         b if b.starts_with("wasi:clocks/") => Some("clocks"),
+        b if b.starts_with("wasi:http/") => Some("http"),
         b if b.starts_with("wasi:filesystem/") => {
             return Err(format!(
                 "it imports {import}: plugins get no filesystem access (no grant allows it)"

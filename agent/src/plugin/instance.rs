@@ -18,6 +18,7 @@ use super::bindings::{
 };
 use super::engine::{PluginEngine, SLICE_TICKS};
 use super::host::{HostIdentitySource, HostState, LogBudget};
+use super::http::HttpHost;
 use super::inspect::{inspect_component, Compatibility, ComponentInfo};
 use super::net_grant::NetGrant;
 use super::netlink::NetlinkHost;
@@ -70,6 +71,7 @@ pub struct LoadedPlugin {
     failure_log: LogBudget,
     netlink: Option<Arc<NetlinkHost>>,
     volume: Option<Arc<VolumeHost>>,
+    http: Option<Arc<HttpHost>>,
     calls: AtomicU64,
     failures: AtomicU64,
 }
@@ -157,6 +159,19 @@ impl LoadedPlugin {
         let mut linker = Linker::<HostState>::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| not_loaded(format!("cannot link WASI: {e:#}")))?;
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let budget = Arc::new(LogBudget::new(log_lines_per_minute));
+        // Only a plugin granted `http` links `wasi:http` (inspect refused the others).
+        let http = match (&config.http, config.grants.iter().any(|g| g == "http")) {
+            (Some(grant), true) => {
+                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+                    .map_err(|e| not_loaded(format!("cannot link wasi:http: {e:#}")))?;
+                Some(Arc::new(
+                    HttpHost::new(name.clone(), grant, budget.clone()).map_err(not_loaded)?,
+                ))
+            }
+            _ => None,
+        };
         let link_err = |e: wasmtime::Error| not_loaded(format!("cannot link: {e:#}"));
         let pre = match config.kind {
             PluginKind::Filter => {
@@ -184,7 +199,6 @@ impl LoadedPlugin {
                 Pre::Volume(volume::VolumeDriverPre::new(pre).map_err(link_err)?)
             }
         };
-        let name: Arc<str> = Arc::from(config.name.as_str());
         // Only a backend granted `netlink` gets it.
         let netlink = (config.kind == PluginKind::NetworkBackend
             && config.grants.iter().any(|g| g == "netlink"))
@@ -209,7 +223,8 @@ impl LoadedPlugin {
             name,
             pre,
             idle: Mutex::new(Vec::new()),
-            budget: Arc::new(LogBudget::new(log_lines_per_minute)),
+            budget,
+            http,
             failure_log: LogBudget::new(log_lines_per_minute),
             netlink,
             volume,
@@ -241,7 +256,8 @@ impl LoadedPlugin {
         let mut state = HostState::new(self.name.clone(), self.budget.clone(), memory);
         state.netlink = self.netlink.clone();
         state.volume = self.volume.clone();
-        state.call_deadline = Some(Instant::now() + self.timeout());
+        state.http.host = self.http.clone();
+        state.begin_call(Instant::now() + self.timeout());
         let answers = state.memory.answers();
         let mut store = Store::new(self.pre_engine(), state);
         store.limiter(|s| &mut s.memory);
@@ -406,7 +422,7 @@ impl LoadedPlugin {
             let typed = func
                 .typed::<P, (Result<L, WitPluginError>,)>(&ready.store)
                 .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
-            ready.store.data_mut().call_deadline = Some(Instant::now() + self.timeout());
+            ready.store.data_mut().begin_call(Instant::now() + self.timeout());
             ready.store.data_mut().call_hosts = call_hosts;
             ready.store.set_epoch_deadline(SLICE_TICKS);
             let outcome =
@@ -686,6 +702,7 @@ mod tests {
             netlink: None,
             lvm: None,
             files: None,
+            http: None,
             settings: settings
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

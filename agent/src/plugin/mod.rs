@@ -37,6 +37,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod host;
+mod http;
 mod inspect;
 mod instance;
 mod memory;
