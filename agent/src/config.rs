@@ -1312,9 +1312,11 @@ impl Config {
                     }
                 }
                 (Some(_), false) => {
-                    return bad("[plugins.http] is set but \"http\" is not in grants; add it \
+                    return bad(
+                        "[plugins.http] is set but \"http\" is not in grants; add it \
                                 to grants or remove the table"
-                        .into())
+                            .into(),
+                    )
                 }
                 (None, true) => {
                     return bad("the http grant needs a [plugins.http] table listing its \

@@ -76,6 +76,7 @@ extern crate self as hyperlet_plugin_sdk;
 )]
 mod bindings;
 mod host;
+pub mod http;
 mod identity;
 pub mod log;
 pub mod network;

@@ -35,6 +35,7 @@
 use std::cell::RefCell;
 
 pub mod files;
+pub mod http;
 pub mod lvm;
 pub mod netlink;
 pub mod qemu_img;

@@ -96,7 +96,10 @@ impl Origin {
             _ => return bad("the scheme must be http or https"),
         };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) || authority.contains(char::is_whitespace) {
+        if authority.is_empty()
+            || authority.contains(['/', '?', '#', '@'])
+            || authority.contains(char::is_whitespace)
+        {
             return bad("only scheme://host[:port] (no path, query, user or spaces)");
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -213,11 +216,20 @@ mod tests {
     #[test]
     fn origins_parse_strictly() {
         let o = Origin::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!((o.scheme.as_str(), o.host.as_str(), o.port), ("http", "127.0.0.1", 8080));
+        assert_eq!(
+            (o.scheme.as_str(), o.host.as_str(), o.port),
+            ("http", "127.0.0.1", 8080)
+        );
         assert_eq!(Origin::parse("https://Array.Example/").unwrap().port, 443);
-        assert_eq!(Origin::parse("https://Array.Example").unwrap().host, "array.example");
+        assert_eq!(
+            Origin::parse("https://Array.Example").unwrap().host,
+            "array.example"
+        );
         assert_eq!(Origin::parse("http://[::1]:9").unwrap().host, "::1");
-        assert_eq!(Origin::parse("http://[::1]:9").unwrap().to_string(), "http://[::1]:9");
+        assert_eq!(
+            Origin::parse("http://[::1]:9").unwrap().to_string(),
+            "http://[::1]:9"
+        );
         for bad in [
             "127.0.0.1:80",
             "ftp://x",
@@ -243,10 +255,19 @@ mod tests {
         for (toml, says) in [
             ("origins = []", "at least one origin"),
             ("origins = [\"http://x/p\"]", "no path"),
-            ("origins = [\"http://x\"]\nmethods = [\"get\"]", "not one of"),
+            (
+                "origins = [\"http://x\"]\nmethods = [\"get\"]",
+                "not one of",
+            ),
             ("origins = [\"http://x\"]\ntimeout_ms = 0", "timeout_ms"),
-            ("origins = [\"http://x\"]\nmax_response_bytes = 99999999999", "64 MiB"),
-            ("origins = [\"http://x\"]\nmax_requests_per_call = 0", "max_requests_per_call"),
+            (
+                "origins = [\"http://x\"]\nmax_response_bytes = 99999999999",
+                "64 MiB",
+            ),
+            (
+                "origins = [\"http://x\"]\nmax_requests_per_call = 0",
+                "max_requests_per_call",
+            ),
             ("origins = [\"http://x\"]\nca_file = \"ca.pem\"", "absolute"),
         ] {
             let e = grant(toml).validate().unwrap_err();

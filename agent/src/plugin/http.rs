@@ -6,8 +6,8 @@
 //! redirect (the plugin sees the 3xx, and a request to wherever it points is checked like any
 //! other). Anything else fails with `HTTP-request-denied` before a byte leaves the host.
 
-use super::host::{emit, LogBudget};
 use super::bindings::LogLevel;
+use super::host::{emit, LogBudget};
 use crate::config::{HttpGrant, Origin};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -45,13 +45,12 @@ impl HttpHost {
         let methods = grant
             .methods
             .iter()
-            .map(|m| http::Method::from_bytes(m.as_bytes()).map_err(|e| format!("http.methods: {e}")))
+            .map(|m| {
+                http::Method::from_bytes(m.as_bytes()).map_err(|e| format!("http.methods: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let tls = if origins.iter().any(|o| o.scheme == "https") {
-            let path = grant
-                .ca_file
-                .clone()
-                .unwrap_or_else(|| SYSTEM_ROOTS.into());
+            let path = grant.ca_file.clone().unwrap_or_else(|| SYSTEM_ROOTS.into());
             Some(connector(&path)?)
         } else {
             None
@@ -86,7 +85,10 @@ impl HttpHost {
         let Some(host) = uri.host() else {
             return Err(self.denied("no host"));
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(match scheme {
             "https" => 443,
             _ => 80,
@@ -158,7 +160,9 @@ impl HttpHost {
             .collect()
             .await
             .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
                     Error::HttpResponseBodySize(Some(self.max_response_bytes as u64))
                 } else {
                     Error::HttpResponseIncomplete
@@ -193,7 +197,8 @@ where
 
 /// A TLS connector trusting the CAs in the PEM file `path`.
 fn connector(path: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("http: cannot read CA file {}: {e}", path.display()))?;
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("http: cannot read CA file {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         let cert = cert.map_err(|e| format!("http: {}: {e}", path.display()))?;
@@ -228,10 +233,13 @@ pub struct HttpHooks {
 
 type SendFuture = Box<
     dyn Future<
-            Output = Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = Result<(), Error>> + Send>,
-            ), Error>,
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
         > + Send,
 >;
 

@@ -422,7 +422,10 @@ impl LoadedPlugin {
             let typed = func
                 .typed::<P, (Result<L, WitPluginError>,)>(&ready.store)
                 .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
-            ready.store.data_mut().begin_call(Instant::now() + self.timeout());
+            ready
+                .store
+                .data_mut()
+                .begin_call(Instant::now() + self.timeout());
             ready.store.data_mut().call_hosts = call_hosts;
             ready.store.set_epoch_deadline(SLICE_TICKS);
             let outcome =
