@@ -23,6 +23,7 @@ mod mutations;
 mod network_plugins;
 mod networks;
 mod openapi;
+mod plugin_http;
 mod plugins;
 mod servers;
 mod shares;
