@@ -278,3 +278,90 @@ fn a_hostile_plugins_requests_are_contained() {
         "denials are logged"
     );
 }
+
+/// `openssl s_server -WWW` over a test CA's certificate, serving `ok` from a directory; killed
+/// (by its PID) when dropped.
+struct TlsService {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for TlsService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_origins_are_checked_against_the_granted_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = hyperlet_tests::pki::Pki::new(dir.path());
+    let (cert, key) = pki.server("https", "127.0.0.1");
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("ok"), "ok").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-WWW", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .current_dir(&www)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl (apt-get install openssl)");
+    let server = TlsService { child, port };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", server.port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let base = format!("https://127.0.0.1:{}", server.port);
+    let stanza = |name: &str, ca: &str| {
+        http_stanza(
+            name,
+            "hyperlet-fixture-http-rogue",
+            "[\"http\"]",
+            &format!("base = \"{base}\""),
+            &format!("[plugins.http]\norigins = [\"{base}\"]\ntimeout_ms = 2000\n{ca}"),
+        )
+    };
+    let config = stanza(
+        "with-ca",
+        &format!("ca_file = \"{}\"\n", pki.ca().display()),
+    ) + &stanza("system-roots", "");
+    let agent = Agent::start_with_config(&config);
+    let (status, e) = evaluate(
+        &agent,
+        json!({"spec": {"image_properties": {"mode": "ok"}}, "hosts": [host("h")]}),
+    );
+    assert_eq!(status, 200, "{e}");
+    // The first filter fails every host, so the chain stops there: its reason is the answer.
+    assert_eq!(e["hosts"][0]["failed_by"], "with-ca", "{e}");
+    assert_eq!(e["hosts"][0]["reason"], "ok: status 200 body ok", "{e}");
+    // The system's roots do not know the test CA: the TLS handshake fails, nothing is sent.
+    let config = stanza("system-roots", "");
+    drop(agent);
+    let agent = Agent::start_with_config(&config);
+    let (_, e) = evaluate(
+        &agent,
+        json!({"spec": {"image_properties": {"mode": "ok"}}, "hosts": [host("h")]}),
+    );
+    let reason = e["hosts"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.starts_with("ok: error Failed"), "{e}");
+}
