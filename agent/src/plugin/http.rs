@@ -155,6 +155,7 @@ impl HttpHost {
             }
             _ => round_trip(tcp, request).await?,
         };
+        let (response, _connection) = response;
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, self.max_response_bytes)
             .collect()
@@ -176,11 +177,22 @@ impl HttpHost {
     }
 }
 
-/// One HTTP/1.1 exchange on `io`; the connection lives as long as its response is read.
+/// The task driving one connection, aborted when the exchange that owns it ends (answered,
+/// failed or dropped at its deadline), so a peer that never closes holds nothing.
+struct Connection(tokio::task::JoinHandle<()>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One HTTP/1.1 exchange on `io`: the response, and the connection to keep until its body
+/// is read.
 async fn round_trip<S>(
     io: S,
     request: http::Request<Full<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, Error>
+) -> Result<(http::Response<hyper::body::Incoming>, Connection), Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -188,11 +200,10 @@ where
         .max_buf_size(MAX_HEADER_BYTES)
         .handshake(hyper_util::rt::TokioIo::new(io))
         .await?;
-    tokio::spawn(async move {
-        // Ends with the exchange (its sender and response body dropped) or at an error.
+    let connection = Connection(tokio::spawn(async move {
         let _ = connection.await;
-    });
-    Ok(sender.send_request(request).await?)
+    }));
+    Ok((sender.send_request(request).await?, connection))
 }
 
 /// A TLS connector trusting the CAs in the PEM file `path`.
