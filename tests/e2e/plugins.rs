@@ -82,7 +82,7 @@ fn first_party_chain_filters_and_ranks_hosts() {
     assert_eq!(plugins.len(), 8);
     for p in plugins {
         assert_eq!(p["status"], "loaded", "{p}");
-        assert_eq!(p["version"], "1.0.0", "{p}");
+        assert_eq!(p["version"], "1.1.0", "{p}");
     }
 
     let mut disabled = host("disabled", 16384, 0);
@@ -394,7 +394,7 @@ fn plugin_cli_inspects_lists_and_scaffolds() {
         &[],
     );
     assert!(status.success(), "{err}");
-    assert!(out.contains("filter") && out.contains("1.0.0"), "{out}");
+    assert!(out.contains("filter") && out.contains("1.1.0"), "{out}");
     let (status, out, _) = run_cli(
         &[
             "plugin",
