@@ -1607,6 +1607,12 @@ mod tests {
         let config = Config::from_toml(&example).unwrap();
         config.validate().unwrap();
         assert_eq!(config.plugins[0].kind, PluginKind::NetworkBackend);
+        let maintenance = config.plugins.last().unwrap();
+        assert_eq!(maintenance.name, "maintenance");
+        assert_eq!(
+            maintenance.http.as_ref().unwrap().origins,
+            ["http://10.0.0.2:8080"]
+        );
         assert_eq!(
             config.plugins[0].netlink.as_ref().unwrap(),
             &NetlinkGrant {
