@@ -967,7 +967,8 @@ impl HypervisorConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HostIdentityConfig {
     /// Traits, as placement names them: `["HW_CPU_X86_AVX2", "CUSTOM_GPU"]` (upper-case
-    /// letters, digits, `_`; at most 256). Default: none.
+    /// letters, digits, `_`; at most 256; traits and metadata at most 16 KiB together).
+    /// Default: none.
     pub traits: Vec<String>,
     /// Metadata, as host aggregates carry it: `{ ssd = "true", tenant = "t1" }` (at most 128
     /// entries, keys and values up to 255 bytes). Default: none.

@@ -184,25 +184,42 @@ mod imp {
         };
         out.set_scheme(Some(&scheme)).map_err(|()| bad())?;
         out.set_authority(Some(authority)).map_err(|()| bad())?;
-        out.set_path_with_query(Some(path)).map_err(|()| bad())?;
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_owned()
+        };
+        out.set_path_with_query(Some(&path)).map_err(|()| bad())?;
         let body = out.body().map_err(|()| bad())?;
+        // The request goes out first and the body streams to it (the host buffers only a
+        // chunk or two before someone reads them).
+        let pending = outgoing_handler::handle(out, None).map_err(failed)?;
+        let answer = |pending: &wasip2::http::types::FutureIncomingResponse| {
+            pending.subscribe().block();
+            match pending.get() {
+                Some(Ok(Ok(response))) => Ok(response),
+                Some(Ok(Err(e))) => Err(failed(e)),
+                Some(Err(())) | None => Err(HttpError::Failed("no response".into())),
+            }
+        };
         if !request.body.is_empty() {
             let stream = body.write().map_err(|()| bad())?;
             for chunk in request.body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| HttpError::Failed(format!("writing the body: {e:?}")))?;
+                if stream.blocking_write_and_flush(chunk).is_err() {
+                    // The host stopped reading: its answer says why (denied, too large, …).
+                    drop(stream);
+                    drop(body);
+                    answer(&pending)?;
+                    return Err(HttpError::Failed("the request body was not taken".into()));
+                }
             }
             drop(stream);
         }
-        let pending = outgoing_handler::handle(out, None).map_err(failed)?;
-        OutgoingBody::finish(body, None).map_err(failed)?;
-        pending.subscribe().block();
-        let response = match pending.get() {
-            Some(Ok(Ok(response))) => response,
-            Some(Ok(Err(e))) => return Err(failed(e)),
-            Some(Err(())) | None => return Err(HttpError::Failed("no response".into())),
-        };
+        if let Err(e) = OutgoingBody::finish(body, None) {
+            answer(&pending)?;
+            return Err(failed(e));
+        }
+        let response = answer(&pending)?;
         let mut answer = Response {
             status: response.status(),
             headers: response

@@ -74,11 +74,21 @@ fn serve(
     if reader.read_line(&mut line).is_err() {
         return;
     }
+    let mut length = 0usize;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
             break;
         }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length.min(1 << 20)];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        return;
     }
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -112,6 +122,10 @@ fn serve(
                     return;
                 }
             }
+        }
+        "/echo" => {
+            let got = format!("got {}", body.len());
+            reply(&mut out, "200 OK", "", got.as_bytes());
         }
         "/slow" => {
             std::thread::sleep(Duration::from_secs(5));
@@ -364,4 +378,35 @@ fn https_origins_are_checked_against_the_granted_roots() {
         .unwrap_or_default()
         .to_string();
     assert!(reason.starts_with("ok: error Failed"), "{e}");
+}
+
+#[test]
+fn a_granted_post_sends_its_body_within_the_cap() {
+    let service = Service::start(1);
+    let grant = format!(
+        "[plugins.http]\norigins = [\"http://127.0.0.1:{}\"]\nmethods = [\"GET\", \"POST\"]\n\
+         max_request_bytes = 65536\n",
+        service.port
+    );
+    let settings = format!("base = \"http://127.0.0.1:{}\"", service.port);
+    let config = http_stanza(
+        "rogue",
+        "hyperlet-fixture-http-rogue",
+        "[\"http\"]",
+        &settings,
+        &grant,
+    );
+    let agent = Agent::start_with_config(&config);
+    let attempt = |mode: &str| -> String {
+        let (status, e) = evaluate(
+            &agent,
+            json!({"spec": {"image_properties": {"mode": mode}}, "hosts": [host("h")]}),
+        );
+        assert_eq!(status, 200, "{mode}: {e}");
+        e["hosts"][0]["reason"].as_str().unwrap().to_string()
+    };
+    assert_eq!(attempt("upload"), "upload: status 200 body got 20480");
+    assert_eq!(attempt("upload-big"), "upload-big: error TooLarge");
+    // The oversized body never reached the service.
+    assert_eq!(service.hits(), ["POST /echo"]);
 }

@@ -1087,6 +1087,10 @@ fn scheduler_plugins_see_host_names_traits_and_metadata() {
 
     // Bad identities are refused with 400, naming what is wrong.
     let too_many: Vec<String> = (0..257).map(|i| format!("CUSTOM_T{i}")).collect();
+    // Every entry within its bounds, but together more than a fleet record can carry.
+    let big_metadata: serde_json::Map<String, Value> = (0..100)
+        .map(|i| (format!("key-{i}"), json!("v".repeat(255))))
+        .collect();
     let long = "x".repeat(256);
     for (bad_hosts, expect) in [
         (json!([with("a", &["custom_gpu"], json!({}))]), "upper-case"),
@@ -1096,6 +1100,10 @@ fn scheduler_plugins_see_host_names_traits_and_metadata() {
         ),
         (json!([{"name": ""}]), "needs a name"),
         (json!([{"name": "a", "traits": too_many}]), "at most 256"),
+        (
+            json!([{"name": "a", "metadata": big_metadata}]),
+            "bytes of traits and metadata",
+        ),
         (json!([with("a", &[], json!({"k": long}))]), "at most 255"),
         (json!([with("a", &[], json!({"": "v"}))]), "metadata key"),
     ] {

@@ -10,6 +10,9 @@ pub const MAX_HTTP_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_HTTP_BODY_BYTES: u64 = 64 << 20;
 /// Most requests one plugin call may make under any grant.
 pub const MAX_HTTP_REQUESTS_PER_CALL: u32 = 1000;
+/// Most response bytes one call may have the host buffer (`max_requests_per_call ×
+/// max_response_bytes`).
+pub const MAX_HTTP_BYTES_PER_CALL: u64 = 256 << 20;
 
 /// The `http` grant's parameters (`[plugins.http]`, required with the grant).
 ///
@@ -121,6 +124,15 @@ impl Origin {
         if host.is_empty() || host.len() > 253 {
             return bad("the host must have 1 to 253 characters");
         }
+        let bracketed = authority.starts_with('[');
+        let fine =
+            |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || (bracketed && c == ':');
+        if !host.chars().all(fine) || (bracketed && host.parse::<std::net::Ipv6Addr>().is_err()) {
+            return bad(
+                "the host must be a name (letters, digits, - and .), an IPv4 address or a \
+                 bracketed IPv6 address ([::1])",
+            );
+        }
         let port = match port {
             None => default_port,
             Some(p) => match p.parse::<u16>() {
@@ -197,6 +209,14 @@ impl HttpGrant {
                 "http.max_requests_per_call must be 1 to {MAX_HTTP_REQUESTS_PER_CALL}"
             ));
         }
+        let per_call =
+            u64::from(self.max_requests_per_call).saturating_mul(self.max_response_bytes);
+        if per_call > MAX_HTTP_BYTES_PER_CALL {
+            return Err(format!(
+                "http.max_requests_per_call × http.max_response_bytes is {per_call} bytes; at \
+                 most {MAX_HTTP_BYTES_PER_CALL} (256 MiB) per call"
+            ));
+        }
         if let Some(ca) = &self.ca_file {
             if !ca.is_absolute() {
                 return Err(format!(
@@ -240,6 +260,11 @@ mod tests {
             "http://",
             "http://x?y",
             "http://[::1",
+            "http://fe80::1:8080",
+            "http://::1",
+            "http://a_b",
+            "http://[zz]:1",
+            "http://x%2e:1",
         ] {
             assert!(Origin::parse(bad).is_err(), "{bad}");
         }
@@ -269,6 +294,10 @@ mod tests {
                 "max_requests_per_call",
             ),
             ("origins = [\"http://x\"]\nca_file = \"ca.pem\"", "absolute"),
+            (
+                "origins = [\"http://x\"]\nmax_requests_per_call = 1000\nmax_response_bytes = 1048576",
+                "256 MiB",
+            ),
         ] {
             let e = grant(toml).validate().unwrap_err();
             assert!(e.contains(says), "{toml}: {e}");

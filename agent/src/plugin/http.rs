@@ -5,6 +5,10 @@
 //! whole response within the caps, and only then hands it to the plugin; it never follows a
 //! redirect (the plugin sees the 3xx, and a request to wherever it points is checked like any
 //! other). Anything else fails with `HTTP-request-denied` before a byte leaves the host.
+//! What the plugin holds host-side is bounded too: at most [`MAX_RESOURCES`] resources, a
+//! header section of [`FIELD_SIZE_LIMIT`], body chunks of 64 KiB; and an instance that made
+//! a request is never reused, so requests it left in flight and answers it did not read end
+//! with the call that made them.
 
 use super::bindings::LogLevel;
 use super::host::{emit, LogBudget};
@@ -19,8 +23,19 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Largest response header section, bytes (hyper's read buffer).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Where the system's CA bundle is (Debian's `ca-certificates`).
-const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where systems keep their CA bundle (Debian/Ubuntu, RHEL/Fedora, Alpine/others); the first
+/// that exists is used.
+const SYSTEM_ROOTS: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+/// Largest request header section the plugin's `fields` may hold, bytes.
+pub const FIELD_SIZE_LIMIT: usize = 16 * 1024;
+/// Most resources (requests, bodies, streams, fields, …) an http-granted instance may hold.
+pub const MAX_RESOURCES: usize = 1024;
+/// Largest chunk of a request body the plugin may write at once, bytes.
+const MAX_BODY_CHUNK: usize = 64 * 1024;
 
 /// One plugin's `http` grant, ready to send.
 pub struct HttpHost {
@@ -50,8 +65,23 @@ impl HttpHost {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let tls = if origins.iter().any(|o| o.scheme == "https") {
-            let path = grant.ca_file.clone().unwrap_or_else(|| SYSTEM_ROOTS.into());
-            Some(connector(&path)?)
+            Some(match &grant.ca_file {
+                Some(path) => connector(path, true)?,
+                None => {
+                    let path = SYSTEM_ROOTS
+                        .iter()
+                        .map(std::path::Path::new)
+                        .find(|p| p.exists())
+                        .ok_or_else(|| {
+                            format!(
+                                "http: no system CA bundle ({}); install ca-certificates or set \
+                                 [plugins.http] ca_file",
+                                SYSTEM_ROOTS.join(", ")
+                            )
+                        })?;
+                    connector(path, false)?
+                }
+            })
         } else {
             None
         };
@@ -82,6 +112,9 @@ impl HttpHost {
     fn check(&self, request: &http::Request<WasiBody>) -> Result<Origin, Error> {
         let uri = request.uri();
         let scheme = uri.scheme_str().unwrap_or("");
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(self.denied("a user part in the authority"));
+        }
         let Some(host) = uri.host() else {
             return Err(self.denied("no host"));
         };
@@ -133,12 +166,24 @@ impl HttpHost {
             .map_err(|_| Error::HttpRequestBodySize(Some(self.max_request_bytes as u64)))?
             .to_bytes();
         // Origin-form on the wire: the connection is already to the origin.
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|_| Error::HttpRequestUriInvalid)?;
+        let target = match parts.uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("") => "/".to_string(),
+            Some(p) if p.starts_with('/') => p.to_string(),
+            Some(p) => format!("/{p}"),
+        };
+        parts.uri = target.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
+        // The Host header names the checked origin, never what the plugin wrote.
+        let default_port = if origin.scheme == "https" { 443 } else { 80 };
+        let host = match (origin.host.contains(':'), origin.port == default_port) {
+            (true, true) => format!("[{}]", origin.host),
+            (true, false) => format!("[{}]:{}", origin.host, origin.port),
+            (false, true) => origin.host.clone(),
+            (false, false) => format!("{}:{}", origin.host, origin.port),
+        };
+        parts.headers.insert(
+            http::header::HOST,
+            http::HeaderValue::from_str(&host).map_err(|_| Error::HttpRequestUriInvalid)?,
+        );
         let request = http::Request::from_parts(parts, Full::new(body));
         let tcp = tokio::net::TcpStream::connect((origin.host.as_str(), origin.port))
             .await
@@ -206,16 +251,24 @@ where
     Ok((sender.send_request(request).await?, connection))
 }
 
-/// A TLS connector trusting the CAs in the PEM file `path`.
-fn connector(path: &std::path::Path) -> Result<tokio_rustls::TlsConnector, String> {
+/// A TLS connector trusting the CAs in the PEM file `path`: every one of them when `strict`
+/// (an operator's file: a bad certificate is an error), else those that parse (a system
+/// bundle).
+fn connector(path: &std::path::Path, strict: bool) -> Result<tokio_rustls::TlsConnector, String> {
     let pem = std::fs::read(path)
         .map_err(|e| format!("http: cannot read CA file {}: {e}", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("http: {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("http: {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("http: {}: {e}", path.display()))?;
+    if strict {
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("http: {}: {e}", path.display()))?;
+        }
+    } else {
+        roots.add_parsable_certificates(certs);
     }
     if roots.is_empty() {
         return Err(format!("http: {} holds no certificate", path.display()));
@@ -240,6 +293,9 @@ pub struct HttpHooks {
     pub deadline: Option<Instant>,
     /// Requests made in the call in progress.
     pub requests: u32,
+    /// Requests made since the instance was made: an instance that made any is not reused
+    /// (what it left in flight or unread goes with it).
+    pub requests_total: u64,
 }
 
 type SendFuture = Box<
@@ -255,6 +311,17 @@ type SendFuture = Box<
 >;
 
 impl WasiHttpHooks for HttpHooks {
+    fn set_host_header(&mut self) -> bool {
+        // `exchange` sets it from the checked origin.
+        false
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        self.host
+            .as_ref()
+            .map_or(1, |h| h.max_request_bytes.clamp(1, MAX_BODY_CHUNK))
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -272,6 +339,7 @@ impl WasiHttpHooks for HttpHooks {
             )));
         }
         self.requests += 1;
+        self.requests_total += 1;
         let origin = match host.check(&request) {
             Ok(origin) => origin,
             Err(e) => return denied(e),

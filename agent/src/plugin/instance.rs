@@ -236,11 +236,7 @@ impl LoadedPlugin {
             .instantiate()
             .await
             .map_err(|e| not_loaded(e.to_string()))?;
-        plugin
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(ready);
+        plugin.give_back(ready);
         Ok(plugin)
     }
 
@@ -256,7 +252,13 @@ impl LoadedPlugin {
         let mut state = HostState::new(self.name.clone(), self.budget.clone(), memory);
         state.netlink = self.netlink.clone();
         state.volume = self.volume.clone();
-        state.http.host = self.http.clone();
+        if self.http.is_some() {
+            state.http.host = self.http.clone();
+            state.table.set_max_capacity(super::http::MAX_RESOURCES);
+            state
+                .http_ctx
+                .set_field_size_limit(super::http::FIELD_SIZE_LIMIT);
+        }
         state.begin_call(Instant::now() + self.timeout());
         let answers = state.memory.answers();
         let mut store = Store::new(self.pre_engine(), state);
@@ -330,6 +332,10 @@ impl LoadedPlugin {
     }
 
     fn give_back(&self, ready: Ready) {
+        if ready.store.data().http.requests_total > 0 {
+            // Whatever it left in flight or unread goes with it.
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < IDLE_INSTANCES {
             idle.push(ready);

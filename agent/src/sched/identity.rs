@@ -32,6 +32,7 @@ impl Identities {
         Arc::new(CallHosts {
             all: self.clone(),
             indexes: indexes.to_vec(),
+            answer: OnceLock::new(),
         })
     }
 }
@@ -40,11 +41,15 @@ impl Identities {
 struct CallHosts {
     all: Arc<Identities>,
     indexes: Vec<usize>,
+    /// The answer, cut once per call however often the plugin asks.
+    answer: OnceLock<WitHostIdentity>,
 }
 
 impl HostIdentitySource for CallHosts {
     fn identity(&self) -> WitHostIdentity {
-        pick(self.all.full(), &self.indexes)
+        self.answer
+            .get_or_init(|| pick(self.all.full(), &self.indexes))
+            .clone()
     }
 }
 

@@ -148,12 +148,13 @@ pub struct HostState {
     #[schema(default = "hvm")]
     pub vm_mode: String,
     /// Traits, as placement names them (`HW_CPU_X86_AVX2`, `CUSTOM_GPU`): upper-case
-    /// letters, digits and `_`, at most 255 characters, at most 256 per host. Default: none.
+    /// letters, digits and `_`, at most 255 bytes, at most 256 per host, traits and metadata
+    /// at most 16 KiB together. Default: none.
     #[serde(default)]
     #[schema(default = json!([]))]
     pub traits: Vec<String>,
     /// Metadata, as host aggregates carry it (`ssd = "true"`, `tenant = "t1"`): at most 128
-    /// entries, keys of 1–255 characters, values of at most 255. Default: none.
+    /// entries, keys of 1–255 bytes, values of at most 255 bytes. Default: none.
     #[serde(default)]
     #[schema(default = json!({}))]
     pub metadata: BTreeMap<String, String>,
@@ -163,14 +164,17 @@ pub struct HostState {
 pub const MAX_TRAITS: usize = 256;
 /// Most metadata entries one host carries.
 pub const MAX_METADATA: usize = 128;
-/// Longest trait name, metadata key or value, host name.
+/// Longest trait name, metadata key or value, host name, bytes.
 pub const MAX_IDENTITY_LEN: usize = 255;
+/// Most bytes one host's traits and metadata hold together (they travel in its fleet record,
+/// which is at most 64 KiB).
+pub const MAX_IDENTITY_BYTES: usize = 16 * 1024;
 
 /// Why a trait name is not one: `None` when it is.
 pub fn trait_error(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > MAX_IDENTITY_LEN {
         return Some(format!(
-            "trait {name:?} must have 1 to {MAX_IDENTITY_LEN} characters"
+            "trait {name:?} must have 1 to {MAX_IDENTITY_LEN} bytes"
         ));
     }
     if !name
@@ -206,10 +210,20 @@ pub fn identity_error(
             metadata.len()
         ));
     }
+    let bytes: usize = traits.iter().map(String::len).sum::<usize>()
+        + metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if bytes > MAX_IDENTITY_BYTES {
+        return Some(format!(
+            "{who} has {bytes} bytes of traits and metadata; at most {MAX_IDENTITY_BYTES}"
+        ));
+    }
     for (key, value) in metadata {
         if key.is_empty() || key.len() > MAX_IDENTITY_LEN || key.chars().any(char::is_control) {
             return Some(format!(
-                "{who}: metadata key {key:?} must have 1 to {MAX_IDENTITY_LEN} characters, none a control character"
+                "{who}: metadata key {key:?} must have 1 to {MAX_IDENTITY_LEN} bytes, none a control character"
             ));
         }
         if value.len() > MAX_IDENTITY_LEN || value.chars().any(char::is_control) {
