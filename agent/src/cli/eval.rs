@@ -2,7 +2,8 @@
 //! read from a file, offline: no agent, no token, no port. The plugins load through the
 //! agent's own plugin host (same engine, limits, grants and config checks) and the chain runs
 //! through the same scheduler code as `POST /v1/scheduler/evaluate`, so the answer is the
-//! agent's.
+//! agent's. One difference, on purpose: a plugin the agent would not load (and skip, naming
+//! it in `skipped_plugins`) makes eval fail with the reason, since trying it is the point.
 
 use super::client::ClientError;
 use super::table::rows;
@@ -32,6 +33,7 @@ pub struct EvalArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub multiplier: Option<f64>,
     /// A capability granted to that plugin, e.g. `log` (repeat) [default: none, as the agent].
+    /// Grants that need a table (`netlink`, `lvm`, `files`, `http`) need `--chain`.
     #[arg(long = "grant")]
     pub grants: Vec<String>,
     /// The request: a JSON file holding a `RequestSpec` (`-` for standard input).
@@ -164,6 +166,16 @@ pub async fn eval(args: EvalArgs) -> Result<(), ClientError> {
             ))
         }
     };
+    let stdin_readers = [Some(&args.spec), Some(&args.hosts), args.chain.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter(|p| p.as_path() == Path::new("-"))
+        .count();
+    if stdin_readers > 1 {
+        return Err(usage(
+            "only one of --spec, --hosts and --chain can read standard input (-)".into(),
+        ));
+    }
     let spec: RequestSpec = json(&args.spec, "a RequestSpec (JSON object)")?;
     let hosts: Vec<HostState> = json(&args.hosts, "an array of HostState")?;
     if hosts.len() > crate::ops::scheduler::MAX_HOSTS {
@@ -182,13 +194,13 @@ pub async fn eval(args: EvalArgs) -> Result<(), ClientError> {
         .filter(|p| matches!(p.kind, PluginKind::Filter | PluginKind::Weigher))
         .cloned()
         .collect();
-    // A cache of its own: nothing of the node's is read or written.
-    let cache = std::env::temp_dir().join(format!("hyperlet-eval-{}", uuid::Uuid::new_v4()));
+    // A cache of its own, removed however eval ends: nothing of the node's is read or written.
+    let cache = TempDir::new()?;
     let engine = PluginEngine::new().map_err(|e| usage(e.to_string()))?;
     let registry = Arc::new(
         PluginRegistry::load(
             engine.clone(),
-            cache.clone(),
+            cache.0.clone(),
             &plugins,
             config.plugin_runtime.log_lines_per_minute,
         )
@@ -211,7 +223,7 @@ pub async fn eval(args: EvalArgs) -> Result<(), ClientError> {
         )))
     };
     engine.shutdown();
-    let _ = std::fs::remove_dir_all(&cache);
+    drop(cache);
     let evaluation = evaluation?;
     if args.json {
         println!(
@@ -222,6 +234,25 @@ pub async fn eval(args: EvalArgs) -> Result<(), ClientError> {
         print!("{}", table(&evaluation));
     }
     Ok(())
+}
+
+/// A private temporary directory, removed when dropped (also on an error or a panic).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, ClientError> {
+        let path = std::env::temp_dir().join(format!("hyperlet-eval-{}", uuid::Uuid::new_v4()));
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&path)
+            .map_err(|e| usage(format!("cannot make {}: {e}", path.display())))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// The ranking: passed hosts first, best first, with each weigher's weight; refused hosts with

@@ -11,7 +11,10 @@
 //!   a metadata key of the host must match it the same way (hosts set aside for, say,
 //!   `os_distro = windows` take only such images); keys the host does not carry are ignored.
 //!
-//! Values compare exactly after trimming. The reason names every mismatch.
+//! Values compare exactly after trimming. Of nova's extra-spec operators only `<or>` is
+//! understood; the others (`s==`, `<in>`, `>=`, `<all-in>`, …) are not, and such a value is
+//! compared as plain text (so it matches only metadata spelled the same way). The reason names
+//! every mismatch.
 //!
 //! Settings: `isolate` (`true`/`false`, default `false`).
 

@@ -8,8 +8,8 @@
 //! which passes every host and logs why.
 //!
 //! Settings: `url` (required, `http(s)://host[:port]/path`), `fail_open` (default `false`).
-//! Grants: `http` with `[plugins.http] origins` holding the URL's origin; `log` with
-//! `fail_open`.
+//! Grants: `["log", "http"]` (the component imports both), with `[plugins.http] origins`
+//! holding the URL's origin.
 
 use hyperlet_plugin_sdk::http;
 use hyperlet_plugin_sdk::prelude::*;
