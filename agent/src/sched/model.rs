@@ -77,7 +77,9 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostState {
-    /// Host name (returned in the result).
+    /// Host name (returned in the result): 1 to 255 characters, unique among the hosts of
+    /// one request.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// Takes new servers.
     #[serde(default = "yes")]
@@ -151,13 +153,64 @@ pub struct HostState {
     /// letters, digits and `_`, at most 255 bytes, at most 256 per host, traits and metadata
     /// at most 16 KiB together. Default: none.
     #[serde(default)]
-    #[schema(default = json!([]))]
+    #[schema(schema_with = traits_schema)]
     pub traits: Vec<String>,
     /// Metadata, as host aggregates carry it (`ssd = "true"`, `tenant = "t1"`): at most 128
     /// entries, keys of 1–255 bytes, values of at most 255 bytes. Default: none.
     #[serde(default)]
-    #[schema(default = json!({}))]
+    #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// Text without control characters (what metadata keys and values may hold).
+const NO_CONTROL: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+
+/// `HostState.traits` in the OpenAPI document: the placement alphabet, the bounds, the default.
+fn traits_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Z0-9_]{1,255}$"))
+                .min_length(Some(1))
+                .max_length(Some(MAX_IDENTITY_LEN)),
+        )
+        .max_items(Some(MAX_TRAITS))
+        .default(Some(serde_json::json!([])))
+        .description(Some(
+            "Traits, as placement names them (HW_CPU_X86_AVX2, CUSTOM_GPU). Traits and metadata \
+             hold at most 16 KiB together. Default: none.",
+        ))
+        .build()
+}
+
+/// `HostState.metadata` in the OpenAPI document: keys and values without control characters,
+/// the bounds, the default.
+fn metadata_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_IDENTITY_LEN))
+                .pattern(Some(NO_CONTROL))
+                .build(),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(MAX_IDENTITY_LEN))
+                .pattern(Some(NO_CONTROL)),
+        ))
+        .max_properties(Some(MAX_METADATA))
+        .default(Some(serde_json::json!({})))
+        .description(Some(
+            "Metadata, as host aggregates carry it (ssd = true, tenant = t1). Default: none.",
+        ))
+        .build()
 }
 
 /// Most traits one host carries.
@@ -221,15 +274,18 @@ pub fn identity_error(
         ));
     }
     for (key, value) in metadata {
-        if key.is_empty() || key.len() > MAX_IDENTITY_LEN || key.chars().any(char::is_control) {
+        if key.is_empty()
+            || key.chars().count() > MAX_IDENTITY_LEN
+            || key.chars().any(char::is_control)
+        {
             return Some(format!(
-                "{who}: metadata key {key:?} must have 1 to {MAX_IDENTITY_LEN} bytes, none a control character"
+                "{who}: metadata key {key:?} must have 1 to {MAX_IDENTITY_LEN} characters, none a control character"
             ));
         }
-        if value.len() > MAX_IDENTITY_LEN || value.chars().any(char::is_control) {
+        if value.chars().count() > MAX_IDENTITY_LEN || value.chars().any(char::is_control) {
             return Some(format!(
-                "{who}: metadata {key:?} has a value of {} bytes or a control character; at most {MAX_IDENTITY_LEN} bytes",
-                value.len()
+                "{who}: metadata {key:?} has a value of {} characters or a control character; at most {MAX_IDENTITY_LEN} characters",
+                value.chars().count()
             ));
         }
     }
@@ -242,9 +298,9 @@ pub fn identity_error(
 pub fn hosts_error(hosts: &[HostState]) -> Option<String> {
     let mut seen = std::collections::HashSet::with_capacity(hosts.len());
     for (i, host) in hosts.iter().enumerate() {
-        if host.name.is_empty() || host.name.len() > MAX_IDENTITY_LEN {
+        if host.name.is_empty() || host.name.chars().count() > MAX_IDENTITY_LEN {
             return Some(format!(
-                "host {i} needs a name of 1 to {MAX_IDENTITY_LEN} bytes"
+                "host {i} needs a name of 1 to {MAX_IDENTITY_LEN} characters"
             ));
         }
         if !seen.insert(host.name.as_str()) {
