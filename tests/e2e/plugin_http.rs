@@ -410,3 +410,24 @@ fn a_granted_post_sends_its_body_within_the_cap() {
     // The oversized body never reached the service.
     assert_eq!(service.hits(), ["POST /echo"]);
 }
+
+#[test]
+fn a_named_origin_is_resolved_and_reached() {
+    let service = Service::start(1);
+    let base = format!("http://localhost:{}", service.port);
+    let grant = format!("[plugins.http]\norigins = [\"{base}\"]\n");
+    let config = http_stanza(
+        "rogue",
+        "hyperlet-fixture-http-rogue",
+        "[\"http\"]",
+        &format!("base = \"{base}\""),
+        &grant,
+    );
+    let agent = Agent::start_with_config(&config);
+    let (status, e) = evaluate(
+        &agent,
+        json!({"spec": {"image_properties": {"mode": "ok"}}, "hosts": [host("h")]}),
+    );
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["hosts"][0]["reason"], "ok: status 200 body ok", "{e}");
+}

@@ -36,6 +36,8 @@ pub const FIELD_SIZE_LIMIT: usize = 16 * 1024;
 pub const MAX_RESOURCES: usize = 1024;
 /// Largest chunk of a request body the plugin may write at once, bytes.
 const MAX_BODY_CHUNK: usize = 64 * 1024;
+/// Name lookups running at once for all plugins (each holds a blocking-pool thread).
+static DNS_LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
 
 /// One plugin's `http` grant, ready to send.
 pub struct HttpHost {
@@ -185,12 +187,19 @@ impl HttpHost {
             http::HeaderValue::from_str(&host).map_err(|_| Error::HttpRequestUriInvalid)?,
         );
         let request = http::Request::from_parts(parts, Full::new(body));
+        // A name is resolved on tokio's blocking pool, where a lookup outlives the request's
+        // deadline: at most DNS_LOOKUPS run at once, whichever plugins ask.
+        let lookup = match origin.host.parse::<std::net::IpAddr>() {
+            Ok(_) => None,
+            Err(_) => Some(DNS_LOOKUPS.acquire().await.map_err(|_| Error::DnsTimeout)?),
+        };
         let tcp = tokio::net::TcpStream::connect((origin.host.as_str(), origin.port))
             .await
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::ConnectionRefused => Error::ConnectionRefused,
                 _ => Error::Connect(e),
             })?;
+        drop(lookup);
         let response = match (&self.tls, origin.scheme.as_str()) {
             (Some(tls), "https") => {
                 let name = rustls::pki_types::ServerName::try_from(origin.host.clone())
