@@ -20,8 +20,10 @@
 //!
 //! Every file is checked by [`Config::validate`] before the agent touches anything.
 
+mod consoles;
 mod http_grant;
 mod migration;
+pub use consoles::ConsolesConfig;
 pub use http_grant::{HttpGrant, Origin};
 pub use migration::MigrationConfig;
 
@@ -119,6 +121,8 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// Moving servers between the fleet's nodes.
     pub migration: MigrationConfig,
+    /// Interactive consoles over WebSocket.
+    pub consoles: ConsolesConfig,
 }
 
 /// What a plugin is.
@@ -1044,6 +1048,7 @@ impl Default for Config {
             metadata: MetadataConfig::default(),
             fleet: None,
             migration: MigrationConfig::default(),
+            consoles: ConsolesConfig::default(),
         }
     }
 }
@@ -1183,6 +1188,7 @@ impl Config {
             fleet.validate()?;
         }
         self.migration.validate()?;
+        self.consoles.validate()?;
         if self.migration.peer_token_file.is_some() && self.fleet.is_none() {
             return invalid(
                 "migration.peer_token_file",

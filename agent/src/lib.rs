@@ -13,6 +13,7 @@
 //! * [`state`] — the embedded SQLite store, the operation journal and the event log.
 //! * [`host`] — facts about this machine: CPU, memory, disk and the KVM probe.
 //! * [`compute`] — the hypervisor connection (libvirt).
+//! * [`console`] — serial and VNC consoles over WebSocket, one-time URLs, screenshots.
 //! * [`image`] — the image cache: qcow2, format inspection.
 //! * [`volume`] — the cinder-volume half: host interfaces for volume drivers (LVM on granted VGs).
 //! * [`net`] — native networking: named network namespaces, links and addresses over rtnetlink.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod dhcp;
 pub mod fleet;

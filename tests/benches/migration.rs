@@ -162,6 +162,7 @@ fn bare_xml(dir: &Path, uuid: &str) -> String {
         }],
         nics: Vec::new(),
         console_log: dir.join("console.log"),
+        vnc: true,
         metadata: DomainMetadata {
             node_id: "bench-baseline".into(),
             server_id: uuid.into(),

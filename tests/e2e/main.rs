@@ -6,6 +6,7 @@
 mod api;
 mod cli;
 mod client_ids;
+mod consoles;
 mod events;
 mod firewall;
 mod firewall_guests;

@@ -4,6 +4,7 @@
 //! machine-readable word; `message` is for people and carries the error chain.
 
 use crate::compute::ComputeError;
+use crate::console::ConsoleError;
 use crate::image::ImageError;
 use crate::ops::OpError;
 use crate::sched::SchedError;
@@ -65,6 +66,25 @@ impl ApiError {
     }
 }
 
+fn console_status(err: &ConsoleError) -> (StatusCode, &'static str) {
+    match err {
+        ConsoleError::TokenUnknown => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        ConsoleError::TokenSpent { .. } => (StatusCode::GONE, "console_url_spent"),
+        ConsoleError::InUse { .. } => (StatusCode::CONFLICT, "console_in_use"),
+        ConsoleError::HeldElsewhere { .. } => (StatusCode::CONFLICT, "console_in_use"),
+        ConsoleError::TooManySessions { .. } | ConsoleError::TooManyTokens { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_consoles")
+        }
+        ConsoleError::NotRunning { .. } => (StatusCode::CONFLICT, "server_not_running"),
+        ConsoleError::NoDisplay { .. } => (StatusCode::CONFLICT, "no_display"),
+        ConsoleError::Libvirt { .. } | ConsoleError::Screenshot(_) => {
+            (StatusCode::BAD_GATEWAY, "hypervisor_error")
+        }
+        ConsoleError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "hypervisor_timeout"),
+        ConsoleError::NotWebSocket => (StatusCode::BAD_REQUEST, "websocket_required"),
+    }
+}
+
 /// Maps an operation error to its status and code. The only such mapping in the agent.
 pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
     match err {
@@ -75,6 +95,7 @@ pub fn status_of(err: &OpError) -> (StatusCode, &'static str) {
         OpError::UnknownReference { .. } => (StatusCode::NOT_FOUND, "unknown_reference"),
         OpError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         OpError::Fleet(_) => (StatusCode::SERVICE_UNAVAILABLE, "fleet_unavailable"),
+        OpError::Console(e) => console_status(e),
         OpError::Image(ImageError::Unsafe(_)) => (StatusCode::BAD_REQUEST, "image_refused"),
         OpError::Image(ImageError::TooLarge { .. }) => {
             (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")

@@ -5,7 +5,8 @@
 //!    records metrics and puts the id on the response.
 //! 2. [`deadline`] — answers 503 `request_timeout` when the handler overruns.
 //! 3. [`body_limit`] — refuses a declared body over the limit with 413 before reading it.
-//! 4. [`require_token`] — checks the bearer token on every route but the public ones.
+//! 4. [`require_token`] — checks the bearer token on every route but the public ones and the
+//!    console WebSocket (whose one-time URL is its credential).
 //! 5. [`json_errors`] — turns any plain-text error answer (extractor rejections) into the
 //!    JSON error shape.
 
@@ -54,7 +55,12 @@ pub async fn request_context(
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A console URL's path is its credential: never logged.
+    let path = if route == CONSOLE_ROUTE {
+        "/v1/consoles/<token>".to_string()
+    } else {
+        req.uri().path().to_string()
+    };
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, %method, %path);
     let started = Instant::now();
@@ -102,6 +108,10 @@ pub async fn deadline(State(services): State<Services>, req: Request, next: Next
         .into_response(),
     }
 }
+
+/// The console WebSocket: its one-time token is its credential (a browser cannot send a
+/// bearer token with a WebSocket), and its path is not logged.
+pub const CONSOLE_ROUTE: &str = "/v1/consoles/{token}";
 
 /// The streamed image upload: its size is bounded by `images.max_upload_gb` instead.
 pub const UPLOAD_ROUTE: &str = "/v1/images/{id}/file";
@@ -198,10 +208,14 @@ fn code_for_status(status: StatusCode) -> &'static str {
 /// The routes agents of one fleet call on each other (`/v1/peer/…`).
 pub const PEER_PREFIX: &str = "/v1/peer/";
 
-/// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`], and the fleet's
-/// peer token (only it) on [`PEER_PREFIX`].
+/// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`] and
+/// [`CONSOLE_ROUTE`], and the fleet's peer token (only it) on [`PEER_PREFIX`].
 pub async fn require_token(State(services): State<Services>, req: Request, next: Next) -> Response {
-    if PUBLIC_PATHS.contains(&req.uri().path()) {
+    let console = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == CONSOLE_ROUTE);
+    if console || PUBLIC_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     let presented = req

@@ -58,6 +58,15 @@ pub fn router(services: Services) -> Router {
         .route("/v1/servers/{id}/action", post(routes::servers::action))
         .route("/v1/servers/{id}/stats", get(routes::servers::stats))
         .route(
+            "/v1/servers/{id}/remote-consoles",
+            post(routes::consoles::create),
+        )
+        .route(
+            "/v1/servers/{id}/screenshot",
+            get(routes::consoles::screenshot),
+        )
+        .route(middleware::CONSOLE_ROUTE, get(routes::consoles::open))
+        .route(
             "/v1/servers/{id}/interfaces",
             post(routes::servers::attach_interface),
         )

@@ -40,6 +40,9 @@ use utoipa::{Modify, OpenApi};
         routes::servers::delete,
         routes::servers::action,
         routes::servers::stats,
+        routes::consoles::create,
+        routes::consoles::open,
+        routes::consoles::screenshot,
         routes::servers::attach_interface,
         routes::servers::detach_interface,
         routes::networks::create_network,
@@ -94,6 +97,7 @@ use utoipa::{Modify, OpenApi};
         (name = "security-groups", description = "Security groups and their rules, enforced on this node's bridges"),
         (name = "volumes", description = "Volume types, volumes, snapshots and backends"),
         (name = "plugins", description = "WebAssembly plugins and the scheduler chain"),
+        (name = "consoles", description = "Serial and VNC consoles over WebSocket, screenshots"),
     )
 )]
 pub struct ApiDoc;

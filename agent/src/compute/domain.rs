@@ -187,6 +187,9 @@ pub struct DomainSpec {
     pub nics: Vec<Nic>,
     /// File the serial console is logged to.
     pub console_log: PathBuf,
+    /// A VNC display on a unix socket libvirt makes in the domain's private directory (only
+    /// root and QEMU reach it; no VNC password) and a VGA video device.
+    pub vnc: bool,
     /// Agent metadata.
     pub metadata: DomainMetadata,
     /// Guest PCI addresses to keep (a migrating domain's, from the source); devices not named
@@ -239,6 +242,14 @@ impl DomainSpec {
         w.open("console", &[("type", "pty")])
             .empty("target", &[("type", "serial"), ("port", "0")])
             .close();
+        if self.vnc {
+            w.open("graphics", &[("type", "vnc")])
+                .empty("listen", &[("type", "socket")])
+                .close();
+            w.open("video", &[])
+                .empty("model", &[("type", "vga")])
+                .close();
+        }
         w.open("channel", &[("type", "unix")])
             .empty("source", &[("mode", "bind")])
             .empty(
@@ -430,6 +441,7 @@ mod tests {
             }],
             nics: vec![],
             console_log: "/d/console.log".into(),
+            vnc: true,
             metadata: DomainMetadata {
                 node_id: "node-1".into(),
                 server_id: "0b7c6b4e-0000-4000-8000-000000000001".into(),
@@ -474,6 +486,12 @@ mod tests {
         assert!(xml.contains("<smbios mode=\"sysinfo\"/>"));
         assert!(xml.contains("<cmdline>console=ttyS0 x=&quot;&lt;y&gt;&quot;</cmdline>"));
         assert!(xml.contains("org.qemu.guest_agent.0"));
+        assert!(xml.contains("<graphics type=\"vnc\"><listen type=\"socket\"/></graphics>"));
+        let no_vnc = DomainSpec {
+            vnc: false,
+            ..spec()
+        };
+        assert!(!no_vnc.to_xml().contains("<graphics"));
         assert!(xml.contains("<backend model=\"random\">/dev/urandom</backend>"));
         let meta = DomainMetadata::from_domain_xml(&xml).unwrap();
         assert_eq!(meta, spec().metadata);

@@ -313,6 +313,44 @@ impl Libvirt {
         .await
     }
 
+    /// A picture of the domain's first screen: libvirt's MIME type and the bytes (at most
+    /// `max_bytes`; a larger picture is an error).
+    ///
+    /// # Errors
+    /// [`ComputeError`] when libvirt fails (no display, a missing domain) or times out.
+    pub async fn screenshot(
+        &self,
+        name: &str,
+        max_bytes: usize,
+    ) -> Result<(String, Vec<u8>), ComputeError> {
+        let name = name.to_string();
+        self.with_connection("virDomainScreenshot", move |conn| {
+            let dom = lookup(conn, &name)?;
+            let stream = virt::stream::Stream::new(conn, 0)?;
+            let mime = dom.screenshot(&stream, 0, 0)?;
+            let mut picture = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = stream.recv(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if picture.len() + n > max_bytes {
+                    let _ = stream.abort();
+                    return Ok(None);
+                }
+                picture.extend_from_slice(&buf[..n]);
+            }
+            stream.finish()?;
+            Ok(Some((mime, picture)))
+        })
+        .await?
+        .ok_or_else(|| ComputeError::Libvirt {
+            call: "virDomainScreenshot",
+            message: format!("the picture is larger than {max_bytes} bytes"),
+        })
+    }
+
     /// Every domain tagged with the agent's metadata for `node_id`.
     ///
     /// Listings are single-flight: one that overran its caller's deadline still holds the

@@ -297,6 +297,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     )
     .await;
     signals.abort();
+    // Console sessions left the listener at their upgrade: tell each why it ends.
+    services
+        .consoles()
+        .end_all(std::time::Duration::from_secs(2))
+        .await;
     if let Some(fleet) = fleet {
         let _ = fleet.await;
     }

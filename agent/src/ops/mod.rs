@@ -6,6 +6,7 @@
 //! Multi-step mutations run under the [`crate::state::Journal`].
 
 pub mod background;
+pub mod consoles;
 pub mod fleet;
 pub mod host;
 pub mod idempotent;
@@ -90,6 +91,9 @@ pub enum OpError {
     /// The fleet's etcd is needed (fleet-wide addresses) and did not answer; nothing changed.
     #[error("The fleet is unavailable: {0}")]
     Fleet(#[from] crate::fleet::FleetError),
+    /// A console could not be handed out or opened.
+    #[error(transparent)]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 impl OpError {
@@ -151,6 +155,7 @@ struct ServicesInner {
     admission: tokio::sync::Mutex<()>,
     idempotent_creates: tokio::sync::Mutex<()>,
     migrations: migration::Migrations,
+    consoles: crate::console::Consoles,
     token: AdminToken,
     started: Instant,
     shutdown: CancellationToken,
@@ -199,6 +204,11 @@ impl Services {
             config.hypervisor.lifecycle_timeout(),
         );
         let config_slots = config.migration.max_concurrent;
+        let consoles = crate::console::Consoles::new(
+            &config.consoles,
+            &config.hypervisor.uri,
+            config.hypervisor.call_timeout(),
+        );
         let journal = Journal::new(store.clone());
         let events = EventLog::new(store.clone(), config.events.backlog);
         let firewall = security_groups::apply::Firewall::new(
@@ -231,11 +241,17 @@ impl Services {
                 admission: tokio::sync::Mutex::new(()),
                 idempotent_creates: tokio::sync::Mutex::new(()),
                 migrations: migration::Migrations::new(config_slots),
+                consoles,
                 token,
                 started: Instant::now(),
                 shutdown,
             }),
         }
+    }
+
+    /// Console URLs and sessions.
+    pub fn consoles(&self) -> &crate::console::Consoles {
+        &self.inner.consoles
     }
 
     /// Migrations in flight and the fleet's peer token.

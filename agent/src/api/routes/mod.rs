@@ -1,5 +1,6 @@
 //! One file per resource. Handlers only extract, validate and call [`crate::ops`].
 
+pub mod consoles;
 pub mod events;
 pub mod health;
 pub mod host;

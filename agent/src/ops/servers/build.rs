@@ -203,6 +203,7 @@ pub(crate) fn domain_spec(
         disks,
         nics: spec.nics.iter().map(|n| n.domain_nic()).collect(),
         console_log: spec.console_log(),
+        vnc: services.config().consoles.vnc,
         metadata: domain_metadata(services, id, name, spec),
         addresses: Default::default(),
     }

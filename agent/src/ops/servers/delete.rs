@@ -20,6 +20,9 @@ pub async fn delete(services: &Services, id: &str) -> Result<Server, OpError> {
     if loaded.status != ServerStatus::Deleted {
         set_status(services, id, ServerStatus::Deleted, Some("deleting"), None).await?;
     }
+    services
+        .consoles()
+        .end_server(id, crate::console::CloseReason::ServerDeleted);
     let view = super::get(services, id).await?;
     let services = services.clone();
     let id = id.to_string();

@@ -1,0 +1,230 @@
+//! [`Consoles`]: the agent's console service — tokens, serial hubs, and every open session
+//! with the permit it holds.
+
+use super::serial::{Hubs, Opener};
+use super::{CloseReason, ConsoleError, Grant, SerialAttach, TokenTable};
+use crate::config::ConsolesConfig;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// A session as the registry sees it: its server, and how to end it.
+#[derive(Debug)]
+struct Live {
+    server_id: String,
+    end: CancellationToken,
+    reason: Arc<Mutex<Option<CloseReason>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ConsolesConfig,
+    tokens: TokenTable,
+    hubs: Hubs,
+    opener: Opener,
+    permits: Arc<Semaphore>,
+    sessions: Mutex<HashMap<u64, Live>>,
+    next_id: AtomicU64,
+}
+
+/// The console service of this agent. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Consoles {
+    inner: Arc<Inner>,
+}
+
+/// One open session: holds its permit and its place in the registry until dropped.
+#[derive(Debug)]
+pub struct SessionGuard {
+    consoles: Consoles,
+    id: u64,
+    end: CancellationToken,
+    reason: Arc<Mutex<Option<CloseReason>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SessionGuard {
+    /// Completes when the agent ends this session (server deleted, shutdown).
+    pub async fn ended(&self) {
+        self.end.cancelled().await;
+    }
+
+    /// Why the agent ended it.
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(CloseReason::Shutdown)
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.consoles
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Consoles {
+    /// The service for `config`, opening consoles on libvirt at `uri` within `timeout`.
+    pub fn new(config: &ConsolesConfig, uri: &str, timeout: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                tokens: TokenTable::new(config.token_ttl()),
+                hubs: Hubs::default(),
+                opener: Opener {
+                    uri: uri.to_string(),
+                    timeout,
+                },
+                permits: Arc::new(Semaphore::new(config.max_sessions)),
+                sessions: Mutex::default(),
+                next_id: AtomicU64::new(1),
+                config: config.clone(),
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ConsolesConfig {
+        &self.inner.config
+    }
+
+    /// The one-time URLs.
+    pub fn tokens(&self) -> &TokenTable {
+        &self.inner.tokens
+    }
+
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Checks, before a URL is handed out, that a session could open now.
+    ///
+    /// # Errors
+    /// [`ConsoleError::TooManySessions`], or [`ConsoleError::InUse`] for an interactive serial
+    /// session while another one types (without `force`).
+    pub fn precheck(&self, grant: &Grant) -> Result<(), ConsoleError> {
+        if self.inner.permits.available_permits() == 0 {
+            return Err(ConsoleError::TooManySessions {
+                max: self.inner.config.max_sessions,
+            });
+        }
+        if let super::ConsoleKind::Serial {
+            read_only: false,
+            force: false,
+        } = grant.kind
+        {
+            if self.inner.hubs.has_writer(&grant.server_id) {
+                return Err(ConsoleError::InUse {
+                    server_id: grant.server_id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a session of `server_id`, taking one of `consoles.max_sessions` permits.
+    ///
+    /// # Errors
+    /// [`ConsoleError::TooManySessions`].
+    pub fn register(&self, server_id: &str) -> Result<SessionGuard, ConsoleError> {
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ConsoleError::TooManySessions {
+                max: self.inner.config.max_sessions,
+            })?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let end = CancellationToken::new();
+        let reason = Arc::new(Mutex::new(None));
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                id,
+                Live {
+                    server_id: server_id.to_string(),
+                    end: end.clone(),
+                    reason: reason.clone(),
+                },
+            );
+        Ok(SessionGuard {
+            consoles: self.clone(),
+            id,
+            end,
+            reason,
+            _permit: permit,
+        })
+    }
+
+    /// Joins the server's serial console (opening it on libvirt when no session has it).
+    ///
+    /// # Errors
+    /// [`ConsoleError::InUse`], [`ConsoleError::HeldElsewhere`], libvirt's errors.
+    pub async fn attach_serial(
+        &self,
+        grant: &Grant,
+        read_only: bool,
+        force: bool,
+    ) -> Result<SerialAttach, ConsoleError> {
+        self.inner.hubs.prune();
+        self.inner
+            .hubs
+            .attach(
+                &self.inner.opener,
+                &grant.server_id,
+                &grant.domain_name,
+                read_only,
+                force,
+            )
+            .await
+    }
+
+    /// Ends every session of `server_id` and spends its unused URLs.
+    pub fn end_server(&self, server_id: &str, reason: CloseReason) {
+        self.inner.tokens.revoke_server(server_id);
+        self.end_where(|live| live.server_id == server_id, &reason);
+        self.inner.hubs.close(server_id, reason);
+    }
+
+    /// Ends every session (the agent is shutting down) and waits up to `grace` for them to
+    /// say goodbye.
+    pub async fn end_all(&self, grace: Duration) {
+        self.end_where(|_| true, &CloseReason::Shutdown);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.open_sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn end_where(&self, which: impl Fn(&Live) -> bool, reason: &CloseReason) {
+        let sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for live in sessions.values().filter(|l| which(l)) {
+            live.reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| reason.clone());
+            live.end.cancel();
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The serial console of one server, shared by its sessions (a *hub*).
+//!
+//! libvirt gives one console stream per domain, so each server with sessions has one hub: a
+//! thread of its own with a dedicated libvirt connection (never a worker of the call pool:
+//! it blocks in `virStreamRecv` for as long as the console is open) that reads the stream
+//! and publishes each chunk to a bounded broadcast, and a writer thread that sends what the
+//! interactive session types. The reader never waits for a session: one that falls more
+//! than [`OUTPUT_CHUNKS`] chunks behind misses output and is closed by its session loop.
+//!
+//! The hub ends when the stream does (the guest stopped, moved or was destroyed: EOF), when
+//! its last session leaves, or when the agent closes it; ending aborts the stream from a
+//! thread of its own (an abort waits on libvirtd) which wakes the reader.
+
+use super::{CloseReason, ConsoleError};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::stream::Stream;
+
+/// Output chunks a session may fall behind before it is closed as too slow.
+pub const OUTPUT_CHUNKS: usize = 256;
+/// Largest chunk read from the stream at once.
+const READ_CHUNK: usize = 4096;
+/// Typed chunks queued for the writer thread before the session waits.
+const INPUT_CHUNKS: usize = 16;
+
+/// One server's serial console and the sessions on it.
+pub struct SerialHub {
+    server_id: String,
+    output: broadcast::Sender<Bytes>,
+    input: Mutex<Option<mpsc::Sender<Bytes>>>,
+    writer: Mutex<Option<(u64, CancellationToken)>>,
+    members: Mutex<usize>,
+    closed: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+    /// A reference to the stream, to abort it when the hub is closed.
+    stream: Mutex<Option<Stream>>,
+}
+
+impl std::fmt::Debug for SerialHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialHub")
+            .field("server_id", &self.server_id)
+            .field("closed", &self.closed.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session's place on a hub: its output, and the writer slot when it may type. Leaving
+/// (dropping it) gives the slot back and closes the hub after its last session.
+pub struct SerialAttach {
+    /// The hub.
+    pub hub: Arc<SerialHub>,
+    /// The console's output from the moment of joining.
+    pub output: broadcast::Receiver<Bytes>,
+    /// Cancelled when another session takes the interactive console over; `None` for a
+    /// read-only session.
+    pub taken_over: Option<CancellationToken>,
+    session: u64,
+}
+
+impl Drop for SerialAttach {
+    fn drop(&mut self) {
+        self.hub.release_writer(self.session);
+        let mut members = self.hub.members.lock().unwrap_or_else(|p| p.into_inner());
+        *members -= 1;
+        if *members == 0 {
+            self.hub.close_locked(CloseReason::ClientLeft);
+        }
+    }
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+impl SerialHub {
+    /// Whether the hub has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Completes when the hub ends.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// Why the hub ended (`ServerStopped` until told otherwise).
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or(CloseReason::ServerStopped)
+    }
+
+    /// Whether a session may type now.
+    pub fn has_writer(&self) -> bool {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Sends typed bytes to the guest; waits while the writer thread is behind.
+    ///
+    /// # Errors
+    /// `Err` when the hub has ended.
+    pub async fn write(&self, data: Bytes) -> Result<(), ()> {
+        let sender = self
+            .input
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(())?;
+        sender.send(data).await.map_err(|_| ())
+    }
+
+    /// Joins the hub; `None` when it has ended. A writer (`read_only` false) takes the slot,
+    /// from its holder when `force`.
+    fn join(
+        self: &Arc<Self>,
+        read_only: bool,
+        force: bool,
+    ) -> Result<Option<SerialAttach>, ConsoleError> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_closed() {
+            return Ok(None);
+        }
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let taken_over = if read_only {
+            None
+        } else {
+            let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, holder)) = writer.as_ref() {
+                if !force {
+                    return Err(ConsoleError::InUse {
+                        server_id: self.server_id.clone(),
+                    });
+                }
+                holder.cancel();
+            }
+            let token = CancellationToken::new();
+            *writer = Some((session, token.clone()));
+            Some(token)
+        };
+        *members += 1;
+        Ok(Some(SerialAttach {
+            hub: self.clone(),
+            output: self.output.subscribe(),
+            taken_over,
+            session,
+        }))
+    }
+
+    fn release_writer(&self, session: u64) {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if writer.as_ref().is_some_and(|(id, _)| *id == session) {
+            *writer = None;
+        }
+    }
+
+    /// Ends the hub for `reason` (kept if one was given before).
+    pub fn close(&self, reason: CloseReason) {
+        let _members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        self.close_locked(reason);
+    }
+
+    /// [`Self::close`] with `members` held by the caller.
+    fn close_locked(&self, reason: CloseReason) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.closed.cancel();
+        self.input.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stream) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // virStreamAbort waits for libvirtd: never on the caller's thread.
+            let _ = std::thread::Builder::new()
+                .name("console-abort".into())
+                .spawn(move || {
+                    let _ = stream.abort();
+                });
+        }
+    }
+}
+
+/// The hubs of this node, one per server with serial sessions.
+#[derive(Debug, Default)]
+pub(super) struct Hubs {
+    /// Per server: the hub, behind an async lock so only one open runs per server.
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Arc<SerialHub>>>>>>,
+}
+
+/// How to reach libvirt.
+#[derive(Debug, Clone)]
+pub(super) struct Opener {
+    /// The libvirt URI.
+    pub uri: String,
+    /// Deadline of opening the console.
+    pub timeout: Duration,
+}
+
+impl Hubs {
+    /// Joins the server's hub, opening the console first when it has none.
+    pub async fn attach(
+        &self,
+        opener: &Opener,
+        server_id: &str,
+        domain_name: &str,
+        read_only: bool,
+        force: bool,
+    ) -> Result<SerialAttach, ConsoleError> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server_id.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(hub) = slot.as_ref() {
+            if let Some(attach) = hub.join(read_only, force)? {
+                return Ok(attach);
+            }
+        }
+        let hub = open(opener, server_id, domain_name, force).await?;
+        let attach = hub
+            .join(read_only, force)?
+            .ok_or_else(|| ConsoleError::Libvirt {
+                action: "keep the console open",
+                server_id: server_id.to_string(),
+                message: "the console ended as it was opened".into(),
+            })?;
+        *slot = Some(hub);
+        Ok(attach)
+    }
+
+    /// Whether the server's console has an interactive session.
+    pub fn has_writer(&self, server_id: &str) -> bool {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server_id)
+            .cloned();
+        slot.and_then(|s| s.try_lock().ok().and_then(|h| h.clone()))
+            .is_some_and(|hub| !hub.is_closed() && hub.has_writer())
+    }
+
+    /// Ends the server's hub, if any.
+    pub fn close(&self, server_id: &str, reason: CloseReason) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(server_id);
+        if let Some(hub) = slot.and_then(|s| s.try_lock().ok().and_then(|h| h.clone())) {
+            hub.close(reason);
+        }
+    }
+
+    /// Forgets slots whose hub has ended.
+    pub fn prune(&self) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, slot| {
+                slot.try_lock()
+                    .map(|hub| hub.as_ref().is_some_and(|h| !h.is_closed()))
+                    .unwrap_or(true)
+            });
+    }
+}
+
+/// libvirt's console flags: refuse a console that libvirt cannot hand over safely; with
+/// `force`, take it from whoever holds it (another libvirt client).
+fn console_flags(force: bool) -> u32 {
+    let mut flags = virt::sys::VIR_DOMAIN_CONSOLE_SAFE;
+    if force {
+        flags |= virt::sys::VIR_DOMAIN_CONSOLE_FORCE;
+    }
+    flags
+}
+
+/// Opens the domain's console on a thread of its own, which then reads it until it ends.
+async fn open(
+    opener: &Opener,
+    server_id: &str,
+    domain_name: &str,
+    force: bool,
+) -> Result<Arc<SerialHub>, ConsoleError> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let (uri, server, domain) = (
+        opener.uri.clone(),
+        server_id.to_string(),
+        domain_name.to_string(),
+    );
+    std::thread::Builder::new()
+        .name(format!("console-{}", &server_id[..server_id.len().min(8)]))
+        .spawn(move || run(&uri, server, &domain, force, answer))
+        .map_err(|e| ConsoleError::Libvirt {
+            action: "open the console",
+            server_id: server_id.to_string(),
+            message: format!("no thread for the console: {e}"),
+        })?;
+    match tokio::time::timeout(opener.timeout, answered).await {
+        Ok(Ok(Ok(hub))) => Ok(hub),
+        Ok(Ok(Err(message))) if message.contains("Active console session") => {
+            Err(ConsoleError::HeldElsewhere {
+                server_id: server_id.to_string(),
+            })
+        }
+        Ok(Ok(Err(message))) => Err(ConsoleError::Libvirt {
+            action: "open the console",
+            server_id: server_id.to_string(),
+            message,
+        }),
+        Ok(Err(_)) => Err(ConsoleError::Libvirt {
+            action: "open the console",
+            server_id: server_id.to_string(),
+            message: "the console thread ended without an answer".into(),
+        }),
+        Err(_) => Err(ConsoleError::Timeout {
+            action: "open the console",
+            seconds: opener.timeout.as_secs(),
+        }),
+    }
+}
+
+/// A connection closed when dropped (virt 0.4 does not close on drop).
+struct Closing(Connect);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let _ = self.0.close();
+    }
+}
+
+type Answer = tokio::sync::oneshot::Sender<Result<Arc<SerialHub>, String>>;
+
+/// The hub's thread: open, answer, read until the stream ends, then tidy up.
+fn run(uri: &str, server_id: String, domain: &str, force: bool, answer: Answer) {
+    let opened = (|| -> Result<(Closing, Stream), virt::error::Error> {
+        let conn = Closing(Connect::open(Some(uri))?);
+        let dom = Domain::lookup_by_name(&conn.0, domain)?;
+        let stream = Stream::new(&conn.0, 0)?;
+        dom.open_console(None, &stream, console_flags(force))?;
+        Ok((conn, stream))
+    })();
+    let (conn, stream) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = answer.send(Err(e.message().to_string()));
+            return;
+        }
+    };
+    let (input, typed) = mpsc::channel(INPUT_CHUNKS);
+    let hub = Arc::new(SerialHub {
+        server_id,
+        output: broadcast::channel(OUTPUT_CHUNKS).0,
+        input: Mutex::new(Some(input)),
+        writer: Mutex::default(),
+        members: Mutex::new(0),
+        closed: CancellationToken::new(),
+        reason: Mutex::default(),
+        stream: Mutex::new(Some(stream.clone())),
+    });
+    if answer.send(Ok(hub.clone())).is_err() {
+        // The caller gave up waiting (its deadline passed): nobody will read this console.
+        hub.close(CloseReason::ClientLeft);
+        drop((stream, conn));
+        return;
+    }
+    let writer = {
+        let stream = stream.clone();
+        let hub = hub.clone();
+        std::thread::Builder::new()
+            .name("console-writer".into())
+            .spawn(move || write_loop(&stream, typed, &hub))
+    };
+    let mut buf = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        match stream.recv(&mut buf) {
+            Ok(0) => break CloseReason::ServerStopped,
+            // No receivers is fine: the output of a moment without sessions is dropped.
+            Ok(n) => drop(hub.output.send(Bytes::copy_from_slice(&buf[..n]))),
+            Err(e) => break CloseReason::Failed(e.message().to_string()),
+        }
+    };
+    if !hub.is_closed() {
+        tracing::info!(server_id = %hub.server_id, ?reason, "serial console ended");
+    }
+    hub.close(reason);
+    if let Ok(writer) = writer {
+        let _ = writer.join();
+    }
+    drop((stream, conn));
+}
+
+/// Sends what the interactive session types until the hub ends.
+fn write_loop(stream: &Stream, mut typed: mpsc::Receiver<Bytes>, hub: &SerialHub) {
+    while let Some(data) = typed.blocking_recv() {
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            match stream.send(rest) {
+                Ok(n) if n > 0 => rest = &rest[n.min(rest.len())..],
+                Ok(_) => return hub.close(CloseReason::ServerStopped),
+                Err(e) => return hub.close(CloseReason::Failed(e.message().to_string())),
+            }
+        }
+    }
+}

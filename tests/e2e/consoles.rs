@@ -1,0 +1,203 @@
+//! Consoles over WebSocket on real guests (libvirtd + QEMU TCG, the test guest with a shell
+//! on its serial console): one-time URLs, both directions, take-over and read-only, the
+//! server binding, VNC and screenshots, and how sessions end.
+
+use crate::servers::{create, flavor, import_guest, CONFIG};
+use hyperlet_tests::console::ConsoleSocket;
+use hyperlet_tests::Agent;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+const ANSWER: Duration = Duration::from_secs(20);
+
+/// The agent's settings for console tests: [`CONFIG`] and short console limits.
+fn config(consoles: &str) -> String {
+    format!("{CONFIG}[consoles]\n{consoles}\n")
+}
+
+/// `POST /v1/servers/{id}/remote-consoles` with `body`: the status and the answer.
+pub fn remote_console(agent: &Agent, id: &str, body: Value) -> (u16, Value) {
+    let resp = agent.send(
+        Method::POST,
+        &format!("/v1/servers/{id}/remote-consoles"),
+        Some(&body),
+    );
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+/// A URL for a serial console session (asserts 200).
+pub fn serial_url(agent: &Agent, id: &str, body: Value) -> String {
+    let (status, answer) = remote_console(agent, id, body);
+    assert_eq!(status, 200, "{answer}");
+    answer["url"].as_str().expect("url").to_string()
+}
+
+/// Boots a server from `image` with a shell on its console; waits for the shell.
+pub fn boot_shell_server(agent: &Agent, name: &str, image: &str) -> String {
+    let id = create(agent, name, image, flavor(1, 128));
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+    agent.wait_console(&id, "HYPERLET-GUEST: ready", 1, BOOT_LIMIT);
+    id
+}
+
+/// Runs `command` in the guest's shell through `socket` and waits for `answer`.
+fn run(socket: &mut ConsoleSocket, command: &str, answer: &str) -> String {
+    socket.send(format!("{command}\r").as_bytes());
+    socket.read_until(answer, ANSWER)
+}
+
+#[test]
+fn serial_console_both_ways_with_take_over_watchers_and_one_time_urls() {
+    let _vm = hyperlet_tests::vm_shared();
+    let agent = Agent::start_with_config(&config("token_ttl_secs = 5"));
+    let image = import_guest(&agent, "hyperlet.shell=1 hyperlet.dhcp=0");
+    let a = create(&agent, "console-a", &image, flavor(1, 128));
+    let b = boot_shell_server(&agent, "console-b", &image);
+    agent.wait_server(&a, "ACTIVE", BOOT_LIMIT);
+    agent.wait_console(&a, "HYPERLET-GUEST: ready", 1, BOOT_LIMIT);
+
+    // Bad requests change nothing.
+    for bad in [
+        json!({"type": "spice"}),
+        json!({}),
+        json!({"type": "serial", "read_only": true, "force": true}),
+        json!({"type": "novnc", "read_only": true}),
+        json!({"type": "serial", "extra": 1}),
+    ] {
+        let (status, answer) = remote_console(&agent, &a, bad.clone());
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    let (status, _) = remote_console(&agent, "no-such-server", json!({"type": "serial"}));
+    assert_eq!(status, 404);
+    // Without the admin token: 401.
+    let resp = agent
+        .client()
+        .post(format!("{}/v1/servers/{a}/remote-consoles", agent.url()))
+        .json(&json!({"type": "serial"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let (status, answer) = remote_console(&agent, &a, json!({"type": "serial"}));
+    assert_eq!(status, 200, "{answer}");
+    let url = answer["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("ws://{}/v1/consoles/", agent.addr)),
+        "{url}"
+    );
+    assert_eq!(answer["type"], "serial");
+    assert_eq!(answer["read_only"], false);
+    assert!(
+        answer["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{answer}"
+    );
+    // A plain GET is told to use a WebSocket and leaves the URL usable.
+    let plain = agent
+        .client()
+        .get(url.replacen("ws://", "http://", 1))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    assert_eq!(
+        plain.json::<Value>().unwrap()["error"]["code"],
+        "websocket_required"
+    );
+    // The token is never logged.
+    let token = url.rsplit('/').next().unwrap().to_string();
+    assert!(
+        !agent.log().contains(&token),
+        "the agent logged a console token"
+    );
+
+    // Both directions: a command typed over the WebSocket runs in the guest's shell and its
+    // answer comes back; the guest is server A (its SMBIOS serial is the server id).
+    let mut writer = ConsoleSocket::open(&url).expect("open the console");
+    let out = run(&mut writer, "echo answer-$((6*7))", "answer-42");
+    assert!(
+        out.contains("echo answer-$((6*7))"),
+        "the echo of the typed line: {out}"
+    );
+    run(&mut writer, "cat /sys/class/dmi/id/product_serial", &a);
+
+    // One-time: used → 410; never issued → 401.
+    let again = ConsoleSocket::open(&url)
+        .err()
+        .expect("a used URL must not open");
+    assert_eq!(again.status, 410, "{}", again.body);
+    let forged = format!("ws://{}/v1/consoles/{}", agent.addr, "A".repeat(43));
+    assert_eq!(ConsoleSocket::open(&forged).err().unwrap().status, 401);
+    let junk = format!("ws://{}/v1/consoles/x", agent.addr);
+    assert_eq!(ConsoleSocket::open(&junk).err().unwrap().status, 401);
+    // Expired: not opened within token_ttl_secs (5 s here).
+    let late = serial_url(&agent, &a, json!({"type": "serial", "read_only": true}));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(ConsoleSocket::open(&late).err().unwrap().status, 410);
+
+    // A second interactive session is refused while the first types…
+    let (status, answer) = remote_console(&agent, &a, json!({"type": "serial"}));
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "console_in_use");
+    // …but watchers may join: they see what the writer's commands print, and what they type
+    // reaches nobody.
+    let watch_url = serial_url(&agent, &a, json!({"type": "serial", "read_only": true}));
+    let mut watcher = ConsoleSocket::open(&watch_url).expect("watcher");
+    run(&mut writer, "echo watched-$((40+2))", "watched-42");
+    watcher.read_until("watched-42", ANSWER);
+    watcher.send(b"echo ignored-$((1+1))\r");
+    run(&mut writer, "echo after-$((1+2))", "after-3");
+    assert!(
+        !writer.seen.contains("ignored-2") && !writer.seen.contains("echo ignored"),
+        "a read-only session's input reached the guest:\n{}",
+        writer.seen
+    );
+
+    // Take-over: the old writer is told why it was closed; the new one types.
+    let force_url = serial_url(&agent, &a, json!({"type": "serial", "force": true}));
+    let mut second = ConsoleSocket::open(&force_url).expect("take over");
+    let (code, reason) = writer.wait_closed(ANSWER);
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("took over"), "{reason}");
+    run(&mut second, "echo second-$((3*3))", "second-9");
+    watcher.read_until("second-9", ANSWER);
+    // Text messages (what browser terminals send) are typed too.
+    second.send_text("echo text-$((2*5))\r");
+    second.read_until("text-10", ANSWER);
+
+    // A URL opens only its own server: B's session shows B.
+    let mut on_b = ConsoleSocket::open(&serial_url(&agent, &b, json!({"type": "serial"})))
+        .expect("console of B");
+    run(&mut on_b, "cat /sys/class/dmi/id/product_serial", &b);
+    assert!(!on_b.seen.contains(&a), "B's console showed A's id");
+    // A URL issued for a server that is deleted before it is opened no longer opens.
+    let stale = serial_url(&agent, &b, json!({"type": "serial", "read_only": true}));
+
+    // Deleting B ends its session (4006) and spends its URLs.
+    assert_eq!(
+        agent
+            .send(Method::DELETE, &format!("/v1/servers/{b}"), None)
+            .status(),
+        202
+    );
+    let (code, reason) = on_b.wait_closed(ANSWER);
+    assert_eq!(code, 4006, "{reason}");
+    assert_eq!(ConsoleSocket::open(&stale).err().unwrap().status, 410);
+
+    // Stopping A ends its sessions (4002): the console stream ended with the guest.
+    let resp = agent.send(
+        Method::POST,
+        &format!("/v1/servers/{a}/action"),
+        Some(&json!({"stop": null})),
+    );
+    assert_eq!(resp.status(), 202);
+    for socket in [&mut second, &mut watcher] {
+        let (code, reason) = socket.wait_closed(BOOT_LIMIT);
+        assert_eq!(code, 4002, "{reason}");
+    }
+    agent.wait_server(&a, "SHUTOFF", BOOT_LIMIT);
+    let (status, answer) = remote_console(&agent, &a, json!({"type": "serial"}));
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "server_not_running");
+}

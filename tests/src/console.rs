@@ -1,0 +1,163 @@
+//! A WebSocket client of the agent's console sessions, for tests (blocking API over a
+//! runtime of its own).
+
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// An open console session.
+pub struct ConsoleSocket {
+    runtime: tokio::runtime::Runtime,
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Every byte received so far (lossy UTF-8, `\r` removed).
+    pub seen: String,
+    /// The close frame, once received: code and reason.
+    pub closed: Option<(u16, String)>,
+}
+
+/// Why opening a console URL failed: the HTTP status and body of the refusal.
+#[derive(Debug)]
+pub struct Refused {
+    /// HTTP status.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+impl ConsoleSocket {
+    /// Opens `url` (`ws://…`).
+    ///
+    /// # Errors
+    /// The refusal when the agent does not switch protocols.
+    pub fn open(url: &str) -> Result<Self, Refused> {
+        let runtime = runtime();
+        let opened = runtime.block_on(tokio_tungstenite::connect_async(url));
+        match opened {
+            Ok((socket, _)) => Ok(Self {
+                runtime,
+                socket,
+                seen: String::new(),
+                closed: None,
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refused {
+                status: response.status().as_u16(),
+                body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                    .into_owned(),
+            }),
+            Err(e) => panic!("WebSocket to {url}: {e}"),
+        }
+    }
+
+    /// Sends `bytes` as one binary message.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let message = Message::Binary(bytes.to_vec().into());
+        self.runtime
+            .block_on(self.socket.send(message))
+            .expect("send to the console");
+    }
+
+    /// Sends `bytes` as one text message (what xterm.js's attach addon does).
+    pub fn send_text(&mut self, text: &str) {
+        let message = Message::Text(text.to_string().into());
+        self.runtime
+            .block_on(self.socket.send(message))
+            .expect("send to the console");
+    }
+
+    /// Reads for up to `limit`; returns what arrived. Stops early at a close frame.
+    pub fn read_for(&mut self, limit: Duration) -> String {
+        let start = self.seen.len();
+        let deadline = Instant::now() + limit;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.read_once(left) {
+                break;
+            }
+        }
+        self.seen[start..].to_string()
+    }
+
+    /// Reads until `needle` appears in what arrived after this call started; panics after
+    /// `limit` with everything seen.
+    pub fn read_until(&mut self, needle: &str, limit: Duration) -> String {
+        let start = self.seen.len();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(at) = self.seen[start..].find(needle) {
+                return self.seen[start..start + at + needle.len()].to_string();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && self.closed.is_none(),
+                "{needle:?} did not arrive within {limit:?} (closed: {:?}); seen:\n{}",
+                self.closed,
+                &self.seen[start..]
+            );
+            self.read_once(left);
+        }
+    }
+
+    /// Waits up to `limit` for the agent's close frame and returns it.
+    pub fn wait_closed(&mut self, limit: Duration) -> (u16, String) {
+        let deadline = Instant::now() + limit;
+        while self.closed.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no close frame within {limit:?}; seen:\n{}",
+                self.seen
+            );
+            if !self.read_once(left) && self.closed.is_none() {
+                panic!("the connection ended without a close frame");
+            }
+        }
+        self.closed.clone().expect("closed")
+    }
+
+    /// One message within `limit`; false when the connection ended or time ran out.
+    fn read_once(&mut self, limit: Duration) -> bool {
+        let socket = &mut self.socket;
+        let next = self
+            .runtime
+            .block_on(async { tokio::time::timeout(limit, socket.next()).await });
+        match next {
+            Err(_) => false,
+            Ok(None | Some(Err(_))) => false,
+            Ok(Some(Ok(message))) => {
+                match message {
+                    Message::Binary(data) => self
+                        .seen
+                        .push_str(&String::from_utf8_lossy(&data).replace('\r', "")),
+                    Message::Text(text) => self.seen.push_str(text.as_str()),
+                    Message::Close(frame) => {
+                        self.closed = Some(frame.map_or((1005, String::new()), |f| {
+                            (u16::from(f.code), f.reason.to_string())
+                        }));
+                    }
+                    _ => {}
+                }
+                true
+            }
+        }
+    }
+
+    /// Closes the session from the client's side.
+    pub fn close(mut self) {
+        let _ = self.runtime.block_on(self.socket.close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            },
+        )));
+    }
+}
