@@ -201,3 +201,142 @@ fn serial_console_both_ways_with_take_over_watchers_and_one_time_urls() {
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["error"]["code"], "server_not_running");
 }
+
+/// The agent's resident memory, KiB.
+fn rss_kib(agent: &Agent) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// A value of the agent's `/metrics`.
+fn metric(agent: &Agent, line_start: &str) -> u64 {
+    let text = agent.get("/metrics").text().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics"))
+}
+
+/// Growth of the agent's RSS allowed for 100 idle sessions (README "Consoles").
+const RSS_BOUND_100_SESSIONS_KIB: u64 = 4 * 1024;
+
+#[test]
+fn console_limits_idle_slow_clients_vnc_screenshots_and_shutdown() {
+    let _vm = hyperlet_tests::vm_shared();
+    let mut agent = Agent::start_with_config(&config("idle_timeout_secs = 10\nmax_sessions = 102"));
+    let image = import_guest(&agent, "hyperlet.shell=1 hyperlet.dhcp=0");
+    let id = boot_shell_server(&agent, "limits", &image);
+
+    // VNC: the URL reaches QEMU's display (its RFB greeting comes through the proxy).
+    let (status, answer) = remote_console(&agent, &id, json!({"type": "novnc"}));
+    assert_eq!(status, 200, "{answer}");
+    let mut vnc = ConsoleSocket::open(answer["url"].as_str().unwrap()).expect("VNC session");
+    let greeting = vnc.first_binary(ANSWER);
+    assert!(greeting.starts_with(b"RFB 003.008"), "{greeting:?}");
+    vnc.close();
+    // The screen as PNG.
+    let shot = agent.get(&format!("/v1/servers/{id}/screenshot"));
+    assert_eq!(shot.status(), 200);
+    assert_eq!(shot.headers()["content-type"], "image/png");
+    let png = shot.bytes().unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert!(width >= 320 && height >= 200, "{width}x{height}");
+
+    // A writer, a watcher that reads, and one that stopped reading.
+    let mut writer =
+        ConsoleSocket::open(&serial_url(&agent, &id, json!({"type": "serial"}))).expect("writer");
+    let watch = json!({"type": "serial", "read_only": true});
+    let mut reader = ConsoleSocket::open(&serial_url(&agent, &id, watch.clone())).unwrap();
+    let stuck = ConsoleSocket::open_small_window(&serial_url(&agent, &id, watch.clone()))
+        .expect("stuck watcher");
+    // ~1 MB of output: the stuck client never stalls the others (the reader reads on a
+    // thread of its own meanwhile, as a real client would).
+    let reading = std::thread::spawn(move || {
+        reader.read_until("flood-8000-done", Duration::from_secs(60));
+        reader
+    });
+    let flood = std::time::Instant::now();
+    run(
+        &mut writer,
+        "i=0; while [ $i -lt 8000 ]; do echo flood-$i-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij0123456789abcdefghijklmnopqrstuvwxyz; i=$((i+1)); done; echo flood-$((8*1000))-done",
+        "flood-8000-done",
+    );
+    let mut reader = reading.join().expect("the reader saw the whole flood");
+    eprintln!("flood took {:?}", flood.elapsed());
+    // The stuck one is closed as too slow (it lags the output or its send times out).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(
+        &agent,
+        "hyperlet_console_sessions_ended_total{reason=\"too_slow\"}",
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stuck client was never closed: {}",
+            agent.get("/metrics").text().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stuck);
+    run(&mut writer, "echo still-$((2+2))", "still-4");
+    reader.read_until("still-4", ANSWER);
+
+    // 100 idle watchers: bounded memory, and the node's session limit holds.
+    let before = rss_kib(&agent);
+    let mut idle: Vec<ConsoleSocket> = (0..100)
+        .map(|_| ConsoleSocket::open(&serial_url(&agent, &id, watch.clone())).unwrap())
+        .collect();
+    assert_eq!(metric(&agent, "hyperlet_console_sessions_open "), 102);
+    let grown = rss_kib(&agent).saturating_sub(before);
+    eprintln!("100 idle console sessions: agent RSS grew by {grown} KiB");
+    assert!(
+        grown <= RSS_BOUND_100_SESSIONS_KIB,
+        "100 idle sessions grew the agent's RSS by {grown} KiB (bound {RSS_BOUND_100_SESSIONS_KIB})"
+    );
+    let (status, answer) = remote_console(&agent, &id, watch.clone());
+    assert_eq!(status, 429, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_consoles");
+    // All of them still get the output.
+    run(&mut writer, "echo everyone-$((5*5))", "everyone-25");
+    for socket in idle.iter_mut().step_by(10) {
+        socket.read_until("everyone-25", ANSWER);
+    }
+    for socket in idle.drain(..) {
+        socket.close();
+    }
+
+    // Idle: a paused guest prints nothing; after idle_timeout_secs (10 s) its sessions end.
+    let resp = agent.send(
+        Method::POST,
+        &format!("/v1/servers/{id}/action"),
+        Some(&json!({"pause": null})),
+    );
+    assert_eq!(resp.status(), 202);
+    agent.wait_server(&id, "PAUSED", BOOT_LIMIT);
+    let (code, reason) = reader.wait_closed(Duration::from_secs(30));
+    assert_eq!(code, 4003, "{reason}");
+    let (code, _) = writer.wait_closed(Duration::from_secs(30));
+    assert_eq!(code, 4003);
+    let resp = agent.send(
+        Method::POST,
+        &format!("/v1/servers/{id}/action"),
+        Some(&json!({"unpause": null})),
+    );
+    assert_eq!(resp.status(), 202);
+    agent.wait_server(&id, "ACTIVE", BOOT_LIMIT);
+
+    // Shutdown: open sessions are told the agent is going away (1001).
+    let mut last = ConsoleSocket::open(&serial_url(&agent, &id, json!({"type": "serial"})))
+        .expect("session before shutdown");
+    run(&mut last, "echo bye-$((1+1))", "bye-2");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, reason) = last.wait_closed(ANSWER);
+    assert_eq!(code, 1001, "{reason}");
+    assert!(agent.wait_exit(ANSWER).is_some(), "the agent did not exit");
+}

@@ -58,6 +58,53 @@ impl ConsoleSocket {
         }
     }
 
+    /// Opens `url` over a socket with a 4 KiB receive buffer, for a client that stops
+    /// reading: what the agent sends it piles up on the agent's side almost at once.
+    ///
+    /// # Errors
+    /// The refusal when the agent does not switch protocols.
+    pub fn open_small_window(url: &str) -> Result<Self, Refused> {
+        let runtime = runtime();
+        let authority = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("authority");
+        let tcp = std::net::TcpStream::connect(authority).expect("connect");
+        nix::sys::socket::setsockopt(&tcp, nix::sys::socket::sockopt::RcvBuf, &4096)
+            .expect("SO_RCVBUF");
+        tcp.set_nonblocking(true).expect("non-blocking");
+        let opened = runtime.block_on(async {
+            let tcp = TcpStream::from_std(tcp).expect("tokio socket");
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await
+        });
+        match opened {
+            Ok((socket, _)) => Ok(Self {
+                runtime,
+                socket,
+                seen: String::new(),
+                closed: None,
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refused {
+                status: response.status().as_u16(),
+                body: String::new(),
+            }),
+            Err(e) => panic!("WebSocket to {url}: {e}"),
+        }
+    }
+
+    /// The first binary message, raw (e.g. a VNC server's greeting).
+    pub fn first_binary(&mut self, limit: Duration) -> Vec<u8> {
+        let socket = &mut self.socket;
+        let next = self
+            .runtime
+            .block_on(async { tokio::time::timeout(limit, socket.next()).await });
+        match next {
+            Ok(Some(Ok(Message::Binary(data)))) => data.to_vec(),
+            other => panic!("no binary message within {limit:?}: {other:?}"),
+        }
+    }
+
     /// Sends `bytes` as one binary message.
     pub fn send(&mut self, bytes: &[u8]) {
         let message = Message::Binary(bytes.to_vec().into());
@@ -92,9 +139,15 @@ impl ConsoleSocket {
     pub fn read_until(&mut self, needle: &str, limit: Duration) -> String {
         let start = self.seen.len();
         let deadline = Instant::now() + limit;
+        // Where the next search starts: only new text (and a needle's length before it).
+        let mut from = start;
         loop {
-            if let Some(at) = self.seen[start..].find(needle) {
-                return self.seen[start..start + at + needle.len()].to_string();
+            if let Some(at) = self.seen[from..].find(needle) {
+                return self.seen[start..from + at + needle.len()].to_string();
+            }
+            from = self.seen.len().saturating_sub(needle.len()).max(start);
+            while !self.seen.is_char_boundary(from) {
+                from -= 1;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(

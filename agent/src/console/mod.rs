@@ -160,6 +160,32 @@ impl CloseReason {
         })
     }
 
+    /// Every reason's metrics label, in [`Self::index`] order.
+    pub const LABELS: [&'static str; 8] = [
+        "client_left",
+        "taken_over",
+        "server_stopped",
+        "server_deleted",
+        "idle",
+        "too_slow",
+        "failed",
+        "shutdown",
+    ];
+
+    /// The reason's place in [`Self::LABELS`].
+    pub fn index(&self) -> usize {
+        match self {
+            Self::ClientLeft => 0,
+            Self::TakenOver => 1,
+            Self::ServerStopped => 2,
+            Self::ServerDeleted => 3,
+            Self::Idle { .. } => 4,
+            Self::TooSlow => 5,
+            Self::Failed(_) => 6,
+            Self::Shutdown => 7,
+        }
+    }
+
     /// The close frame's text (at most 123 bytes, the frame's limit).
     pub fn text(&self) -> String {
         let text = match self {

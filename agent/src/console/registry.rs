@@ -28,6 +28,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     sessions: Mutex<HashMap<u64, Live>>,
     next_id: AtomicU64,
+    /// Sessions ended, by [`CloseReason::index`].
+    ended: [AtomicU64; CloseReason::LABELS.len()],
 }
 
 /// The console service of this agent. Cheap to clone.
@@ -50,6 +52,11 @@ impl SessionGuard {
     /// Completes when the agent ends this session (server deleted, shutdown).
     pub async fn ended(&self) {
         self.end.cancelled().await;
+    }
+
+    /// Counts the session's end in the metrics.
+    pub fn record_end(&self, reason: &CloseReason) {
+        self.consoles.inner.ended[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Why the agent ended it.
@@ -87,6 +94,7 @@ impl Consoles {
                 permits: Arc::new(Semaphore::new(config.max_sessions)),
                 sessions: Mutex::default(),
                 next_id: AtomicU64::new(1),
+                ended: Default::default(),
                 config: config.clone(),
             }),
         }
@@ -109,6 +117,34 @@ impl Consoles {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// `hyperlet_console_sessions_open` and `hyperlet_console_sessions_ended_total` by
+    /// reason, in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        out.push_str(
+            "# HELP hyperlet_console_sessions_open Console WebSocket sessions open now.\n",
+        );
+        out.push_str("# TYPE hyperlet_console_sessions_open gauge\n");
+        let _ = writeln!(
+            out,
+            "hyperlet_console_sessions_open {}",
+            self.open_sessions()
+        );
+        out.push_str(
+            "# HELP hyperlet_console_sessions_ended_total Console sessions ended, by reason.\n",
+        );
+        out.push_str("# TYPE hyperlet_console_sessions_ended_total counter\n");
+        for (label, count) in CloseReason::LABELS.iter().zip(&self.inner.ended) {
+            let _ = writeln!(
+                out,
+                "hyperlet_console_sessions_ended_total{{reason=\"{label}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        out
     }
 
     /// Checks, before a URL is handed out, that a session could open now.

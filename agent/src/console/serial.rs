@@ -23,10 +23,11 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::stream::Stream;
 
-/// Output chunks a session may fall behind before it is closed as too slow.
-pub const OUTPUT_CHUNKS: usize = 256;
+/// Output chunks a session may fall behind before it is closed as too slow (each at most
+/// [`READ_CHUNK`] bytes: at most 4 MiB held per server, usually far less).
+pub const OUTPUT_CHUNKS: usize = 1024;
 /// Largest chunk read from the stream at once.
-const READ_CHUNK: usize = 4096;
+pub const READ_CHUNK: usize = 4096;
 /// Typed chunks queued for the writer thread before the session waits.
 const INPUT_CHUNKS: usize = 16;
 
@@ -193,8 +194,11 @@ impl SerialHub {
 #[derive(Debug, Default)]
 pub(super) struct Hubs {
     /// Per server: the hub, behind an async lock so only one open runs per server.
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Arc<SerialHub>>>>>>,
+    slots: Mutex<HashMap<String, Slot>>,
 }
+
+/// A server's hub, if it has one, behind the lock its opening holds.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<SerialHub>>>>;
 
 /// How to reach libvirt.
 #[derive(Debug, Clone)]

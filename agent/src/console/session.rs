@@ -3,15 +3,19 @@
 //!
 //! A session never makes the agent buffer without bound: output reaches it through the hub's
 //! bounded broadcast (it is closed with 4004 when it falls behind), each send must complete
-//! within [`SEND_TIMEOUT`], and the socket's own write buffer is capped by the upgrade
-//! settings in `api/routes/consoles.rs`.
+//! within [`SEND_TIMEOUT`], the socket's own write buffer is capped by the upgrade settings in
+//! `api/routes/consoles.rs`, and a client with more than [`MAX_UNREAD`] bytes unread in the
+//! kernel is closed too (the kernel's send buffer grows to megabytes for a peer that stopped
+//! reading).
 
 use super::{CloseReason, SerialAttach, SessionGuard};
+use crate::daemon::listener::ConnectionSocket;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::Receiver;
 use tokio::time::Instant;
 
 /// Longest a single send to the client may take before the client counts as stuck.
@@ -21,13 +25,39 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Largest message or frame a client may send.
 pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
+/// Most output a client may leave unread in the kernel (sent, not acknowledged) before it
+/// counts as stuck: a client that keeps up has little more than a round trip's worth there.
+pub const MAX_UNREAD: usize = 512 * 1024;
+
+/// Ends a session whose client has more than [`MAX_UNREAD`] bytes unread.
+fn check_unread(connection: Option<ConnectionSocket>) -> Result<(), CloseReason> {
+    // SAFETY: the session owns the WebSocket, which owns the connection.
+    let unread = connection.and_then(|c| unsafe { c.unsent_bytes() });
+    match unread {
+        Some(n) if n > MAX_UNREAD => Err(CloseReason::TooSlow),
+        _ => Ok(()),
+    }
+}
+
 /// Sends `message` within [`SEND_TIMEOUT`]; `Err` with the reason to end for when it fails.
 async fn send(socket: &mut WebSocket, message: Message) -> Result<(), CloseReason> {
     match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(CloseReason::ClientLeft),
+        Ok(Err(e)) => Err(if is_buffer_full(e) {
+            CloseReason::TooSlow
+        } else {
+            CloseReason::ClientLeft
+        }),
         Err(_) => Err(CloseReason::TooSlow),
     }
+}
+
+/// Whether a send failed because the client's unread output reached the socket's cap.
+fn is_buffer_full(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::WriteBufferFull(_)))
 }
 
 /// Says goodbye with the reason's close frame (briefly: a stuck client gets none).
@@ -61,11 +91,37 @@ fn incoming(message: Option<Result<Message, axum::Error>>) -> Incoming {
     }
 }
 
+/// Largest message sent to a client: the output waiting for it is sent in one message up to
+/// this size (fewer, larger messages keep a busy client from falling behind).
+pub const MAX_OUTPUT_MESSAGE: usize = 64 * 1024;
+
+/// `first` and whatever else is waiting, up to [`MAX_OUTPUT_MESSAGE`] bytes.
+fn coalesce(first: Bytes, output: &mut Receiver<Bytes>) -> Result<Bytes, CloseReason> {
+    let mut data = Vec::new();
+    let mut next = Some(first);
+    while let Some(chunk) = next.take() {
+        if data.is_empty() && chunk.len() >= MAX_OUTPUT_MESSAGE {
+            return Ok(chunk);
+        }
+        data.extend_from_slice(&chunk);
+        if data.len() + super::serial::READ_CHUNK > MAX_OUTPUT_MESSAGE {
+            break;
+        }
+        match output.try_recv() {
+            Ok(chunk) => next = Some(chunk),
+            Err(TryRecvError::Lagged(_)) => return Err(CloseReason::TooSlow),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+        }
+    }
+    Ok(Bytes::from(data))
+}
+
 /// Runs a serial console session until the client leaves or the agent ends it.
 ///
 /// Read-only sessions' input is discarded (a terminal may send stray keys or resize reports).
 pub async fn run_serial(
     mut socket: WebSocket,
+    connection: Option<ConnectionSocket>,
     mut attach: SerialAttach,
     guard: SessionGuard,
     idle_timeout: Duration,
@@ -81,13 +137,17 @@ pub async fn run_serial(
             () = async { taken_over.as_ref().expect("checked").cancelled().await },
                 if taken_over.is_some() => break CloseReason::TakenOver,
             () = &mut idle => break CloseReason::Idle { seconds: idle_timeout.as_secs() },
-            out = attach.output.recv() => match out {
-                Ok(data) => {
+            out = attach.output.recv() => match out.map(|first| coalesce(first, &mut attach.output)) {
+                Ok(Ok(data)) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
+                    if let Err(reason) = check_unread(connection) {
+                        break reason;
+                    }
                     if let Err(reason) = send(&mut socket, Message::Binary(data)).await {
                         break reason;
                     }
                 }
+                Ok(Err(reason)) => break reason,
                 Err(RecvError::Lagged(_)) => break CloseReason::TooSlow,
                 Err(RecvError::Closed) => break hub.reason(),
             },
@@ -115,6 +175,7 @@ pub async fn run_serial(
         }
     };
     drop(attach);
+    guard.record_end(&reason);
     close(socket, &reason).await;
     drop(guard);
 }
@@ -122,6 +183,7 @@ pub async fn run_serial(
 /// Runs a VNC session: the client's RFB bytes to QEMU's display socket and back.
 pub async fn run_vnc(
     mut socket: WebSocket,
+    connection: Option<ConnectionSocket>,
     mut display: tokio::net::UnixStream,
     guard: SessionGuard,
     idle_timeout: Duration,
@@ -138,6 +200,9 @@ pub async fn run_vnc(
                 Ok(0) => break CloseReason::ServerStopped,
                 Ok(n) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
+                    if let Err(reason) = check_unread(connection) {
+                        break reason;
+                    }
                     let data = Bytes::copy_from_slice(&buf[..n]);
                     if let Err(reason) = send(&mut socket, Message::Binary(data)).await {
                         break reason;
@@ -167,6 +232,7 @@ pub async fn run_vnc(
         }
     };
     drop(display);
+    guard.record_end(&reason);
     close(socket, &reason).await;
     drop(guard);
 }

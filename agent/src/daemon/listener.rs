@@ -88,9 +88,11 @@ pub async fn serve(
         tokio::spawn(async move {
             let counters = &services.metrics().connections;
             let activity = Activity::new();
+            let socket = ConnectionSocket(std::os::fd::AsRawFd::as_raw_fd(&stream));
             let service = {
                 let activity = activity.clone();
-                hyper::service::service_fn(move |req| {
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(socket);
                     let guard = activity.begin();
                     let app = app.clone();
                     async move {
@@ -155,6 +157,28 @@ pub async fn serve(
             grace_secs = grace.as_secs(),
             "in-flight requests did not finish in time; closing anyway"
         ),
+    }
+}
+
+/// The TCP socket a request arrived on, as a request extension: handlers that take the
+/// connection over (console WebSockets) tune it. Valid while the request is being handled
+/// (the connection owns the socket and outlives its requests).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSocket(pub std::os::fd::RawFd);
+
+impl ConnectionSocket {
+    /// Bytes written to the connection that its peer has not acknowledged yet (`SIOCOUTQ`):
+    /// what a peer that stopped reading leaves piled up in the kernel for it.
+    ///
+    /// # Safety
+    /// Call only while the connection that carried this extension is open (its owner, e.g.
+    /// the WebSocket taken over from it, is alive).
+    pub unsafe fn unsent_bytes(self) -> Option<usize> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: the caller guarantees the descriptor is open; TIOCOUTQ (= SIOCOUTQ) writes
+        // one int.
+        let rc = unsafe { libc::ioctl(self.0, libc::TIOCOUTQ, &mut queued) };
+        (rc == 0).then(|| usize::try_from(queued).unwrap_or(0))
     }
 }
 

@@ -8,7 +8,7 @@
 //! accepting, let in-flight requests finish (bounded by `api.shutdown_grace_secs`), record
 //! `agent.stopped`, checkpoint the store.
 
-mod listener;
+pub mod listener;
 mod tls;
 
 pub use tls::server_config;

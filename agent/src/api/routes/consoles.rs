@@ -5,11 +5,12 @@
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::ApiJson;
 use crate::console::{session, ConsoleError};
+use crate::daemon::listener::ConnectionSocket;
 use crate::ops::consoles::{self, OpenedConsole, RemoteConsole, RemoteConsoleRequest};
 use crate::ops::Services;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, uri::Authority, HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -104,11 +105,13 @@ pub async fn create(
 pub async fn open(
     State(services): State<Services>,
     Path(token): Path<String>,
+    socket: Option<Extension<ConnectionSocket>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     // Checked before the token is spent: a plain GET leaves the URL usable.
     let upgrade = upgrade.map_err(|_| crate::ops::OpError::from(ConsoleError::NotWebSocket))?;
     let (guard, opened) = consoles::open_console(&services, &token).await?;
+    let socket = socket.map(|Extension(s)| s);
     let idle = services.config().consoles.idle_timeout();
     let upgrade = upgrade
         .read_buffer_size(READ_BUFFER)
@@ -120,10 +123,10 @@ pub async fn open(
         .protocols(["binary"]);
     Ok(match opened {
         OpenedConsole::Serial(attach) => upgrade
-            .on_upgrade(move |socket| session::run_serial(socket, attach, guard, idle))
+            .on_upgrade(move |ws| session::run_serial(ws, socket, attach, guard, idle))
             .into_response(),
         OpenedConsole::Vnc(display) => upgrade
-            .on_upgrade(move |socket| session::run_vnc(socket, display, guard, idle))
+            .on_upgrade(move |ws| session::run_vnc(ws, socket, display, guard, idle))
             .into_response(),
     })
 }

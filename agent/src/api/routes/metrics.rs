@@ -20,6 +20,7 @@ pub async fn metrics(State(services): State<Services>) -> impl IntoResponse {
         services.metrics().render()
             + &crate::metrics::render_networks(&services.net_runtime().counters())
             + &crate::metrics::render_port_drops(&services.firewall().drops().await)
-            + &services.fleet_link().render_metrics(),
+            + &services.fleet_link().render_metrics()
+            + &services.consoles().render_metrics(),
     )
 }
