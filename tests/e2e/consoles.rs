@@ -3,8 +3,9 @@
 //! server binding, VNC and screenshots, and how sessions end.
 
 use crate::servers::{create, flavor, import_guest, CONFIG};
-use hyperlet_tests::console::ConsoleSocket;
-use hyperlet_tests::Agent;
+use hyperlet_tests::console::{ConsoleSocket, PtyProcess};
+use hyperlet_tests::{hyperlet_bin, Agent};
+use nix::sys::termios::LocalFlags;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -165,6 +166,74 @@ fn serial_console_both_ways_with_take_over_watchers_and_one_time_urls() {
     // Text messages (what browser terminals send) are typed too.
     second.send_text("echo text-$((2*5))\r");
     second.read_until("text-10", ANSWER);
+
+    // The CLI: `server console --attach` in a real terminal, raw while attached, restored
+    // after Ctrl-] and after SIGTERM; --force takes over, --read-only watches.
+    let agent_url = agent.url();
+    let token = agent.token();
+    let cli = |extra: &[&str]| {
+        let mut args = vec!["server", "console", "--attach", a.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--url", &agent_url]);
+        PtyProcess::spawn(&hyperlet_bin(), &args, &[("HYPERLET_TOKEN", &token)])
+    };
+    let mut attached = cli(&["--force"]);
+    let cooked = attached.termios();
+    attached.read_until("Escape character is ^]", ANSWER);
+    let (code, _) = second.wait_closed(ANSWER);
+    assert_eq!(code, 4001);
+    let raw = attached.termios();
+    assert!(
+        !raw.local_flags.contains(LocalFlags::ECHO)
+            && !raw.local_flags.contains(LocalFlags::ICANON),
+        "the CLI did not put the terminal in raw mode"
+    );
+    attached.type_bytes(b"echo cli-$((4*4))\r");
+    attached.read_until("cli-16", ANSWER);
+    watcher.read_until("cli-16", ANSWER);
+    attached.type_bytes(&[0x1d]);
+    let status = attached.wait(ANSWER);
+    assert!(
+        status.success(),
+        "Ctrl-] must leave cleanly: {}",
+        attached.seen
+    );
+    assert_eq!(
+        attached.termios().local_flags,
+        cooked.local_flags,
+        "terminal not restored"
+    );
+    let mut killed = cli(&[]);
+    killed.read_until("Escape character is ^]", ANSWER);
+    assert!(!killed.termios().local_flags.contains(LocalFlags::ECHO));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    killed.wait(ANSWER);
+    assert_eq!(
+        killed.termios().local_flags,
+        cooked.local_flags,
+        "terminal not restored"
+    );
+    let mut watching = cli(&["--read-only"]);
+    watching.read_until("(read-only)", ANSWER);
+    // A session is refused with the agent's reason when another one types.
+    let mut second = ConsoleSocket::open(&serial_url(&agent, &a, json!({"type": "serial"})))
+        .expect("a writer again");
+    let mut refused = cli(&[]);
+    let status = refused.wait(ANSWER);
+    assert!(!status.success());
+    assert!(refused.seen.contains("409"), "{}", refused.seen);
+    run(
+        &mut second,
+        "echo watched-by-cli-$((9*9))",
+        "watched-by-cli-81",
+    );
+    watching.read_until("watched-by-cli-81", ANSWER);
+    watching.type_bytes(&[0x1d]);
+    assert!(watching.wait(ANSWER).success());
 
     // A URL opens only its own server: B's session shows B.
     let mut on_b = ConsoleSocket::open(&serial_url(&agent, &b, json!({"type": "serial"})))

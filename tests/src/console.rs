@@ -214,3 +214,116 @@ impl ConsoleSocket {
         )));
     }
 }
+
+/// A command run on a pseudo-terminal (a real terminal for programs that set raw mode).
+pub struct PtyProcess {
+    /// The process.
+    pub child: std::process::Child,
+    master: std::fs::File,
+    slave: std::os::fd::OwnedFd,
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    /// Everything the process wrote so far (lossy UTF-8, `\r` removed).
+    pub seen: String,
+}
+
+impl PtyProcess {
+    /// Starts `program args` with a new pseudo-terminal as stdin, stdout and stderr.
+    pub fn spawn(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::os::fd::AsFd;
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let stdio = |fd: &std::os::fd::OwnedFd| {
+            std::process::Stdio::from(fd.try_clone().expect("dup the pty"))
+        };
+        let child = std::process::Command::new(program)
+            .args(args)
+            .env_remove("HYPERLET_TOKEN")
+            .env_remove("HYPERLET_URL")
+            .envs(env.iter().copied())
+            .stdin(stdio(&pty.slave))
+            .stdout(stdio(&pty.slave))
+            .stderr(stdio(&pty.slave))
+            .spawn()
+            .expect("spawn on a pty");
+        let master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().expect("dup the master");
+        let (tx, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = pty.slave.as_fd();
+        Self {
+            child,
+            master,
+            slave: pty.slave,
+            output,
+            seen: String::new(),
+        }
+    }
+
+    /// The terminal's settings now (what the process set, or restored).
+    pub fn termios(&self) -> nix::sys::termios::Termios {
+        nix::sys::termios::tcgetattr(&self.slave).expect("tcgetattr")
+    }
+
+    /// Types `bytes` into the terminal.
+    pub fn type_bytes(&mut self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self.master, bytes).expect("write to the pty");
+    }
+
+    /// Reads until `needle` appears after this call started; panics after `limit`.
+    pub fn read_until(&mut self, needle: &str, limit: Duration) {
+        let start = self.seen.len();
+        let deadline = Instant::now() + limit;
+        while !self.seen[start..].contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{needle:?} not shown within {limit:?}; shown:\n{}",
+                self.seen
+            );
+            if let Ok(chunk) = self.output.recv_timeout(left) {
+                self.seen
+                    .push_str(&String::from_utf8_lossy(&chunk).replace('\r', ""));
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; collects what it wrote.
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Ok(chunk) = self.output.try_recv() {
+                self.seen
+                    .push_str(&String::from_utf8_lossy(&chunk).replace('\r', ""));
+            }
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100));
+                while let Ok(chunk) = self.output.try_recv() {
+                    self.seen
+                        .push_str(&String::from_utf8_lossy(&chunk).replace('\r', ""));
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit within {limit:?}; shown:\n{}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PtyProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -13,6 +13,7 @@
 //! from `HYPERLET_TOKEN`, or else from `<state-dir>/admin.token`.
 
 mod client;
+mod console;
 mod eval;
 mod fleet;
 mod host;

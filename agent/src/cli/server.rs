@@ -202,11 +202,21 @@ pub enum ServerCommand {
     ConfirmResize(Target),
     /// Go back to the old flavor after a resize.
     RevertResize(Target),
-    /// Print the serial console log.
+    /// Print the serial console log, or attach to the console (`--attach`, as `virsh
+    /// console`: Ctrl-] leaves).
     Console {
         /// Only the last N lines.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "attach")]
         length: Option<u32>,
+        /// Attach this terminal to the interactive serial console.
+        #[arg(long)]
+        attach: bool,
+        /// With --attach: watch without typing.
+        #[arg(long, requires = "attach", conflicts_with = "force")]
+        read_only: bool,
+        /// With --attach: take the console over from the session typing into it.
+        #[arg(long, requires = "attach")]
+        force: bool,
         /// Target.
         #[command(flatten)]
         target: Target,
@@ -439,7 +449,14 @@ pub async fn run(cmd: ServerCommand) -> Result<(), ClientError> {
         }
         ServerCommand::ConfirmResize(t) => act(t, json!({"confirm_resize": null})).await?,
         ServerCommand::RevertResize(t) => act(t, json!({"revert_resize": null})).await?,
-        ServerCommand::Console { length, target } => {
+        ServerCommand::Console {
+            attach: true,
+            read_only,
+            force,
+            target,
+            ..
+        } => super::console::attach(&target.id, &target.client, read_only, force).await?,
+        ServerCommand::Console { length, target, .. } => {
             let api = ApiClient::from_args(&target.client)?;
             let body = json!({"console_output": {"length": length}});
             let out: Value = api
