@@ -33,6 +33,42 @@ pub fn apply(doc: &mut Value) {
     if let Some(body) = doc.pointer_mut(action_body) {
         *body = server_action_schema();
     }
+    let console = "/paths/~1v1~1consoles~1{token}/get/parameters";
+    if let Some(Value::Array(parameters)) = doc.pointer_mut(console) {
+        parameters.extend(websocket_handshake_headers());
+    }
+}
+
+/// The headers of a WebSocket handshake (RFC 6455 §4.1), which the console route requires
+/// (axum's `WebSocketUpgrade` checks them; without them the answer is 400
+/// `websocket_required`).
+fn websocket_handshake_headers() -> Vec<Value> {
+    let header = |name: &str, schema: Value, description: &str| {
+        json!({"name": name, "in": "header", "required": true, "schema": schema,
+               "description": description})
+    };
+    vec![
+        header(
+            "Connection",
+            json!({"type": "string", "enum": ["Upgrade"]}),
+            "A WebSocket handshake",
+        ),
+        header(
+            "Upgrade",
+            json!({"type": "string", "enum": ["websocket"]}),
+            "A WebSocket handshake",
+        ),
+        header(
+            "Sec-WebSocket-Version",
+            json!({"type": "string", "enum": ["13"]}),
+            "RFC 6455",
+        ),
+        header(
+            "Sec-WebSocket-Key",
+            json!({"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}),
+            "16 random bytes, base64",
+        ),
+    ]
 }
 
 /// Inclusive range of each integer format utoipa writes for a Rust integer type.
@@ -269,6 +305,32 @@ fn component_rules() -> Vec<(&'static str, Value)> {
         })
     };
     vec![
+        // ops/consoles.rs create_remote_console: read_only and force are serial options, and a
+        // watcher takes nothing over.
+        (
+            "RemoteConsoleRequest",
+            json!({
+                "oneOf": [
+                    {
+                        "properties": { "type": { "enum": ["serial"] } },
+                        "not": {
+                            "required": ["read_only", "force"],
+                            "properties": {
+                                "read_only": { "const": true },
+                                "force": { "const": true }
+                            }
+                        }
+                    },
+                    {
+                        "properties": {
+                            "type": { "enum": ["novnc"] },
+                            "read_only": { "const": false },
+                            "force": { "const": false }
+                        }
+                    }
+                ]
+            }),
+        ),
         ("NetworkCreate", network_rules()),
         // ops/networks/model.rs SubnetCreate::validate.
         (
