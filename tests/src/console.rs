@@ -275,6 +275,20 @@ impl PtyProcess {
         std::io::Write::write_all(&mut self.master, bytes).expect("write to the pty");
     }
 
+    /// Reads for up to `limit`, returning what arrived.
+    pub fn read_for(&mut self, limit: Duration) -> String {
+        let start = self.seen.len();
+        let deadline = Instant::now() + limit;
+        while let Ok(chunk) = self
+            .output
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen
+                .push_str(&String::from_utf8_lossy(&chunk).replace('\r', ""));
+        }
+        self.seen[start..].to_string()
+    }
+
     /// Reads until `needle` appears after this call started; panics after `limit`.
     pub fn read_until(&mut self, needle: &str, limit: Duration) {
         let start = self.seen.len();
