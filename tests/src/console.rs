@@ -42,8 +42,20 @@ impl ConsoleSocket {
     pub fn open(url: &str) -> Result<Self, Refused> {
         let runtime = runtime();
         let opened = runtime.block_on(tokio_tungstenite::connect_async(url));
+        Self::opened(runtime, url, opened.map(|(socket, _)| socket))
+    }
+
+    /// The session, or the agent's refusal.
+    fn opened(
+        runtime: tokio::runtime::Runtime,
+        url: &str,
+        opened: Result<
+            WebSocketStream<MaybeTlsStream<TcpStream>>,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    ) -> Result<Self, Refused> {
         match opened {
-            Ok((socket, _)) => Ok(Self {
+            Ok(socket) => Ok(Self {
                 runtime,
                 socket,
                 seen: String::new(),
@@ -78,19 +90,7 @@ impl ConsoleSocket {
             let tcp = TcpStream::from_std(tcp).expect("tokio socket");
             tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await
         });
-        match opened {
-            Ok((socket, _)) => Ok(Self {
-                runtime,
-                socket,
-                seen: String::new(),
-                closed: None,
-            }),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(Refused {
-                status: response.status().as_u16(),
-                body: String::new(),
-            }),
-            Err(e) => panic!("WebSocket to {url}: {e}"),
-        }
+        Self::opened(runtime, url, opened.map(|(socket, _)| socket))
     }
 
     /// The first binary message, raw (e.g. a VNC server's greeting).
