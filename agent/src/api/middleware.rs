@@ -56,7 +56,7 @@ pub async fn request_context(
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = req.method().clone();
     // A console URL's path is its credential: never logged.
-    let path = if route == CONSOLE_ROUTE {
+    let path = if req.uri().path().starts_with("/v1/consoles/") {
         "/v1/consoles/<token>".to_string()
     } else {
         req.uri().path().to_string()

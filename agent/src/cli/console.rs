@@ -15,6 +15,9 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Longest a send to the agent may take before the session counts as broken.
+const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `Ctrl-]`, the escape byte (as virsh).
 pub const ESCAPE: u8 = 0x1d;
 
@@ -109,13 +112,21 @@ type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
 /// Opens the console URL the agent gave.
 async fn connect(url: &str, args: &ClientArgs) -> Result<Socket, ClientError> {
-    let unreachable = |reason: String| ClientError::Failed(format!("Cannot open {url}: {reason}"));
+    // Never print the URL: its token still opens the console.
+    let shown = url
+        .split("/v1/consoles/")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let unreachable = |reason: String| {
+        ClientError::Failed(format!("Cannot open the console at {shown}: {reason}"))
+    };
     let (tls, rest) = if let Some(rest) = url.strip_prefix("wss://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("ws://") {
         (false, rest)
     } else {
-        return Err(ClientError::Decode(format!("not a WebSocket URL: {url}")));
+        return Err(ClientError::Decode(format!("not a WebSocket URL: {shown}")));
     };
     let authority = rest.split('/').next().unwrap_or_default();
     let tcp = tokio::time::timeout(
@@ -204,21 +215,34 @@ pub async fn attach(
             Some(&body),
         )
         .await?;
-    let url = answer["url"]
+    let given = answer["url"]
         .as_str()
-        .ok_or_else(|| ClientError::Decode(format!("no url in {answer}")))?;
-    let mut socket = connect(url, args).await?;
+        .ok_or_else(|| ClientError::Decode("no url in the agent's answer".into()))?;
+    // The session goes where this command's --url points (the agent builds its URL from the
+    // Host it was reached by, which a proxy may have changed); only the path is taken.
+    let path = given
+        .find("/v1/consoles/")
+        .map(|at| &given[at..])
+        .ok_or_else(|| ClientError::Decode("the console URL has no /v1/consoles/ path".into()))?;
+    let base = args.url.clone().unwrap_or_else(super::default_url);
+    let base = base.trim_end_matches('/');
+    let url = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}{path}")
+    } else {
+        format!("ws://{}{path}", base.trim_start_matches("http://"))
+    };
+    let mut socket = connect(&url, args).await?;
     // Handlers first: a signal from here on restores the terminal instead of killing us.
     let signals = Signals::install()?;
     let mode = if read_only { " (read-only)" } else { "" };
-    eprint!("Connected to server {id}{mode}\r\nEscape character is ^] (Ctrl + ])\r\n");
     let ended = {
         let _raw = RawTerminal::enter();
+        eprint!("Connected to server {id}{mode}\r\nEscape character is ^] (Ctrl + ])\r\n");
         session(&mut socket, read_only, signals).await
     };
     match ended {
         Ended::Left | Ended::Signal => {
-            let _ = socket.close(None).await;
+            let _ = tokio::time::timeout(SEND_TIMEOUT, socket.close(None)).await;
             eprintln!();
             Ok(())
         }
@@ -266,8 +290,15 @@ async fn session(socket: &mut Socket, read_only: bool, mut signals: Signals) -> 
                     None => (typed, false),
                 };
                 if !data.is_empty() && !read_only {
-                    if let Err(e) = socket.send(Message::Binary(data.into())).await {
-                        return Ended::Broken(e.to_string());
+                    let sent = tokio::time::timeout(
+                        SEND_TIMEOUT,
+                        socket.send(Message::Binary(data.into())),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Ended::Broken(e.to_string()),
+                        Err(_) => return Ended::Broken("the agent stopped taking input".into()),
                     }
                 }
                 if leave {

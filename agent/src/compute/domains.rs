@@ -331,7 +331,13 @@ impl Libvirt {
             let mut picture = Vec::new();
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                let n = stream.recv(&mut buf)?;
+                let n = match stream.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = stream.abort();
+                        return Err(e);
+                    }
+                };
                 if n == 0 {
                     break;
                 }

@@ -11,6 +11,14 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+/// Console threads allowed beyond one per session: closed hubs whose reader waits for its
+/// guest's next output (or for a new hub to take the console from it).
+const MAX_IDLE_THREADS: usize = 64;
+
+/// Screenshots taken at once on this node: a QEMU that does not draw holds a libvirt worker
+/// per screenshot until the call's deadline, and the workers are shared with every call.
+pub const MAX_SCREENSHOTS: usize = 2;
+
 /// A session as the registry sees it: its server, and how to end it.
 #[derive(Debug)]
 struct Live {
@@ -28,6 +36,8 @@ struct Inner {
     permits: Arc<Semaphore>,
     sessions: Mutex<HashMap<u64, Live>>,
     next_id: AtomicU64,
+    /// Screenshots taken at once (each holds a libvirt worker while QEMU draws).
+    screenshots: Arc<Semaphore>,
     /// Sessions ended, by [`CloseReason::index`].
     ended: [AtomicU64; CloseReason::LABELS.len()],
 }
@@ -90,11 +100,13 @@ impl Consoles {
                 opener: Opener {
                     uri: uri.to_string(),
                     timeout,
+                    max_threads: config.max_sessions + MAX_IDLE_THREADS,
                 },
                 permits: Arc::new(Semaphore::new(config.max_sessions)),
                 sessions: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 ended: Default::default(),
+                screenshots: Arc::new(Semaphore::new(MAX_SCREENSHOTS)),
                 config: config.clone(),
             }),
         }
@@ -172,6 +184,24 @@ impl Consoles {
         Ok(())
     }
 
+    /// A permit to take a screenshot, waiting up to `wait`.
+    ///
+    /// # Errors
+    /// [`ConsoleError::Timeout`] when [`MAX_SCREENSHOTS`] stay busy.
+    pub async fn screenshot_permit(
+        &self,
+        wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, ConsoleError> {
+        let acquire = self.inner.screenshots.clone().acquire_owned();
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ConsoleError::Timeout {
+                action: "take a screenshot (the earlier ones still wait on QEMU)",
+                seconds: wait.as_secs(),
+            }),
+        }
+    }
+
     /// Registers a session of `server_id`, taking one of `consoles.max_sessions` permits.
     ///
     /// # Errors
@@ -219,7 +249,6 @@ impl Consoles {
         read_only: bool,
         force: bool,
     ) -> Result<SerialAttach, ConsoleError> {
-        self.inner.hubs.prune();
         self.inner
             .hubs
             .attach(

@@ -8,8 +8,13 @@
 //! than [`OUTPUT_CHUNKS`] chunks behind misses output and is closed by its session loop.
 //!
 //! The hub ends when the stream does (the guest stopped, moved or was destroyed: EOF), when
-//! its last session leaves, or when the agent closes it; ending aborts the stream from a
-//! thread of its own (an abort waits on libvirtd) which wakes the reader.
+//! its last session leaves, or when the agent closes it. Only the reader thread ever aborts,
+//! frees or closes the stream and its connection — libvirt's client frees a stream's state in
+//! `virStreamAbort` under a `virStreamRecv` blocked on another thread — so a closed hub's
+//! reader ends at the guest's next output, and a new hub for the same server takes the
+//! console over from it (`VIR_DOMAIN_CONSOLE_FORCE`: libvirtd closes the old stream, which
+//! wakes its reader). Console threads are counted per server and in all: a server whose open
+//! still waits on libvirtd gets no second one, and at most [`Opener::max_threads`] run.
 
 use super::{CloseReason, ConsoleError};
 use bytes::Bytes;
@@ -28,6 +33,8 @@ use virt::stream::Stream;
 pub const OUTPUT_CHUNKS: usize = 1024;
 /// Largest chunk read from the stream at once.
 pub const READ_CHUNK: usize = 4096;
+/// libvirt's message when another stream has the domain's console.
+const HELD_ELSEWHERE: &str = "Active console session";
 /// Typed chunks queued for the writer thread before the session waits.
 const INPUT_CHUNKS: usize = 16;
 
@@ -40,8 +47,6 @@ pub struct SerialHub {
     members: Mutex<usize>,
     closed: CancellationToken,
     reason: Mutex<Option<CloseReason>>,
-    /// A reference to the stream, to abort it when the hub is closed.
-    stream: Mutex<Option<Stream>>,
 }
 
 impl std::fmt::Debug for SerialHub {
@@ -179,14 +184,6 @@ impl SerialHub {
             .get_or_insert(reason);
         self.closed.cancel();
         self.input.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(stream) = self.stream.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            // virStreamAbort waits for libvirtd: never on the caller's thread.
-            let _ = std::thread::Builder::new()
-                .name("console-abort".into())
-                .spawn(move || {
-                    let _ = stream.abort();
-                });
-        }
     }
 }
 
@@ -195,6 +192,51 @@ impl SerialHub {
 pub(super) struct Hubs {
     /// Per server: the hub, behind an async lock so only one open runs per server.
     slots: Mutex<HashMap<String, Slot>>,
+    /// The console threads alive, per server.
+    threads: Arc<Mutex<Threads>>,
+}
+
+/// Console reader threads alive: per server, those still opening, and in all.
+#[derive(Debug, Default)]
+struct Threads {
+    alive: HashMap<String, usize>,
+    opening: HashMap<String, usize>,
+    total: usize,
+}
+
+/// One console thread's place in [`Threads`], given back when the thread ends.
+struct ThreadSlot {
+    threads: Arc<Mutex<Threads>>,
+    server_id: String,
+    opening: bool,
+}
+
+impl ThreadSlot {
+    /// The thread answered its opener.
+    fn opened(&mut self) {
+        if std::mem::take(&mut self.opening) {
+            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            decrement(&mut threads.opening, &self.server_id);
+        }
+    }
+}
+
+impl Drop for ThreadSlot {
+    fn drop(&mut self) {
+        self.opened();
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        decrement(&mut threads.alive, &self.server_id);
+        threads.total -= 1;
+    }
+}
+
+fn decrement(counts: &mut HashMap<String, usize>, key: &str) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// A server's hub, if it has one, behind the lock its opening holds.
@@ -207,6 +249,9 @@ pub(super) struct Opener {
     pub uri: String,
     /// Deadline of opening the console.
     pub timeout: Duration,
+    /// Console threads alive at most (hubs, and closed ones waiting for their guest's next
+    /// output or to be taken over).
+    pub max_threads: usize,
 }
 
 impl Hubs {
@@ -232,7 +277,14 @@ impl Hubs {
                 return Ok(attach);
             }
         }
-        let hub = open(opener, server_id, domain_name, force).await?;
+        let hub = match self.open(opener, server_id, domain_name, force).await {
+            // One of our own readers still holds it (a closed hub waiting for output, or an
+            // open whose caller gave up): take the console from it.
+            Err(ConsoleError::HeldElsewhere { .. }) if self.alive(server_id) > 0 => {
+                self.open(opener, server_id, domain_name, true).await?
+            }
+            other => other?,
+        };
         let attach = hub
             .join(read_only, force)?
             .ok_or_else(|| ConsoleError::Libvirt {
@@ -268,16 +320,43 @@ impl Hubs {
         }
     }
 
-    /// Forgets slots whose hub has ended.
-    pub fn prune(&self) {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, slot| {
-                slot.try_lock()
-                    .map(|hub| hub.as_ref().is_some_and(|h| !h.is_closed()))
-                    .unwrap_or(true)
-            });
+    /// Console threads alive for `server_id`.
+    fn alive(&self, server_id: &str) -> usize {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.alive.get(server_id).copied().unwrap_or(0)
+    }
+
+    /// Opens the console on a new thread, within the limits on console threads.
+    async fn open(
+        &self,
+        opener: &Opener,
+        server_id: &str,
+        domain_name: &str,
+        force: bool,
+    ) -> Result<Arc<SerialHub>, ConsoleError> {
+        let slot = {
+            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+            if threads.opening.contains_key(server_id) {
+                return Err(ConsoleError::Timeout {
+                    action: "open the console (an earlier attempt still waits on libvirtd)",
+                    seconds: opener.timeout.as_secs(),
+                });
+            }
+            if threads.total >= opener.max_threads {
+                return Err(ConsoleError::TooManySessions {
+                    max: opener.max_threads,
+                });
+            }
+            threads.total += 1;
+            *threads.alive.entry(server_id.to_string()).or_default() += 1;
+            *threads.opening.entry(server_id.to_string()).or_default() += 1;
+            ThreadSlot {
+                threads: self.threads.clone(),
+                server_id: server_id.to_string(),
+                opening: true,
+            }
+        };
+        open(opener, slot, server_id, domain_name, force).await
     }
 }
 
@@ -294,6 +373,7 @@ fn console_flags(force: bool) -> u32 {
 /// Opens the domain's console on a thread of its own, which then reads it until it ends.
 async fn open(
     opener: &Opener,
+    slot: ThreadSlot,
     server_id: &str,
     domain_name: &str,
     force: bool,
@@ -306,7 +386,7 @@ async fn open(
     );
     std::thread::Builder::new()
         .name(format!("console-{}", &server_id[..server_id.len().min(8)]))
-        .spawn(move || run(&uri, server, &domain, force, answer))
+        .spawn(move || run(&uri, slot, server, &domain, force, answer))
         .map_err(|e| ConsoleError::Libvirt {
             action: "open the console",
             server_id: server_id.to_string(),
@@ -314,7 +394,7 @@ async fn open(
         })?;
     match tokio::time::timeout(opener.timeout, answered).await {
         Ok(Ok(Ok(hub))) => Ok(hub),
-        Ok(Ok(Err(message))) if message.contains("Active console session") => {
+        Ok(Ok(Err(message))) if message.contains(HELD_ELSEWHERE) => {
             Err(ConsoleError::HeldElsewhere {
                 server_id: server_id.to_string(),
             })
@@ -348,7 +428,14 @@ impl Drop for Closing {
 type Answer = tokio::sync::oneshot::Sender<Result<Arc<SerialHub>, String>>;
 
 /// The hub's thread: open, answer, read until the stream ends, then tidy up.
-fn run(uri: &str, server_id: String, domain: &str, force: bool, answer: Answer) {
+fn run(
+    uri: &str,
+    mut slot: ThreadSlot,
+    server_id: String,
+    domain: &str,
+    force: bool,
+    answer: Answer,
+) {
     let opened = (|| -> Result<(Closing, Stream), virt::error::Error> {
         let conn = Closing(Connect::open(Some(uri))?);
         let dom = Domain::lookup_by_name(&conn.0, domain)?;
@@ -359,10 +446,12 @@ fn run(uri: &str, server_id: String, domain: &str, force: bool, answer: Answer) 
     let (conn, stream) = match opened {
         Ok(pair) => pair,
         Err(e) => {
+            slot.opened();
             let _ = answer.send(Err(e.message().to_string()));
             return;
         }
     };
+    slot.opened();
     let (input, typed) = mpsc::channel(INPUT_CHUNKS);
     let hub = Arc::new(SerialHub {
         server_id,
@@ -372,11 +461,12 @@ fn run(uri: &str, server_id: String, domain: &str, force: bool, answer: Answer) 
         members: Mutex::new(0),
         closed: CancellationToken::new(),
         reason: Mutex::default(),
-        stream: Mutex::new(Some(stream.clone())),
     });
     if answer.send(Ok(hub.clone())).is_err() {
         // The caller gave up waiting (its deadline passed): nobody will read this console.
+        // No other thread has the stream: abort it here.
         hub.close(CloseReason::ClientLeft);
+        let _ = stream.clone().abort();
         drop((stream, conn));
         return;
     }
@@ -391,6 +481,8 @@ fn run(uri: &str, server_id: String, domain: &str, force: bool, answer: Answer) 
     let reason = loop {
         match stream.recv(&mut buf) {
             Ok(0) => break CloseReason::ServerStopped,
+            // A closed hub's reader leaves at the first output after the close.
+            Ok(_) if hub.is_closed() => break CloseReason::ClientLeft,
             // No receivers is fine: the output of a moment without sessions is dropped.
             Ok(n) => drop(hub.output.send(Bytes::copy_from_slice(&buf[..n]))),
             Err(e) => break CloseReason::Failed(e.message().to_string()),
@@ -403,7 +495,9 @@ fn run(uri: &str, server_id: String, domain: &str, force: bool, answer: Answer) 
     if let Ok(writer) = writer {
         let _ = writer.join();
     }
-    drop((stream, conn));
+    // The writer is gone: this thread is the stream's only user.
+    let _ = stream.clone().abort();
+    drop((stream, conn, slot));
 }
 
 /// Sends what the interactive session types until the hub ends.

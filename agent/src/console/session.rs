@@ -60,6 +60,18 @@ fn is_buffer_full(error: axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::WriteBufferFull(_)))
 }
 
+/// [`send`], cut short when the agent ends the session meanwhile.
+async fn send_unless_ended(
+    socket: &mut WebSocket,
+    message: Message,
+    guard: &SessionGuard,
+) -> Result<(), CloseReason> {
+    tokio::select! {
+        sent = send(socket, message) => sent,
+        () = guard.ended() => Err(guard.reason()),
+    }
+}
+
 /// Says goodbye with the reason's close frame (briefly: a stuck client gets none).
 async fn close(mut socket: WebSocket, reason: &CloseReason) {
     if let Some(code) = reason.code() {
@@ -143,7 +155,7 @@ pub async fn run_serial(
                     if let Err(reason) = check_unread(connection) {
                         break reason;
                     }
-                    if let Err(reason) = send(&mut socket, Message::Binary(data)).await {
+                    if let Err(reason) = send_unless_ended(&mut socket, Message::Binary(data), &guard).await {
                         break reason;
                     }
                 }
@@ -157,11 +169,20 @@ pub async fn run_serial(
                 Incoming::Nothing => {}
                 Incoming::Data(data) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
-                    if taken_over.is_some() && !data.is_empty() {
+                    if let Some(taken) = taken_over.as_ref().filter(|_| !data.is_empty()) {
+                        // A guest that stops reading (paused, hung) must not hold the session.
                         tokio::select! {
-                            written = hub.write(data) => if written.is_err() {
-                                break hub.reason();
-                            },
+                            written = tokio::time::timeout(SEND_TIMEOUT, hub.write(data)) => {
+                                match written {
+                                    Ok(Ok(())) => {}
+                                    Ok(Err(())) => break hub.reason(),
+                                    Err(_) => break CloseReason::Failed(
+                                        "the guest's console does not take input".into(),
+                                    ),
+                                }
+                            }
+                            () = taken.cancelled() => break CloseReason::TakenOver,
+                            () = hub.closed() => break hub.reason(),
                             () = guard.ended() => break guard.reason(),
                         }
                     }
@@ -204,7 +225,7 @@ pub async fn run_vnc(
                         break reason;
                     }
                     let data = Bytes::copy_from_slice(&buf[..n]);
-                    if let Err(reason) = send(&mut socket, Message::Binary(data)).await {
+                    if let Err(reason) = send_unless_ended(&mut socket, Message::Binary(data), &guard).await {
                         break reason;
                     }
                 }

@@ -66,6 +66,12 @@ pub enum OpenedConsole {
 /// The server's domain if it runs (or is paused), else [`ConsoleError::NotRunning`].
 async fn running_domain(services: &Services, id: &str) -> Result<String, OpError> {
     let loaded = servers::load(services, id).await?;
+    if loaded.status == servers::ServerStatus::Deleted {
+        return Err(OpError::NotFound {
+            kind: "server",
+            id: id.to_string(),
+        });
+    }
     let domain = loaded.spec.domain_name.clone();
     let state = services.libvirt().state(&domain).await?;
     if !matches!(state, Some(PowerState::Running | PowerState::Paused)) {
@@ -184,6 +190,10 @@ pub async fn open_console(
 /// [`ConsoleError::Screenshot`].
 pub async fn screenshot(services: &Services, id: &str) -> Result<Vec<u8>, OpError> {
     let domain = running_domain(services, id).await?;
+    let _permit = services
+        .consoles()
+        .screenshot_permit(services.config().hypervisor.call_timeout())
+        .await?;
     let (mime, picture) = services
         .libvirt()
         .screenshot(&domain, console::screenshot::MAX_SCREENSHOT_BYTES)
