@@ -394,7 +394,7 @@ fn console_limits_idle_slow_clients_vnc_screenshots_and_shutdown() {
     assert_eq!(code, 4003);
     // The closed hub's reader still waits for the silent guest's output; a new session takes
     // the console from it at once (no 409 "held by another client").
-    let mut again = ConsoleSocket::open(&serial_url(&agent, &id, json!({"type": "serial"})))
+    let again = ConsoleSocket::open(&serial_url(&agent, &id, json!({"type": "serial"})))
         .expect("a console while the old reader waits");
     again.close();
     let resp = agent.send(
