@@ -446,7 +446,9 @@ fn run(
     let (conn, stream) = match opened {
         Ok(pair) => pair,
         Err(e) => {
-            slot.opened();
+            // Gone from the counts before answering: the caller asks whether one of our own
+            // threads still holds the console.
+            drop(slot);
             let _ = answer.send(Err(e.message().to_string()));
             return;
         }
