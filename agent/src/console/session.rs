@@ -60,16 +60,26 @@ fn is_buffer_full(error: axum::Error) -> bool {
         .is_some_and(|e| matches!(e, tokio_tungstenite::tungstenite::Error::WriteBufferFull(_)))
 }
 
-/// [`send`], cut short when the agent ends the session meanwhile.
-async fn send_unless_ended(
+/// Sends console output to the client: refused for a client with too much unread
+/// ([`check_unread`]), cut short when the agent ends the session meanwhile.
+async fn send_output(
     socket: &mut WebSocket,
-    message: Message,
+    connection: Option<ConnectionSocket>,
+    data: Bytes,
     guard: &SessionGuard,
 ) -> Result<(), CloseReason> {
+    check_unread(connection)?;
     tokio::select! {
-        sent = send(socket, message) => sent,
+        sent = send(socket, Message::Binary(data)) => sent,
         () = guard.ended() => Err(guard.reason()),
     }
+}
+
+/// Ends a session: counts it, says goodbye, then gives its permit back.
+async fn finish(socket: WebSocket, guard: SessionGuard, reason: &CloseReason) {
+    guard.record_end(reason);
+    close(socket, reason).await;
+    drop(guard);
 }
 
 /// Says goodbye with the reason's close frame (briefly: a stuck client gets none).
@@ -152,10 +162,7 @@ pub async fn run_serial(
             out = attach.output.recv() => match out.map(|first| coalesce(first, &mut attach.output)) {
                 Ok(Ok(data)) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
-                    if let Err(reason) = check_unread(connection) {
-                        break reason;
-                    }
-                    if let Err(reason) = send_unless_ended(&mut socket, Message::Binary(data), &guard).await {
+                    if let Err(reason) = send_output(&mut socket, connection, data, &guard).await {
                         break reason;
                     }
                 }
@@ -196,9 +203,7 @@ pub async fn run_serial(
         }
     };
     drop(attach);
-    guard.record_end(&reason);
-    close(socket, &reason).await;
-    drop(guard);
+    finish(socket, guard, &reason).await;
 }
 
 /// Runs a VNC session: the client's RFB bytes to QEMU's display socket and back.
@@ -221,11 +226,8 @@ pub async fn run_vnc(
                 Ok(0) => break CloseReason::ServerStopped,
                 Ok(n) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
-                    if let Err(reason) = check_unread(connection) {
-                        break reason;
-                    }
                     let data = Bytes::copy_from_slice(&buf[..n]);
-                    if let Err(reason) = send_unless_ended(&mut socket, Message::Binary(data), &guard).await {
+                    if let Err(reason) = send_output(&mut socket, connection, data, &guard).await {
                         break reason;
                     }
                 }
@@ -253,7 +255,5 @@ pub async fn run_vnc(
         }
     };
     drop(display);
-    guard.record_end(&reason);
-    close(socket, &reason).await;
-    drop(guard);
+    finish(socket, guard, &reason).await;
 }
