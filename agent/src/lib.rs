@@ -43,6 +43,7 @@ pub mod plugin;
 pub mod sched;
 pub mod state;
 pub mod tool;
+pub mod ui;
 pub mod volume;
 
 /// The agent's version, as built.

@@ -23,6 +23,7 @@ mod migration;
 mod mutations;
 mod network_plugins;
 mod networks;
+mod node_page;
 mod openapi;
 mod plugin_http;
 mod plugins;

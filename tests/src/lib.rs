@@ -3,6 +3,7 @@
 //!
 //! Every agent started here is stopped by its PID when its [`Agent`] is dropped.
 
+pub mod browser;
 pub mod console;
 pub mod etcd;
 pub mod fleet;

@@ -113,6 +113,13 @@ pub async fn deadline(State(services): State<Services>, req: Request, next: Next
 /// bearer token with a WebSocket), and its path is not logged.
 pub const CONSOLE_ROUTE: &str = "/v1/consoles/{token}";
 
+/// The node page's files: public like the page itself (see [`crate::ui`]).
+pub const UI_FILE_ROUTE: &str = "/ui/{*path}";
+
+/// Routes served without the admin token besides [`PUBLIC_PATHS`]: the console WebSocket
+/// (its one-time token is the credential) and the node page (it holds no data).
+const TOKENLESS_ROUTES: [&str; 4] = [CONSOLE_ROUTE, "/ui", "/ui/", UI_FILE_ROUTE];
+
 /// The streamed image upload: its size is bounded by `images.max_upload_gb` instead.
 pub const UPLOAD_ROUTE: &str = "/v1/images/{id}/file";
 
@@ -209,13 +216,13 @@ fn code_for_status(status: StatusCode) -> &'static str {
 pub const PEER_PREFIX: &str = "/v1/peer/";
 
 /// Requires `Authorization: Bearer <admin token>` except on [`PUBLIC_PATHS`] and
-/// [`CONSOLE_ROUTE`], and the fleet's peer token (only it) on [`PEER_PREFIX`].
+/// [`TOKENLESS_ROUTES`], and the fleet's peer token (only it) on [`PEER_PREFIX`].
 pub async fn require_token(State(services): State<Services>, req: Request, next: Next) -> Response {
-    let console = req
+    let tokenless = req
         .extensions()
         .get::<MatchedPath>()
-        .is_some_and(|p| p.as_str() == CONSOLE_ROUTE);
-    if console || PUBLIC_PATHS.contains(&req.uri().path()) {
+        .is_some_and(|p| TOKENLESS_ROUTES.contains(&p.as_str()));
+    if tokenless || PUBLIC_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     let presented = req

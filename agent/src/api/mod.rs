@@ -66,6 +66,9 @@ pub fn router(services: Services) -> Router {
             get(routes::consoles::screenshot),
         )
         .route(middleware::CONSOLE_ROUTE, get(routes::consoles::open))
+        .route("/ui", get(routes::ui::redirect))
+        .route("/ui/", get(routes::ui::index))
+        .route(middleware::UI_FILE_ROUTE, get(routes::ui::file))
         .route(
             "/v1/servers/{id}/interfaces",
             post(routes::servers::attach_interface),

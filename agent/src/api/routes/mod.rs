@@ -12,4 +12,5 @@ pub mod peer;
 pub mod plugins;
 pub mod security_groups;
 pub mod servers;
+pub mod ui;
 pub mod volumes;

@@ -1,0 +1,80 @@
+//! `GET /ui/…` — the node page and its files (see [`crate::ui`]). Served without the admin
+//! token (the page holds no data), never listed in the OpenAPI document.
+
+use crate::api::error::ApiError;
+use crate::ui;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+
+/// `GET /ui` → `/ui/`.
+pub async fn redirect() -> Redirect {
+    Redirect::permanent("/ui/")
+}
+
+/// `GET /ui/`: the page, with a fresh style nonce.
+pub async fn index() -> Response {
+    page()
+}
+
+/// `GET /ui/{*path}`: one embedded file.
+pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    if path == ui::INDEX {
+        return page();
+    }
+    let (Some(bytes), Some(etag)) = (ui::asset(&path), ui::etag(&path)) else {
+        return ApiError::not_found(format!("The node page has no file {path:?}")).into_response();
+    };
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, ui::content_type(&path))],
+            bytes,
+        )
+            .into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, HeaderValue::from_static(etag));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    protect(h, &ui::new_nonce());
+    response
+}
+
+/// The page with its nonce; never cached (each load has its own nonce).
+fn page() -> Response {
+    let nonce = ui::new_nonce();
+    let mut response = (
+        [(header::CONTENT_TYPE, ui::content_type(ui::INDEX))],
+        ui::index_page(&nonce),
+    )
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    protect(h, &nonce);
+    response
+}
+
+/// Headers every node page response carries: its CSP, no sniffing, no framing, no referrer.
+fn protect(h: &mut HeaderMap, nonce: &str) {
+    if let Ok(csp) = HeaderValue::from_str(&ui::content_security_policy(nonce)) {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+}

@@ -1,0 +1,73 @@
+// The interactive serial console of one server: a one-time URL from
+// POST /v1/servers/{id}/remote-consoles, a binary WebSocket, and xterm.js to show and type.
+
+import { Terminal } from './vendor/xterm/xterm.mjs';
+import { call } from './api.js';
+
+const encoder = new TextEncoder();
+
+/** One serial console view, reused for whichever server is selected. */
+export class SerialConsole {
+  /** `container` holds the terminal; `onState(text, heldElsewhere)` reports the session. */
+  constructor(container, onState) {
+    this.container = container;
+    this.onState = onState;
+    this.terminal = null;
+    this.socket = null;
+  }
+
+  /** Opens a session on server `id`: interactive, read-only, or taking over another one. */
+  async open(id, { readOnly = false, force = false } = {}) {
+    this.close();
+    const body = { type: 'serial' };
+    if (readOnly) body.read_only = true;
+    if (force) body.force = true;
+    this.onState('connecting…', false);
+    let answer;
+    try {
+      answer = await call('POST', `/v1/servers/${encodeURIComponent(id)}/remote-consoles`, body);
+    } catch (e) {
+      this.onState(`not connected: ${e.message}`, e.code === 'console_in_use');
+      return;
+    }
+    const terminal = new Terminal({
+      cursorBlink: !readOnly,
+      disableStdin: readOnly,
+      scrollback: 5000,
+      fontFamily: 'ui-monospace, monospace',
+      fontSize: 14,
+    });
+    terminal.open(this.container);
+    const socket = new WebSocket(answer.url, []);
+    socket.binaryType = 'arraybuffer';
+    socket.addEventListener('open', () => {
+      this.onState(readOnly ? 'watching (read-only)' : 'connected', false);
+      terminal.focus();
+    });
+    socket.addEventListener('message', (e) => {
+      terminal.write(typeof e.data === 'string' ? e.data : new Uint8Array(e.data));
+    });
+    socket.addEventListener('close', (e) => {
+      if (this.socket !== socket) return;
+      const why = e.reason || (e.code === 1006 ? 'connection lost' : 'closed');
+      this.onState(`closed: ${why} (${e.code})`, e.code === 4001);
+    });
+    if (!readOnly) {
+      terminal.onData((data) => {
+        if (socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data));
+      });
+    }
+    this.terminal = terminal;
+    this.socket = socket;
+  }
+
+  /** Ends the session (if any) and removes the terminal. */
+  close() {
+    const { socket, terminal } = this;
+    this.socket = null;
+    this.terminal = null;
+    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000, 'closed by the page');
+    if (terminal) terminal.dispose();
+    this.container.replaceChildren();
+  }
+}
