@@ -38,6 +38,9 @@ PACKAGES=(
     # without systemd its units only get enabled as symlinks, nothing runs.
     cloud-init
     procps psmisc
+    # chromium + chromium-driver: the node page test (tests/e2e/node_page.rs) drives a real
+    # headless Chromium through chromedriver's WebDriver API.
+    chromium chromium-driver
 )
 
 missing=()

@@ -117,9 +117,15 @@ mod tests {
         for path in paths().filter(|p| p.ends_with(".html")) {
             let text = String::from_utf8_lossy(asset(path).unwrap()).to_lowercase();
             assert!(!text.contains("<script>"), "{path}: inline script");
-            assert!(!has_event_handler_attribute(&text), "{path}: inline event handler");
+            assert!(
+                !has_event_handler_attribute(&text),
+                "{path}: inline event handler"
+            );
             assert!(!text.contains("javascript:"), "{path}");
-            assert!(!text.contains("http://") && !text.contains("https://"), "{path}");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "{path}"
+            );
             assert!(!text.contains(" style=\""), "{path}: inline style");
         }
     }
@@ -136,8 +142,14 @@ mod tests {
     #[test]
     fn content_types_follow_the_extension() {
         assert_eq!(content_type("app.js"), "text/javascript; charset=utf-8");
-        assert_eq!(content_type("vendor/xterm/xterm.mjs"), "text/javascript; charset=utf-8");
-        assert_eq!(content_type("vendor/xterm/LICENSE"), "text/plain; charset=utf-8");
+        assert_eq!(
+            content_type("vendor/xterm/xterm.mjs"),
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(
+            content_type("vendor/xterm/LICENSE"),
+            "text/plain; charset=utf-8"
+        );
         assert!(etag(INDEX).is_some_and(|t| t.len() == 26));
     }
 }

@@ -31,7 +31,11 @@ fn spki_hash(cert: &Path) -> String {
         .arg(cert)
         .output()
         .expect("openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -63,7 +67,10 @@ fn check_files_and_headers(agent: &Agent) {
     let page = get("/ui/");
     assert_eq!(page.status(), 200);
     let headers = page.headers().clone();
-    let csp = headers["content-security-policy"].to_str().unwrap().to_string();
+    let csp = headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     for part in [
         "default-src 'none'",
         "script-src 'self';",
@@ -123,7 +130,7 @@ fn check_files_and_headers(agent: &Agent) {
         assert_eq!(licence.status(), 200, "{path}");
         assert!(licence.text().unwrap().contains(what), "{path}");
     }
-    for missing in ["/ui/nope.js", "/ui/%2e%2e/Cargo.toml", "/ui/vendor/"] {
+    for missing in ["/ui/nope.js", "/ui/%2E%2E%2FCargo.toml", "/ui/vendor/"] {
         let resp = get(missing);
         assert_eq!(resp.status(), 404, "{missing}");
         assert!(resp.headers()["content-type"]
@@ -165,12 +172,23 @@ fn node_page_in_chromium_signs_in_types_into_a_guest_and_follows_its_status() {
     browser.wait_text("#login-error", "not the admin token", LIMIT);
     assert!(browser.find("#dashboard:not([hidden])").is_none());
 
+    // The refused attempt is the only thing the browser console has said so far.
+    for (level, text) in browser.console_messages() {
+        assert!(
+            text.contains("/v1/host") && text.contains("401"),
+            "browser console {level}: {text}"
+        );
+    }
+    browser.clear("#token");
     browser.type_into("#token", &token);
     browser.click("#sign-in");
     let row = format!("tr[data-server-id=\"{id}\"]");
     browser.wait_text(&format!("{row} td.status"), "ACTIVE", LIMIT);
     browser.wait_text("#live", "live", LIMIT);
-    assert!(!browser.url().contains(&token), "the token is never in the URL");
+    assert!(
+        !browser.url().contains(&token),
+        "the token is never in the URL"
+    );
     let stored = browser.execute(
         "return sessionStorage.getItem('hyperlet.admin-token')",
         json!([]),
@@ -179,12 +197,18 @@ fn node_page_in_chromium_signs_in_types_into_a_guest_and_follows_its_status() {
     let host = agent.get_json("/v1/host");
     browser.wait_text("#node-name", host["hostname"].as_str().unwrap(), LIMIT);
     let capacity = browser.text("#capacity");
-    assert!(capacity.contains("vCPUs") && capacity.contains("Memory"), "{capacity}");
+    assert!(
+        capacity.contains("vCPUs") && capacity.contains("Memory"),
+        "{capacity}"
+    );
     assert!(browser.text("#servers").contains("page-guest"));
     browser.screenshot("02-dashboard");
 
     // Marks this document: a reload would lose the mark.
-    browser.execute("window.hyperletTestMark = 'same page'; return null", json!([]));
+    browser.execute(
+        "window.hyperletTestMark = 'same page'; return null",
+        json!([]),
+    );
 
     // The serial console: type into the guest's shell and read its answer.
     browser.click(&format!("{row} button[data-open=\"serial\"]"));
@@ -196,6 +220,16 @@ fn node_page_in_chromium_signs_in_types_into_a_guest_and_follows_its_status() {
     );
     browser.wait_text("#terminal .xterm-rows", "page-42-answer", GUEST_LIMIT);
     browser.screenshot("03-serial-console");
+    // xterm.js wrote its styles into <style> elements, each admitted by the load's nonce.
+    let styles = browser.execute(
+        "return [...document.querySelectorAll('style')].map((s) => s.nonce.length > 0)",
+        json!([]),
+    );
+    let styles = styles.as_array().expect("style elements");
+    assert!(
+        !styles.is_empty() && styles.iter().all(|s| s == true),
+        "{styles:?}"
+    );
 
     // The console log tab shows what the guest printed.
     browser.click("#detail-tabs [data-tab=\"log\"]");
@@ -212,7 +246,11 @@ fn node_page_in_chromium_signs_in_types_into_a_guest_and_follows_its_status() {
     browser.click(&format!("{row} button[data-action=\"stop\"]"));
     browser.wait_text(&format!("{row} td.status"), "SHUTOFF", GUEST_LIMIT);
     let mark = browser.execute("return window.hyperletTestMark ?? null", json!([]));
-    assert_eq!(mark, json!("same page"), "the status changed without a reload");
+    assert_eq!(
+        mark,
+        json!("same page"),
+        "the status changed without a reload"
+    );
     assert_eq!(
         agent.get_json(&format!("/v1/servers/{id}"))["status"],
         "SHUTOFF"

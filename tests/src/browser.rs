@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The W3C key of an element reference in WebDriver answers.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52f-4a3b3bb9b9e2";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where the Debian packages put the browser and its driver.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -107,7 +107,10 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(resp) = self.http.get(format!("{}/status", self.base)).send() {
-                if resp.json::<Value>().is_ok_and(|v| v["value"]["ready"] == true) {
+                if resp
+                    .json::<Value>()
+                    .is_ok_and(|v| v["value"]["ready"] == true)
+                {
                     return;
                 }
             }
@@ -164,16 +167,19 @@ impl Browser {
     pub fn wait_for(&self, css: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(id) = self.find(css) {
-                if self.try_raw("GET", &format!("/element/{id}/displayed"), None) == Ok(json!(true))
-                {
+            let shown = self.execute(
+                "const e = document.querySelector(arguments[0]); \
+                 return e !== null && e.checkVisibility();",
+                json!([css]),
+            );
+            if shown == json!(true) {
+                if let Some(id) = self.find(css) {
                     return id;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "no displayed {css} within {limit:?}"
-            );
+            if Instant::now() >= deadline {
+                self.fail(&format!("no displayed {css} within {limit:?}"));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -194,10 +200,19 @@ impl Browser {
         );
     }
 
+    /// Empties the form field matching `css` (waiting for it).
+    pub fn clear(&self, css: &str) {
+        let id = self.wait_for(css, Duration::from_secs(30));
+        self.raw("POST", &format!("/element/{id}/clear"), None);
+    }
+
     /// The rendered text of the element matching `css`, or empty when there is none.
     pub fn text(&self, css: &str) -> String {
         self.find(css)
-            .and_then(|id| self.try_raw("GET", &format!("/element/{id}/text"), None).ok())
+            .and_then(|id| {
+                self.try_raw("GET", &format!("/element/{id}/text"), None)
+                    .ok()
+            })
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
     }
@@ -210,10 +225,11 @@ impl Browser {
             if text.contains(needle) {
                 return text;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{css} did not show {needle:?} within {limit:?}; it shows {text:?}"
-            );
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "{css} did not show {needle:?} within {limit:?}; it shows {text:?}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -235,7 +251,7 @@ impl Browser {
             .to_string()
     }
 
-    /// The browser console's messages so far (level and text).
+    /// The browser console's messages since the last call (level and text).
     pub fn console_messages(&self) -> Vec<(String, String)> {
         self.try_raw("POST", "/se/log", Some(json!({"type": "browser"})))
             .ok()
@@ -249,6 +265,21 @@ impl Browser {
                 )
             })
             .collect()
+    }
+
+    /// Panics with `why`, after saving a screenshot (`failure.png`) and printing where the
+    /// page is and what its console said, for the person reading the test's output.
+    fn fail(&self, why: &str) -> ! {
+        let url = self.try_raw("GET", "/url", None);
+        let title = self.try_raw("GET", "/title", None);
+        eprintln!("browser at {url:?}, title {title:?}");
+        for (level, text) in self.console_messages() {
+            eprintln!("browser console {level}: {text}");
+        }
+        if self.try_raw("GET", "/screenshot", None).is_ok() {
+            self.screenshot("failure");
+        }
+        panic!("{why}");
     }
 
     /// Saves a PNG of the window as `<screenshots>/<name>.png`; returns its path.

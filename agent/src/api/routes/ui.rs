@@ -31,11 +31,7 @@ pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        (
-            [(header::CONTENT_TYPE, ui::content_type(&path))],
-            bytes,
-        )
-            .into_response()
+        ([(header::CONTENT_TYPE, ui::content_type(&path))], bytes).into_response()
     };
     let h = response.headers_mut();
     h.insert(header::ETAG, HeaderValue::from_static(etag));
@@ -68,7 +64,10 @@ fn protect(h: &mut HeaderMap, nonce: &str) {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
