@@ -656,6 +656,9 @@ pub struct ApiConfig {
     /// Time a connection may stay open without any request in flight, in seconds (bytes that
     /// never complete a request do not keep it open).
     pub idle_timeout_secs: u64,
+    /// Serve the node page at `/ui/` (its files only: every call it makes needs the admin
+    /// token). `false` leaves `/ui/` unrouted.
+    pub node_page: bool,
 }
 
 impl Default for ApiConfig {
@@ -667,6 +670,7 @@ impl Default for ApiConfig {
             max_connections: 1024,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,
+            node_page: true,
         }
     }
 }

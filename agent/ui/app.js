@@ -130,7 +130,7 @@ function onEvent(kind, event) {
     renderServerRow(server);
     if (selected === server.id) renderDetailStatus();
   }
-  scheduleRefresh(500);
+  scheduleRefresh(1000);
 }
 
 /** Reads everything again after `delay` ms, once however many events come meanwhile. */

@@ -36,6 +36,8 @@ export class SerialConsole {
       scrollback: 5000,
       fontFamily: 'ui-monospace, monospace',
       fontSize: 14,
+      // Guest output is untrusted: links a guest prints (OSC 8) are never opened.
+      linkHandler: { activate() {}, allowNonHttpProtocols: false },
     });
     terminal.open(this.container);
     const socket = new WebSocket(answer.url, []);

@@ -273,11 +273,15 @@ mod tests {
     use tower::ServiceExt;
 
     fn services(dir: &std::path::Path, timeout_secs: u64) -> Services {
+        services_configured(dir, |c| c.api.request_timeout_secs = timeout_secs)
+    }
+
+    fn services_configured(dir: &std::path::Path, change: impl FnOnce(&mut Config)) -> Services {
         let mut config = Config {
             state_dir: dir.to_path_buf(),
             ..Config::default()
         };
-        config.api.request_timeout_secs = timeout_secs;
+        change(&mut config);
         let store = crate::state::Store::open(&dir.join("db")).unwrap();
         let (token, _) = load_or_create(&config).unwrap();
         Services::new(ServicesParts {
@@ -359,5 +363,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fast.status(), StatusCode::OK);
+    }
+
+    async fn status_of_get(app: &Router, path: &str) -> StatusCode {
+        app.clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn the_node_page_is_public_only_where_it_is_routed() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = crate::api::router(services(dir.path(), 30));
+        assert_eq!(status_of_get(&app, "/ui/").await, StatusCode::OK);
+        assert_eq!(status_of_get(&app, "/ui/app.js").await, StatusCode::OK);
+        assert_eq!(
+            status_of_get(&app, "/ui/none.js").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status_of_get(&app, "/ui").await,
+            StatusCode::PERMANENT_REDIRECT
+        );
+        // Paths that only look like the page's stay behind the token.
+        assert_eq!(status_of_get(&app, "/uix").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status_of_get(&app, "/v1/host").await,
+            StatusCode::UNAUTHORIZED
+        );
+
+        let off = tempfile::tempdir().unwrap();
+        let app = crate::api::router(services_configured(off.path(), |c| c.api.node_page = false));
+        assert_eq!(status_of_get(&app, "/ui/").await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status_of_get(&app, "/ui/app.js").await,
+            StatusCode::UNAUTHORIZED
+        );
     }
 }

@@ -26,7 +26,16 @@ use error::ApiError;
 /// Builds the HTTP application: routes, fallbacks and middleware.
 pub fn router(services: Services) -> Router {
     let body_limit = services.config().api.body_limit_bytes;
+    let node_page = if services.config().api.node_page {
+        Router::new()
+            .route("/ui", get(routes::ui::redirect))
+            .route("/ui/", get(routes::ui::index))
+            .route(middleware::UI_FILE_ROUTE, get(routes::ui::file))
+    } else {
+        Router::new()
+    };
     Router::new()
+        .merge(node_page)
         .route("/healthz", get(routes::health::healthz))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/v1/openapi.json", get(routes::openapi::openapi))
@@ -66,9 +75,6 @@ pub fn router(services: Services) -> Router {
             get(routes::consoles::screenshot),
         )
         .route(middleware::CONSOLE_ROUTE, get(routes::consoles::open))
-        .route("/ui", get(routes::ui::redirect))
-        .route("/ui/", get(routes::ui::index))
-        .route(middleware::UI_FILE_ROUTE, get(routes::ui::file))
         .route(
             "/v1/servers/{id}/interfaces",
             post(routes::servers::attach_interface),
