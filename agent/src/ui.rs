@@ -79,12 +79,24 @@ pub fn index_page(nonce: &str) -> String {
 /// The Content-Security-Policy of the page and its files. `style_nonce` admits the `<style>`
 /// elements the page's scripts create (xterm.js writes its theme and cell metrics into them);
 /// no inline style attribute, script or event handler is allowed.
-pub fn content_security_policy(style_nonce: &str) -> String {
+/// `console_origin` (`wss://host[:port]`, from `consoles.public_base_url`) is where console
+/// WebSockets go when that is not this origin.
+pub fn content_security_policy(style_nonce: &str, console_origin: Option<&str>) -> String {
+    let connect = match console_origin {
+        Some(origin) => format!("'self' {origin}"),
+        None => "'self'".to_string(),
+    };
     format!(
         "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{style_nonce}'; \
-         img-src 'self' data: blob:; font-src 'self'; connect-src 'self'; base-uri 'none'; \
+         img-src 'self' data: blob:; font-src 'self'; connect-src {connect}; base-uri 'none'; \
          form-action 'none'; frame-ancestors 'none'; object-src 'none'"
     )
+}
+
+/// The origin (`scheme://host[:port]`) of a checked `consoles.public_base_url`.
+pub fn origin_of(url: &str) -> Option<String> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
 }
 
 #[cfg(test)]
@@ -137,6 +149,19 @@ mod tests {
             let name_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
             name_len > 0 && rest[name_len..].starts_with('=')
         })
+    }
+
+    #[test]
+    fn a_console_origin_elsewhere_is_the_only_other_connection_allowed() {
+        let csp = content_security_policy("n", None);
+        assert!(csp.contains("connect-src 'self';"), "{csp}");
+        let origin = origin_of("wss://proxy.example:8443/node-7").unwrap();
+        assert_eq!(origin, "wss://proxy.example:8443");
+        let csp = content_security_policy("n", Some(&origin));
+        assert!(
+            csp.contains("connect-src 'self' wss://proxy.example:8443;"),
+            "{csp}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 /// idle_timeout_secs = 900
 /// token_ttl_secs = 30
 /// vnc = true
+/// # public_base_url = "wss://consoles.example.com/node-7"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +30,11 @@ pub struct ConsolesConfig {
     /// password) and a VGA video device, for `{"type": "novnc"}` consoles and screenshots.
     /// Applies to servers started after the change.
     pub vnc: bool,
+    /// Where clients reach this agent's consoles when that is not where they reached its API
+    /// (a reverse proxy, TLS terminated elsewhere): `ws://` or `wss://`, host, optional port
+    /// and path prefix; console URLs are `<this>/v1/consoles/<token>`. Unset: the scheme of
+    /// the listener and the `Host` the client used.
+    pub public_base_url: Option<String>,
 }
 
 impl Default for ConsolesConfig {
@@ -38,6 +44,7 @@ impl Default for ConsolesConfig {
             idle_timeout_secs: 900,
             token_ttl_secs: 30,
             vnc: true,
+            public_base_url: None,
         }
     }
 }
@@ -73,8 +80,36 @@ impl ConsolesConfig {
         if !(5..=300).contains(&self.token_ttl_secs) {
             return invalid("consoles.token_ttl_secs", "must be 5-300");
         }
+        if let Some(url) = &self.public_base_url {
+            if let Err(reason) = check_base_url(url) {
+                return invalid("consoles.public_base_url", &reason);
+            }
+        }
         Ok(())
     }
+}
+
+/// Checks a `public_base_url`: `ws://` or `wss://`, a host, no user part, query or fragment.
+fn check_base_url(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("ws" | "wss")) {
+        return Err(format!("{url:?} must start with ws:// or wss://"));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{url:?} names no host"));
+    };
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(format!("{url:?} must name a host without a user part"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(format!("{url:?} must not have a query or fragment"));
+    }
+    if url.len() > 512 {
+        return Err("must be at most 512 characters".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -100,6 +135,28 @@ mod tests {
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn public_base_urls_are_websocket_urls_with_a_host() {
+        for good in [
+            "wss://consoles.example.com",
+            "ws://10.0.0.7:8787",
+            "wss://proxy.example.com/node-7/",
+        ] {
+            assert_eq!(check_base_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "https://example.com",
+            "wss://",
+            "wss://user@example.com",
+            "wss://example.com/?a=1",
+            "wss://example.com/#x",
+            "example.com",
+            "wss://exa mple.com",
+        ] {
+            assert!(check_base_url(bad).is_err(), "{bad}");
         }
     }
 }

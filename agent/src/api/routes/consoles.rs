@@ -4,6 +4,7 @@
 
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::json::ApiJson;
+use crate::config::Config;
 use crate::console::{session, ConsoleError};
 use crate::daemon::listener::ConnectionSocket;
 use crate::ops::consoles::{self, OpenedConsole, RemoteConsole, RemoteConsoleRequest};
@@ -22,14 +23,13 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// Most output the socket holds for a client that does not read (then the send fails).
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
-/// `ws://` or `wss://` and the authority the client used to reach the agent (its `Host`), or
-/// the listen address when it sent none usable.
-fn websocket_base(services: &Services, headers: &HeaderMap, uri: &Uri) -> String {
-    let scheme = if services.config().tls.enabled() {
-        "wss"
-    } else {
-        "ws"
-    };
+/// `consoles.public_base_url` when set; else `ws://` or `wss://` and the authority the client
+/// used to reach the agent (its `Host`), or the listen address when it sent none usable.
+fn websocket_base(config: &Config, headers: &HeaderMap, uri: &Uri) -> String {
+    if let Some(base) = &config.consoles.public_base_url {
+        return base.clone();
+    }
+    let scheme = if config.tls.enabled() { "wss" } else { "ws" };
     let from_client = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -39,7 +39,7 @@ fn websocket_base(services: &Services, headers: &HeaderMap, uri: &Uri) -> String
     let authority = match from_client {
         Some(a) => a.to_string(),
         None => {
-            let listen = services.config().listen;
+            let listen = config.listen;
             if listen.ip().is_unspecified() {
                 format!("localhost:{}", listen.port())
             } else {
@@ -75,7 +75,7 @@ pub async fn create(
     uri: Uri,
     ApiJson(request): ApiJson<RemoteConsoleRequest>,
 ) -> Result<Json<RemoteConsole>, ApiError> {
-    let base = websocket_base(&services, &headers, &uri);
+    let base = websocket_base(services.config(), &headers, &uri);
     Ok(Json(
         consoles::create_remote_console(&services, &id, request, &base).await?,
     ))
@@ -155,4 +155,29 @@ pub async fn screenshot(
         png,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_urls_start_where_clients_reach_the_agent() {
+        let mut config = Config::default();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "node-7.example:8787".parse().unwrap());
+        let uri: Uri = "/v1/servers/x/remote-consoles".parse().unwrap();
+        assert_eq!(
+            websocket_base(&config, &headers, &uri),
+            "ws://node-7.example:8787"
+        );
+        // A Host with a user part is not used.
+        headers.insert(header::HOST, "user@evil.example".parse().unwrap());
+        assert!(!websocket_base(&config, &headers, &uri).contains("evil"));
+        config.consoles.public_base_url = Some("wss://proxy.example/node-7".into());
+        assert_eq!(
+            websocket_base(&config, &headers, &uri),
+            "wss://proxy.example/node-7"
+        );
+    }
 }

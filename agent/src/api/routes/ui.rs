@@ -2,8 +2,9 @@
 //! token (the page holds no data), never listed in the OpenAPI document.
 
 use crate::api::error::ApiError;
+use crate::ops::Services;
 use crate::ui;
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
@@ -13,14 +14,18 @@ pub async fn redirect() -> Redirect {
 }
 
 /// `GET /ui/`: the page, with a fresh style nonce.
-pub async fn index() -> Response {
-    page()
+pub async fn index(State(services): State<Services>) -> Response {
+    page(&services)
 }
 
 /// `GET /ui/{*path}`: one embedded file.
-pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
+pub async fn file(
+    State(services): State<Services>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if path == ui::INDEX {
-        return page();
+        return page(&services);
     }
     let (Some(bytes), Some(etag)) = (ui::asset(&path), ui::etag(&path)) else {
         return ApiError::not_found(format!("The node page has no file {path:?}")).into_response();
@@ -36,12 +41,12 @@ pub async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
     let h = response.headers_mut();
     h.insert(header::ETAG, HeaderValue::from_static(etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    protect(h, &ui::new_nonce());
+    protect(h, &services, &ui::new_nonce());
     response
 }
 
 /// The page with its nonce; never cached (each load has its own nonce).
-fn page() -> Response {
+fn page(services: &Services) -> Response {
     let nonce = ui::new_nonce();
     let mut response = (
         [(header::CONTENT_TYPE, ui::content_type(ui::INDEX))],
@@ -50,15 +55,19 @@ fn page() -> Response {
         .into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    protect(h, &nonce);
+    protect(h, services, &nonce);
     response
 }
 
 /// Headers every node page response carries: its CSP, no sniffing, no framing, no referrer.
-fn protect(h: &mut HeaderMap, nonce: &str) {
-    if let Ok(csp) = HeaderValue::from_str(&ui::content_security_policy(nonce)) {
-        h.insert(header::CONTENT_SECURITY_POLICY, csp);
-    }
+fn protect(h: &mut HeaderMap, services: &Services, nonce: &str) {
+    let consoles_elsewhere = services.config().consoles.public_base_url.as_deref();
+    let console_origin = consoles_elsewhere.and_then(ui::origin_of);
+    let csp = ui::content_security_policy(nonce, console_origin.as_deref());
+    // Fails closed: a policy that cannot be written allows nothing.
+    let csp = HeaderValue::from_str(&csp)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
