@@ -243,6 +243,35 @@ fn serial_console_both_ways_with_take_over_watchers_and_one_time_urls() {
     watching.type_bytes(&[0x1d]);
     assert!(watching.wait(ANSWER).success());
 
+    // `virsh console` holds B's console: a session is refused (409 console_in_use, recognised
+    // by libvirt's error code), one with force takes the console from virsh.
+    let domain = agent.get_json(&format!("/v1/servers/{b}"))["domain_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut virsh = PtyProcess::spawn(
+        std::path::Path::new("virsh"),
+        &["-c", "qemu:///system", "console", &domain],
+        &[],
+    );
+    virsh.read_until("Escape character", ANSWER);
+    let Err(refused) = ConsoleSocket::open(&serial_url(&agent, &b, json!({"type": "serial"})))
+    else {
+        panic!("a session opened while virsh has the console");
+    };
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("console_in_use"), "{}", refused.body);
+    let mut taken = ConsoleSocket::open(&serial_url(
+        &agent,
+        &b,
+        json!({"type": "serial", "force": true}),
+    ))
+    .expect("force takes the console from virsh");
+    run(&mut taken, "echo taken-$((5*5))", "taken-25");
+    // virsh loses its stream and exits.
+    virsh.wait(ANSWER);
+    taken.close();
+
     // A URL opens only its own server: B's session shows B.
     let mut on_b = ConsoleSocket::open(&serial_url(&agent, &b, json!({"type": "serial"})))
         .expect("console of B");

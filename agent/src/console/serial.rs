@@ -33,7 +33,8 @@ use virt::stream::Stream;
 pub const OUTPUT_CHUNKS: usize = 1024;
 /// Largest chunk read from the stream at once.
 pub const READ_CHUNK: usize = 4096;
-/// libvirt's message when another stream has the domain's console.
+/// libvirt's message when another stream has the domain's console (in English; the error
+/// code is checked first, so a translated libvirt is recognised too).
 const HELD_ELSEWHERE: &str = "Active console session";
 /// Typed chunks queued for the writer thread before the session waits.
 const INPUT_CHUNKS: usize = 16;
@@ -394,12 +395,13 @@ async fn open(
         })?;
     match tokio::time::timeout(opener.timeout, answered).await {
         Ok(Ok(Ok(hub))) => Ok(hub),
-        Ok(Ok(Err(message))) if message.contains(HELD_ELSEWHERE) => {
-            Err(ConsoleError::HeldElsewhere {
-                server_id: server_id.to_string(),
-            })
-        }
-        Ok(Ok(Err(message))) => Err(ConsoleError::Libvirt {
+        Ok(Ok(Err(OpenFailure {
+            held_elsewhere: true,
+            ..
+        }))) => Err(ConsoleError::HeldElsewhere {
+            server_id: server_id.to_string(),
+        }),
+        Ok(Ok(Err(OpenFailure { message, .. }))) => Err(ConsoleError::Libvirt {
             action: "open the console",
             server_id: server_id.to_string(),
             message,
@@ -425,7 +427,32 @@ impl Drop for Closing {
     }
 }
 
-type Answer = tokio::sync::oneshot::Sender<Result<Arc<SerialHub>, String>>;
+type Answer = tokio::sync::oneshot::Sender<Result<Arc<SerialHub>, OpenFailure>>;
+
+/// Why a hub's thread could not open the console.
+#[derive(Debug)]
+struct OpenFailure {
+    /// libvirt's message.
+    message: String,
+    /// Another stream has the console: `virDomainOpenConsole` failed with
+    /// `VIR_ERR_OPERATION_FAILED` (libvirt's answer to a console in use), or said so.
+    held_elsewhere: bool,
+}
+
+impl OpenFailure {
+    /// Classifies an error of the open; `at_open` when `virDomainOpenConsole` itself failed
+    /// (not the connection, lookup or stream before it).
+    fn new(e: &virt::error::Error, at_open: bool) -> Self {
+        let message = e.message().to_string();
+        let held_elsewhere = at_open
+            && (e.code() == virt::error::ErrorNumber::OperationFailed
+                || message.contains(HELD_ELSEWHERE));
+        Self {
+            message,
+            held_elsewhere,
+        }
+    }
+}
 
 /// The hub's thread: open, answer, read until the stream ends, then tidy up.
 fn run(
@@ -436,11 +463,13 @@ fn run(
     force: bool,
     answer: Answer,
 ) {
-    let opened = (|| -> Result<(Closing, Stream), virt::error::Error> {
-        let conn = Closing(Connect::open(Some(uri))?);
-        let dom = Domain::lookup_by_name(&conn.0, domain)?;
-        let stream = Stream::new(&conn.0, 0)?;
-        dom.open_console(None, &stream, console_flags(force))?;
+    let opened = (|| -> Result<(Closing, Stream), OpenFailure> {
+        let before = |e: virt::error::Error| OpenFailure::new(&e, false);
+        let conn = Closing(Connect::open(Some(uri)).map_err(before)?);
+        let dom = Domain::lookup_by_name(&conn.0, domain).map_err(before)?;
+        let stream = Stream::new(&conn.0, 0).map_err(before)?;
+        dom.open_console(None, &stream, console_flags(force))
+            .map_err(|e| OpenFailure::new(&e, true))?;
         Ok((conn, stream))
     })();
     let (conn, stream) = match opened {
@@ -449,7 +478,7 @@ fn run(
             // Gone from the counts before answering: the caller asks whether one of our own
             // threads still holds the console.
             drop(slot);
-            let _ = answer.send(Err(e.message().to_string()));
+            let _ = answer.send(Err(e));
             return;
         }
     };
