@@ -30,9 +30,20 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
         .collect();
     entries.sort();
     for path in entries {
-        if path.is_dir() {
+        // Hidden files (editor swap files, .DS_Store) are not part of the page, and nothing
+        // outside ui/ is reached through a symbolic link.
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let kind = fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .file_type();
+        if hidden || kind.is_symlink() {
+            continue;
+        }
+        if kind.is_dir() {
             collect(root, &path, files);
-        } else if path.is_file() {
+        } else if kind.is_file() {
             let relative = path
                 .strip_prefix(root)
                 .expect("under ui/")

@@ -5,7 +5,8 @@
 //! the REST API with it, so its files are served without a token. Its Content-Security-Policy
 //! allows scripts from this origin only (no inline script, no `eval`), connections to this
 //! origin only (HTTP and WebSocket), and styles from this origin plus the `<style>` elements
-//! xterm.js creates at run time, which carry a nonce made fresh for every page load.
+//! xterm.js creates at run time, which carry a nonce made fresh for every page load, and the
+//! style attributes it colours 24-bit text with.
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -76,9 +77,11 @@ pub fn index_page(nonce: &str) -> String {
     String::from_utf8_lossy(page).replace(NONCE_PLACEHOLDER, nonce)
 }
 
-/// The Content-Security-Policy of the page and its files. `style_nonce` admits the `<style>`
-/// elements the page's scripts create (xterm.js writes its theme and cell metrics into them);
-/// no inline style attribute, script or event handler is allowed.
+/// The Content-Security-Policy of the page. `style_nonce` admits the `<style>` elements the
+/// page's scripts create (xterm.js writes its theme and cell metrics into them); no inline
+/// script or event handler is allowed. Style attributes are (`style-src-attr`): xterm.js
+/// colours 24-bit text with them; an attribute holds declarations for its own element only
+/// (no selectors to read the page with) and can load nothing `img-src`/`font-src` refuse.
 /// `console_origin` (`wss://host[:port]`, from `consoles.public_base_url`) is where console
 /// WebSockets go when that is not this origin.
 pub fn content_security_policy(style_nonce: &str, console_origin: Option<&str>) -> String {
@@ -87,10 +90,23 @@ pub fn content_security_policy(style_nonce: &str, console_origin: Option<&str>) 
         None => "'self'".to_string(),
     };
     format!(
-        "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-{style_nonce}'; \
-         img-src 'self' data: blob:; font-src 'self'; connect-src {connect}; base-uri 'none'; \
+        "default-src 'none'; script-src 'self'; style-src 'self'; \
+         style-src-elem 'self' 'nonce-{style_nonce}'; style-src-attr 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self'; connect-src {connect}; base-uri 'none'; \
          form-action 'none'; frame-ancestors 'none'; object-src 'none'"
     )
+}
+
+/// The Content-Security-Policy of the page's other files (scripts, styles, licences): they
+/// are never documents of their own that may run or load anything.
+pub const FILE_CONTENT_SECURITY_POLICY: &str = "default-src 'none'; frame-ancestors 'none'";
+
+/// Whether `if_none_match` (an `If-None-Match` value) matches the strong tag `etag`: weak
+/// comparison over a list (RFC 9110 §13.1.2), `*` matching anything.
+pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 /// The origin (`scheme://host[:port]`) of a checked `consoles.public_base_url`.
@@ -155,6 +171,8 @@ mod tests {
     fn a_console_origin_elsewhere_is_the_only_other_connection_allowed() {
         let csp = content_security_policy("n", None);
         assert!(csp.contains("connect-src 'self';"), "{csp}");
+        assert!(csp.contains("script-src 'self';"), "{csp}");
+        assert!(csp.contains("style-src-elem 'self' 'nonce-n';"), "{csp}");
         let origin = origin_of("wss://proxy.example:8443/node-7").unwrap();
         assert_eq!(origin, "wss://proxy.example:8443");
         let csp = content_security_policy("n", Some(&origin));
@@ -176,5 +194,17 @@ mod tests {
             "text/plain; charset=utf-8"
         );
         assert!(etag(INDEX).is_some_and(|t| t.len() == 26));
+    }
+
+    #[test]
+    fn if_none_match_is_a_weak_comparison_over_a_list() {
+        let tag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", tag));
+        assert!(etag_matches("W/\"abc\"", tag));
+        assert!(etag_matches("\"x\", W/\"abc\"", tag));
+        assert!(etag_matches("*", tag));
+        assert!(!etag_matches("\"abd\"", tag));
+        assert!(!etag_matches("abc", tag));
+        assert!(!etag_matches("", tag));
     }
 }

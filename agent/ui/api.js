@@ -60,6 +60,9 @@ export async function call(method, path, body) {
   return json;
 }
 
+/** The agent sends a keep-alive every 15 s: this much silence means the stream is dead. */
+const STALL_MS = 45000;
+
 /**
  * Follows `/v1/events` until `signal` aborts, calling `onEvent(kind, event)` for each event
  * and `onState(connected, why)` when the stream opens or drops. Reconnects after a pause,
@@ -69,12 +72,22 @@ export async function followEvents(onEvent, onState, signal) {
   let last = null;
   let pause = 1000;
   while (!signal.aborted) {
+    const connection = new AbortController();
+    const stop = () => connection.abort();
+    signal.addEventListener('abort', stop);
+    let watchdog = null;
+    const feed = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => connection.abort(new Error(`no event or keep-alive for ${STALL_MS / 1000} s`)), STALL_MS);
+    };
+    let reader = null;
     try {
-      const path = last === null ? '/v1/events' : `/v1/events?after=${last}`;
+      const path = last === null ? '/v1/events' : `/v1/events?after=${encodeURIComponent(last)}`;
+      feed();
       const resp = await fetch(path, {
         headers: { Authorization: `Bearer ${token() ?? ''}`, Accept: 'text/event-stream' },
         cache: 'no-store',
-        signal,
+        signal: connection.signal,
       });
       if (resp.status === 401) {
         onState(false, 'unauthorized');
@@ -85,12 +98,22 @@ export async function followEvents(onEvent, onState, signal) {
       }
       onState(true, 'connected');
       pause = 1000;
-      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = '';
+      let carry = '';
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
-        buffer += value;
+        feed();
+        // Line ends may be CRLF, LF or CR (a proxy may rewrite them); a CR at the end of a
+        // chunk waits for the next one, which may start with its LF.
+        let text = carry + value;
+        carry = '';
+        if (text.endsWith('\r')) {
+          carry = '\r';
+          text = text.slice(0, -1);
+        }
+        buffer += text.replace(/\r\n?/g, '\n');
         let end;
         while ((end = buffer.indexOf('\n\n')) >= 0) {
           const message = parseMessage(buffer.slice(0, end));
@@ -104,7 +127,12 @@ export async function followEvents(onEvent, onState, signal) {
       onState(false, 'the stream ended');
     } catch (e) {
       if (signal.aborted) return;
-      onState(false, e.message);
+      onState(false, connection.signal.reason?.message ?? e.message);
+    } finally {
+      clearTimeout(watchdog);
+      signal.removeEventListener('abort', stop);
+      reader?.cancel().catch(() => {});
+      connection.abort();
     }
     await new Promise((resolve) => setTimeout(resolve, pause));
     pause = Math.min(pause * 2, 15000);

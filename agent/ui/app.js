@@ -38,14 +38,25 @@ const servers = new Map();
 let selected = null;
 /** Stops the event stream on sign-out. */
 let events = null;
+/** Counts sign-ins and sign-outs: answers of an earlier one are dropped. */
+let signedInAs = 0;
+/** A pending refresh timer, whether a refresh runs, and whether another one is wanted. */
 let refreshTimer = null;
+let refreshing = false;
+let refreshAgain = false;
 
-const serial = new SerialConsole($('terminal'), (text, heldElsewhere) => {
-  $('serial-status').textContent = text;
+/** Shows a console's state in `element`: its text, and its state in `data-state`. */
+function showConsoleState(element, state, text) {
+  element.textContent = text;
+  element.dataset.state = state;
+}
+
+const serial = new SerialConsole($('terminal'), (state, text, heldElsewhere) => {
+  showConsoleState($('serial-status'), state, text);
   $('serial-take-over').hidden = !heldElsewhere;
 });
-const vnc = new VncConsole($('vnc-screen'), (text) => {
-  $('vnc-status').textContent = text;
+const vnc = new VncConsole($('vnc-screen'), (state, text) => {
+  showConsoleState($('vnc-status'), state, text);
 });
 
 // ---- signing in and out ----
@@ -73,9 +84,20 @@ $('sign-out').addEventListener('click', () => signOut(''));
 
 function signOut(why) {
   clearToken();
+  signedInAs += 1;
   events?.abort();
   events = null;
+  clearTimeout(refreshTimer);
+  refreshTimer = null;
+  refreshAgain = false;
   closeDetail();
+  // Nothing of the node stays on the page for whoever uses this browser next.
+  servers.clear();
+  $('host-facts').replaceChildren();
+  for (const id of ['capacity', 'servers', 'networks', 'volumes', 'plugins']) {
+    $(id).tBodies[0].replaceChildren();
+  }
+  $('dashboard-error').textContent = '';
   $('dashboard').hidden = true;
   $('sign-out').hidden = true;
   $('login').hidden = false;
@@ -85,6 +107,7 @@ function signOut(why) {
 }
 
 function start() {
+  signedInAs += 1;
   $('login').hidden = true;
   $('dashboard').hidden = false;
   $('sign-out').hidden = false;
@@ -122,6 +145,11 @@ function onStreamState(connected, why) {
 }
 
 function onEvent(kind, event) {
+  if (kind === 'gap') {
+    // Events were lost: read everything again now.
+    scheduleRefresh(0);
+    return;
+  }
   if (kind === 'server.status' && servers.has(event.resource_id)) {
     const server = servers.get(event.resource_id);
     server.status = event.data.status;
@@ -144,8 +172,27 @@ function scheduleRefresh(delay) {
 
 // ---- reading and rendering ----
 
+/** Reads and shows everything; one read at a time (a request meanwhile runs once after it). */
 async function refresh() {
   if (token() === null) return;
+  if (refreshing) {
+    refreshAgain = true;
+    return;
+  }
+  refreshing = true;
+  const session = signedInAs;
+  try {
+    await readAll(session);
+  } finally {
+    refreshing = false;
+  }
+  if (refreshAgain && session === signedInAs) {
+    refreshAgain = false;
+    scheduleRefresh(0);
+  }
+}
+
+async function readAll(session) {
   try {
     const [host, serverList, networks, volumes, plugins] = await Promise.all([
       call('GET', '/v1/host'),
@@ -154,6 +201,7 @@ async function refresh() {
       call('GET', '/v1/volumes'),
       call('GET', '/v1/plugins'),
     ]);
+    if (session !== signedInAs) return;
     $('dashboard-error').textContent = '';
     renderServers(serverList.servers);
     renderHost(host, serverList.servers);
@@ -161,7 +209,7 @@ async function refresh() {
     renderVolumes(volumes.volumes);
     renderPlugins(plugins.plugins);
   } catch (err) {
-    report(err);
+    if (session === signedInAs) report(err);
   }
 }
 
@@ -228,6 +276,7 @@ function serverRow(server) {
     actionButton(server, 'start', 'Start'),
     actionButton(server, 'stop', 'Stop'),
     actionButton(server, 'reboot', 'Reboot'),
+    actionButton(server, 'hard-reboot', 'Hard reboot'),
     el('button', { type: 'button', 'data-open': 'log' }, 'Log'),
     el('button', { type: 'button', 'data-open': 'serial' }, 'Console'),
     el('button', { type: 'button', 'data-open': 'vnc' }, 'VNC'));
@@ -244,19 +293,20 @@ function serverRow(server) {
     actions);
 }
 
-/** Which actions make sense in which status (the agent refuses the others with 409). */
-const ACTION_ALLOWED = {
-  start: ['SHUTOFF'],
-  stop: ['ACTIVE', 'PAUSED', 'SUSPENDED', 'ERROR'],
-  reboot: ['ACTIVE', 'SHUTOFF', 'PAUSED', 'ERROR'],
+/** Each button's action body and the statuses the agent allows it in (ops/servers/actions.rs). */
+const ACTIONS = {
+  start: { body: { start: null }, allowed: ['SHUTOFF'] },
+  stop: { body: { stop: null }, allowed: ['ACTIVE', 'PAUSED', 'ERROR'] },
+  reboot: { body: { reboot: { type: 'SOFT' } }, allowed: ['ACTIVE'] },
+  'hard-reboot': { body: { reboot: { type: 'HARD' } }, allowed: ['ACTIVE', 'SHUTOFF', 'PAUSED', 'ERROR'] },
 };
 
 function actionButton(server, action, label) {
-  const allowed = ACTION_ALLOWED[action].includes(server.status) && !server.task_state;
-  const button = el('button', { type: 'button', 'data-action': action, disabled: !allowed }, label);
+  const { body, allowed } = ACTIONS[action];
+  const enabled = allowed.includes(server.status) && !server.task_state;
+  const button = el('button', { type: 'button', 'data-action': action, disabled: !enabled }, label);
   button.addEventListener('click', async () => {
     button.disabled = true;
-    const body = action === 'reboot' ? { reboot: { type: 'SOFT' } } : { [action]: null };
     try {
       await call('POST', `/v1/servers/${encodeURIComponent(server.id)}/action`, body);
       $('dashboard-error').textContent = '';
@@ -311,8 +361,8 @@ function openDetail(id, tab) {
   if (selected !== id) {
     serial.close();
     vnc.close();
-    $('serial-status').textContent = '';
-    $('vnc-status').textContent = '';
+    showConsoleState($('serial-status'), 'closed', '');
+    showConsoleState($('vnc-status'), 'closed', '');
   }
   selected = id;
   $('server-detail').hidden = false;
@@ -340,8 +390,8 @@ function showTab(tab) {
     document.querySelector(`#detail-tabs [data-tab="${name}"]`).classList.toggle('current', name === tab);
   }
   if (tab === 'log') loadLog();
-  if (tab === 'serial' && serial.socket === null) serial.open(selected);
-  if (tab === 'vnc' && vnc.rfb === null) vnc.open(selected);
+  if (tab === 'serial' && !serial.active) serial.open(selected);
+  if (tab === 'vnc' && !vnc.active) vnc.open(selected);
 }
 
 async function loadLog() {
@@ -365,12 +415,12 @@ $('serial-watch').addEventListener('click', () => serial.open(selected, { readOn
 $('serial-take-over').addEventListener('click', () => serial.open(selected, { force: true }));
 $('serial-disconnect').addEventListener('click', () => {
   serial.close();
-  $('serial-status').textContent = 'disconnected';
+  showConsoleState($('serial-status'), 'closed', 'disconnected');
 });
 $('vnc-connect').addEventListener('click', () => vnc.open(selected));
 $('vnc-disconnect').addEventListener('click', () => {
   vnc.close();
-  $('vnc-status').textContent = 'disconnected';
+  showConsoleState($('vnc-status'), 'closed', 'disconnected');
 });
 
 // ---- formatting ----

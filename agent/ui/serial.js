@@ -8,28 +8,43 @@ const encoder = new TextEncoder();
 
 /** One serial console view, reused for whichever server is selected. */
 export class SerialConsole {
-  /** `container` holds the terminal; `onState(text, heldElsewhere)` reports the session. */
+  /**
+   * `container` holds the terminal; `onState(state, text, heldElsewhere)` reports the session
+   * (`state`: connecting, connected, watching, failed or closed).
+   */
   constructor(container, onState) {
     this.container = container;
     this.onState = onState;
     this.terminal = null;
     this.socket = null;
+    /** Counts opens and closes: an open whose URL arrives after a newer one is dropped. */
+    this.generation = 0;
+    /** True while a URL is being asked for. */
+    this.opening = false;
   }
 
   /** Opens a session on server `id`: interactive, read-only, or taking over another one. */
   async open(id, { readOnly = false, force = false } = {}) {
     this.close();
+    const generation = this.generation;
     const body = { type: 'serial' };
     if (readOnly) body.read_only = true;
     if (force) body.force = true;
-    this.onState('connecting…', false);
+    this.onState('connecting', 'connecting…', false);
+    this.opening = true;
     let answer;
     try {
       answer = await call('POST', `/v1/servers/${encodeURIComponent(id)}/remote-consoles`, body);
     } catch (e) {
-      this.onState(`not connected: ${e.message}`, e.code === 'console_in_use');
+      if (generation === this.generation) {
+        this.opening = false;
+        this.onState('failed', `not connected: ${e.message}`, e.code === 'console_in_use');
+      }
       return;
     }
+    // Closed or opened again meanwhile: this URL is not used (it expires unopened).
+    if (generation !== this.generation) return;
+    this.opening = false;
     const terminal = new Terminal({
       cursorBlink: !readOnly,
       disableStdin: readOnly,
@@ -43,7 +58,8 @@ export class SerialConsole {
     const socket = new WebSocket(answer.url, []);
     socket.binaryType = 'arraybuffer';
     socket.addEventListener('open', () => {
-      this.onState(readOnly ? 'watching (read-only)' : 'connected', false);
+      if (readOnly) this.onState('watching', 'watching (read-only)', false);
+      else this.onState('connected', 'connected', false);
       terminal.focus();
     });
     socket.addEventListener('message', (e) => {
@@ -52,7 +68,7 @@ export class SerialConsole {
     socket.addEventListener('close', (e) => {
       if (this.socket !== socket) return;
       const why = e.reason || (e.code === 1006 ? 'connection lost' : 'closed');
-      this.onState(`closed: ${why} (${e.code})`, e.code === 4001);
+      this.onState('closed', `closed: ${why} (${e.code})`, e.code === 4001);
     });
     if (!readOnly) {
       terminal.onData((data) => {
@@ -63,8 +79,15 @@ export class SerialConsole {
     this.socket = socket;
   }
 
+  /** Whether a session is open or being opened. */
+  get active() {
+    return this.opening || this.socket !== null;
+  }
+
   /** Ends the session (if any) and removes the terminal. */
   close() {
+    this.generation += 1;
+    this.opening = false;
     const { socket, terminal } = this;
     this.socket = null;
     this.terminal = null;

@@ -79,6 +79,8 @@ impl Browser {
             "--disable-default-apps",
             "--disable-extensions",
             "--metrics-recording-only",
+            "--disable-crash-reporter",
+            "--disable-breakpad",
             "--window-size=1400,1600",
         ]
         .iter()
@@ -184,10 +186,18 @@ impl Browser {
         }
     }
 
-    /// Clicks the element matching `css` (waiting for it).
+    /// Clicks the element matching `css` (waiting for it). An element the page replaced
+    /// between finding and clicking it (a re-rendered table row) is found again.
     pub fn click(&self, css: &str) {
-        let id = self.wait_for(css, Duration::from_secs(30));
-        self.raw("POST", &format!("/element/{id}/click"), None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let id = self.wait_for(css, Duration::from_secs(30));
+            match self.try_raw("POST", &format!("/element/{id}/click"), None) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && Instant::now() < deadline => {}
+                Err(e) => self.fail(&format!("click {css}: {e}")),
+            }
+        }
     }
 
     /// Types `text` into the element matching `css` (waiting for it).
@@ -253,10 +263,9 @@ impl Browser {
 
     /// The browser console's messages since the last call (level and text).
     pub fn console_messages(&self) -> Vec<(String, String)> {
-        self.try_raw("POST", "/se/log", Some(json!({"type": "browser"})))
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
+        let log = self.raw("POST", "/se/log", Some(json!({"type": "browser"})));
+        log.as_array()
+            .unwrap_or_else(|| panic!("the browser log is not a list: {log}"))
             .iter()
             .map(|m| {
                 (
@@ -273,8 +282,8 @@ impl Browser {
         let url = self.try_raw("GET", "/url", None);
         let title = self.try_raw("GET", "/title", None);
         eprintln!("browser at {url:?}, title {title:?}");
-        for (level, text) in self.console_messages() {
-            eprintln!("browser console {level}: {text}");
+        if let Ok(log) = self.try_raw("POST", "/se/log", Some(json!({"type": "browser"}))) {
+            eprintln!("browser console: {log}");
         }
         if self.try_raw("GET", "/screenshot", None).is_ok() {
             self.screenshot("failure");
@@ -297,7 +306,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.try_raw("DELETE", "", None);
+        // Ends the session (Chromium quits); a chromedriver that does not answer is stopped.
+        let _ = self
+            .http
+            .delete(&self.base)
+            .timeout(Duration::from_secs(10))
+            .send();
         // chromedriver and the Chromium it started share the group made for it.
         let pgid = Pid::from_raw(self.driver.id() as i32);
         let _ = killpg(pgid, Signal::SIGTERM);

@@ -32,7 +32,8 @@ pub async fn file(
     };
     let fresh = headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| ui::etag_matches(v, etag));
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -41,7 +42,11 @@ pub async fn file(
     let h = response.headers_mut();
     h.insert(header::ETAG, HeaderValue::from_static(etag));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    protect(h, &services, &ui::new_nonce());
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(ui::FILE_CONTENT_SECURITY_POLICY),
+    );
+    protect(h);
     response
 }
 
@@ -55,19 +60,20 @@ fn page(services: &Services) -> Response {
         .into_response();
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    protect(h, services, &nonce);
-    response
-}
-
-/// Headers every node page response carries: its CSP, no sniffing, no framing, no referrer.
-fn protect(h: &mut HeaderMap, services: &Services, nonce: &str) {
     let consoles_elsewhere = services.config().consoles.public_base_url.as_deref();
     let console_origin = consoles_elsewhere.and_then(ui::origin_of);
-    let csp = ui::content_security_policy(nonce, console_origin.as_deref());
+    let csp = ui::content_security_policy(&nonce, console_origin.as_deref());
     // Fails closed: a policy that cannot be written allows nothing.
     let csp = HeaderValue::from_str(&csp)
         .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
     h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    protect(h);
+    response
+}
+
+/// Headers every node page response carries besides its CSP: no sniffing, no framing, no
+/// referrer, its own browsing context group.
+fn protect(h: &mut HeaderMap) {
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
