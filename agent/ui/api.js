@@ -40,10 +40,16 @@ export async function call(method, path, body) {
     init.body = JSON.stringify(body);
   }
   let resp;
-  try {
-    resp = await fetch(path, init);
-  } catch (e) {
-    throw new ApiError(0, 'unreachable', `The agent did not answer ${method} ${path}: ${e.message}`);
+  // A read is tried twice: a browser cancels requests in flight when its network changes.
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      resp = await fetch(path, init);
+      break;
+    } catch (e) {
+      if (method !== 'GET' || attempt === 2 || init.signal.aborted) {
+        throw new ApiError(0, 'unreachable', `The agent did not answer ${method} ${path}: ${e.message}`);
+      }
+    }
   }
   const text = await resp.text();
   let json = null;

@@ -6,7 +6,7 @@
 
 use crate::consoles::boot_shell_server;
 use crate::servers::{import_guest, CONFIG};
-use hyperlet_tests::browser::Browser;
+use hyperlet_tests::browser::{Browser, BrowserNet};
 use hyperlet_tests::pki::Pki;
 use hyperlet_tests::{free_port, Agent, Launch};
 use serde_json::{json, Value};
@@ -39,10 +39,10 @@ fn spki_hash(cert: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// Starts an agent serving TLS with a certificate for 127.0.0.1 from a CA made for the test.
-fn tls_agent(pki_dir: &Path) -> Agent {
+/// Starts an agent serving TLS on `ip` with a certificate for it from a CA made for the test.
+fn tls_agent(pki_dir: &Path, ip: &str) -> Agent {
     let pki = Pki::new(pki_dir);
-    let (cert, key) = pki.server("server", "127.0.0.1");
+    let (cert, key) = pki.server("server", ip);
     Agent::launch(Launch {
         toml: CONFIG.to_string(),
         args: vec![
@@ -51,7 +51,7 @@ fn tls_agent(pki_dir: &Path) -> Agent {
             "--tls-key".into(),
             key.display().to_string(),
         ],
-        addr: format!("127.0.0.1:{}", free_port()),
+        addr: format!("{ip}:{}", free_port()),
         scheme: "https",
         wrap: Vec::new(),
         ca: Some(pki.ca()),
@@ -161,7 +161,9 @@ fn check_files_and_headers(agent: &Agent) {
 fn node_page_in_chromium_signs_in_types_into_a_guest_and_follows_its_status() {
     let _vm = hyperlet_tests::vm_shared();
     let pki = tempfile::tempdir().unwrap();
-    let agent = tls_agent(pki.path());
+    // The browser's own namespace; the agent listens on the host's end of its link.
+    let net = BrowserNet::new();
+    let agent = tls_agent(pki.path(), &net.host_ip);
     let token = agent.token();
     check_files_and_headers(&agent);
 
@@ -173,9 +175,12 @@ fn node_page_in_chromium_signs_in_types_into_a_guest_and_follows_its_status() {
         "--ignore-certificate-errors-spki-list={}",
         spki_hash(&pki.path().join("server.crt"))
     );
-    let browser = Browser::start(&[trust], &shots);
+    let browser = Browser::start(&net, &[trust], &shots);
     let page = format!("{}/ui/", agent.url());
-    assert!(page.starts_with("https://127.0.0.1:"), "{page}");
+    assert!(
+        page.starts_with(&format!("https://{}:", net.host_ip)),
+        "{page}"
+    );
     browser.goto(&page);
     browser.wait_for("#login-form", LIMIT);
     browser.screenshot("01-sign-in");

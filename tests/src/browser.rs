@@ -1,9 +1,13 @@
 //! A real headless Chromium driven through chromedriver's W3C WebDriver HTTP API (Debian
 //! packages `chromium` and `chromium-driver`, installed by `scripts/setup.sh`).
 //!
-//! chromedriver runs in its own process group on a free loopback port; dropping the
-//! [`Browser`] ends the session and stops that group (chromedriver and the Chromium it
-//! started), and nothing else.
+//! The browser runs in a network namespace of its own ([`BrowserNet`]), joined to the host by
+//! a veth pair: Chromium cancels requests in flight (`ERR_NETWORK_CHANGED`) whenever the
+//! interfaces it sees change, and other tests add and remove host interfaces all the time.
+//! chromedriver runs there too, in its own process group, answering only the host side's
+//! address; dropping the [`Browser`] ends the session and stops that group (chromedriver and
+//! the Chromium it started), and nothing else; dropping the [`BrowserNet`] deletes the
+//! namespace and its link.
 
 use crate::free_port;
 use base64::Engine;
@@ -22,6 +26,93 @@ const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
+/// The browser's network namespace and the veth pair joining it to the host: the agent
+/// under test listens on [`BrowserNet::host_ip`], the browser reaches it from
+/// [`BrowserNet::browser_ip`].
+pub struct BrowserNet {
+    /// The namespace's name.
+    pub netns: String,
+    /// The host side's address (a /30 of 10.231.0.0/16).
+    pub host_ip: String,
+    /// The browser side's address.
+    pub browser_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ip (apt-get install iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl BrowserNet {
+    /// Makes the namespace (loopback up) and its link to the host.
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4();
+        let bytes = id.as_bytes();
+        let short = &id.simple().to_string()[..6];
+        let (netns, host_if, ns_if) = (
+            format!("hl-browser-{short}"),
+            format!("hlbh{short}"),
+            format!("hlbn{short}"),
+        );
+        let host_ip = format!("10.231.{}.{}", bytes[0], (bytes[1] & 0xfc) + 1);
+        let browser_ip = format!("10.231.{}.{}", bytes[0], (bytes[1] & 0xfc) + 2);
+        ip(&["netns", "add", &netns]);
+        let net = Self {
+            netns,
+            host_ip,
+            browser_ip,
+        };
+        ip(&["-n", &net.netns, "link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &net.netns,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", net.host_ip),
+            "dev",
+            &host_if,
+        ]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &net.netns,
+            "addr",
+            "add",
+            &format!("{}/30", net.browser_ip),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["-n", &net.netns, "link", "set", &ns_if, "up"]);
+        net
+    }
+}
+
+impl Default for BrowserNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BrowserNet {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and so the host's end.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
 /// One browser session.
 pub struct Browser {
     driver: Child,
@@ -33,9 +124,9 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver and a headless Chromium. `extra_args` go to Chromium (e.g. which
-    /// certificate to trust); screenshots go to `screenshots` (created).
-    pub fn start(extra_args: &[String], screenshots: &Path) -> Self {
+    /// Starts chromedriver and a headless Chromium in `net`'s namespace. `extra_args` go to
+    /// Chromium (e.g. which certificate to trust); screenshots go to `screenshots` (created).
+    pub fn start(net: &BrowserNet, extra_args: &[String], screenshots: &Path) -> Self {
         for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
             assert!(
                 Path::new(path).exists(),
@@ -45,9 +136,11 @@ impl Browser {
         std::fs::create_dir_all(screenshots).expect("screenshot directory");
         let profile = tempfile::tempdir().expect("browser profile");
         let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
+        // `ip netns exec` execs chromedriver in place: the child's PID is chromedriver's.
+        let driver = Command::new("ip")
+            .args(["netns", "exec", &net.netns, CHROMEDRIVER])
             .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
+            .arg(format!("--allowed-ips={}", net.host_ip))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,7 +149,7 @@ impl Browser {
             .expect("start chromedriver");
         let mut browser = Self {
             driver,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{}:{port}", net.browser_ip),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
