@@ -271,11 +271,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             serde_json::json!({ "version": crate::VERSION, "listen": local.to_string() }),
         )
         .await?;
+    let node_page = config.api.node_page.then(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{local}/ui/")
+    });
     tracing::info!(
         listen = %local,
         tls = tls.is_some(),
         mutual_tls = config.tls.client_ca.is_some(),
         state_dir = %config.state_dir.display(),
+        node_page = node_page.as_deref().unwrap_or("off"),
         "hyperlet is serving"
     );
 
