@@ -5,7 +5,7 @@
 //!
 //! - **serial** — libvirt allows one console stream per domain, so the agent opens one per
 //!   server (a *hub*, `serial.rs`: a dedicated libvirt connection and reader thread) and fans
-//!   its output out to every session through a bounded broadcast; one session at a time may
+//!   its output out to every session through a ring bounded in bytes (`output.rs`); one session at a time may
 //!   type (the *writer*), others watch read-only. A client that falls behind is closed, never
 //!   waited for.
 //! - **VNC** — each session is proxied to QEMU's VNC unix socket (`vnc.rs`).
@@ -16,6 +16,7 @@
 //! deleted server, a taken-over writer or the agent's shutdown can end it with a reason
 //! ([`CloseReason`], sent as the WebSocket close frame).
 
+pub mod output;
 mod registry;
 pub mod screenshot;
 mod serial;

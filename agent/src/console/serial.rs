@@ -3,9 +3,10 @@
 //! libvirt gives one console stream per domain, so each server with sessions has one hub: a
 //! thread of its own with a dedicated libvirt connection (never a worker of the call pool:
 //! it blocks in `virStreamRecv` for as long as the console is open) that reads the stream
-//! and publishes each chunk to a bounded broadcast, and a writer thread that sends what the
-//! interactive session types. The reader never waits for a session: one that falls more
-//! than [`OUTPUT_CHUNKS`] chunks behind misses output and is closed by its session loop.
+//! and appends what it reads to the hub's output ring ([`super::output`]), and a writer
+//! thread that sends what the interactive session types. The reader never waits for a
+//! session: one that falls more than [`super::output::RING_BYTES`] behind misses output and
+//! is closed by its session loop.
 //!
 //! The hub ends when the stream does (the guest stopped, moved or was destroyed: EOF), when
 //! its last session leaves, or when the agent closes it. Only the reader thread ever aborts,
@@ -16,21 +17,19 @@
 //! wakes its reader). Console threads are counted per server and in all: a server whose open
 //! still waits on libvirtd gets no second one, and at most [`Opener::max_threads`] run.
 
+use super::output::{OutputReader, OutputRing};
 use super::{CloseReason, ConsoleError};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::stream::Stream;
 
-/// Output chunks a session may fall behind before it is closed as too slow (each at most
-/// [`READ_CHUNK`] bytes: at most 4 MiB held per server, usually far less).
-pub const OUTPUT_CHUNKS: usize = 1024;
 /// Largest chunk read from the stream at once.
 pub const READ_CHUNK: usize = 4096;
 /// libvirt's message when another stream has the domain's console (in English; the error
@@ -42,7 +41,7 @@ const INPUT_CHUNKS: usize = 16;
 /// One server's serial console and the sessions on it.
 pub struct SerialHub {
     server_id: String,
-    output: broadcast::Sender<Bytes>,
+    output: Arc<OutputRing>,
     input: Mutex<Option<mpsc::Sender<Bytes>>>,
     writer: Mutex<Option<(u64, CancellationToken)>>,
     members: Mutex<usize>,
@@ -65,7 +64,7 @@ pub struct SerialAttach {
     /// The hub.
     pub hub: Arc<SerialHub>,
     /// The console's output from the moment of joining.
-    pub output: broadcast::Receiver<Bytes>,
+    pub output: OutputReader,
     /// Cancelled when another session takes the interactive console over; `None` for a
     /// read-only session.
     pub taken_over: Option<CancellationToken>,
@@ -158,7 +157,7 @@ impl SerialHub {
         *members += 1;
         Ok(Some(SerialAttach {
             hub: self.clone(),
-            output: self.output.subscribe(),
+            output: self.output.reader(),
             taken_over,
             session,
         }))
@@ -184,6 +183,7 @@ impl SerialHub {
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(reason);
         self.closed.cancel();
+        self.output.close();
         self.input.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
@@ -486,7 +486,7 @@ fn run(
     let (input, typed) = mpsc::channel(INPUT_CHUNKS);
     let hub = Arc::new(SerialHub {
         server_id,
-        output: broadcast::channel(OUTPUT_CHUNKS).0,
+        output: OutputRing::new(),
         input: Mutex::new(Some(input)),
         writer: Mutex::default(),
         members: Mutex::new(0),
@@ -514,8 +514,7 @@ fn run(
             Ok(0) => break CloseReason::ServerStopped,
             // A closed hub's reader leaves at the first output after the close.
             Ok(_) if hub.is_closed() => break CloseReason::ClientLeft,
-            // No receivers is fine: the output of a moment without sessions is dropped.
-            Ok(n) => drop(hub.output.send(Bytes::copy_from_slice(&buf[..n]))),
+            Ok(n) => hub.output.publish(&buf[..n]),
             Err(e) => break CloseReason::Failed(e.message().to_string()),
         }
     };

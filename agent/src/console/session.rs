@@ -2,20 +2,19 @@
 //! pings, and the close frame saying why it ended.
 //!
 //! A session never makes the agent buffer without bound: output reaches it through the hub's
-//! bounded broadcast (it is closed with 4004 when it falls behind), each send must complete
+//! output ring, bounded in bytes (it is closed with 4004 when it falls behind), each send must complete
 //! within [`SEND_TIMEOUT`], the socket's own write buffer is capped by the upgrade settings in
 //! `api/routes/consoles.rs`, and a client with more than [`MAX_UNREAD`] bytes unread in the
 //! kernel is closed too (the kernel's send buffer grows to megabytes for a peer that stopped
 //! reading).
 
+use super::output::ReadError;
 use super::{CloseReason, SerialAttach, SessionGuard};
 use crate::daemon::listener::ConnectionSocket;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::broadcast::Receiver;
 use tokio::time::Instant;
 
 /// Longest a single send to the client may take before the client counts as stuck.
@@ -117,27 +116,6 @@ fn incoming(message: Option<Result<Message, axum::Error>>) -> Incoming {
 /// this size (fewer, larger messages keep a busy client from falling behind).
 pub const MAX_OUTPUT_MESSAGE: usize = 64 * 1024;
 
-/// `first` and whatever else is waiting, up to [`MAX_OUTPUT_MESSAGE`] bytes.
-fn coalesce(first: Bytes, output: &mut Receiver<Bytes>) -> Result<Bytes, CloseReason> {
-    let mut data = Vec::new();
-    let mut next = Some(first);
-    while let Some(chunk) = next.take() {
-        if data.is_empty() && chunk.len() >= MAX_OUTPUT_MESSAGE {
-            return Ok(chunk);
-        }
-        data.extend_from_slice(&chunk);
-        if data.len() + super::serial::READ_CHUNK > MAX_OUTPUT_MESSAGE {
-            break;
-        }
-        match output.try_recv() {
-            Ok(chunk) => next = Some(chunk),
-            Err(TryRecvError::Lagged(_)) => return Err(CloseReason::TooSlow),
-            Err(TryRecvError::Empty | TryRecvError::Closed) => {}
-        }
-    }
-    Ok(Bytes::from(data))
-}
-
 /// Runs a serial console session until the client leaves or the agent ends it.
 ///
 /// Read-only sessions' input is discarded (a terminal may send stray keys or resize reports).
@@ -159,16 +137,16 @@ pub async fn run_serial(
             () = async { taken_over.as_ref().expect("checked").cancelled().await },
                 if taken_over.is_some() => break CloseReason::TakenOver,
             () = &mut idle => break CloseReason::Idle { seconds: idle_timeout.as_secs() },
-            out = attach.output.recv() => match out.map(|first| coalesce(first, &mut attach.output)) {
-                Ok(Ok(data)) => {
+            // All the output waiting, in one message up to MAX_OUTPUT_MESSAGE.
+            out = attach.output.next(MAX_OUTPUT_MESSAGE) => match out {
+                Ok(data) => {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
                     if let Err(reason) = send_output(&mut socket, connection, data, &guard).await {
                         break reason;
                     }
                 }
-                Ok(Err(reason)) => break reason,
-                Err(RecvError::Lagged(_)) => break CloseReason::TooSlow,
-                Err(RecvError::Closed) => break hub.reason(),
+                Err(ReadError::Lagged) => break CloseReason::TooSlow,
+                Err(ReadError::Closed) => break hub.reason(),
             },
             () = hub.closed() => break hub.reason(),
             message = socket.recv() => match incoming(message) {
