@@ -147,12 +147,28 @@ fn main() {
         attached.type_bytes(&[0x1d]);
         assert!(attached.wait(Duration::from_secs(10)).success());
 
+        // --force: the closed hub's reader keeps the console until the guest's next output.
         let mut baseline = PtyProcess::spawn(
             std::path::Path::new("virsh"),
-            &["-c", "qemu:///system", "console", &domain],
+            &["-c", "qemu:///system", "console", "--force", &domain],
             &[],
         );
         baseline.read_until("Escape character", Duration::from_secs(10));
+        // Only echoes from the guest count: virsh must have the terminal in raw mode (a
+        // terminal still echoing locally would answer every key at once).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while baseline
+            .termios()
+            .local_flags
+            .contains(nix::sys::termios::LocalFlags::ECHO)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "virsh console did not take the console: {}",
+                baseline.seen
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         virsh.extend(type_keys(&mut baseline));
         baseline.type_bytes(&[0x1d]);
         baseline.wait(Duration::from_secs(10));
