@@ -30,11 +30,6 @@ pub fn asset(path: &str) -> Option<&'static [u8]> {
         .map(|i| ASSETS[i].1)
 }
 
-/// The paths of all embedded files.
-pub fn paths() -> impl Iterator<Item = &'static str> {
-    ASSETS.iter().map(|(p, _)| *p)
-}
-
 /// The `Content-Type` a file is served with, by its extension; licences and other files
 /// without a known extension are plain text.
 pub fn content_type(path: &str) -> &'static str {
@@ -142,7 +137,11 @@ mod tests {
         let page = index_page("n0nce");
         assert!(page.contains("nonce=\"n0nce\""));
         assert!(!page.contains(NONCE_PLACEHOLDER));
-        for path in paths().filter(|p| p.ends_with(".html")) {
+        for path in ASSETS
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| p.ends_with(".html"))
+        {
             let text = String::from_utf8_lossy(asset(path).unwrap()).to_lowercase();
             assert!(!text.contains("<script>"), "{path}: inline script");
             assert!(

@@ -2,7 +2,7 @@
 // POST /v1/servers/{id}/remote-consoles, a binary WebSocket, and xterm.js to show and type.
 
 import { Terminal } from './vendor/xterm/xterm.mjs';
-import { call } from './api.js';
+import { ConsoleUrls } from './console-url.js';
 
 const encoder = new TextEncoder();
 
@@ -17,34 +17,24 @@ export class SerialConsole {
     this.onState = onState;
     this.terminal = null;
     this.socket = null;
-    /** Counts opens and closes: an open whose URL arrives after a newer one is dropped. */
-    this.generation = 0;
-    /** True while a URL is being asked for. */
-    this.opening = false;
+    this.urls = new ConsoleUrls();
   }
 
   /** Opens a session on server `id`: interactive, read-only, or taking over another one. */
   async open(id, { readOnly = false, force = false } = {}) {
     this.close();
-    const generation = this.generation;
     const body = { type: 'serial' };
     if (readOnly) body.read_only = true;
     if (force) body.force = true;
     this.onState('connecting', 'connecting…', false);
-    this.opening = true;
     let answer;
     try {
-      answer = await call('POST', `/v1/servers/${encodeURIComponent(id)}/remote-consoles`, body);
+      answer = await this.urls.request(id, body);
     } catch (e) {
-      if (generation === this.generation) {
-        this.opening = false;
-        this.onState('failed', `not connected: ${e.message}`, e.code === 'console_in_use');
-      }
+      this.onState('failed', `not connected: ${e.message}`, e.code === 'console_in_use');
       return;
     }
-    // Closed or opened again meanwhile: this URL is not used (it expires unopened).
-    if (generation !== this.generation) return;
-    this.opening = false;
+    if (answer === null) return;
     const terminal = new Terminal({
       cursorBlink: !readOnly,
       disableStdin: readOnly,
@@ -81,13 +71,12 @@ export class SerialConsole {
 
   /** Whether a session is open or being opened. */
   get active() {
-    return this.opening || this.socket !== null;
+    return this.urls.pending || this.socket !== null;
   }
 
   /** Ends the session (if any) and removes the terminal. */
   close() {
-    this.generation += 1;
-    this.opening = false;
+    this.urls.cancel();
     const { socket, terminal } = this;
     this.socket = null;
     this.terminal = null;

@@ -2,7 +2,7 @@
 // POST /v1/servers/{id}/remote-consoles, given to noVNC, which opens the WebSocket itself.
 
 import RFB from './vendor/novnc/core/rfb.js';
-import { call } from './api.js';
+import { ConsoleUrls } from './console-url.js';
 
 /** One VNC view, reused for whichever server is selected. */
 export class VncConsole {
@@ -14,31 +14,21 @@ export class VncConsole {
     this.container = container;
     this.onState = onState;
     this.rfb = null;
-    /** Counts opens and closes: an open whose URL arrives after a newer one is dropped. */
-    this.generation = 0;
-    /** True while a URL is being asked for. */
-    this.opening = false;
+    this.urls = new ConsoleUrls();
   }
 
   /** Opens the display of server `id`. */
   async open(id) {
     this.close();
-    const generation = this.generation;
     this.onState('connecting', 'connecting…');
-    this.opening = true;
     let answer;
     try {
-      answer = await call('POST', `/v1/servers/${encodeURIComponent(id)}/remote-consoles`, { type: 'novnc' });
+      answer = await this.urls.request(id, { type: 'novnc' });
     } catch (e) {
-      if (generation === this.generation) {
-        this.opening = false;
-        this.onState('failed', `not connected: ${e.message}`);
-      }
+      this.onState('failed', `not connected: ${e.message}`);
       return;
     }
-    // Closed or opened again meanwhile: this URL is not used (it expires unopened).
-    if (generation !== this.generation) return;
-    this.opening = false;
+    if (answer === null) return;
     const rfb = new RFB(this.container, answer.url, { wsProtocols: ['binary'] });
     rfb.scaleViewport = true;
     rfb.resizeSession = false;
@@ -56,13 +46,12 @@ export class VncConsole {
 
   /** Whether a session is open or being opened. */
   get active() {
-    return this.opening || this.rfb !== null;
+    return this.urls.pending || this.rfb !== null;
   }
 
   /** Ends the session (if any). */
   close() {
-    this.generation += 1;
-    this.opening = false;
+    this.urls.cancel();
     const { rfb } = this;
     this.rfb = null;
     if (rfb) rfb.disconnect();

@@ -227,7 +227,6 @@ impl Browser {
         let url = format!("{}{path}", self.base);
         let request = match method {
             "GET" => self.http.get(url),
-            "DELETE" => self.http.delete(url),
             _ => self.http.post(url).json(&body.unwrap_or(json!({}))),
         };
         let resp = request.send().map_err(|e| e.to_string())?;
