@@ -9,11 +9,12 @@ use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 /// Lease TTL of the test agents started here.
-const TTL: u64 = 5;
+pub const TTL: u64 = 5;
 /// Lease TTL of the agents of a test fabric.
 const FABRIC_TTL: u64 = hyperlet_tests::fleet::TTL;
 
-fn fleet_config(etcd: &Etcd, name: &str) -> String {
+/// The `[fleet]` section of a test agent named `name` (lease TTL [`TTL`]).
+pub fn fleet_config(etcd: &Etcd, name: &str) -> String {
     format!(
         "[fleet]\nendpoints = [\"{}\"]\nnode_name = \"{name}\"\nlease_ttl_secs = {TTL}\n",
         etcd.endpoint()
@@ -21,7 +22,7 @@ fn fleet_config(etcd: &Etcd, name: &str) -> String {
 }
 
 /// `hyperlet fleet nodes --json`.
-fn nodes(etcd: &Etcd) -> Vec<Value> {
+pub fn nodes(etcd: &Etcd) -> Vec<Value> {
     let (status, out, err) = run_cli(
         &["fleet", "nodes", "--json", "--endpoints", &etcd.endpoint()],
         &[],
@@ -34,15 +35,27 @@ fn nodes(etcd: &Etcd) -> Vec<Value> {
         .expect("a list")
 }
 
-fn node(etcd: &Etcd, name: &str) -> Option<Value> {
+/// The node `name` as `hyperlet fleet nodes --json` lists it.
+pub fn node(etcd: &Etcd, name: &str) -> Option<Value> {
     nodes(etcd).into_iter().find(|n| n["name"] == name)
 }
 
-fn state(etcd: &Etcd, name: &str) -> String {
+/// `up`, `down` or `absent`.
+pub fn state(etcd: &Etcd, name: &str) -> String {
     node(etcd, name).map_or_else(
         || "absent".into(),
         |n| n["state"].as_str().unwrap_or("?").to_string(),
     )
+}
+
+/// The value of the counter or gauge `name` on the agent's `/metrics`.
+pub fn metric(agent: &Agent, name: &str) -> u64 {
+    let metrics = agent.get("/metrics").text().expect("metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
 /// Polls `cond` every 100 ms until it holds or `limit` passes.
@@ -57,7 +70,8 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-fn link(agent: &Agent) -> String {
+/// The agent's own view of its fleet link (`/healthz` details).
+pub fn link(agent: &Agent) -> String {
     agent.get_json("/healthz")["details"]["fleet"]
         .as_str()
         .unwrap_or("?")
@@ -221,6 +235,73 @@ fn an_etcd_outage_degrades_the_link_and_every_node_registers_again() {
         "{host}"
     );
     assert!(host["fleet"]["last_error"].is_null(), "{host}");
+}
+
+/// A slow etcd costs the node no down-time: for 15 s everything between the agent and etcd
+/// is delayed 0.7 s each way (a relay; etcd itself runs normally), so with a 1 s call deadline
+/// every call is late. Late renewals turn the link `degraded` but are still awaited while the
+/// lease lasts (TTL 5 s, renewed every 1.7 s), so a watcher never sees the node go down or
+/// register again, and the link is `up` once etcd is quick again. (Ending the session at the
+/// first late renewal and registering again through the slow link lost the lease.)
+#[test]
+fn a_slow_etcd_costs_the_node_no_down_time() {
+    let etcd = Etcd::start();
+    let lag = hyperlet_tests::lag::LagRelay::start(etcd.endpoint().trim_start_matches("http://"));
+    let mut watch = std::process::Command::new(hyperlet_tests::hyperlet_bin())
+        .args(["fleet", "watch", "--json", "--endpoints", &etcd.endpoint()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fleet watch");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = lines_tx.send(v);
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start_with_config(&format!(
+        "[fleet]\nendpoints = [\"{}\"]\nnode_name = \"slowed\"\nlease_ttl_secs = {TTL}\n\
+         call_timeout_secs = 1\n",
+        lag.endpoint()
+    ));
+    assert!(wait_for(Duration::from_secs(10), || link(&agent) == "up"));
+    let failures = metric(&agent, "hyperlet_fleet_link_failures_total");
+    lag.set_delay(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_secs(15));
+    lag.set_delay(Duration::ZERO);
+    assert!(
+        metric(&agent, "hyperlet_fleet_link_failures_total") > failures,
+        "etcd was slow: renewals were late"
+    );
+    assert!(
+        wait_for(Duration::from_secs(TTL), || link(&agent) == "up"),
+        "the link is up again once etcd is quick:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(state(&etcd, "slowed"), "up");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let seen: Vec<Value> = lines.try_iter().collect();
+    let events: Vec<&str> = seen
+        .iter()
+        .filter(|e| e["name"] == "slowed")
+        .filter_map(|e| e["event"].as_str())
+        .filter(|e| *e != "updated")
+        .collect();
+    assert_eq!(
+        events,
+        ["up"],
+        "registered once, never down: {seen:?}\n{}",
+        agent.log()
+    );
 }
 
 #[test]

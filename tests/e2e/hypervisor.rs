@@ -1,6 +1,7 @@
 //! A wedged libvirtd must not starve the agent: on a private libvirtd (never the host's shared
 //! one) that is SIGSTOPped for two minutes, the routes that need no libvirt keep answering
-//! fast, the agent's thread count does not grow, and after SIGCONT libvirt work recovers.
+//! fast, the agent's thread count does not grow, the node stays up in its fleet (its lease is
+//! renewed although its record cannot be rebuilt), and after SIGCONT libvirt work recovers.
 
 use crate::servers::{create, flavor, import_guest};
 use hyperlet_tests::node::PrivateLibvirt;
@@ -50,12 +51,14 @@ pub fn quick_get(agent: &Agent, client: &reqwest::blocking::Client, path: &str) 
 fn a_stopped_libvirtd_does_not_starve_the_agent() {
     let _vm = hyperlet_tests::vm_shared();
     let node = PrivateLibvirt::start();
+    let etcd = hyperlet_tests::etcd::Etcd::start();
     // Short deadlines and a fast sync: a leak of one thread per stuck call shows quickly.
     let agent = Agent::start_with_config(&format!(
         "[hypervisor]\nuri = \"{}\"\nsync_interval_ms = 300\ncall_timeout_secs = 2\n\
          clean_shutdown_timeout_secs = 10\n[capacity]\ncpu_allocation_ratio = 16.0\n\
-         reserved_host_memory_mb = 0\n",
-        node.uri()
+         reserved_host_memory_mb = 0\n{}",
+        node.uri(),
+        crate::fleet::fleet_config(&etcd, "wedged-node")
     ));
     let image = import_guest(&agent, "");
     let id = create(&agent, "wedged", &image, flavor(1, 128));
@@ -80,16 +83,20 @@ fn a_stopped_libvirtd_does_not_starve_the_agent() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let baseline = threads(agent.pid());
+    assert_eq!(crate::fleet::state(&etcd, "wedged-node"), "up");
 
     let libvirtd = node.libvirtd_pid();
     kill(libvirtd, Signal::SIGSTOP).expect("SIGSTOP the private libvirtd");
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let until = Instant::now() + STOPPED_FOR;
         let (mut most, mut slowest, mut rounds) = (baseline, Duration::ZERO, 0);
+        let renewed = crate::fleet::metric(&agent, "hyperlet_fleet_keepalives_total");
         while Instant::now() < until {
             for path in &paths {
                 slowest = slowest.max(quick_get(&agent, &client, path));
             }
+            // The lease is renewed on its own: a record that cannot be built changes nothing.
+            assert_eq!(crate::fleet::link(&agent), "up", "{}", agent.log());
             most = most.max(threads(agent.pid()));
             rounds += 1;
             std::thread::sleep(Duration::from_millis(250));
@@ -110,6 +117,18 @@ fn a_stopped_libvirtd_does_not_starve_the_agent() {
         assert!(
             most <= baseline + THREAD_SLACK,
             "the agent grew from {baseline} to {most} threads while libvirtd was stopped"
+        );
+        assert_eq!(
+            crate::fleet::state(&etcd, "wedged-node"),
+            "up",
+            "the node stays up in the fleet {STOPPED_FOR:?} into a libvirtd stop (lease TTL \
+             {} s)",
+            crate::fleet::TTL
+        );
+        let now = crate::fleet::metric(&agent, "hyperlet_fleet_keepalives_total");
+        assert!(
+            now >= renewed + STOPPED_FOR.as_secs() / crate::fleet::TTL,
+            "lease renewals while libvirtd was stopped: {renewed} → {now}"
         );
         eprintln!(
             "libvirtd stopped {STOPPED_FOR:?}: {rounds} rounds, slowest answer {slowest:?}, \

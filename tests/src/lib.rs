@@ -8,6 +8,7 @@ pub mod console;
 pub mod etcd;
 pub mod fleet;
 pub mod guest;
+pub mod lag;
 pub mod node;
 pub mod pki;
 pub mod plugins;

@@ -178,7 +178,7 @@ impl FleetLink {
              # HELP hyperlet_fleet_keepalives_total Lease keep-alives etcd confirmed.\n\
              # TYPE hyperlet_fleet_keepalives_total counter\n\
              hyperlet_fleet_keepalives_total {}\n\
-             # HELP hyperlet_fleet_link_failures_total Times the link to etcd failed (the agent then registers again).\n\
+             # HELP hyperlet_fleet_link_failures_total Times the link to etcd failed (a lease renewal that is retried, or a session that registers again).\n\
              # TYPE hyperlet_fleet_link_failures_total counter\n\
              hyperlet_fleet_link_failures_total {}\n\
              # HELP hyperlet_fleet_reconnects_total Registrations after a failure.\n\

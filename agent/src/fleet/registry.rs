@@ -1,10 +1,12 @@
 //! The agent side of the fleet: one lease per agent, kept alive about every TTL/3, a liveness
 //! key under it, and the node record beside it (rewritten when it changes, debounced, and
-//! once a minute, never on every heartbeat).
+//! once a minute, never on every heartbeat). The lease and the record are kept by separate
+//! loops: a record that is slow or impossible to build never costs a heartbeat.
 //!
-//! When etcd is unreachable, partitioned, restarted or loses the lease, the agent keeps
-//! serving; the link shows `degraded` and [`Registration::run`] retries with backoff, keeps
-//! the same lease when etcd still has it, grants a new one otherwise, and puts its keys again.
+//! A renewal that fails is retried every second while the lease can still be alive. When etcd
+//! stays unreachable, is partitioned, restarted or loses the lease, the agent keeps serving;
+//! the link shows `degraded` and [`Registration::run`] retries with backoff, keeps the same
+//! lease when etcd still has it, grants a new one otherwise, and puts its keys again.
 //! Stopping revokes the lease so the node shows down at once.
 
 use super::backoff::Backoff;
@@ -15,6 +17,7 @@ use super::record::{self, Liveness, NodeRecord};
 use super::FleetError;
 use crate::config::FleetConfig;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +31,26 @@ pub const RECORD_CHECK: Duration = Duration::from_secs(5);
 pub const RECORD_REFRESH: Duration = Duration::from_secs(60);
 /// Changes announced through [`Registration::changed`] within this window are written once.
 pub const RECORD_DEBOUNCE: Duration = Duration::from_millis(500);
+/// Wait before retrying a lease renewal that failed.
+pub const KEEP_ALIVE_RETRY: Duration = Duration::from_secs(1);
+
+/// An open keep-alive stream: the sender of renewals and the stream of etcd's answers.
+type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// Where [`Registration::keep_lease`] starts.
+struct Renewals {
+    /// When the lease expires unless renewed (as far as this node knows).
+    expires: Instant,
+    /// Wait before the first renewal.
+    first: Duration,
+    /// The open keep-alive stream.
+    stream: KeepAlive,
+}
+
+/// `n` seconds (none when negative).
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(n.max(0).unsigned_abs())
+}
 
 /// Boxed future returned by a [`RecordSource`].
 pub type RecordFuture<'a> = Pin<Box<dyn Future<Output = Result<NodeRecord, String>> + Send + 'a>>;
@@ -72,6 +95,8 @@ pub struct Registration {
 struct Held {
     lease: Option<i64>,
     written: Option<(NodeRecord, Instant)>,
+    /// The last record write failed (logged once).
+    failing: bool,
 }
 
 impl Registration {
@@ -119,69 +144,198 @@ impl Registration {
         held: &mut Held,
         stop: &CancellationToken,
     ) -> Result<(), FleetError> {
-        let ttl = Duration::from_secs(self.ttl.unsigned_abs());
-        let lease = match held.lease {
-            Some(id) if etcd.time_to_live(id).await?.is_some() => id,
-            _ => {
-                let id = etcd.grant(self.ttl).await?;
-                held.lease = Some(id);
-                id
-            }
+        // When the lease was kept from an earlier session, it is renewed at once: it may have
+        // little time left.
+        let (lease, expires, first) = match held.lease {
+            Some(id) => match etcd.time_to_live(id).await? {
+                Some((left, _)) => (id, Instant::now() + secs(left), Duration::ZERO),
+                None => self.grant(etcd, held).await?,
+            },
+            None => self.grant(etcd, held).await?,
         };
         self.claim(etcd, lease).await?;
-        self.write_record(etcd, held, true).await?;
-        let (mut keeper, mut answers) = {
-            let mut client = etcd.client().lease_client();
-            tokio::time::timeout(etcd.deadline(), client.keep_alive(lease))
-                .await
-                .map_err(|_| FleetError::Timeout {
-                    op: "lease keep-alive",
-                    after: etcd.deadline(),
-                })?
-                .map_err(|source| FleetError::Etcd {
-                    op: "lease keep-alive",
-                    source,
-                })?
+        let stream = self.open_keep_alive(etcd, lease).await?;
+        // The lease and the record are kept by two loops side by side, so a record that is
+        // slow to build (a busy host, a slow disk) never delays a renewal.
+        let records = async {
+            self.try_write_record(etcd, held, true).await;
+            self.link.registered();
+            tracing::info!(node = %self.name, lease = format!("{lease:x}"), "registered in the fleet");
+            self.keep_record(etcd, held).await
         };
-        self.link.registered();
-        tracing::info!(node = %self.name, lease = format!("{lease:x}"), "registered in the fleet");
+        // Only the lease decides whether the node is up: the session ends when it is lost.
+        tokio::select! {
+            () = stop.cancelled() => {
+                match etcd.revoke(lease).await {
+                    Ok(()) => tracing::info!(node = %self.name, "fleet lease revoked; the node shows down"),
+                    Err(e) => tracing::warn!(node = %self.name, error = %e, "could not revoke the fleet lease; the node shows down after its TTL"),
+                }
+                Ok(())
+            }
+            kept = self.keep_lease(etcd, lease, Renewals { expires, first, stream }) => kept,
+            never = records => match never {},
+        }
+    }
 
-        let mut beat = tokio::time::interval(ttl / 3);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        beat.tick().await;
+    /// Grants a new lease (held from now on): its id, when it expires, and the wait before its
+    /// first renewal.
+    async fn grant(
+        &self,
+        etcd: &Etcd,
+        held: &mut Held,
+    ) -> Result<(i64, Instant, Duration), FleetError> {
+        let granted = Instant::now();
+        let id = etcd.grant(self.ttl).await?;
+        held.lease = Some(id);
+        let ttl = secs(self.ttl);
+        Ok((id, granted + ttl, ttl / 3))
+    }
+
+    /// Opens the keep-alive stream of `lease`.
+    async fn open_keep_alive(&self, etcd: &Etcd, lease: i64) -> Result<KeepAlive, FleetError> {
+        let mut client = etcd.client().lease_client();
+        tokio::time::timeout(etcd.deadline(), client.keep_alive(lease))
+            .await
+            .map_err(|_| FleetError::Timeout {
+                op: "lease keep-alive",
+                after: etcd.deadline(),
+            })?
+            .map_err(|source| FleetError::Etcd {
+                op: "lease keep-alive",
+                source,
+            })
+    }
+
+    /// Renews `lease` about every TTL/3. An answer later than the call deadline turns the
+    /// link `degraded`, but is still awaited for as long as the lease can be alive (a slow etcd
+    /// costs no down-time); a renewal that fails is retried every [`KEEP_ALIVE_RETRY`] on a
+    /// fresh stream meanwhile. The session ends only when the lease must have expired, or
+    /// when etcd answers TTL 0 (the lease is gone).
+    async fn keep_lease(
+        &self,
+        etcd: &Etcd,
+        lease: i64,
+        renewals: Renewals,
+    ) -> Result<(), FleetError> {
+        let Renewals {
+            mut expires,
+            first,
+            stream,
+        } = renewals;
+        let mut stream = Some(stream);
+        let mut wait = first;
+        loop {
+            tokio::time::sleep(wait).await;
+            let sent = Instant::now();
+            let renewal = async {
+                let open = match stream.take() {
+                    Some(open) => open,
+                    None => self.open_keep_alive(etcd, lease).await?,
+                };
+                let (keeper, answers) = stream.insert(open);
+                keeper
+                    .keep_alive()
+                    .await
+                    .map_err(|source| FleetError::Etcd {
+                        op: "lease keep-alive",
+                        source,
+                    })?;
+                match answers.message().await {
+                    Ok(Some(resp)) => Ok(resp.ttl()),
+                    Ok(None) => Err(FleetError::Unreachable {
+                        endpoints: String::new(),
+                        reason: "the keep-alive stream ended".into(),
+                    }),
+                    Err(source) => Err(FleetError::Etcd {
+                        op: "lease keep-alive",
+                        source,
+                    }),
+                }
+            };
+            let answer = self.await_renewal(renewal, etcd.deadline(), expires).await;
+            match answer {
+                Ok(ttl) if ttl > 0 => {
+                    if self.link.state() == super::link::LinkState::Degraded {
+                        tracing::info!(node = %self.name, "fleet lease renewed again");
+                        self.link.registered();
+                    }
+                    self.link.heartbeat();
+                    expires = sent + secs(ttl);
+                    wait = secs(ttl) / 3;
+                }
+                Ok(_) => return Err(FleetError::LeaseLost),
+                Err(e) => {
+                    // A broken stream is not used again.
+                    stream = None;
+                    if Instant::now() >= expires {
+                        return Err(e);
+                    }
+                    self.degraded(&e);
+                    wait = KEEP_ALIVE_RETRY;
+                }
+            }
+        }
+    }
+
+    /// Awaits one renewal until `expires`; past `deadline` the link is `degraded` meanwhile.
+    async fn await_renewal(
+        &self,
+        renewal: impl Future<Output = Result<i64, FleetError>>,
+        deadline: Duration,
+        expires: Instant,
+    ) -> Result<i64, FleetError> {
+        tokio::pin!(renewal);
+        let late = FleetError::Timeout {
+            op: "lease keep-alive",
+            after: deadline,
+        };
+        match tokio::time::timeout(deadline, &mut renewal).await {
+            Ok(answer) => return answer,
+            Err(_) => self.degraded(&late),
+        }
+        let until = tokio::time::Instant::from_std(expires);
+        tokio::time::timeout_at(until, renewal)
+            .await
+            .unwrap_or(Err(late))
+    }
+
+    /// Reports a failed or late renewal: the link is `degraded` (logged once per spell).
+    fn degraded(&self, error: &FleetError) {
+        let message = crate::api::error::chain(error);
+        if self.link.state() != super::link::LinkState::Degraded {
+            tracing::warn!(node = %self.name, error = %message, "fleet lease renewal failed or is late; retrying while the lease lasts");
+        }
+        self.link.failed(&message);
+    }
+
+    /// Compares the record every [`RECORD_CHECK`] and soon after [`Registration::changed`],
+    /// and writes it when due. Never ends: a failed write is tried again at the next check.
+    async fn keep_record(&self, etcd: &Etcd, held: &mut Held) -> Infallible {
         let mut check = tokio::time::interval(RECORD_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
         loop {
             tokio::select! {
-                () = stop.cancelled() => {
-                    match etcd.revoke(lease).await {
-                        Ok(()) => tracing::info!(node = %self.name, "fleet lease revoked; the node shows down"),
-                        Err(e) => tracing::warn!(node = %self.name, error = %e, "could not revoke the fleet lease; the node shows down after its TTL"),
-                    }
-                    return Ok(());
+                _ = check.tick() => {}
+                () = self.changed.notified() => tokio::time::sleep(RECORD_DEBOUNCE).await,
+            }
+            self.try_write_record(etcd, held, false).await;
+        }
+    }
+
+    /// [`Registration::write_record`], logging a failure (once until a write succeeds) instead
+    /// of returning it: a record this node cannot build right now (its hypervisor is stopped,
+    /// say) or etcd cannot take leaves the fleet with the last one written, and the node up
+    /// while its lease is kept. After a failure the next check writes whatever it builds.
+    async fn try_write_record(&self, etcd: &Etcd, held: &mut Held, force: bool) {
+        match self.write_record(etcd, held, force).await {
+            Ok(()) => held.failing = false,
+            Err(e) => {
+                if !held.failing {
+                    tracing::warn!(node = %self.name, error = %crate::api::error::chain(&e), "could not write the node record; the fleet keeps the last one; retrying");
                 }
-                _ = beat.tick() => {
-                    let answer = async {
-                        keeper.keep_alive().await?;
-                        answers.message().await
-                    };
-                    match tokio::time::timeout(etcd.deadline(), answer).await {
-                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => self.link.heartbeat(),
-                        Ok(Ok(Some(_))) => return Err(FleetError::LeaseLost),
-                        Ok(Ok(None)) => return Err(FleetError::Unreachable {
-                            endpoints: String::new(),
-                            reason: "the keep-alive stream ended".into(),
-                        }),
-                        Ok(Err(source)) => return Err(FleetError::Etcd { op: "lease keep-alive", source }),
-                        Err(_) => return Err(FleetError::Timeout { op: "lease keep-alive", after: etcd.deadline() }),
-                    }
-                }
-                _ = check.tick() => self.write_record(etcd, held, false).await?,
-                () = self.changed.notified() => {
-                    tokio::time::sleep(RECORD_DEBOUNCE).await;
-                    self.write_record(etcd, held, false).await?;
-                }
+                held.failing = true;
+                held.written = None;
             }
         }
     }
