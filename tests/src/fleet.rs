@@ -22,10 +22,9 @@ use std::process::{Command, Stdio};
 
 /// The agents' API port on their fabric address.
 pub const API_PORT: u16 = 8787;
-/// Lease TTL of fleet test agents, seconds: short enough for tests of a node going down,
-/// long enough that a node of a loaded 2-core machine (TCG guests booting beside it) keeps
-/// its lease.
-pub const TTL: u64 = 10;
+/// Lease TTL of fabric agents, seconds: the agent's default (`[fleet] lease_ttl_secs`, not
+/// set in their configs), so a node going down is seen as an operator would see it.
+pub const TTL: u64 = 15;
 
 fn ip(args: &[&str]) -> (bool, String) {
     let out = Command::new("ip")
@@ -160,7 +159,7 @@ impl Fabric {
         let (cert, key) = self.pki.server(name, &address);
         let toml = format!(
             "[tls]\ncert = {cert:?}\nkey = {key:?}\n\n[fleet]\nendpoints = [\"{etcd}\"]\n\
-             node_name = \"{name}\"\nlease_ttl_secs = {TTL}\n\n[migration]\n\
+             node_name = \"{name}\"\n\n[migration]\n\
              peer_token_file = {peer:?}\npeer_ca_cert = {ca:?}\n\
              libvirt_uri = \"{libvirt}\"\n\n{extra}\n",
             etcd = self.etcd.endpoint(),
@@ -233,4 +232,15 @@ impl FleetNode {
 fn rand_below(n: u32) -> u32 {
     let bytes = *uuid::Uuid::new_v4().as_bytes();
     u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) % n
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fabric_ttl_is_the_agents_default() {
+        assert_eq!(
+            super::TTL,
+            hyperlet::config::FleetConfig::default().lease_ttl_secs
+        );
+    }
 }
