@@ -8,7 +8,7 @@ use hyperlet_tests::{hyperlet_bin, Agent};
 use nix::sys::termios::LocalFlags;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 const ANSWER: Duration = Duration::from_secs(20);
@@ -367,7 +367,7 @@ fn console_limits_idle_slow_clients_vnc_screenshots_and_shutdown() {
         reader.read_until("flood-8000-done", FLOOD_LIMIT);
         reader
     });
-    let flood = std::time::Instant::now();
+    let flood = Instant::now();
     run_within(
         &mut writer,
         "i=0; while [ $i -lt 8000 ]; do echo flood-$i-0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghij0123456789abcdefghijklmnopqrstuvwxyz; i=$((i+1)); done; echo flood-$((8*1000))-done",
@@ -435,6 +435,43 @@ fn console_limits_idle_slow_clients_vnc_screenshots_and_shutdown() {
     let again = ConsoleSocket::open(&serial_url(&agent, &id, json!({"type": "serial"})))
         .expect("a console while the old reader waits");
     again.close();
+    // Once the agent's last session has left, the console is free for other libvirt clients
+    // at once — plain `virsh console`, no --force — although the guest prints nothing: the
+    // agent lets the console go instead of leaving it to the reader's next output.
+    let domain = agent.get_json(&format!("/v1/servers/{id}"))["domain_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + ANSWER;
+    let mut virsh = loop {
+        let mut virsh = PtyProcess::spawn(
+            std::path::Path::new("virsh"),
+            &["-c", "qemu:///system", "console", &domain],
+            &[],
+        );
+        virsh.read_until("Escape character", ANSWER);
+        // Refused: virsh says so and exits; given the console: it stays, in raw mode.
+        let refused = virsh.shows("error:", Duration::from_secs(3))
+            || virsh.child.try_wait().ok().flatten().is_some();
+        if !refused {
+            break virsh;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "virsh console (without --force) still refused after the agent's last session \
+             left:\n{}",
+            virsh.seen
+        );
+        drop(virsh);
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        !virsh.termios().local_flags.contains(LocalFlags::ECHO),
+        "virsh has the console and its terminal raw:\n{}",
+        virsh.seen
+    );
+    virsh.type_bytes(&[0x1d]);
+    assert!(virsh.wait(ANSWER).success(), "{}", virsh.seen);
     let resp = agent.send(
         Method::POST,
         &format!("/v1/servers/{id}/action"),

@@ -307,6 +307,27 @@ impl PtyProcess {
         }
     }
 
+    /// Reads until `needle` appears after this call started: `true`; `false` when the process
+    /// exits first or `limit` passes.
+    pub fn shows(&mut self, needle: &str, limit: Duration) -> bool {
+        let start = self.seen.len();
+        let deadline = Instant::now() + limit;
+        while !self.seen[start..].contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if let Ok(chunk) = self
+                .output
+                .recv_timeout(left.min(Duration::from_millis(100)))
+            {
+                self.seen
+                    .push_str(&String::from_utf8_lossy(&chunk).replace('\r', ""));
+            }
+        }
+        true
+    }
+
     /// Waits up to `limit` for the process to exit; collects what it wrote.
     pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;

@@ -1,7 +1,7 @@
 //! [`Consoles`]: the agent's console service — tokens, serial hubs, and every open session
 //! with the permit it holds.
 
-use super::serial::{Hubs, Opener};
+use super::serial::{Hubs, Opener, SerialHub};
 use super::{CloseReason, ConsoleError, Grant, SerialAttach, TokenTable};
 use crate::config::ConsolesConfig;
 use std::collections::HashMap;
@@ -59,6 +59,14 @@ pub struct SessionGuard {
 }
 
 impl SessionGuard {
+    /// Called when a serial session has left `hub`: when it was the last one, libvirt's
+    /// console is let go in the background, so other libvirt clients may open it.
+    pub fn left_serial(&self, hub: Arc<SerialHub>) {
+        if hub.is_closed() && matches!(hub.reason(), CloseReason::ClientLeft) {
+            self.consoles.release_serial_later(hub);
+        }
+    }
+
     /// Completes when the agent ends this session (server deleted, shutdown).
     pub async fn ended(&self) {
         self.end.cancelled().await;
@@ -259,6 +267,19 @@ impl Consoles {
                 force,
             )
             .await
+    }
+
+    /// After the last session of `hub` left: lets libvirt's console go in the background
+    /// (see `Hubs::release`), so other libvirt clients may open it.
+    fn release_serial_later(&self, hub: Arc<SerialHub>) {
+        let consoles = self.clone();
+        tokio::spawn(async move {
+            consoles
+                .inner
+                .hubs
+                .release(&consoles.inner.opener, &hub)
+                .await;
+        });
     }
 
     /// Ends every session of `server_id` and spends its unused URLs.

@@ -11,10 +11,11 @@
 //! The hub ends when the stream does (the guest stopped, moved or was destroyed: EOF), when
 //! its last session leaves, or when the agent closes it. Only the reader thread ever aborts,
 //! frees or closes the stream and its connection — libvirt's client frees a stream's state in
-//! `virStreamAbort` under a `virStreamRecv` blocked on another thread — so a closed hub's
-//! reader ends at the guest's next output, and a new hub for the same server takes the
-//! console over from it (`VIR_DOMAIN_CONSOLE_FORCE`: libvirtd closes the old stream, which
-//! wakes its reader). Console threads are counted per server and in all: a server whose open
+//! `virStreamAbort` under a `virStreamRecv` blocked on another thread. So once its last
+//! session left, a closed hub's reader is woken by taking the console from it
+//! (`VIR_DOMAIN_CONSOLE_FORCE`: libvirtd closes the old stream) on a short-lived thread that
+//! lets it go at once ([`Hubs::release`]); a new hub for the same server takes it over the same
+//! way, and failing both the reader ends at the guest's next output. Console threads are counted per server and in all: a server whose open
 //! still waits on libvirtd gets no second one, and at most [`Opener::max_threads`] run.
 
 use super::output::{OutputReader, OutputRing};
@@ -41,6 +42,7 @@ const INPUT_CHUNKS: usize = 16;
 /// One server's serial console and the sessions on it.
 pub struct SerialHub {
     server_id: String,
+    domain_name: String,
     output: Arc<OutputRing>,
     input: Mutex<Option<mpsc::Sender<Bytes>>>,
     writer: Mutex<Option<(u64, CancellationToken)>>,
@@ -335,30 +337,100 @@ impl Hubs {
         domain_name: &str,
         force: bool,
     ) -> Result<Arc<SerialHub>, ConsoleError> {
-        let slot = {
-            let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-            if threads.opening.contains_key(server_id) {
-                return Err(ConsoleError::Timeout {
-                    action: "open the console (an earlier attempt still waits on libvirtd)",
-                    seconds: opener.timeout.as_secs(),
-                });
-            }
-            if threads.total >= opener.max_threads {
-                return Err(ConsoleError::TooManySessions {
-                    max: opener.max_threads,
-                });
-            }
-            threads.total += 1;
-            *threads.alive.entry(server_id.to_string()).or_default() += 1;
-            *threads.opening.entry(server_id.to_string()).or_default() += 1;
-            ThreadSlot {
-                threads: self.threads.clone(),
-                server_id: server_id.to_string(),
-                opening: true,
-            }
-        };
+        let slot = self.thread_slot(opener, server_id)?;
         open(opener, slot, server_id, domain_name, force).await
     }
+
+    /// A place for one more console thread of `server_id`, within the limits.
+    fn thread_slot(&self, opener: &Opener, server_id: &str) -> Result<ThreadSlot, ConsoleError> {
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if threads.opening.contains_key(server_id) {
+            return Err(ConsoleError::Timeout {
+                action: "open the console (an earlier attempt still waits on libvirtd)",
+                seconds: opener.timeout.as_secs(),
+            });
+        }
+        if threads.total >= opener.max_threads {
+            return Err(ConsoleError::TooManySessions {
+                max: opener.max_threads,
+            });
+        }
+        threads.total += 1;
+        *threads.alive.entry(server_id.to_string()).or_default() += 1;
+        *threads.opening.entry(server_id.to_string()).or_default() += 1;
+        Ok(ThreadSlot {
+            threads: self.threads.clone(),
+            server_id: server_id.to_string(),
+            opening: true,
+        })
+    }
+
+    /// Lets the console go after `hub`'s last session left. Its reader still holds the
+    /// stream (it leaves only at the guest's next output), which would refuse other libvirt
+    /// clients (`virsh console` without `--force`) meanwhile: a short-lived thread takes the
+    /// console with `VIR_DOMAIN_CONSOLE_FORCE` (libvirtd closes the reader's stream, which
+    /// wakes it) and lets it go at once. Runs under the server's slot lock, so a session
+    /// opening meanwhile waits for it; does nothing when a new hub has the console already
+    /// or the reader has ended. A failure is only logged: the reader still leaves at the next
+    /// output, and sessions still take the console over.
+    pub async fn release(&self, opener: &Opener, hub: &Arc<SerialHub>) {
+        let Some(slot) = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hub.server_id)
+            .cloned()
+        else {
+            return;
+        };
+        let current = slot.lock().await;
+        let still_this_hub = current.as_ref().is_some_and(|h| Arc::ptr_eq(h, hub));
+        if !still_this_hub || !hub.is_closed() || self.alive(&hub.server_id) == 0 {
+            return;
+        }
+        let thread = match self.thread_slot(opener, &hub.server_id) {
+            Ok(thread) => thread,
+            Err(e) => {
+                tracing::debug!(server_id = %hub.server_id, error = %e, "console not let go");
+                return;
+            }
+        };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (uri, domain) = (opener.uri.clone(), hub.domain_name.clone());
+        let spawned = std::thread::Builder::new()
+            .name("console-release".into())
+            .spawn(move || {
+                let _ = answer.send(let_go(&uri, thread, &domain));
+            });
+        if spawned.is_err() {
+            return;
+        }
+        match tokio::time::timeout(opener.timeout, answered).await {
+            Ok(Ok(Ok(()))) => {
+                tracing::debug!(server_id = %hub.server_id, "console let go after its last session");
+            }
+            Ok(Ok(Err(message))) => {
+                tracing::debug!(server_id = %hub.server_id, error = %message, "console not let go");
+            }
+            _ => tracing::debug!(server_id = %hub.server_id, "console not let go in time"),
+        }
+        drop(current);
+    }
+}
+
+/// Takes the domain's console (forcing whoever holds it off) and lets it go at once, on the
+/// calling thread: the stream is never read, so this thread is its only user.
+fn let_go(uri: &str, mut thread: ThreadSlot, domain: &str) -> Result<(), String> {
+    let message = |e: virt::error::Error| e.message().to_string();
+    let conn = Closing(Connect::open(Some(uri)).map_err(message)?);
+    let dom = Domain::lookup_by_name(&conn.0, domain).map_err(message)?;
+    let stream = Stream::new(&conn.0, 0).map_err(message)?;
+    let opened = dom.open_console(None, &stream, console_flags(true));
+    thread.opened();
+    let _ = stream.abort();
+    drop(dom);
+    drop(conn);
+    opened.map(drop).map_err(message)
 }
 
 /// libvirt's console flags: refuse a console that libvirt cannot hand over safely; with
@@ -486,6 +558,7 @@ fn run(
     let (input, typed) = mpsc::channel(INPUT_CHUNKS);
     let hub = Arc::new(SerialHub {
         server_id,
+        domain_name: domain.to_string(),
         output: OutputRing::new(),
         input: Mutex::new(Some(input)),
         writer: Mutex::default(),

@@ -181,6 +181,7 @@ pub async fn run_serial(
         }
     };
     drop(attach);
+    guard.left_serial(hub);
     finish(socket, guard, &reason).await;
 }
 
