@@ -58,6 +58,52 @@ pub fn metric(agent: &Agent, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
+/// A running `hyperlet fleet watch --json`: its events as they come.
+struct Watch {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Watch {
+    /// Starts watching the fleet at `endpoint` (and gives it half a second to start).
+    fn start(endpoint: &str) -> Self {
+        let mut child = std::process::Command::new(hyperlet_tests::hyperlet_bin())
+            .args(["fleet", "watch", "--json", "--endpoints", endpoint])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("fleet watch");
+        let (sender, events) = std::sync::mpsc::channel::<Value>();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = sender.send(v);
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        Self { child, events }
+    }
+
+    /// Stops it (by its PID) and returns the events not read yet.
+    fn stop(mut self) -> Vec<Value> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.events.try_iter().collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Polls `cond` every 100 ms until it holds or `limit` passes.
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -247,25 +293,7 @@ fn an_etcd_outage_degrades_the_link_and_every_node_registers_again() {
 fn a_slow_etcd_costs_the_node_no_down_time() {
     let etcd = Etcd::start();
     let lag = hyperlet_tests::lag::LagRelay::start(etcd.endpoint().trim_start_matches("http://"));
-    let mut watch = std::process::Command::new(hyperlet_tests::hyperlet_bin())
-        .args(["fleet", "watch", "--json", "--endpoints", &etcd.endpoint()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("fleet watch");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
-    let stdout = watch.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = lines_tx.send(v);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    let watch = Watch::start(&etcd.endpoint());
     let agent = Agent::start_with_config(&format!(
         "[fleet]\nendpoints = [\"{}\"]\nnode_name = \"slowed\"\nlease_ttl_secs = {TTL}\n\
          call_timeout_secs = 1\n",
@@ -287,9 +315,7 @@ fn a_slow_etcd_costs_the_node_no_down_time() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(state(&etcd, "slowed"), "up");
-    let _ = watch.kill();
-    let _ = watch.wait();
-    let seen: Vec<Value> = lines.try_iter().collect();
+    let seen = watch.stop();
     let events: Vec<&str> = seen
         .iter()
         .filter(|e| e["name"] == "slowed")
@@ -374,25 +400,7 @@ fn watch_reports_comings_and_goings_and_forget_removes_only_down_nodes() {
     assert!(status.success(), "{err}");
     assert_eq!(out.trim(), "[]");
 
-    let mut watch = std::process::Command::new(hyperlet_tests::hyperlet_bin())
-        .args(["fleet", "watch", "--json", "--endpoints", &endpoint])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("fleet watch");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
-    let stdout = watch.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str(&line) {
-                let _ = lines_tx.send(v);
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
+    let watch = Watch::start(&endpoint);
     let mut agent = Agent::start_with_config(&fleet_config(&etcd, "watched"));
     assert!(wait_for(Duration::from_secs(10), || link(&agent) == "up"));
 
@@ -421,13 +429,12 @@ fn watch_reports_comings_and_goings_and_forget_removes_only_down_nodes() {
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !seen.contains(&"forgotten".to_string()) && Instant::now() < deadline {
-        if let Ok(event) = lines.recv_timeout(Duration::from_millis(200)) {
+        if let Ok(event) = watch.events.recv_timeout(Duration::from_millis(200)) {
             assert_eq!(event["name"], "watched", "{event}");
             seen.push(event["event"].as_str().unwrap_or("?").to_string());
         }
     }
-    let _ = watch.kill();
-    let _ = watch.wait();
+    drop(watch);
     let at = |e: &str| seen.iter().position(|s| s == e);
     assert!(
         matches!((at("up"), at("down"), at("forgotten")), (Some(u), Some(d), Some(f)) if u < d && d < f),

@@ -143,7 +143,7 @@ impl Etcd {
     }
 
     /// Runs one etcd call within the deadline.
-    async fn call<T>(
+    pub async fn call<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = Result<T, etcd_client::Error>>,

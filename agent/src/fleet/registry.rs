@@ -194,16 +194,8 @@ impl Registration {
     /// Opens the keep-alive stream of `lease`.
     async fn open_keep_alive(&self, etcd: &Etcd, lease: i64) -> Result<KeepAlive, FleetError> {
         let mut client = etcd.client().lease_client();
-        tokio::time::timeout(etcd.deadline(), client.keep_alive(lease))
+        etcd.call("lease keep-alive", client.keep_alive(lease))
             .await
-            .map_err(|_| FleetError::Timeout {
-                op: "lease keep-alive",
-                after: etcd.deadline(),
-            })?
-            .map_err(|source| FleetError::Etcd {
-                op: "lease keep-alive",
-                source,
-            })
     }
 
     /// Renews `lease` about every TTL/3. An answer later than the call deadline turns the

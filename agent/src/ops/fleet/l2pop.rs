@@ -194,26 +194,20 @@ impl L2Pop {
         state.published.clear();
         self.publish(etcd, state).await?;
         self.program(state, &netlink).await;
-        let (_watcher, mut events) = tokio::time::timeout(
-            etcd.deadline(),
-            etcd.client().watch_client().watch(
-                keys.networks(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(state.revision + 1),
+        let mut watch_client = etcd.client().watch_client();
+        let (_watcher, mut events) = etcd
+            .call(
+                "watch",
+                watch_client.watch(
+                    keys.networks(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(state.revision + 1),
+                    ),
                 ),
-            ),
-        )
-        .await
-        .map_err(|_| FleetError::Timeout {
-            op: "watch",
-            after: etcd.deadline(),
-        })?
-        .map_err(|source| FleetError::Etcd {
-            op: "watch",
-            source,
-        })?;
+            )
+            .await?;
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.tick().await;
         loop {
