@@ -220,9 +220,18 @@ impl Registration {
             tokio::time::sleep(wait).await;
             let sent = Instant::now();
             let renewal = async {
+                // A fresh stream is awaited like an answer: late is not lost.
                 let open = match stream.take() {
                     Some(open) => open,
-                    None => self.open_keep_alive(etcd, lease).await?,
+                    None => etcd
+                        .client()
+                        .lease_client()
+                        .keep_alive(lease)
+                        .await
+                        .map_err(|source| FleetError::Etcd {
+                            op: "lease keep-alive",
+                            source,
+                        })?,
                 };
                 let (keeper, answers) = stream.insert(open);
                 keeper
