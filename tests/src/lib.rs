@@ -296,7 +296,27 @@ impl Agent {
             .get(format!("{}{path}", self.url()))
             .bearer_auth(self.token())
             .send()
-            .expect("request")
+            .unwrap_or_else(|e| self.unreachable(&format!("GET {path}"), &e))
+    }
+
+    /// Fails a test whose request could not reach the agent, saying whether the agent still
+    /// runs and what it logged last (a connection refused is most often an agent that died).
+    pub fn unreachable(&self, request: &str, error: &reqwest::Error) -> ! {
+        let running = self.child.as_ref().map_or("stopped by the test".to_string(), |c| {
+            // An exited child stays a zombie until the test reaps it.
+            std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+                .ok()
+                .and_then(|s| s.lines().find(|l| l.starts_with("State:")).map(String::from))
+                .map_or_else(|| "gone".to_string(), |state| format!("in {state}"))
+        });
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect::<Vec<_>>();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{request}: {error:?}\nthe agent process (pid {:?}) is {running}; its log ends:\n{}",
+            self.child.as_ref().map(Child::id),
+            tail.join("\n")
+        );
     }
 
     /// `GET path` with the admin token, decoded as JSON after checking for 200.
@@ -419,12 +439,13 @@ impl Agent {
     ) -> reqwest::blocking::Response {
         let mut req = self
             .client()
-            .request(method, format!("{}{path}", self.url()))
+            .request(method.clone(), format!("{}{path}", self.url()))
             .bearer_auth(self.token());
         if let Some(body) = body {
             req = req.json(body);
         }
-        req.send().expect("request")
+        req.send()
+            .unwrap_or_else(|e| self.unreachable(&format!("{method} {path}"), &e))
     }
 
     /// Creates an image and uploads `file` into it; returns the image JSON (status as the
