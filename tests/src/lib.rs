@@ -302,16 +302,23 @@ impl Agent {
     /// Fails a test whose request could not reach the agent, saying whether the agent still
     /// runs and what it logged last (a connection refused is most often an agent that died).
     pub fn unreachable(&self, request: &str, error: &reqwest::Error) -> ! {
-        let running = self.child.as_ref().map_or("stopped by the test".to_string(), |c| {
-            // An exited child stays a zombie until the test reaps it.
-            std::fs::read_to_string(format!("/proc/{}/status", c.id()))
-                .ok()
-                .and_then(|s| s.lines().find(|l| l.starts_with("State:")).map(String::from))
-                .map_or_else(|| "gone".to_string(), |state| format!("in {state}"))
-        });
+        let running = self
+            .child
+            .as_ref()
+            .map_or("stopped by the test".to_string(), |c| {
+                // An exited child stays a zombie until the test reaps it.
+                std::fs::read_to_string(format!("/proc/{}/status", c.id()))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("State:"))
+                            .map(String::from)
+                    })
+                    .map_or_else(|| "gone".to_string(), |state| format!("in {state}"))
+            });
         let log = self.log();
-        let tail: Vec<&str> = log.lines().rev().take(60).collect::<Vec<_>>();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
         panic!(
             "{request}: {error:?}\nthe agent process (pid {:?}) is {running}; its log ends:\n{}",
             self.child.as_ref().map(Child::id),
