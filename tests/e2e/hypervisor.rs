@@ -1,7 +1,7 @@
 //! A wedged libvirtd must not starve the agent: on a private libvirtd (never the host's shared
 //! one) that is SIGSTOPped for two minutes, the routes that need no libvirt keep answering
-//! fast, the agent's thread count does not grow, the node stays up in its fleet (its lease is
-//! renewed although its record cannot be rebuilt), and after SIGCONT libvirt work recovers.
+//! fast, the agent's thread count does not grow, the node stays up in its fleet (its lease
+//! renewals wait on nothing libvirt does), and after SIGCONT libvirt work recovers.
 
 use crate::servers::{create, flavor, import_guest};
 use hyperlet_tests::node::PrivateLibvirt;
@@ -95,7 +95,7 @@ fn a_stopped_libvirtd_does_not_starve_the_agent() {
             for path in &paths {
                 slowest = slowest.max(quick_get(&agent, &client, path));
             }
-            // The lease is renewed on its own: a record that cannot be built changes nothing.
+            // The lease is renewed on its own: a wedged libvirtd costs the fleet link nothing.
             assert_eq!(crate::fleet::link(&agent), "up", "{}", agent.log());
             most = most.max(threads(agent.pid()));
             rounds += 1;

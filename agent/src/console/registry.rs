@@ -63,7 +63,11 @@ impl SessionGuard {
     /// console is let go in the background, so other libvirt clients may open it.
     pub fn left_serial(&self, hub: Arc<SerialHub>) {
         if hub.is_closed() && matches!(hub.reason(), CloseReason::ClientLeft) {
-            self.consoles.release_serial_later(hub);
+            let consoles = self.consoles.clone();
+            tokio::spawn(async move {
+                let inner = &consoles.inner;
+                inner.hubs.release(&inner.opener, &hub).await;
+            });
         }
     }
 
@@ -267,19 +271,6 @@ impl Consoles {
                 force,
             )
             .await
-    }
-
-    /// After the last session of `hub` left: lets libvirt's console go in the background
-    /// (see `Hubs::release`), so other libvirt clients may open it.
-    fn release_serial_later(&self, hub: Arc<SerialHub>) {
-        let consoles = self.clone();
-        tokio::spawn(async move {
-            consoles
-                .inner
-                .hubs
-                .release(&consoles.inner.opener, &hub)
-                .await;
-        });
     }
 
     /// Ends every session of `server_id` and spends its unused URLs.

@@ -14,9 +14,10 @@
 //! `virStreamAbort` under a `virStreamRecv` blocked on another thread. So once its last
 //! session left, a closed hub's reader is woken by taking the console from it
 //! (`VIR_DOMAIN_CONSOLE_FORCE`: libvirtd closes the old stream) on a short-lived thread that
-//! lets it go at once ([`Hubs::release`]); a new hub for the same server takes it over the same
-//! way, and failing both the reader ends at the guest's next output. Console threads are counted per server and in all: a server whose open
-//! still waits on libvirtd gets no second one, and at most [`Opener::max_threads`] run.
+//! lets it go at once ([`Hubs::release`]); a new hub for the same server takes it over the
+//! same way, and failing both the reader ends at the guest's next output. Console threads
+//! are counted per server and in all: a server whose open still waits on libvirtd gets no
+//! second one, and at most [`Opener::max_threads`] run.
 
 use super::output::{OutputReader, OutputRing};
 use super::{CloseReason, ConsoleError};

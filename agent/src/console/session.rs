@@ -2,11 +2,11 @@
 //! pings, and the close frame saying why it ended.
 //!
 //! A session never makes the agent buffer without bound: output reaches it through the hub's
-//! output ring, bounded in bytes (it is closed with 4004 when it falls behind), each send must complete
-//! within [`SEND_TIMEOUT`], the socket's own write buffer is capped by the upgrade settings in
-//! `api/routes/consoles.rs`, and a client with more than [`MAX_UNREAD`] bytes unread in the
-//! kernel is closed too (the kernel's send buffer grows to megabytes for a peer that stopped
-//! reading).
+//! output ring, bounded in bytes (it is closed with 4004 when it falls behind), each send
+//! must complete within [`SEND_TIMEOUT`], the socket's own write buffer is capped by the
+//! upgrade settings in `api/routes/consoles.rs`, and a client with more than [`MAX_UNREAD`]
+//! bytes unread in the kernel is closed too (the kernel's send buffer grows to megabytes for
+//! a peer that stopped reading).
 
 use super::output::ReadError;
 use super::{CloseReason, SerialAttach, SessionGuard};

@@ -37,19 +37,23 @@ pub const KEEP_ALIVE_RETRY: Duration = Duration::from_secs(1);
 /// An open keep-alive stream: the sender of renewals and the stream of etcd's answers.
 type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
-/// Where [`Registration::keep_lease`] starts.
-struct Renewals {
-    /// When the lease expires unless renewed (as far as this node knows).
-    expires: Instant,
-    /// Wait before the first renewal.
-    first: Duration,
-    /// The open keep-alive stream.
-    stream: KeepAlive,
-}
-
 /// `n` seconds (none when negative).
 fn secs(n: i64) -> Duration {
     Duration::from_secs(n.max(0).unsigned_abs())
+}
+
+/// A failed keep-alive call.
+fn keep_alive_failed(source: etcd_client::Error) -> FleetError {
+    FleetError::Etcd {
+        op: "lease keep-alive",
+        source,
+    }
+}
+
+/// Opens the keep-alive stream of `lease`. Opening renews the lease once (etcd answers the
+/// first renewal before the stream is handed over) and fails when etcd no longer has it.
+async fn open_keep_alive(etcd: &Etcd, lease: i64) -> Result<KeepAlive, etcd_client::Error> {
+    etcd.client().lease_client().keep_alive(lease).await
 }
 
 /// Boxed future returned by a [`RecordSource`].
@@ -144,17 +148,20 @@ impl Registration {
         held: &mut Held,
         stop: &CancellationToken,
     ) -> Result<(), FleetError> {
-        // When the lease was kept from an earlier session, it is renewed at once: it may have
-        // little time left.
-        let (lease, expires, first) = match held.lease {
-            Some(id) => match etcd.time_to_live(id).await? {
-                Some((left, _)) => (id, Instant::now() + secs(left), Duration::ZERO),
-                None => self.grant(etcd, held).await?,
-            },
-            None => self.grant(etcd, held).await?,
+        let lease = match held.lease {
+            Some(id) if etcd.time_to_live(id).await?.is_some() => id,
+            _ => {
+                let id = etcd.grant(self.ttl).await?;
+                held.lease = Some(id);
+                id
+            }
         };
         self.claim(etcd, lease).await?;
-        let stream = self.open_keep_alive(etcd, lease).await?;
+        // Opening the stream renews the lease: it runs a full TTL from here.
+        let opened = Instant::now();
+        let stream = etcd
+            .call("lease keep-alive", open_keep_alive(etcd, lease))
+            .await?;
         // The lease and the record are kept by two loops side by side, so a record that is
         // slow to build (a busy host, a slow disk) never delays a renewal.
         let records = async {
@@ -172,85 +179,46 @@ impl Registration {
                 }
                 Ok(())
             }
-            kept = self.keep_lease(etcd, lease, Renewals { expires, first, stream }) => kept,
+            kept = self.keep_lease(etcd, lease, stream, opened + secs(self.ttl)) => kept,
             never = records => match never {},
         }
     }
 
-    /// Grants a new lease (held from now on): its id, when it expires, and the wait before its
-    /// first renewal.
-    async fn grant(
-        &self,
-        etcd: &Etcd,
-        held: &mut Held,
-    ) -> Result<(i64, Instant, Duration), FleetError> {
-        let granted = Instant::now();
-        let id = etcd.grant(self.ttl).await?;
-        held.lease = Some(id);
-        let ttl = secs(self.ttl);
-        Ok((id, granted + ttl, ttl / 3))
-    }
-
-    /// Opens the keep-alive stream of `lease`.
-    async fn open_keep_alive(&self, etcd: &Etcd, lease: i64) -> Result<KeepAlive, FleetError> {
-        let mut client = etcd.client().lease_client();
-        etcd.call("lease keep-alive", client.keep_alive(lease))
-            .await
-    }
-
-    /// Renews `lease` about every TTL/3. An answer later than the call deadline turns the
-    /// link `degraded`, but is still awaited for as long as the lease can be alive (a slow etcd
-    /// costs no down-time); a renewal that fails is retried every [`KEEP_ALIVE_RETRY`] on a
-    /// fresh stream meanwhile. The session ends only when the lease must have expired, or
-    /// when etcd answers TTL 0 (the lease is gone).
+    /// Renews `lease` (whose renewal is good until `expires`) about every TTL/3. An answer
+    /// later than the call deadline turns the link `degraded`, but is still awaited for as long
+    /// as the lease can be alive (a slow etcd costs no down-time); a renewal that fails is
+    /// retried every [`KEEP_ALIVE_RETRY`] on a fresh stream (whose opening is the renewal,
+    /// awaited the same way). The session ends only when the lease must have expired, or when
+    /// etcd answers TTL 0 (the lease is gone).
     async fn keep_lease(
         &self,
         etcd: &Etcd,
         lease: i64,
-        renewals: Renewals,
+        stream: KeepAlive,
+        mut expires: Instant,
     ) -> Result<(), FleetError> {
-        let Renewals {
-            mut expires,
-            first,
-            stream,
-        } = renewals;
         let mut stream = Some(stream);
-        let mut wait = first;
+        let mut wait = secs(self.ttl) / 3;
         loop {
             tokio::time::sleep(wait).await;
             let sent = Instant::now();
             let renewal = async {
-                // A fresh stream is awaited like an answer: late is not lost.
-                let open = match stream.take() {
-                    Some(open) => open,
-                    None => etcd
-                        .client()
-                        .lease_client()
-                        .keep_alive(lease)
-                        .await
-                        .map_err(|source| FleetError::Etcd {
-                            op: "lease keep-alive",
-                            source,
-                        })?,
+                let Some((keeper, answers)) = stream.as_mut() else {
+                    stream = Some(
+                        open_keep_alive(etcd, lease)
+                            .await
+                            .map_err(keep_alive_failed)?,
+                    );
+                    return Ok(self.ttl);
                 };
-                let (keeper, answers) = stream.insert(open);
-                keeper
-                    .keep_alive()
-                    .await
-                    .map_err(|source| FleetError::Etcd {
-                        op: "lease keep-alive",
-                        source,
-                    })?;
+                keeper.keep_alive().await.map_err(keep_alive_failed)?;
                 match answers.message().await {
                     Ok(Some(resp)) => Ok(resp.ttl()),
                     Ok(None) => Err(FleetError::Unreachable {
                         endpoints: String::new(),
                         reason: "the keep-alive stream ended".into(),
                     }),
-                    Err(source) => Err(FleetError::Etcd {
-                        op: "lease keep-alive",
-                        source,
-                    }),
+                    Err(source) => Err(keep_alive_failed(source)),
                 }
             };
             let answer = self.await_renewal(renewal, etcd.deadline(), expires).await;
