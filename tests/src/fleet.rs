@@ -220,6 +220,22 @@ pub struct FleetNode {
     _nfs: Option<NfsRelay>,
 }
 
+impl Drop for FleetNode {
+    /// A failing test shows each node's agent: whether it still runs and how its log ends.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.agent.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "node {}: agent {}; its log ends:\n{}",
+                self.name,
+                self.agent.process_state(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
 impl FleetNode {
     /// Runs a command inside the node's network namespace; returns (success, output).
     pub fn exec(&self, args: &[&str]) -> (bool, String) {

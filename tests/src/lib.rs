@@ -299,11 +299,9 @@ impl Agent {
             .unwrap_or_else(|e| self.unreachable(&format!("GET {path}"), &e))
     }
 
-    /// Fails a test whose request could not reach the agent, saying whether the agent still
-    /// runs and what it logged last (a connection refused is most often an agent that died).
-    pub fn unreachable(&self, request: &str, error: &reqwest::Error) -> ! {
-        let running = self
-            .child
+    /// Whether the agent process runs: its `/proc` state, `gone`, or `stopped by the test`.
+    pub fn process_state(&self) -> String {
+        self.child
             .as_ref()
             .map_or("stopped by the test".to_string(), |c| {
                 // An exited child stays a zombie until the test reaps it.
@@ -315,7 +313,13 @@ impl Agent {
                             .map(String::from)
                     })
                     .map_or_else(|| "gone".to_string(), |state| format!("in {state}"))
-            });
+            })
+    }
+
+    /// Fails a test whose request could not reach the agent, saying whether the agent still
+    /// runs and what it logged last (a connection refused is most often an agent that died).
+    pub fn unreachable(&self, request: &str, error: &reqwest::Error) -> ! {
+        let running = self.process_state();
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         let tail = &lines[lines.len().saturating_sub(60)..];
